@@ -1,0 +1,3 @@
+from tessera.cache.allocator import TokenSlotAllocator
+
+__all__ = ["TokenSlotAllocator"]

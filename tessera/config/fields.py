@@ -1,0 +1,37 @@
+"""A documented dataclass field; the CLI is generated from these (flag = field name with dashes)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+
+def cfg(default: Any, help: str, choices: Callable[[], list[str]] | list[str] | None = None,
+        nargs: str | None = None, type_: type | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "nargs": nargs, "type": type_}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if not f.init or "help" not in f.metadata:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        if callable(choices):
+            choices = choices()
+        if isinstance(default, bool):
+            group.add_argument(flag, action="store_true", default=default, help=f.metadata["help"])
+            continue
+        type_ = f.metadata.get("type") or (type(default) if default is not None else str)
+        group.add_argument(flag, type=type_, default=default, choices=choices,
+                           nargs=f.metadata.get("nargs"), help=f.metadata["help"])
+
+
+def dataclass_kwargs(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return {k: v for k, v in values.items() if k in names}

@@ -1,0 +1,60 @@
+"""Decide every "auto" value and apply the auto-disable rules, logging what was chosen and why."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from tessera.config.engine import DEFAULT_MODEL, EngineConfig
+from tessera.platforms import platform_for_device
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_engine_config(config: EngineConfig) -> EngineConfig:
+    load, backend, graph, sched = config.load, config.backend, config.graph, config.scheduler
+    from tessera.platforms import current_platform  # noqa: PLC0415
+
+    model_path = load.model_path or DEFAULT_MODEL
+    if load.model_path is None:
+        logger.info("no model path given: using the built-in preset %s", DEFAULT_MODEL)
+    device = current_platform().device_type if load.device == "auto" else load.device
+    platform = platform_for_device(device)
+    if not platform.is_available():
+        raise ValueError(f"--device {device}: no {platform.kind.value} device is available here")
+    dtype = load.dtype
+    if dtype == "auto":
+        dtype = "float32" if platform.device_type == "cpu" else "bfloat16"
+        logger.info("dtype auto -> %s on %s", dtype, platform.device_type)
+    load = dataclasses.replace(load, model_path=model_path, device=device, dtype=dtype)
+
+    attention = backend.attention_backend
+    if attention == "auto":
+        attention = platform.default_attention_backend
+    sampling = backend.sampling_backend
+    if sampling == "auto":
+        sampling = platform.default_sampling_backend
+    logger.info("attention backend: %s; sampling backend: %s", attention, sampling)
+    backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling)
+
+    if sched.chunked_prefill_size == 0 or sched.chunked_prefill_size < -1:
+        raise ValueError("--chunked-prefill-size must be a positive token count or -1 (off)")
+    if sched.max_running_requests < 1:
+        raise ValueError("--max-running-requests must be >= 1")
+
+    disable_cuda_graph = graph.disable_cuda_graph
+    if not disable_cuda_graph and not platform.supports_full_graph:
+        logger.info("decode CUDA graph disabled: platform %s has no graphs", platform.kind.value)
+        disable_cuda_graph = True
+    disable_pcg = graph.disable_piecewise_cuda_graph
+    if not disable_pcg and not graph.enforce_piecewise_cuda_graph:
+        if not platform.supports_piecewise_graph:
+            logger.info("piecewise CUDA graph disabled: platform %s has no graphs",
+                        platform.kind.value)
+            disable_pcg = True
+    pcg_max = graph.piecewise_cuda_graph_max_tokens
+    if pcg_max is None:
+        pcg_max = sched.chunked_prefill_size if sched.chunked_prefill_size > 0 else 4096
+    graph = dataclasses.replace(graph, disable_cuda_graph=disable_cuda_graph,
+                                disable_piecewise_cuda_graph=disable_pcg,
+                                piecewise_cuda_graph_max_tokens=pcg_max)
+    return dataclasses.replace(config, load=load, backend=backend, graph=graph, resolved=True)

@@ -1,0 +1,6 @@
+from tessera.ops.activation import SiluAndMul
+from tessera.ops.base import MultiPlatformOp
+from tessera.ops.layernorm import RMSNorm
+from tessera.ops.rotary import RotaryEmbedding
+
+__all__ = ["MultiPlatformOp", "RMSNorm", "RotaryEmbedding", "SiluAndMul"]

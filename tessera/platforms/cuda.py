@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tessera.platforms.base import Platform, PlatformKind
+
+
+class CudaPlatform(Platform):
+    kind = PlatformKind.CUDA
+    device_type = "cuda"
+    dist_backend = "nccl"
+    default_attention_backend = "triton"
+    default_sampling_backend = "triton"
+    supports_full_graph = True
+    supports_piecewise_graph = True
+    supports_triton = True
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return torch.version.cuda is not None and torch.cuda.is_available()
+
+    def set_device(self, index: int) -> None:
+        torch.cuda.set_device(index)
+
+    def device_name(self, index: int = 0) -> str:
+        return torch.cuda.get_device_name(index)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def mem_get_info(self) -> tuple[int, int]:
+        return torch.cuda.mem_get_info()
+
+    def memory_allocated(self) -> int:
+        return torch.cuda.memory_allocated()
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    def graph_class(self) -> type:
+        return torch.cuda.CUDAGraph
+
+    def graph_pool_handle(self) -> Any:
+        return torch.cuda.graph_pool_handle()
+
+    def graph_context(self, graph: Any, pool: Any = None, stream: Any = None):
+        return torch.cuda.graph(graph, pool=pool, stream=stream)
+
+    def current_stream(self) -> Any:
+        return torch.cuda.current_stream()
+
+    def new_stream(self) -> Any:
+        return torch.cuda.Stream()
+
+    def stream_context(self, stream: Any):
+        return torch.cuda.stream(stream)
+
+    def event(self, enable_timing: bool = False) -> Any:
+        return torch.cuda.Event(enable_timing=enable_timing)
