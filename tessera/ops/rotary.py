@@ -1,6 +1,7 @@
 """Rotary position embedding (NeoX / rotate-half layout, as HF Llama and Qwen use), incl. Llama-3 scaling."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -61,6 +62,20 @@ class RotaryEmbedding(MultiPlatformOp):
         cos = torch.cat([cos, cos], dim=-1).unsqueeze(1).to(q.dtype)
         sin = torch.cat([sin, sin], dim=-1).unsqueeze(1).to(q.dtype)
         return _apply(q, cos, sin), _apply(k, cos, sin)
+
+
+def get_rope(head_dim: int, max_position: int, base: float,
+             scaling: dict[str, Any] | None = None) -> RotaryEmbedding:
+    """One RotaryEmbedding per distinct configuration, shared by all layers: the cos/sin cache of
+    a long-context model is tens of MB and must not be duplicated per layer."""
+    key = (head_dim, max_position, base, json.dumps(scaling, sort_keys=True),
+           str(torch.get_default_device()))
+    if key not in _ROPE_CACHE:
+        _ROPE_CACHE[key] = RotaryEmbedding(head_dim, max_position, base, scaling)
+    return _ROPE_CACHE[key]
+
+
+_ROPE_CACHE: dict[tuple, RotaryEmbedding] = {}
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

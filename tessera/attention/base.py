@@ -1,0 +1,32 @@
+"""AttentionBackend: writes the new tokens' K/V into the pool and attends over the cached context."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.runner.forward_batch import ForwardBatch
+
+
+class AttentionBackend(ABC):
+    name: str = ""
+
+    def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
+                 num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        self.kv_pool = kv_pool
+        self.req_to_token_pool = req_to_token_pool
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        """Precompute per-batch metadata once per forward (shared by all layers)."""
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                layer_id: int, scaling: float, forward_batch: ForwardBatch) -> None:
+        """q [T, Hq, D], k/v [T, Hk, D]; write K/V at forward_batch.out_cache_loc, then attention
+        output into out[:real_tokens]; zero out[real_tokens:] (padding)."""
+
+    @staticmethod
+    def real_tokens(forward_batch: ForwardBatch) -> int:
+        return sum(forward_batch.extend_seq_lens_cpu)

@@ -1,0 +1,64 @@
+"""The forward context: batch metadata that attention reads instead of taking it as graph inputs.
+
+Attention is a torch.library custom op (`tessera::attention`) that receives only q/k/v, an output
+buffer and per-layer constants; everything batch-dependent (ForwardBatch, KV pool, backend) comes
+from here. This is what lets the piecewise compiler split the graph at attention and replay the
+pieces around it with padded token counts.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+if TYPE_CHECKING:
+    from tessera.attention.base import AttentionBackend
+    from tessera.runner.forward_batch import ForwardBatch
+
+
+@dataclasses.dataclass
+class ForwardContext:
+    forward_batch: ForwardBatch
+    attn_backend: AttentionBackend
+
+
+_context: ForwardContext | None = None
+
+
+def get_forward_context() -> ForwardContext:
+    if _context is None:
+        raise RuntimeError("attention called outside set_forward_context(); use ModelRunner.forward")
+    return _context
+
+
+@contextlib.contextmanager
+def set_forward_context(forward_batch: ForwardBatch, attn_backend: AttentionBackend
+                        ) -> Iterator[ForwardContext]:
+    global _context
+    previous = _context
+    _context = ForwardContext(forward_batch, attn_backend)
+    try:
+        yield _context
+    finally:
+        _context = previous
+
+
+@torch.library.custom_op("tessera::attention", mutates_args=("out",))
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 layer_id: int, scaling: float) -> None:
+    """q [T, Hq, D], k/v [T, Hk, D] for the new tokens; writes [T, Hq, D] into `out`.
+
+    T may exceed the real token count (padded graph replay): rows past the real tokens are zeroed.
+    """
+    ctx = get_forward_context()
+    ctx.attn_backend.forward(q, k, v, out, layer_id, scaling, ctx.forward_batch)
+
+
+@attention_op.register_fake
+def _(q, k, v, out, layer_id, scaling) -> None:
+    return None
+
+
+SPLITTING_OPS = ["tessera::attention"]

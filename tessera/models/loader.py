@@ -1,0 +1,118 @@
+"""Model loading: HF directories (config.json + safetensors, sharded or not) and dummy weights."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+from typing import Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tessera.config.model import ModelConfig
+from tessera.models.presets import PRESETS, is_preset
+from tessera.models.registry import get_model_class, supported_architectures
+
+logger = logging.getLogger(__name__)
+
+
+def load_model_config(model_path: str) -> ModelConfig:
+    """ModelConfig of a preset name or an HF model directory; clear errors for bad paths."""
+    if is_preset(model_path):
+        return ModelConfig.from_hf_dict(PRESETS[model_path])
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(
+            f"model path {model_path!r} does not exist and is not a preset "
+            f"(presets: {', '.join(sorted(PRESETS))})")
+    config_file = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{model_path!r} has no config.json; pass an HF model directory")
+    try:
+        with open(config_file) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+    config = ModelConfig.from_hf_dict(hf)
+    get_model_class(config.architecture)  # unknown architectures fail here, listing the supported
+    return config
+
+
+def safetensors_files(model_path: str) -> list[str]:
+    index = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(model_path, n) for n in names]
+    else:
+        files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {model_path!r} "
+                                f"(use --load-format dummy for random weights)")
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"safetensors index names missing files: {missing}")
+    return files
+
+
+def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open  # noqa: PLC0415
+
+    for path in tqdm(files, desc="loading safetensors shards", unit="file"):
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Seeded random weights: norms at 1, everything else N(0, 0.02), made on the model's device."""
+    params = list(model.named_parameters())
+    device = params[0][1].device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, p in tqdm(params, desc="initializing dummy weights", unit="tensor",
+                        disable=len(params) < 64):
+        if "norm" in name:
+            p.data.fill_(1.0)
+        else:
+            p.data.normal_(0.0, 0.02, generator=generator)
+
+
+def load_model(model_path: str, model_config: ModelConfig, load_format: str, dtype: torch.dtype,
+               device: torch.device | str, seed: int = 0) -> nn.Module:
+    model_cls = get_model_class(model_config.architecture)
+    if load_format == "auto":
+        load_format = "dummy" if is_preset(model_path) else "safetensors"
+    if load_format == "safetensors" and is_preset(model_path):
+        raise ValueError(f"preset {model_path!r} has no weight files; use --load-format dummy")
+    with torch.device(device), _default_dtype(dtype):
+        model = model_cls(model_config, dtype)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+    elif load_format == "safetensors":
+        loaded = model.load_weights(iterate_safetensors(safetensors_files(model_path)))
+        expected = {n for n, _ in model.named_parameters()}
+        missing = sorted(expected - loaded)
+        if missing:
+            raise ValueError(f"checkpoint in {model_path!r} lacks weights for: {missing[:8]}"
+                             f"{' ...' if len(missing) > 8 else ''}")
+    else:
+        raise ValueError(f"unknown load format {load_format!r}; choose auto, safetensors, dummy")
+    logger.info("loaded %s (%s, %s) on %s: %.2f B parameters", model_config.architecture,
+                load_format, dtype, device,
+                sum(p.numel() for p in model.parameters()) / 1e9)
+    return model.eval()
+
+
+__all__ = ["load_model", "load_model_config", "supported_architectures"]

@@ -1,0 +1,3 @@
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+__all__ = ["ForwardBatch", "ForwardMode"]

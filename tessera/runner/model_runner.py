@@ -1,0 +1,113 @@
+"""ModelRunner: owns the model, the KV pools and the attention backend; runs one ForwardBatch.
+
+It picks how to run each batch: decode CUDA graph, piecewise CUDA graph, or eager (the graph
+runners register themselves here when enabled).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from tessera.attention import get_attention_backend_class
+from tessera.attention.context import set_forward_context
+from tessera.cache.allocator import TokenSlotAllocator
+from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.config.engine import EngineConfig
+from tessera.config.model import parse_dtype
+from tessera.models.loader import load_model, load_model_config
+from tessera.platforms import platform_for_device
+from tessera.runner.forward_batch import ForwardBatch
+
+logger = logging.getLogger(__name__)
+
+CPU_MAX_KV_BYTES = 2 << 30  # CPU RAM is shared with everything else: keep the pool modest
+
+
+@dataclasses.dataclass
+class LogitsOutput:
+    next_token_logits: torch.Tensor          # [B, V] float32, last new token of each request
+    all_logits: torch.Tensor | None = None   # [T, V] when forward_batch.return_all_logits
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        config = config.resolve()
+        self.config = config
+        self.device = torch.device(config.load.device)
+        self.platform = platform_for_device(config.load.device)
+        self.dtype = parse_dtype(config.load.dtype)
+        self.model_config = load_model_config(config.load.model_path)
+        self.platform.manual_seed(config.load.seed)
+        self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
+                                self.dtype, self.device, config.load.seed)
+        mc = self.model_config
+        self.context_length = config.load.context_length or mc.max_position_embeddings
+        self.max_running_requests = config.scheduler.max_running_requests
+        self.kv_cache_tokens = self._kv_cache_tokens()
+        attn = self.model.model.layers[0].self_attn
+        self.kv_pool = KVPool(mc.num_hidden_layers, attn.num_kv_heads, mc.head_dim,
+                              self.kv_cache_tokens, self.dtype, self.device)
+        self.allocator = TokenSlotAllocator(self.kv_cache_tokens, self.device)
+        # +1 row: the last row stays free for graph padding (padded requests point at it)
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests + 1,
+                                                self.context_length + 1, self.device)
+        self.padding_req_row = self.req_to_token_pool.free_rows.pop(0)
+        backend_cls = get_attention_backend_class(config.backend.attention_backend)
+        self.attn_backend = backend_cls(self.kv_pool, self.req_to_token_pool, attn.num_heads,
+                                        attn.num_kv_heads, mc.head_dim)
+        self.graph_runners: list = []  # tried in order; each says whether it can run a batch
+        logger.info("KV cache: %d tokens (%.2f GiB), context length %d, %d request rows",
+                    self.kv_cache_tokens,
+                    self.kv_cache_tokens * self._kv_bytes_per_token() / (1 << 30),
+                    self.context_length, self.max_running_requests)
+
+    def _kv_bytes_per_token(self) -> int:
+        attn = self.model.model.layers[0].self_attn
+        return KVPool.bytes_per_token(self.model_config.num_hidden_layers, attn.num_kv_heads,
+                                      self.model_config.head_dim, self.dtype)
+
+    def _kv_cache_tokens(self) -> int:
+        cache = self.config.cache
+        if cache.kv_cache_tokens is not None:
+            if cache.kv_cache_tokens < 1:
+                raise ValueError("--kv-cache-tokens must be >= 1")
+            return cache.kv_cache_tokens
+        if not 0 < cache.mem_fraction_static < 1:
+            raise ValueError("--mem-fraction-static must be in (0, 1)")
+        free, total = self.platform.mem_get_info()
+        per_token = self._kv_bytes_per_token()
+        if self.device.type == "cpu":
+            budget = min(free * cache.mem_fraction_static * 0.5, CPU_MAX_KV_BYTES)
+        else:
+            # the static fraction covers weights (already resident) and the KV pool
+            budget = free - total * (1 - cache.mem_fraction_static)
+        tokens = int(budget // per_token)
+        if tokens < 1:
+            raise ValueError(f"no memory left for the KV cache (free {free / 2**30:.1f} GiB); "
+                             f"raise --mem-fraction-static or pass --kv-cache-tokens")
+        return tokens
+
+    @torch.inference_mode()
+    def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
+        for runner in self.graph_runners:
+            if runner.can_run(forward_batch):
+                hidden = runner.replay(forward_batch)
+                break
+        else:
+            hidden = self.forward_eager(forward_batch)
+        return self.compute_logits(hidden, forward_batch)
+
+    def forward_eager(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        self.attn_backend.init_forward_metadata(forward_batch)
+        with set_forward_context(forward_batch, self.attn_backend):
+            return self.model(forward_batch.input_ids, forward_batch.positions)
+
+    def compute_logits(self, hidden: torch.Tensor, forward_batch: ForwardBatch) -> LogitsOutput:
+        last = forward_batch.extend_start_loc + forward_batch.extend_seq_lens - 1
+        next_logits = self.model.compute_logits(hidden[last.long()]).float()
+        all_logits = None
+        if forward_batch.return_all_logits:
+            all_logits = self.model.compute_logits(hidden[: forward_batch.num_tokens]).float()
+        return LogitsOutput(next_logits, all_logits)

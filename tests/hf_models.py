@@ -1,0 +1,50 @@
+"""Tiny random HF models saved with save_pretrained: the correctness oracle's inputs."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048,
+            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
+
+
+def make_config(kind: str, tied: bool = False):
+    import transformers as tf
+
+    if kind == "llama":
+        return tf.LlamaConfig(**TINY, tie_word_embeddings=tied, rope_theta=500000.0,
+                              rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                            "original_max_position_embeddings": 256})
+    if kind == "qwen2":
+        return tf.Qwen2Config(**TINY, tie_word_embeddings=tied, rope_theta=1000000.0)
+    if kind == "qwen3":
+        return tf.Qwen3Config(**TINY, head_dim=32, tie_word_embeddings=tied,
+                              rope_theta=1000000.0)
+    raise ValueError(kind)
+
+
+def save_tiny_model(path: str, kind: str, tied: bool = False, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> str:
+    import transformers as tf
+
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    config = make_config(kind, tied)
+    model = tf.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    with torch.no_grad():  # larger-than-default init so differences are not hidden by tiny logits
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.normal_(0, 0.08)
+    model.to(dtype).save_pretrained(path)
+    return path
+
+
+def load_hf(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    import transformers as tf
+
+    return tf.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device).eval()
