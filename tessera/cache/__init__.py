@@ -1,3 +1,4 @@
 from tessera.cache.allocator import TokenSlotAllocator
+from tessera.cache.radix import MatchResult, RadixCache
 
-__all__ = ["TokenSlotAllocator"]
+__all__ = ["MatchResult", "RadixCache", "TokenSlotAllocator"]

@@ -1,31 +1,103 @@
 """MultiPlatformOp: an nn.Module whose forward is bound ONCE, at construction, from the platform.
 
-Rule: `forward_native` is plain PyTorch and is the reference every fast path is tested against.
-`forward_cuda` / `forward_musa` / `forward_cpu` fall back to `forward_native` when a subclass does not
-define them. Fast paths call vendor or Triton kernels only through torch.library custom ops that carry
-fake kernels, so torch.compile(fullgraph=True) traces them as single opaque nodes; native paths are
-traced op by op (and may be fused by inductor).
+Rules of the op layer:
+
+* `forward_native` is plain PyTorch. It is the reference every fast path is tested against and the
+  path on CPU. Native paths are traced op by op by torch.compile (and may be fused by inductor).
+* `forward_cuda` is the Triton fast path. Triton kernels are device-agnostic, so MUSA falls back to
+  the same method when torch_musa has no vendor kernel for the op.
+* `forward_musa` calls torch_musa's fused kernels; a subclass lists the vendor ops it needs in
+  `musa_vendor_ops`, and the binding falls back to Triton, then native, when one is missing.
+* The choice is made once in `dispatch_forward()` and stored; `forward` never branches on the
+  platform. That keeps the traced graph free of platform checks and the dispatch cost at zero.
+* What runs under torch.compile(fullgraph=True): fast paths call kernels ONLY through
+  torch.library custom ops (`tessera::*`, see `tessera.ops.custom_ops`) or vendor ops, each with a
+  fake (meta) kernel. Dynamo traces such a call as one opaque node using the fake kernel for
+  shapes; it never looks inside, so a Triton launch can never cause a graph break. A fast path may
+  not do anything data-dependent on the host (no .item(), no Python branches on tensor values).
+* `force_native=True`, `TESSERA_NATIVE_OPS=1` or `with native_ops():` bind `forward_native` instead
+  (benchmarks compare against it; debugging bisects with it).
 """
 from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import os
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
 
 from tessera.platforms import PlatformKind, current_platform
 
+logger = logging.getLogger(__name__)
+
+_force_native_depth = 0
+
+
+def use_native_ops() -> bool:
+    """True inside `native_ops()` or when TESSERA_NATIVE_OPS=1: new ops bind forward_native."""
+    return _force_native_depth > 0 or os.environ.get("TESSERA_NATIVE_OPS", "0") == "1"
+
+
+@contextlib.contextmanager
+def native_ops() -> Iterator[None]:
+    """Ops constructed inside this block bind their native forward (e.g. a reference model)."""
+    global _force_native_depth
+    _force_native_depth += 1
+    try:
+        yield
+    finally:
+        _force_native_depth -= 1
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Triton is an optional dependency; without it the fast paths bind native instead."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def vendor_op_exists(qualname: str) -> bool:
+    """Whether an op such as 'aten::_fused_rmsnorm_forward' is registered in this process."""
+    namespace, _, name = qualname.partition("::")
+    return hasattr(getattr(torch.ops, namespace), name)
+
 
 class MultiPlatformOp(nn.Module):
+    # Vendor ops (qualified names) that forward_musa calls; all must exist to bind forward_musa.
+    musa_vendor_ops: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, force_native: bool = False) -> None:
         super().__init__()
-        self._forward_method = self.forward_native if force_native else self.dispatch_forward()
+        self.force_native = force_native or use_native_ops()
+        self._forward_method = self.forward_native if self.force_native else self.dispatch_forward()
 
-    def dispatch_forward(self):
-        kind = current_platform().kind
+    def dispatch_forward(self) -> Callable[..., Any]:
+        platform = current_platform()
+        kind = platform.kind
         if kind is PlatformKind.CUDA:
-            return self.forward_cuda
+            return self.forward_cuda if triton_available() else self._no_triton()
         if kind is PlatformKind.MUSA:
-            return self.forward_musa
+            # imports the vendor-op fake kernels before anything can be traced
+            from tessera.ops import musa_ops  # noqa: F401, PLC0415
+
+            if self.musa_vendor_ops and all(map(vendor_op_exists, self.musa_vendor_ops)):
+                return self.forward_musa
+            if platform.supports_triton and triton_available():
+                return self.forward_cuda
+            return self._no_triton()
         return self.forward_cpu
+
+    def _no_triton(self) -> Callable[..., Any]:
+        logger.warning("%s: no Triton here; using the native PyTorch path", type(self).__name__)
+        return self.forward_native
+
+    @property
+    def bound_forward(self) -> str:
+        """Name of the bound method, e.g. 'forward_cuda' (tests and logs)."""
+        return self._forward_method.__name__
 
     def forward(self, *args, **kwargs):
         return self._forward_method(*args, **kwargs)
@@ -37,17 +109,11 @@ class MultiPlatformOp(nn.Module):
         return self.forward_native(*args, **kwargs)
 
     def forward_musa(self, *args, **kwargs):
-        return self.forward_native(*args, **kwargs)
+        return self.forward_cuda(*args, **kwargs)
 
     def forward_cpu(self, *args, **kwargs):
         return self.forward_native(*args, **kwargs)
 
 
-def use_native_ops() -> bool:
-    """Tests and debugging can force every op onto its native path: TESSERA_NATIVE_OPS=1."""
-    import os  # noqa: PLC0415
-
-    return os.environ.get("TESSERA_NATIVE_OPS", "0") == "1"
-
-
-__all__ = ["MultiPlatformOp", "torch", "use_native_ops"]
+__all__ = ["MultiPlatformOp", "native_ops", "triton_available", "use_native_ops",
+           "vendor_op_exists"]

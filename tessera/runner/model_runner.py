@@ -58,6 +58,7 @@ class ModelRunner:
         self.attn_backend = backend_cls(self.kv_pool, self.req_to_token_pool, attn.num_heads,
                                         attn.num_kv_heads, mc.head_dim)
         self.graph_runners: list = []  # tried in order; each says whether it can run a batch
+        self.init_graph_runners()
         logger.info("KV cache: %d tokens (%.2f GiB), context length %d, %d request rows",
                     self.kv_cache_tokens,
                     self.kv_cache_tokens * self._kv_bytes_per_token() / (1 << 30),
@@ -88,6 +89,18 @@ class ModelRunner:
             raise ValueError(f"no memory left for the KV cache (free {free / 2**30:.1f} GiB); "
                              f"raise --mem-fraction-static or pass --kv-cache-tokens")
         return tokens
+
+    def init_graph_runners(self) -> None:
+        """Decode CUDA graphs (uniform decode batches) first, then piecewise graphs (extend)."""
+        graph = self.config.graph
+        if not graph.disable_cuda_graph:
+            from tessera.runner.cuda_graph_runner import DecodeGraphRunner  # noqa: PLC0415
+
+            self.graph_runners.append(DecodeGraphRunner(self))
+        if not graph.disable_piecewise_cuda_graph:
+            from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner  # noqa: PLC0415
+
+            self.graph_runners.append(PiecewiseGraphRunner(self))
 
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:

@@ -13,9 +13,8 @@ from tessera.cache.allocator import TokenSlotAllocator
 from tessera.cache.radix import RadixCache, TreeNode
 
 
-def make(size: int = 64, disable: bool = False) -> tuple[TokenSlotAllocator, RadixCache]:
-    alloc = TokenSlotAllocator(size, "cpu")
-    return alloc, RadixCache(alloc, disable=disable)
+def make(size: int = 64, disable: bool = False) -> RadixCache:
+    return RadixCache(TokenSlotAllocator(size, "cpu"), disable=disable)
 
 
 def insert_fresh(cache: RadixCache, ids: list[int]) -> torch.Tensor:
@@ -46,7 +45,7 @@ def conserved(cache: RadixCache, held: list[torch.Tensor] = ()) -> None:
 
 # ---------------------------------------------------------------------------- unit tests
 def test_match_returns_inserted_slots_of_longest_prefix() -> None:
-    alloc, cache = make()
+    cache = make()
     slots = insert_fresh(cache, [1, 2, 3])
     m = cache.match_prefix([1, 2, 3, 4])
     assert m.length == 3 and torch.equal(m.slots, slots) and m.slots.dtype == torch.int64
@@ -58,25 +57,29 @@ def test_match_returns_inserted_slots_of_longest_prefix() -> None:
 
 
 def test_insert_returns_already_cached_length_and_keeps_old_slots() -> None:
-    alloc, cache = make()
+    cache = make()
+    alloc = cache.allocator
     first = insert_fresh(cache, [1, 2, 3])
     second = alloc.alloc(5)
     assert cache.insert([1, 2, 3, 7, 8], second) == 3
     alloc.free(second[:3])  # the caller's duplicates for the cached range
     m = cache.match_prefix([1, 2, 3, 7, 8])
     assert torch.equal(m.slots, torch.cat([first, second[3:]]))
-    assert cache.insert([1, 2], alloc.alloc(2)[:0].new_tensor([9, 9])) == 2  # fully cached
+    dup = alloc.alloc(2)
+    assert cache.insert([1, 2], dup) == 2  # fully cached: the tree takes nothing
+    alloc.free(dup)
     assert cache.total_size() == 5
+    conserved(cache)
     with pytest.raises(ValueError, match="3 token ids but 2 slots"):
         cache.insert([1, 2, 3], torch.tensor([4, 5]))
 
 
 def test_match_splits_node_so_last_node_covers_exactly_the_match() -> None:
-    alloc, cache = make()
+    cache = make()
     slots = insert_fresh(cache, [1, 2, 3, 4])
     m = cache.match_prefix([1, 2, 9])
     assert m.length == 2 and torch.equal(m.slots, slots[:2])
-    assert m.last_node.key == (1, 2) and list(m.last_node.children.values())[0].key == (3, 4)
+    assert m.last_node.key == (1, 2) and [c.key for c in m.last_node.children.values()] == [(3, 4)]
     cache.inc_lock_ref(m.last_node)
     assert cache.protected_size() == 2 and cache.evictable_size() == 2
     assert cache.evict(100) == 2  # only the unlocked tail [3, 4] can go
@@ -87,7 +90,7 @@ def test_match_splits_node_so_last_node_covers_exactly_the_match() -> None:
 
 
 def test_split_under_a_held_lock_keeps_the_lock_consistent() -> None:
-    alloc, cache = make()
+    cache = make()
     insert_fresh(cache, [1, 2, 3, 4])
     held = cache.match_prefix([1, 2, 3, 4]).last_node
     cache.inc_lock_ref(held)
@@ -99,7 +102,7 @@ def test_split_under_a_held_lock_keeps_the_lock_consistent() -> None:
 
 
 def test_evict_least_recently_used_leaf_first_then_exposed_parents() -> None:
-    alloc, cache = make()
+    cache = make()
     insert_fresh(cache, [1, 2, 3])  # shared parent [1] after the next insert
     insert_fresh(cache, [1, 5, 6])
     insert_fresh(cache, [7, 8])
@@ -113,7 +116,8 @@ def test_evict_least_recently_used_leaf_first_then_exposed_parents() -> None:
 
 
 def test_evict_never_touches_locked_paths() -> None:
-    alloc, cache = make()
+    cache = make()
+    alloc = cache.allocator
     insert_fresh(cache, [1, 2, 3])
     insert_fresh(cache, [1, 2, 4, 5])
     node = cache.match_prefix([1, 2, 3]).last_node
@@ -127,7 +131,8 @@ def test_evict_never_touches_locked_paths() -> None:
 
 
 def test_reset_refuses_while_locked_and_then_frees_everything() -> None:
-    alloc, cache = make()
+    cache = make()
+    alloc = cache.allocator
     insert_fresh(cache, [1, 2, 3])
     insert_fresh(cache, [4])
     node = cache.match_prefix([1, 2]).last_node
@@ -144,7 +149,8 @@ def test_reset_refuses_while_locked_and_then_frees_everything() -> None:
 def test_finished_requests_dedupe_identical_prompts() -> None:
     """Two requests prefill the same prompt concurrently (no cache hit for either); the second to
     finish frees its duplicate slots and the tree keeps the first one's."""
-    alloc, cache = make(16)
+    cache = make(16)
+    alloc = cache.allocator
     prompt = [3, 1, 4, 1, 5]
     a, b = alloc.alloc(5), alloc.alloc(5)
     cache.cache_finished_request(prompt, a, 0, cache.root)
@@ -155,7 +161,8 @@ def test_finished_requests_dedupe_identical_prompts() -> None:
 
 
 def test_chunked_prefill_flow_with_unfinished_request() -> None:
-    alloc, cache = make(32)
+    cache = make(32)
+    alloc = cache.allocator
     other = insert_fresh(cache, [1, 2, 3, 4, 5, 6])  # another request's finished prompt
     ids = [1, 2, 7, 7, 7, 7, 7, 7]
     m = cache.match_prefix(ids)
@@ -174,18 +181,20 @@ def test_chunked_prefill_flow_with_unfinished_request() -> None:
 
 
 def test_unfinished_request_adopts_slots_cached_meanwhile() -> None:
-    alloc, cache = make(32)
+    cache = make(32)
+    alloc = cache.allocator
     ids = [5, 6, 7, 8]
     mine = alloc.alloc(4)
     theirs = insert_fresh(cache, ids[:3])  # someone else cached [5,6,7] while we computed
     r = cache.cache_unfinished_request(ids, mine, 0, cache.root)
     assert torch.equal(r.slots, torch.cat([theirs, mine[3:]])) and r.length == 4
-    conserved(cache, [])  # mine[:3] went back to the allocator, mine[3] is the tree's now
+    conserved(cache)  # mine[:3] went back to the allocator, mine[3] is the tree's now
     cache.dec_lock_ref(r.last_node)
 
 
 def test_disabled_cache_matches_nothing_and_frees_on_finish() -> None:
-    alloc, cache = make(16, disable=True)
+    cache = make(16, disable=True)
+    alloc = cache.allocator
     slots = alloc.alloc(4)
     assert cache.insert([1, 2, 3, 4], slots) == 0 and cache.total_size() == 0
     m = cache.match_prefix([1, 2, 3, 4])
@@ -294,7 +303,8 @@ def alloc_or_evict(cache: RadixCache, ref: Reference, reqs: list[Req], n: int):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_randomized_against_reference(seed: int) -> None:
     rng = random.Random(seed)
-    alloc, cache = make(48)
+    cache = make(48)
+    alloc = cache.allocator
     ref, reqs = Reference(), []
     bases = [[rng.randrange(4) for _ in range(rng.randrange(9))] for _ in range(4)]
 
@@ -348,8 +358,9 @@ def test_randomized_against_reference(seed: int) -> None:
             ids = rand_ids()
             slots = alloc_or_evict(cache, ref, reqs, len(ids))
             if slots is not None:
-                assert cache.insert(ids, slots) == ref.insert(ids, slots)
-                alloc.free(slots[: ref.match(ids)[0] and 0 or 0])  # placeholder, fixed below
+                already = cache.insert(ids, slots)
+                assert already == ref.insert(ids, slots)
+                alloc.free(slots[:already])
         check(cache, ref, reqs)
 
     for r in reqs:  # drain: everything is evictable again and reset returns the whole pool

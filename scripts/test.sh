@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command (README, CI): set up, then run the whole suite. GPU tests skip without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider "$@"

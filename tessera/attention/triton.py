@@ -1,0 +1,163 @@
+"""Triton attention backend: split-K decode and flash-style extend over the token-granular cache.
+
+Semantics are those of `TorchNativeAttentionBackend` (the reference); the kernels live in
+`tessera.attention.triton_ops`.
+
+CUDA graphs (decode). `forward` in DECODE mode is capture-safe: it allocates nothing, never
+synchronises with the host and reads no host-side length. What a decode graph runner must know:
+  * Static per captured batch size: the tensors of the ForwardBatch it captured with (q/k/v/out,
+    out_cache_loc, req_pool_indices, seq_lens): replay refills them in place. The backend's split-K
+    workspace is allocated once in __init__ for every batch size and never reallocated, so its
+    address is static too (the same backend instance must serve capture and replay).
+  * The split count is a pure function of the batch size (`decode_num_splits`), so it is fixed per
+    captured graph; seq_lens may change freely between replays (0 .. max_context_len).
+  * Run the forward eagerly once per batch size before capturing it (the usual warm-up): Triton
+    compiles a kernel on its first launch, and the split count (a compile-time constant) differs
+    between batch sizes.
+  * Call `init_forward_metadata(batch)` before capture (forward does it if the batch is new); it
+    only reads shapes, never host length lists, so calling it again at replay time is not needed.
+  * Padding requests: req_pool_indices 0, seq_lens 1 (or 0), out_cache_loc 0. Their K/V land in
+    the dump slot 0; their output rows are finite garbage (seq_len 1: attention over one key of
+    row 0) or zeros (seq_len 0) and are meant to be sliced off.
+  * Rows of q/out past `len(req_pool_indices)` are zeroed; rows past len(out_cache_loc) are not
+    written to the cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import triton
+
+from tessera.attention.base import AttentionBackend
+from tessera.attention.triton_ops import (
+    decode_attention,
+    decode_head_block,
+    decode_workspace_shape,
+    extend_attention,
+    store_kv,
+)
+from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+# Split-K policy for decode: enough (request, kv-head, split) programs for this many waves of the
+# device's SMs, at most MAX_DECODE_SPLITS splits, and (on the device, per request) at least
+# MIN_KEYS_PER_SPLIT keys per split so short contexts don't pay for many near-empty splits.
+DECODE_WAVES = 2
+MAX_DECODE_SPLITS = 16
+MIN_KEYS_PER_SPLIT = 128
+
+
+def _multiprocessor_count(device: torch.device) -> int:
+    """SMs of the device (CUDA; MUSA's torch_musa mirrors the API); a small fixed number on CPU,
+    where the kernels only run interpreted in tests."""
+    if device.type == "cpu":
+        return 4
+    props = torch.get_device_module(device.type).get_device_properties(device)
+    return int(getattr(props, "multi_processor_count", 64))
+
+
+@dataclasses.dataclass
+class _DecodeMetadata:
+    batch: ForwardBatch
+    batch_size: int
+    num_splits: int
+    part_out: torch.Tensor | None  # [B, Hq, S, D] fp32 view of the workspace; None for S == 1
+    part_lse: torch.Tensor | None  # [B, Hq, S] fp32
+
+
+@dataclasses.dataclass
+class _ExtendMetadata:
+    batch: ForwardBatch
+    num_real_tokens: int
+    max_extend_len: int
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
+                 num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__(kv_pool, req_to_token_pool, num_heads, num_kv_heads, head_dim)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads "
+                             f"{num_kv_heads}")
+        self.device = kv_pool.device
+        group = num_heads // num_kv_heads
+        self._programs_per_split = num_kv_heads * triton.cdiv(group, decode_head_block(group))
+        self._target_programs = DECODE_WAVES * _multiprocessor_count(self.device)
+        self._allocate_decode_workspace()
+        self._metadata: _DecodeMetadata | _ExtendMetadata | None = None
+
+    # ---- decode workspace -----------------------------------------------------------------------
+    def decode_num_splits(self, batch_size: int) -> int:
+        """Key-range splits per request for a decode batch of this size (fixed per graph)."""
+        wanted = triton.cdiv(self._target_programs, max(1, batch_size) * self._programs_per_split)
+        return max(1, min(MAX_DECODE_SPLITS, wanted))
+
+    def _allocate_decode_workspace(self) -> None:
+        """One fp32 workspace for every batch size, allocated once so graphs can keep its address.
+
+        Only batches small enough to use >1 split need it (one split writes the output directly),
+        so its size is bounded by the split policy, not by the maximum batch size.
+        """
+        rows = 0  # (request, split) pairs
+        batch = 1
+        while self.decode_num_splits(batch) > 1:
+            rows = max(rows, batch * self.decode_num_splits(batch))
+            batch += 1
+        self._part_out = torch.empty(rows * self.num_heads * self.head_dim, dtype=torch.float32,
+                                     device=self.device)
+        self._part_lse = torch.empty(rows * self.num_heads, dtype=torch.float32,
+                                     device=self.device)
+
+    # ---- per batch --------------------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        if forward_batch.mode is ForwardMode.DECODE:
+            # shapes only: nothing here may depend on host copies of lengths (graph replay)
+            batch = int(forward_batch.req_pool_indices.shape[0])
+            splits = self.decode_num_splits(batch)
+            part_out = part_lse = None
+            if splits > 1:
+                # views of the persistent workspace: same address in every step and graph
+                out_shape, lse_shape = decode_workspace_shape(batch, self.num_heads, splits,
+                                                              self.head_dim)
+                part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
+                part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
+            self._metadata = _DecodeMetadata(forward_batch, batch, splits, part_out, part_lse)
+        else:
+            self._metadata = _ExtendMetadata(
+                batch=forward_batch, num_real_tokens=self.real_tokens(forward_batch),
+                max_extend_len=forward_batch.max_extend_len)
+
+    def _metadata_for(self, forward_batch: ForwardBatch) -> _DecodeMetadata | _ExtendMetadata:
+        meta = self._metadata
+        if meta is None or meta.batch is not forward_batch:
+            self.init_forward_metadata(forward_batch)
+            meta = self._metadata
+        assert meta is not None
+        return meta
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                layer_id: int, scaling: float, forward_batch: ForwardBatch) -> None:
+        meta = self._metadata_for(forward_batch)
+        k_cache = self.kv_pool.k_buffers[layer_id]
+        v_cache = self.kv_pool.v_buffers[layer_id]
+        table = self.req_to_token_pool.req_to_token
+        if isinstance(meta, _DecodeMetadata):
+            num_rows = meta.batch_size
+            loc = forward_batch.out_cache_loc
+            store_kv(k[:loc.shape[0]], v[:loc.shape[0]], k_cache, v_cache, loc)
+            decode_attention(q[:num_rows], k_cache, v_cache, out[:num_rows], table,
+                             forward_batch.req_pool_indices, forward_batch.seq_lens, scaling,
+                             meta.part_out, meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT)
+        else:
+            num_rows = meta.num_real_tokens
+            store_kv(k[:num_rows], v[:num_rows], k_cache, v_cache,
+                     forward_batch.out_cache_loc[:num_rows])
+            extend_attention(q, k_cache, v_cache, out, table, forward_batch.req_pool_indices,
+                             forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens,
+                             forward_batch.extend_start_loc, meta.max_extend_len, scaling)
+        if out.shape[0] > num_rows:
+            out[num_rows:].zero_()

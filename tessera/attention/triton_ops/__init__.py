@@ -1,0 +1,16 @@
+"""Triton kernels of the `triton` attention backend (CUDA; CPU through TRITON_INTERPRET=1).
+
+Their reference is `tessera.attention.torch_native`; tests/attention/test_triton_attention.py
+compares them. TRITON_INTERPRET is read when these modules are imported (at @triton.jit time), so
+it must be set before the first import.
+"""
+from tessera.attention.triton_ops.decode_attention import (
+    decode_attention,
+    decode_head_block,
+    decode_workspace_shape,
+)
+from tessera.attention.triton_ops.extend_attention import extend_attention, extend_config
+from tessera.attention.triton_ops.kv_store import store_kv
+
+__all__ = ["decode_attention", "decode_head_block", "decode_workspace_shape", "extend_attention",
+           "extend_config", "store_kv"]

@@ -1,0 +1,160 @@
+"""Extend (prefill) attention on top of a cached prefix, flash-attention style.
+
+Request b has `prefix` keys already in the cache and `extend` new tokens whose K/V have just been
+written there too; new token i (position prefix + i) attends to keys 0..prefix + i. All keys are
+read through `req_to_token`, so a cached prefix and the new tokens are one contiguous range of
+positions and no separate new-K/V pass is needed.
+
+Grid (q_heads, query_blocks, batch): a program owns BLOCK_M new tokens of one request and one query
+head, and walks the key positions in BLOCK_N tiles with an online softmax (running max, running
+denominator, fp32 accumulator). The key range splits in two loops:
+  * positions < prefix + first query of the tile: visible to every row of the tile, no causal mask;
+  * the diagonal stretch up to the tile's last query: causal mask kpos <= qpos.
+Heads are the fastest grid axis so the programs of one GQA group run together and reuse the same
+K/V tiles from L2.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_tile(
+    q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, key_start, key_end,
+    qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+    CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i) with the keys at positions [key_start, key_end)."""
+    for n in range(key_start, key_end, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < key_end
+        slots = tl.load(table_row_ptr + offs_n, mask=mask_n, other=0).to(tl.int64)
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        if CAUSAL:
+            visible = mask_n[None, :] & (offs_n[None, :] <= qpos[:, None])
+        else:
+            visible = mask_n[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        # The first tile any row sees always holds a visible key (the non-causal loop only runs
+        # on keys every row sees; the causal loop starts at the tile's first query position), so
+        # m_new is finite from the first update on and exp2(-inf - m_new) = 0 is safe.
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
+                                            input_precision=DOT_PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _extend_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+    req_to_token_ptr, req_pool_indices_ptr, prefix_lens_ptr, extend_lens_ptr, extend_starts_ptr,
+    qk_scale,  # softmax scale * log2(e)
+    stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
+    stride_table,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request."""
+    head = tl.program_id(0)
+    m_block = tl.program_id(1)
+    b = tl.program_id(2)
+    extend_len = tl.load(extend_lens_ptr + b)
+    m_start = m_block * BLOCK_M
+    if m_start >= extend_len:  # the grid is sized for the longest request
+        return
+    prefix = tl.load(prefix_lens_ptr + b)
+    first_token = tl.load(extend_starts_ptr + b).to(tl.int64)
+    row = tl.load(req_pool_indices_ptr + b).to(tl.int64)
+    kv_head = head // GROUP
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < extend_len
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    tokens = first_token + offs_m
+    q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    qpos = prefix + offs_m
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    table_row_ptr = req_to_token_ptr + row * stride_table
+    shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
+    diagonal_end = prefix + tl.minimum(m_start + BLOCK_M, extend_len)
+    acc, l_i, m_i = _attend_tile(
+        q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, shared_end,
+        qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+        CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+    acc, l_i, m_i = _attend_tile(
+        q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, shared_end,
+        diagonal_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+        CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)  # rows past extend_len are masked out of the store
+    tl.store(out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
+
+
+def extend_config(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size; sized for H100/H200-class shared
+    memory (the K and V tiles of every pipeline stage plus the Q tile must fit)."""
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    if head_dim <= 128:
+        return 128, 64, 8, 3
+    return 64, 32, 8, 2
+
+
+def extend_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
+    extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
+    block_m: int | None = None, block_n: int | None = None,
+) -> None:
+    """Causal attention of the new tokens of a batch over their cached prefix and themselves.
+
+    q [T, Hq, D] (T >= the real token count; only rows listed by extend_starts/extend_lens are
+    read); k_cache/v_cache [slots, Hk, D] already holding the new tokens' K/V; out [T, Hq, D]
+    (only the real rows are written); req_to_token [rows, max_ctx] int32; req_pool_indices [B]
+    int64; prefix_lens, extend_lens, extend_starts [B] int32; max_extend_len: host-side max of
+    extend_lens (sizes the grid). The last dimension of every tensor must be contiguous.
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[1]
+    batch = req_pool_indices.shape[0]
+    assert num_heads % num_kv_heads == 0, (num_heads, num_kv_heads)
+    for t in (q, k_cache, v_cache, out, req_to_token):
+        assert t.stride(-1) == 1, "the last dimension must be contiguous"
+    if batch == 0 or max_extend_len == 0:
+        return
+    cfg_m, cfg_n, num_warps, num_stages = extend_config(head_dim)
+    block_m = block_m or cfg_m
+    block_n = block_n or cfg_n
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (num_heads, triton.cdiv(max_extend_len, block_m), batch)
+    _extend_kernel[grid](
+        q, k_cache, v_cache, out,
+        req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_starts,
+        scaling * _LOG2E,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
+        req_to_token.stride(0),
+        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )

@@ -1,0 +1,130 @@
+"""`tessera serve | generate | bench ...` (also `python -m tessera`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(level=level.upper(), format="[%(asctime)s %(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling options")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=-1)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--sampling-seed", type=int, default=None, help="per-request sampling seed")
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true")
+
+
+def sampling_params_from_args(args: argparse.Namespace):
+    from tessera.sampling.params import SamplingParams  # noqa: PLC0415
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty,
+                          frequency_penalty=args.frequency_penalty,
+                          presence_penalty=args.presence_penalty, seed=args.sampling_seed,
+                          stop=args.stop, ignore_eos=args.ignore_eos)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tessera.config import EngineConfig  # noqa: PLC0415
+    from tessera.engine.llm import LLM  # noqa: PLC0415
+
+    config = EngineConfig.from_cli(args)
+    flat = {k: v for k, v in config.flat().items() if k not in ("host", "port", "log_level",
+                                                                 "api_key")}
+    try:
+        params = sampling_params_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    llm = LLM(model=flat.pop("model_path"), **flat)
+    prompts = args.prompt or ["Hello, my name is"]
+    if args.chat:
+        prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}])
+                   for p in prompts]
+    for p, out in zip(prompts, llm.generate(prompts, params)):
+        if len(prompts) > 1:
+            print(f"--- prompt: {p!r}")
+        print(out.text)
+        logging.getLogger("tessera").info(
+            "%d prompt tokens, %d output tokens, finish reason %s", out.num_prompt_tokens,
+            len(out.token_ids), out.finish_reason)
+    llm.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tessera.config import EngineConfig  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="run prompts offline and print the completions")
+    gen.add_argument("--prompt", action="append", help="prompt text (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    EngineConfig.add_cli_args(gen)
+    gen.add_argument("--log-level", default="info")
+    add_sampling_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    EngineConfig.add_cli_args(serve, server=True)
+    serve.set_defaults(func=_cmd_serve)
+
+    bench = sub.add_parser("bench", help="benchmarks and accuracy clients")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    for name, module in _BENCHES.items():
+        p = bench_sub.add_parser(name, help=f"see python -m {module} --help", add_help=False)
+        p.set_defaults(func=_bench_runner(module))
+    return parser
+
+
+_BENCHES = {
+    "latency": "tessera.bench.latency",
+    "serving": "tessera.bench.serving",
+    "gsm8k": "tessera.bench.gsm8k",
+    "offline": "tessera.bench.offline",
+}
+
+
+def _bench_runner(module: str):
+    def run(args: argparse.Namespace, rest: list[str]) -> int:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(module).main(rest) or 0
+    return run
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tessera.server.launch import serve  # noqa: PLC0415
+
+    return serve(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if len(argv) >= 2 and argv[0] == "bench":
+        # bench sub-commands own their flags
+        args, rest = parser.parse_known_args(argv[:2])
+        _setup_logging()
+        return args.func(args, argv[2:])
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

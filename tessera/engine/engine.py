@@ -1,0 +1,211 @@
+"""Engine: scheduler + model runner + sampler + detokenizer, advanced one step at a time.
+
+The offline `LLM` drives it in-process; the server runs it in its own process behind ZMQ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+
+from tessera.config.engine import EngineConfig
+from tessera.engine.detokenizer import IncrementalDetokenizer
+from tessera.engine.request import FinishReason, Request
+from tessera.models.tokenizer import load_tokenizer
+from tessera.runner.model_runner import ModelRunner
+from tessera.sampling.params import SamplingParams
+from tessera.sampling.sampler import Sampler, SamplingBatchInfo
+from tessera.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What one step produced for one request (a streaming delta)."""
+    rid: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    new_logprobs: list[float] = dataclasses.field(default_factory=list)
+    new_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
+    stop_str: str | None = None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config = config.resolve()
+        self.runner = ModelRunner(config)
+        mc = self.runner.model_config
+        tok_path = config.load.tokenizer_path or config.load.model_path
+        self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, mc.eos_token_ids)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
+        self.prefix_cache = None
+        if not config.cache.disable_radix_cache:
+            from tessera.cache.radix import RadixCache  # noqa: PLC0415
+
+            self.prefix_cache = RadixCache(self.runner.allocator)
+        else:
+            logger.info("radix prefix cache disabled by --disable-radix-cache")
+        self.scheduler = Scheduler(config.scheduler, self.runner, self.prefix_cache)
+        self.sampler = Sampler(backend=config.backend.sampling_backend)
+        self.requests: dict[str, Request] = {}
+        self._rng = random.Random(config.load.seed)
+        self._next_rid = 0
+        self.context_length = self.runner.context_length
+        self.vocab_size = mc.vocab_size
+        self.num_prompt_tokens_total = 0
+        self.num_generated_tokens_total = 0
+        self.num_cached_tokens_total = 0
+        self._pending_finished: list[Request] = []
+
+    # ---- requests -----------------------------------------------------------------------------
+    def new_rid(self) -> str:
+        self._next_rid += 1
+        return f"req-{self._next_rid}"
+
+    def validate_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Reject what can never run, with a message that says what to change."""
+        if not prompt_ids:
+            raise ValueError("prompt is empty: give at least one token")
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        if len(prompt_ids) >= self.context_length:
+            raise ValueError(f"prompt has {len(prompt_ids)} tokens but the context length is "
+                             f"{self.context_length}; shorten the prompt")
+        need = min(len(prompt_ids) + params.max_new_tokens, self.context_length)
+        if need > self.runner.kv_cache_tokens:
+            raise ValueError(f"request needs up to {need} KV tokens (prompt {len(prompt_ids)} + "
+                             f"max_new_tokens {params.max_new_tokens}) but the KV pool holds "
+                             f"{self.runner.kv_cache_tokens}; lower max_new_tokens")
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams,
+                    rid: str | None = None) -> str:
+        self.validate_prompt(prompt_ids, params)
+        rid = rid or self.new_rid()
+        if rid in self.requests:
+            raise ValueError(f"duplicate request id {rid!r}")
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        req = Request(rid=rid, prompt_ids=list(prompt_ids), params=params, seed=seed,
+                      eos_token_ids=self.eos_token_ids, max_total_len=self.context_length,
+                      arrival=time.monotonic())
+        req.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop,
+                                                 params.skip_special_tokens)
+        self.requests[rid] = req
+        self.num_prompt_tokens_total += len(prompt_ids)
+        if params.max_new_tokens == 0:
+            req.finish_reason = FinishReason.LENGTH
+            self._pending_finished.append(req)
+        else:
+            self.scheduler.add(req)
+        return rid
+
+    def abort(self, rid: str) -> bool:
+        req = self.requests.get(rid)
+        if req is None or req.finished:
+            return False
+        self.scheduler.abort(rid)
+        req.finish_reason = FinishReason.ABORT
+        self._pending_finished.append(req)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work() or bool(self._pending_finished)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        outputs = [self._output(req, [], [], []) for req in self._pending_finished]
+        self._pending_finished = []
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return outputs
+        logits = self.runner.forward(batch.forward_batch).next_token_logits
+        sampling_items = [(i, it) for i, it in enumerate(batch.items) if it.samples]
+        for it in batch.items:
+            if not it.samples:
+                self.scheduler.cache_chunk(it.req)
+        if not sampling_items:
+            return outputs
+        reqs = [it.req for _, it in sampling_items]
+        rows = [i for i, _ in sampling_items]
+        if len(rows) != logits.shape[0]:
+            logits = logits[rows]
+        info = SamplingBatchInfo.build(
+            params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
+            step_ids=[len(r.output_ids) for r in reqs],
+            output_ids=[r.output_ids for r in reqs], prompt_ids=[r.prompt_ids for r in reqs],
+            vocab_size=logits.shape[-1], device=logits.device,
+            eos_token_ids=sorted(self.eos_token_ids))
+        result = self.sampler.sample(logits, info)
+        tokens = result.token_ids.tolist()  # the one device->host sync of the step
+        logprobs = result.logprobs.tolist() if result.logprobs is not None else None
+        top = None
+        if result.top_logprobs is not None:
+            vals, ids = result.top_logprobs
+            top = (vals.tolist(), ids.tolist())
+        now = time.monotonic()
+        for j, (req, tok) in enumerate(zip(reqs, tokens)):
+            req.output_ids.append(tok)
+            self.num_generated_tokens_total += 1
+            if req.first_token_time is None:
+                req.first_token_time = now
+                self.num_cached_tokens_total += req.num_cached_tokens
+            new_lp = [logprobs[j]] if logprobs is not None and req.params.logprobs else []
+            new_top: list[list[tuple[int, float]]] = []
+            if top is not None and req.params.top_logprobs:
+                n = req.params.top_logprobs
+                new_top = [list(zip(top[1][j][:n], top[0][j][:n]))]
+            req.check_finish(tok)
+            outputs.append(self._output(req, [tok], new_lp, new_top))
+            if req.finished:
+                self.scheduler.finish(req)
+        return outputs
+
+    def _output(self, req: Request, new_ids: list[int], new_lp: list[float],
+                new_top: list[list[tuple[int, float]]]) -> StepOutput:
+        text = req.detokenizer.add(new_ids) if new_ids else ""
+        if req.detokenizer.stopped and not req.finished:
+            req.finish_reason = FinishReason.STOP
+            req.stop_str = req.detokenizer.stop_reason
+            self.scheduler.finish(req)
+        if req.finished:
+            text += req.detokenizer.flush()
+            self.requests.pop(req.rid, None)
+        return StepOutput(rid=req.rid, new_token_ids=new_ids, new_text=text,
+                          finished=req.finished,
+                          finish_reason=req.finish_reason.value if req.finished else None,
+                          num_prompt_tokens=len(req.prompt_ids),
+                          num_output_tokens=len(req.output_ids),
+                          num_cached_tokens=req.num_cached_tokens,
+                          new_logprobs=new_lp, new_top_logprobs=new_top, stop_str=req.stop_str)
+
+    # ---- maintenance --------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache; only when nothing is running (returns False otherwise)."""
+        if self.scheduler.has_work():
+            return False
+        if self.prefix_cache is not None:
+            self.prefix_cache.reset()
+        return True
+
+    def stats(self) -> dict[str, float]:
+        alloc = self.runner.allocator
+        cached = self.prefix_cache.total_size() if self.prefix_cache is not None else 0
+        return {
+            "num_running_reqs": len(self.scheduler.running),
+            "num_queued_reqs": len(self.scheduler.waiting),
+            "kv_pool_size": alloc.size,
+            "kv_free_tokens": alloc.available_size(),
+            "kv_cached_tokens": cached,
+            "kv_used_tokens": alloc.size - alloc.available_size() - cached,
+            "prompt_tokens_total": self.num_prompt_tokens_total,
+            "generation_tokens_total": self.num_generated_tokens_total,
+            "cached_tokens_total": self.num_cached_tokens_total,
+            "num_retractions": self.scheduler.num_retractions,
+        }

@@ -1,0 +1,68 @@
+"""A request's life in the engine: its tokens, its KV, its sampling state and its output."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from tessera.sampling.params import SamplingParams
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclasses.dataclass
+class Request:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int                       # per-request RNG seed (drawn once when the user gave none)
+    eos_token_ids: frozenset[int]
+    max_total_len: int              # prompt + output may not exceed this (context length)
+    arrival: float = 0.0
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+    # KV state
+    req_row: int | None = None      # row in req_to_token while it holds KV
+    kv_len: int = 0                 # tokens whose KV is in the cache (through req_row)
+    prefix_len: int = 0             # leading tokens whose slots belong to the prefix cache
+    prefix_node: Any = None         # locked prefix-cache node (or None)
+    num_cached_tokens: int = 0      # prompt tokens served from the prefix cache (first admission)
+    admitted_once: bool = False
+    num_retractions: int = 0
+    # output
+    finish_reason: FinishReason | None = None
+    stop_str: str | None = None
+    detokenizer: Any = None
+    output_logprobs: list[float] = dataclasses.field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
+    first_token_time: float | None = None
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token known so far; the KV of all but (while decoding) the last is cached."""
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def check_finish(self, token: int) -> None:
+        """Decide stop/length after `token` was appended to output_ids."""
+        p = self.params
+        n = len(self.output_ids)
+        if n >= p.min_new_tokens:
+            if not p.ignore_eos and token in self.eos_token_ids:
+                self.finish_reason = FinishReason.STOP
+                return
+            if p.stop_token_ids and token in p.stop_token_ids:
+                self.finish_reason = FinishReason.STOP
+                return
+        if n >= p.max_new_tokens or self.seq_len >= self.max_total_len:
+            self.finish_reason = FinishReason.LENGTH
