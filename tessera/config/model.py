@@ -78,7 +78,8 @@ def parse_rope(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     if isinstance(params, dict) and params:
         theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
         rope_type = params.get("rope_type", params.get("type", "default"))
-        scaling = None if rope_type == "default" else {**params, "rope_type": rope_type}
+        scaling = None if rope_type == "default" else {
+            **{k: v for k, v in params.items() if k != "rope_theta"}, "rope_type": rope_type}
         return theta, scaling
     scaling = d.get("rope_scaling")
     if scaling is not None:

@@ -25,11 +25,12 @@ import functools
 import importlib.util
 import logging
 import os
-from typing import Any, Callable, ClassVar, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
+from tessera.ops.library import op_exists
 from tessera.platforms import PlatformKind, current_platform
 
 logger = logging.getLogger(__name__)
@@ -59,12 +60,6 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def vendor_op_exists(qualname: str) -> bool:
-    """Whether an op such as 'aten::_fused_rmsnorm_forward' is registered in this process."""
-    namespace, _, name = qualname.partition("::")
-    return hasattr(getattr(torch.ops, namespace), name)
-
-
 class MultiPlatformOp(nn.Module):
     # Vendor ops (qualified names) that forward_musa calls; all must exist to bind forward_musa.
     musa_vendor_ops: ClassVar[tuple[str, ...]] = ()
@@ -81,9 +76,9 @@ class MultiPlatformOp(nn.Module):
             return self.forward_cuda if triton_available() else self._no_triton()
         if kind is PlatformKind.MUSA:
             # imports the vendor-op fake kernels before anything can be traced
-            from tessera.ops import musa_ops  # noqa: F401, PLC0415
+            from tessera.ops import musa_ops  # noqa: F401
 
-            if self.musa_vendor_ops and all(map(vendor_op_exists, self.musa_vendor_ops)):
+            if self.musa_vendor_ops and all(map(op_exists, self.musa_vendor_ops)):
                 return self.forward_musa
             if platform.supports_triton and triton_available():
                 return self.forward_cuda
@@ -115,5 +110,4 @@ class MultiPlatformOp(nn.Module):
         return self.forward_native(*args, **kwargs)
 
 
-__all__ = ["MultiPlatformOp", "native_ops", "triton_available", "use_native_ops",
-           "vendor_op_exists"]
+__all__ = ["MultiPlatformOp", "native_ops", "triton_available", "use_native_ops"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from tessera.ops.base import MultiPlatformOp
+from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
+from tessera.ops.base import MultiPlatformOp, use_native_ops
 
 
 def compute_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
@@ -37,7 +38,13 @@ def compute_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None)
 
 
 class RotaryEmbedding(MultiPlatformOp):
-    """Applies rotary embedding to q [T, Hq, D] and k [T, Hk, D] at `positions` [T]."""
+    """Applies rotary embedding to q [T, Hq, D] and k [T, Hk, D] at `positions` [T].
+
+    Returns new (q, k) tensors. Fast paths: `tessera::rotary_embedding` (Triton) on CUDA;
+    torch_musa's muDNN RoPE on MUSA, which takes angles instead of cos/sin (`freqs_cache`).
+    """
+
+    musa_vendor_ops = (musa_ops.ROPE,)
 
     def __init__(
         self,
@@ -46,8 +53,10 @@ class RotaryEmbedding(MultiPlatformOp):
         base: float,
         scaling: dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        force_native: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(force_native)
         self.head_dim = head_dim
         inv_freq = compute_inv_freq(head_dim, base, scaling)
         t = torch.arange(max_position, dtype=torch.float32)
@@ -55,6 +64,10 @@ class RotaryEmbedding(MultiPlatformOp):
         # [max_position, head_dim]: cos in the first half, sin in the second (float32 always)
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
+        if self.bound_forward == "forward_musa":
+            # muDNN's rope wants rotate-half angles [max_position, head_dim]; only kept when used
+            self.register_buffer("freqs_cache", torch.cat([freqs, freqs], dim=-1),
+                                 persistent=False)
 
     def forward_native(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         cos_sin = self.cos_sin_cache.index_select(0, positions)
@@ -63,13 +76,20 @@ class RotaryEmbedding(MultiPlatformOp):
         sin = torch.cat([sin, sin], dim=-1).unsqueeze(1).to(q.dtype)
         return _apply(q, cos, sin), _apply(k, cos, sin)
 
+    def forward_cuda(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        return torch.ops.tessera.rotary_embedding(positions, q, k, self.cos_sin_cache)
+
+    def forward_musa(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        return musa_ops.rope(q, k, self.freqs_cache.index_select(0, positions))
+
 
 def get_rope(head_dim: int, max_position: int, base: float,
              scaling: dict[str, Any] | None = None) -> RotaryEmbedding:
     """One RotaryEmbedding per distinct configuration, shared by all layers: the cos/sin cache of
     a long-context model is tens of MB and must not be duplicated per layer."""
+    # the binding is part of the key: a native-bound reference model must not share a fast module
     key = (head_dim, max_position, base, json.dumps(scaling, sort_keys=True),
-           str(torch.get_default_device()))
+           str(torch.get_default_device()), use_native_ops())
     if key not in _ROPE_CACHE:
         _ROPE_CACHE[key] = RotaryEmbedding(head_dim, max_position, base, scaling)
     return _ROPE_CACHE[key]
@@ -85,3 +105,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + _rotate_half(x) * sin
+
+
+__all__ = ["RotaryEmbedding", "compute_inv_freq", "get_rope"]

@@ -11,19 +11,17 @@ import os
 from tessera.platforms.base import Platform, PlatformKind
 from tessera.platforms.cpu import CpuPlatform
 from tessera.platforms.cuda import CudaPlatform
+from tessera.platforms.musa import MusaPlatform
 
 logger = logging.getLogger(__name__)
 
-_PLATFORMS: dict[str, type[Platform]] = {"cuda": CudaPlatform, "cpu": CpuPlatform}
+# detection order: MUSA first (a torch_musa build may also report CUDA-compatible APIs), then CUDA
+_PLATFORMS: dict[str, type[Platform]] = {"musa": MusaPlatform, "cuda": CudaPlatform,
+                                         "cpu": CpuPlatform}
 
 
 def _platform_classes() -> dict[str, type[Platform]]:
-    classes = dict(_PLATFORMS)
-    try:
-        from tessera.platforms.musa import MusaPlatform  # noqa: PLC0415
-    except ImportError:  # musa.py is optional until the platform issue lands
-        return classes
-    return {"musa": MusaPlatform, **classes}
+    return dict(_PLATFORMS)
 
 
 def detect_platform() -> Platform:
@@ -58,4 +56,5 @@ def platform_for_device(device: str) -> Platform:
     return classes[device_type]()
 
 
-__all__ = ["Platform", "PlatformKind", "current_platform", "detect_platform", "platform_for_device"]
+__all__ = ["CpuPlatform", "CudaPlatform", "MusaPlatform", "Platform", "PlatformKind",
+           "current_platform", "detect_platform", "platform_for_device"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -15,7 +16,13 @@ class PlatformKind(enum.Enum):
 
 
 class Platform(ABC):
-    """One accelerator family. Subclasses answer questions; callers never branch on vendor names."""
+    """One accelerator family. Subclasses answer questions; callers never branch on vendor names.
+
+    It answers: device type and count; whether full (decode) and piecewise graphs are supported,
+    the graph class, memory-pool handle and capture context; streams and events; memory info;
+    the distributed backend; the default attention and sampling backends; whether Triton kernels
+    run here; and which patches to apply before torch.compile.
+    """
 
     kind: PlatformKind
     device_type: str
@@ -40,6 +47,9 @@ class Platform(ABC):
     def set_device(self, index: int) -> None:
         pass
 
+    def device_count(self) -> int:
+        return 1
+
     def device_name(self, index: int = 0) -> str:
         return self.device_type
 
@@ -48,7 +58,7 @@ class Platform(ABC):
 
     def mem_get_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory."""
-        import os  # noqa: PLC0415
+        import os
 
         page = os.sysconf("SC_PAGE_SIZE")
         return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
@@ -72,6 +82,10 @@ class Platform(ABC):
     def graph_context(self, graph: Any, pool: Any = None, stream: Any = None):
         raise RuntimeError(f"platform {self.kind.value} has no graphs")
 
+    def is_stream_capturing(self) -> bool:
+        """True while the current stream is capturing a graph (allocations must be static)."""
+        return False
+
     def current_stream(self) -> Any:
         return None
 
@@ -79,7 +93,7 @@ class Platform(ABC):
         return None
 
     def stream_context(self, stream: Any):
-        import contextlib  # noqa: PLC0415
+        import contextlib
 
         return contextlib.nullcontext()
 

@@ -18,6 +18,6 @@ class CpuPlatform(Platform):
         return True
 
     def device_name(self, index: int = 0) -> str:
-        import platform  # noqa: PLC0415
+        import platform
 
         return platform.processor() or "cpu"

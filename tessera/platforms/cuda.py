@@ -24,6 +24,9 @@ class CudaPlatform(Platform):
     def set_device(self, index: int) -> None:
         torch.cuda.set_device(index)
 
+    def device_count(self) -> int:
+        return torch.cuda.device_count()
+
     def device_name(self, index: int = 0) -> str:
         return torch.cuda.get_device_name(index)
 
@@ -51,6 +54,9 @@ class CudaPlatform(Platform):
 
     def graph_context(self, graph: Any, pool: Any = None, stream: Any = None):
         return torch.cuda.graph(graph, pool=pool, stream=stream)
+
+    def is_stream_capturing(self) -> bool:
+        return torch.cuda.is_current_stream_capturing()
 
     def current_stream(self) -> Any:
         return torch.cuda.current_stream()

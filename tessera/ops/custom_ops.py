@@ -1,0 +1,87 @@
+"""The `tessera::*` custom ops: the only way fast paths reach Triton kernels.
+
+Each op is a torch.library custom op with a fake kernel. Under torch.compile, Dynamo records a call
+as one opaque graph node and uses the fake kernel for output shapes/dtypes/strides; the real
+implementation runs only when the graph runs. All ops are functional (mutates_args=()): they
+allocate their outputs, so no functionalization copies are inserted around them and the piecewise
+compiler can treat them like any other node.
+
+Fake kernels must describe exactly what the real kernels return: contiguous tensors of the shapes
+below. The Triton modules are imported on first call, keeping `import tessera.ops` Triton-free.
+"""
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.custom_op("tessera::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    from tessera.ops.triton.rmsnorm import rms_norm as kernel
+
+    return kernel(x, weight, eps)
+
+
+@rms_norm.register_fake
+def _rms_norm_fake(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype))
+
+
+@torch.library.custom_op("tessera::fused_add_rms_norm", mutates_args=())
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.ops.triton.rmsnorm import fused_add_rms_norm as kernel
+
+    return kernel(x, residual, weight, eps)
+
+
+@fused_add_rms_norm.register_fake
+def _fused_add_rms_norm_fake(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype))
+    return out, x.new_empty(x.shape)
+
+
+@torch.library.custom_op("tessera::silu_and_mul", mutates_args=())
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    from tessera.ops.triton.activation import silu_and_mul as kernel
+
+    return kernel(x)
+
+
+@silu_and_mul.register_fake
+def _silu_and_mul_fake(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.custom_op("tessera::rotary_embedding", mutates_args=())
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.ops.triton.rotary import rotary_embedding as kernel
+
+    return kernel(positions, q, k, cos_sin_cache)
+
+
+@rotary_embedding.register_fake
+def _rotary_embedding_fake(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                           cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+@torch.library.custom_op("tessera::per_token_group_quant_fp8", mutates_args=())
+def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
+                              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.ops.triton.fp8_quant import per_token_group_quant_fp8 as kernel
+
+    return kernel(x, group_size, eps)
+
+
+@per_token_group_quant_fp8.register_fake
+def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
+                                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x_q = x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+    scales = x.new_empty((*x.shape[:-1], x.shape[-1] // group_size), dtype=torch.float32)
+    return x_q, scales
+
+
+__all__ = ["fused_add_rms_norm", "per_token_group_quant_fp8", "rms_norm", "rotary_embedding",
+           "silu_and_mul"]

@@ -1,0 +1,320 @@
+"""Triton attention backend vs the torch_native reference.
+
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the
+kernels are imported: Triton reads it when @triton.jit decorates). Small shapes only there; the
+interpreter's tl.dot mis-multiplies bf16, so bf16 attention is covered by the GPU tests. With CUDA
+the same small tests run compiled, and the `gpu` tests add real sizes, bf16 and CUDA graphs.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+pytest.importorskip("triton")
+
+from tessera.attention.torch_native import TorchNativeAttentionBackend
+from tessera.attention.triton import TritonAttentionBackend
+from tessera.attention.triton_ops import (
+    decode_attention,
+    decode_workspace_shape,
+    extend_attention,
+    store_kv,
+)
+from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def _patch_interpreter_for_numpy_2_4() -> None:
+    """Triton 3.6's interpreter turns a loaded scalar (a 1-element array) into a loop bound with
+    int(array), which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed upstream after 3.6)."""
+    if HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "tessera_numpy_fix", False):
+        return
+
+    def patched(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched.tessera_numpy_fix = True
+    interpreter._patch_lang_tensor = patched
+
+
+_patch_interpreter_for_numpy_2_4()
+
+
+class Case:
+    """One batch on two identical KV pools: one for the triton backend, one for the reference."""
+
+    def __init__(self, prefix_lens: list[int], extend_lens: list[int], *, num_kv_heads: int,
+                 group: int, head_dim: int, dtype: torch.dtype, mode: ForwardMode,
+                 pad_rows: int = 0, seed: int = 0, device: str = DEVICE,
+                 max_context: int | None = None) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        rng = random.Random(seed)
+        self.num_heads, self.head_dim, self.dtype = num_kv_heads * group, head_dim, dtype
+        self.scaling = head_dim ** -0.5
+        seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+        max_context = max_context or max(seq_lens + [1])
+        num_slots = sum(max(s, 1) for s in seq_lens) + max_context + 8
+        pools = [KVPool(1, num_kv_heads, head_dim, num_slots, dtype, device) for _ in range(2)]
+        cache_shape = pools[0].k_buffers[0].shape
+        k_init = torch.randn(cache_shape, generator=gen).to(dtype)
+        v_init = torch.randn(cache_shape, generator=gen).to(dtype)
+        for pool in pools:
+            pool.k_buffers[0].copy_(k_init)
+            pool.v_buffers[0].copy_(v_init)
+        self.table = ReqToTokenPool(len(seq_lens) + 3, max_context, device)
+        # scattered rows and slots: the kernels must follow req_to_token, not assume contiguity
+        rows = rng.sample(range(self.table.max_reqs), len(seq_lens))
+        free = rng.sample(range(1, num_slots + 1), num_slots)
+        new_slots = []
+        for row, prefix, seq_len in zip(rows, prefix_lens, seq_lens):
+            slots = [free.pop() for _ in range(seq_len)]
+            self.table.write(row, 0, torch.tensor(slots))
+            new_slots += slots[prefix:]
+        self.num_real = sum(extend_lens)
+        self.batch = ForwardBatch.build(mode, [0] * self.num_real, rows, prefix_lens, extend_lens,
+                                        torch.tensor(new_slots, dtype=torch.int64), device)
+        tokens = self.num_real + pad_rows
+        self.q = torch.randn(tokens, self.num_heads, head_dim, generator=gen).to(dtype).to(device)
+        self.k = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
+        self.v = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
+        args = (self.num_heads, num_kv_heads, head_dim)
+        self.triton = TritonAttentionBackend(pools[0], self.table, *args)
+        self.reference = TorchNativeAttentionBackend(pools[1], self.table, *args)
+
+    def run(self, backend) -> torch.Tensor:
+        out = torch.full_like(self.q, float("nan"))  # rows the backend forgets stay NaN
+        backend.init_forward_metadata(self.batch)
+        backend.forward(self.q, self.k, self.v, out, 0, self.scaling, self.batch)
+        return out
+
+    def check(self, atol: float, rtol: float = 0.0) -> torch.Tensor:
+        got = self.run(self.triton)
+        want = self.run(self.reference)
+        torch.testing.assert_close(got[:self.num_real].float(), want[:self.num_real].float(),
+                                   atol=atol, rtol=rtol)
+        assert torch.all(got[self.num_real:] == 0), "padded rows must be zeroed"
+        for name in ("k_buffers", "v_buffers"):
+            a = getattr(self.triton.kv_pool, name)[0]
+            b = getattr(self.reference.kv_pool, name)[0]
+            assert torch.equal(a, b), f"{name}: new K/V written differently"
+        return got
+
+
+def _tol(dtype: torch.dtype) -> float:
+    return {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+
+
+def _random_lens(rng: random.Random, count: int, max_prefix: int, max_extend: int
+                 ) -> tuple[list[int], list[int]]:
+    prefix = [0, 0] + [rng.randint(0, max_prefix) for _ in range(count - 2)]
+    extend = [1, rng.randint(1, max_extend)] + [rng.randint(1, max_extend) for _ in range(count - 2)]
+    return prefix, extend
+
+
+# ---- small shapes (interpreter on CPU) ------------------------------------------------------------
+SHAPES = [(1, 64), (4, 128), (8, 256), (8, 64)]  # (query heads per KV head, head_dim)
+
+
+@pytest.mark.parametrize("group,head_dim", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_extend_matches_reference(group: int, head_dim: int, dtype: torch.dtype) -> None:
+    rng = random.Random(group * 1000 + head_dim)
+    prefix, extend = _random_lens(rng, 4, max_prefix=90, max_extend=140)
+    case = Case(prefix, extend, num_kv_heads=2, group=group, head_dim=head_dim, dtype=dtype,
+                mode=ForwardMode.EXTEND, pad_rows=3, seed=group + head_dim)
+    case.check(_tol(dtype))
+
+
+@pytest.mark.parametrize("group,head_dim", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_matches_reference(group: int, head_dim: int, dtype: torch.dtype) -> None:
+    rng = random.Random(group + head_dim)
+    seq_lens = [1, 2, rng.randint(3, 300), rng.randint(3, 300)]
+    case = Case([s - 1 for s in seq_lens], [1] * 4, num_kv_heads=2, group=group,
+                head_dim=head_dim, dtype=dtype, mode=ForwardMode.DECODE, seed=head_dim)
+    case.check(_tol(dtype))
+
+
+def test_decode_single_request_uses_splits() -> None:
+    """A lone request gets several splits through the backend's own policy."""
+    case = Case([399], [1], num_kv_heads=2, group=4, head_dim=64, dtype=torch.float32,
+                mode=ForwardMode.DECODE)
+    assert case.triton.decode_num_splits(1) > 1
+    case.check(_tol(torch.float32))
+
+
+def test_mixed_extend_with_decoding_requests() -> None:
+    """Chunked prefill next to decoding requests: those come as extend len 1 on a long prefix."""
+    case = Case([0, 150, 33, 1], [40, 1, 1, 17], num_kv_heads=2, group=4, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=5)
+    case.check(_tol(torch.float32))
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 8])
+def test_decode_kernel_splits_and_empty_rows(num_splits: int) -> None:
+    """Splits of 16 keys exercise the split-K merge; seq_len 0 rows (padding) must give zeros."""
+    case = Case([0, 4, 70, 130, 0], [1] * 5, num_kv_heads=2, group=4, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.DECODE, seed=num_splits)
+    want = case.run(case.reference)
+    seq_lens = case.batch.seq_lens.clone()
+    seq_lens[-1] = 0
+    kv = case.triton.kv_pool
+    out = torch.full_like(case.q, float("nan"))
+    workspace = None
+    if num_splits > 1:
+        shapes = decode_workspace_shape(5, case.num_heads, num_splits, case.head_dim)
+        workspace = [torch.full(s, float("nan"), device=DEVICE) for s in shapes]
+    store_kv(case.k, case.v, kv.k_buffers[0], kv.v_buffers[0], case.batch.out_cache_loc)
+    decode_attention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
+                     case.batch.req_pool_indices, seq_lens, case.scaling,
+                     *(workspace or (None, None)), min_split_len=16, block_n=16)
+    torch.testing.assert_close(out[:4], want[:4], atol=2e-5, rtol=0)
+    assert torch.all(out[4] == 0)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16)])
+def test_extend_kernel_small_tiles(block_m: int, block_n: int) -> None:
+    """Many query and key tiles per request: the shared-prefix and diagonal loops both iterate."""
+    case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=1, group=8, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND)
+    want = case.run(case.reference)
+    kv, fb = case.triton.kv_pool, case.batch
+    out = torch.zeros_like(case.q)
+    store_kv(case.k, case.v, kv.k_buffers[0], kv.v_buffers[0], fb.out_cache_loc)
+    extend_attention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
+                     fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens,
+                     fb.extend_start_loc, fb.max_extend_len, case.scaling, block_m=block_m,
+                     block_n=block_n)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_strided_views(dtype: torch.dtype) -> None:
+    """K/V as strided views of a fused QKV tensor, padding rows aimed at the dump slot 0."""
+    tokens, heads, dim = 6, 2, 64
+    qkv = torch.randn(tokens, 6 * heads * dim, device=DEVICE).to(dtype)
+    k = qkv[:, 4 * heads * dim:5 * heads * dim].view(tokens, heads, dim)
+    v = qkv[:, 5 * heads * dim:].view(tokens, heads, dim)
+    k_cache = torch.zeros(20, heads, dim, dtype=dtype, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    loc = torch.tensor([5, 9, 2, 17, 0, 0], device=DEVICE)
+    store_kv(k, v, k_cache, v_cache, loc)
+    assert torch.equal(k_cache[loc[:4]], k[:4]) and torch.equal(v_cache[loc[:4]], v[:4])
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[[0, 2, 5, 9, 17]] = False
+    assert torch.all(k_cache[untouched.to(DEVICE)] == 0)
+
+
+def test_decode_workspace_is_allocated_once() -> None:
+    """Graphs keep the workspace address: every batch size must reuse the same buffer."""
+    case = Case([3], [1], num_kv_heads=2, group=4, head_dim=64, dtype=torch.float32,
+                mode=ForwardMode.DECODE)
+    backend = case.triton
+    ptr = backend._part_out.data_ptr()
+    splits = [backend.decode_num_splits(b) for b in range(1, 300)]
+    assert splits == sorted(splits, reverse=True) and splits[-1] == 1
+    for batch_size in (1, 2, 5, 64, 299):
+        batch = ForwardBatch.build(ForwardMode.DECODE, [0] * batch_size, [0] * batch_size,
+                                   [0] * batch_size, [1] * batch_size,
+                                   torch.zeros(batch_size, dtype=torch.int64), DEVICE)
+        backend.init_forward_metadata(batch)
+        meta = backend._metadata
+        if meta.part_out is not None:
+            assert meta.part_out.data_ptr() == ptr
+    assert backend._part_out.data_ptr() == ptr
+
+
+# ---- real sizes on the GPU --------------------------------------------------------------------
+CONTEXTS = [1, 7, 100, 1000, 4096, 32768]
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64), (8, 256)])
+def test_gpu_decode_bf16_long_contexts(group: int, head_dim: int) -> None:
+    for batch_size in (1, 6, 160):  # 160: one split per request, output written by stage 1
+        rng = random.Random(batch_size)
+        seq_lens = [CONTEXTS[i % len(CONTEXTS)] if batch_size < 100 else rng.randint(1, 2000)
+                    for i in range(batch_size)]
+        if batch_size == 1:
+            seq_lens = [32768]
+        case = Case([s - 1 for s in seq_lens], [1] * batch_size, num_kv_heads=8 // group * 2,
+                    group=group, head_dim=head_dim, dtype=torch.bfloat16,
+                    mode=ForwardMode.DECODE, seed=batch_size)
+        case.check(atol=2e-2, rtol=2e-2)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64), (8, 256)])
+def test_gpu_extend_bf16_mixes(group: int, head_dim: int) -> None:
+    prefix = [0, 0, 32768 - 1000, 4096, 1000, 7, 0]
+    extend = [4096, 1, 1000, 1, 300, 100, 7]
+    case = Case(prefix, extend, num_kv_heads=8 // group * 2, group=group, head_dim=head_dim,
+                dtype=torch.bfloat16, mode=ForwardMode.EXTEND, pad_rows=9)
+    case.check(atol=2e-2, rtol=2e-2)
+
+
+@gpu
+@needs_cuda
+def test_gpu_decode_cuda_graph_replay_equals_eager() -> None:
+    """Capture with short contexts, replay with long ones: nothing about lengths is baked in."""
+    long_lens = [32768, 4096, 1000, 100, 7]
+    padded = 8  # 3 padding requests: row 0, slot 0, seq_len 1
+    case = Case([s - 1 for s in long_lens], [1] * 5, num_kv_heads=8, group=4, head_dim=128,
+                dtype=torch.bfloat16, mode=ForwardMode.DECODE, max_context=32768)
+    rows = case.batch.req_pool_indices.tolist() + [0] * 3
+    static = ForwardBatch.build(ForwardMode.DECODE, [0] * padded, rows, [0] * padded,
+                                [1] * padded, torch.zeros(padded, dtype=torch.int64), DEVICE)
+    q = torch.zeros(padded, case.num_heads, case.head_dim, dtype=torch.bfloat16, device=DEVICE)
+    k = torch.zeros(padded, 8, case.head_dim, dtype=torch.bfloat16, device=DEVICE)
+    v, out = torch.zeros_like(k), torch.zeros_like(q)
+    backend = case.triton
+
+    def step() -> None:
+        backend.forward(q, k, v, out, 0, case.scaling, static)
+
+    backend.init_forward_metadata(static)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up compiles the kernels outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    # the real step: 5 requests at their long contexts, 3 padding rows
+    static.seq_lens.copy_(torch.tensor(long_lens + [1] * 3, dtype=torch.int32))
+    static.out_cache_loc.copy_(torch.cat([case.batch.out_cache_loc,
+                                          torch.zeros(3, dtype=torch.int64, device=DEVICE)]))
+    for dst, src in ((q, case.q), (k, case.k), (v, case.v)):
+        dst.zero_()
+        dst[:5].copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = out[:5].clone()
+    assert torch.isfinite(out).all()
+
+    step()  # the same step eagerly (rewrites identical K/V)
+    assert torch.equal(out[:5], replayed)
+    want = case.run(case.reference)
+    torch.testing.assert_close(replayed.float(), want.float(), atol=2e-2, rtol=2e-2)
