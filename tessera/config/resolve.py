@@ -45,16 +45,36 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     if not disable_cuda_graph and not platform.supports_full_graph:
         logger.info("decode CUDA graph disabled: platform %s has no graphs", platform.kind.value)
         disable_cuda_graph = True
+    # ---- piecewise CUDA graph (extend/prefill) ----
     disable_pcg = graph.disable_piecewise_cuda_graph
-    if not disable_pcg and not graph.enforce_piecewise_cuda_graph:
+    pcg_compiler = graph.piecewise_cuda_graph_compiler
+    if not disable_pcg and graph.enforce_piecewise_cuda_graph:
         if not platform.supports_piecewise_graph:
-            logger.info("piecewise CUDA graph disabled: platform %s has no graphs",
-                        platform.kind.value)
-            disable_pcg = True
+            logger.info("piecewise CUDA graph enforced on %s, which has no graphs: the split, "
+                        "compiled pieces run without capture", platform.kind.value)
+    elif not disable_pcg and not platform.supports_piecewise_graph:
+        logger.info("piecewise CUDA graph disabled: platform %s has no graphs (pass "
+                    "--enforce-piecewise-cuda-graph to run the compiled pieces anyway)",
+                    platform.kind.value)
+        disable_pcg = True
+    if (not disable_pcg and pcg_compiler == "inductor" and not platform.supports_triton
+            and platform.device_type != "cpu"):
+        logger.info("piecewise CUDA graph compiler inductor -> eager: inductor needs Triton, "
+                    "which platform %s lacks", platform.kind.value)
+        pcg_compiler = "eager"
     pcg_max = graph.piecewise_cuda_graph_max_tokens
     if pcg_max is None:
         pcg_max = sched.chunked_prefill_size if sched.chunked_prefill_size > 0 else 4096
+    if pcg_max < 1:
+        raise ValueError(f"--piecewise-cuda-graph-max-tokens must be >= 1, got {pcg_max}")
+    if not disable_pcg:
+        from tessera.compilation.capture_sizes import capture_sizes  # noqa: PLC0415
+
+        # raises a clear error now, not at model load, when no size suits the parallel layout
+        capture_sizes(dataclasses.replace(graph, piecewise_cuda_graph_max_tokens=pcg_max),
+                      config.parallel)
     graph = dataclasses.replace(graph, disable_cuda_graph=disable_cuda_graph,
                                 disable_piecewise_cuda_graph=disable_pcg,
-                                piecewise_cuda_graph_max_tokens=pcg_max)
+                                piecewise_cuda_graph_max_tokens=pcg_max,
+                                piecewise_cuda_graph_compiler=pcg_compiler)
     return dataclasses.replace(config, load=load, backend=backend, graph=graph, resolved=True)

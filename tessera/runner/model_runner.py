@@ -18,7 +18,7 @@ from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
 from tessera.models.loader import load_model, load_model_config
 from tessera.platforms import platform_for_device
-from tessera.runner.forward_batch import ForwardBatch
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,14 @@ class ModelRunner:
             return self.model(forward_batch.input_ids, forward_batch.positions)
 
     def compute_logits(self, hidden: torch.Tensor, forward_batch: ForwardBatch) -> LogitsOutput:
-        last = forward_batch.extend_start_loc + forward_batch.extend_seq_lens - 1
-        next_logits = self.model.compute_logits(hidden[last.long()]).float()
+        if forward_batch.mode is ForwardMode.DECODE:
+            # one new token per request, in batch order: rows 0..bs-1 are the last tokens, so no
+            # index arithmetic and no gather kernel on the decode hot path
+            last_hidden = hidden[: forward_batch.batch_size]
+        else:
+            last = forward_batch.extend_start_loc + forward_batch.extend_seq_lens - 1
+            last_hidden = hidden[last.long()]
+        next_logits = self.model.compute_logits(last_hidden).float()
         all_logits = None
         if forward_batch.return_all_logits:
             all_logits = self.model.compute_logits(hidden[: forward_batch.num_tokens]).float()

@@ -45,7 +45,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     """OpenAI-style: subtract penalty * (count in output) from the logit, [-2, 2]."""
     presence_penalty: float = 0.0
-    """OpenAI-style: subtract penalty from the logit of every token already in the output, [-2, 2]."""
+    """OpenAI-style: subtract penalty from the logit of each token already output, [-2, 2]."""
     stop: str | list[str] | None = None
     """Stop strings; the output ends before the first one and does not include it."""
     stop_token_ids: list[int] | None = None
@@ -84,9 +84,11 @@ class SamplingParams:
         self.stop_token_ids = _normalize_stop_token_ids(self.stop_token_ids)
 
         _check_range("max_new_tokens", self.max_new_tokens, ">= 0", self.max_new_tokens >= 0)
-        _check_range("min_new_tokens", self.min_new_tokens, f"[0, max_new_tokens={self.max_new_tokens}]",
+        _check_range("min_new_tokens", self.min_new_tokens,
+                     f"[0, max_new_tokens={self.max_new_tokens}]",
                      0 <= self.min_new_tokens <= self.max_new_tokens)
-        _check_range("temperature", self.temperature, ">= 0 (0 means greedy)", self.temperature >= 0)
+        _check_range("temperature", self.temperature, ">= 0 (0 means greedy)",
+                     self.temperature >= 0)
         _check_range("top_p", self.top_p, "(0, 1]", 0 < self.top_p <= 1)
         _check_range("top_k", self.top_k, "-1 (off) or >= 1", self.top_k == -1 or self.top_k >= 1)
         _check_range("min_p", self.min_p, "[0, 1]", 0 <= self.min_p <= 1)

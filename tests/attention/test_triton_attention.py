@@ -33,7 +33,6 @@ from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 gpu = pytest.mark.gpu
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
 def _patch_interpreter_for_numpy_2_4() -> None:
@@ -246,8 +245,7 @@ def test_decode_workspace_is_allocated_once() -> None:
 CONTEXTS = [1, 7, 100, 1000, 4096, 32768]
 
 
-@gpu
-@needs_cuda
+@gpu  # tests/conftest.py skips these without CUDA
 @pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64), (8, 256)])
 def test_gpu_decode_bf16_long_contexts(group: int, head_dim: int) -> None:
     for batch_size in (1, 6, 160):  # 160: one split per request, output written by stage 1
@@ -262,8 +260,7 @@ def test_gpu_decode_bf16_long_contexts(group: int, head_dim: int) -> None:
         case.check(atol=2e-2, rtol=2e-2)
 
 
-@gpu
-@needs_cuda
+@gpu  # tests/conftest.py skips these without CUDA
 @pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64), (8, 256)])
 def test_gpu_extend_bf16_mixes(group: int, head_dim: int) -> None:
     prefix = [0, 0, 32768 - 1000, 4096, 1000, 7, 0]
@@ -273,8 +270,7 @@ def test_gpu_extend_bf16_mixes(group: int, head_dim: int) -> None:
     case.check(atol=2e-2, rtol=2e-2)
 
 
-@gpu
-@needs_cuda
+@gpu  # tests/conftest.py skips these without CUDA
 def test_gpu_decode_cuda_graph_replay_equals_eager() -> None:
     """Capture with short contexts, replay with long ones: nothing about lengths is baked in."""
     long_lens = [32768, 4096, 1000, 100, 7]

@@ -39,7 +39,8 @@ def model_and_reference(request, tmp_path_factory):
 
 
 def _run(path, prompts, **kw):
-    params = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
+                            ignore_eos=True)
     with LLM(model=path, device="cpu", dtype="float32", **kw) as llm:
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
         stats = llm.engine.stats()

@@ -65,7 +65,7 @@ def check_indices(indices: torch.Tensor | None, probs: torch.Tensor) -> None:
         raise ValueError(f"indices must be on {probs.device}, got {indices.device}")
 
 
-def row_param(value: float | int | torch.Tensor | None, batch: int, device: torch.device,
+def row_param(value: float | torch.Tensor | None, batch: int, device: torch.device,
               dtype: torch.dtype, name: str) -> torch.Tensor | None:
     """A scalar or per-row parameter as a device tensor of length 1 or `batch` (None stays None)."""
     if value is None:

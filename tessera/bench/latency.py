@@ -1,0 +1,435 @@
+"""`tessera bench latency`: the cost of one batch through the engine's forward.
+
+For each (batch size B, input length I, output length O): B requests of I random tokens are
+prefilled as one extend batch, then decoded greedily (EOS ignored) for O - 1 steps: the prefill
+produces the first of the O output tokens, as in SGLang's bench_one_batch. ModelRunner + Sampler
+are driven directly (no scheduler, tokenizer or detokenizer), so the figures are the engine's
+forward cost plus what every engine step pays around it: building the ForwardBatch, recording the
+new KV slots, sampling and reading the tokens back to the host. Each timed region ends with that
+read (the step's one device->host sync) and a platform synchronize before the clock is read.
+
+`--compare hf` builds an HF transformers model of the same shape holding the SAME weights (copied
+from tessera's model, q/k/v and gate/up un-merged; built on the meta device so nothing is
+initialised twice) and times its prefill and eager decode (use_cache, past_key_values) on the same
+tokens in the same run. A logits check guards the copy: the HF and tessera first-token logits are
+reported side by side.
+
+    tessera bench latency --model-path llama3-8b --batch-size 1 32 --input-len 128 \\
+        --output-len 128 --compare hf --out result.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from tessera.config import EngineConfig
+    from tessera.runner.forward_batch import ForwardBatch
+    from tessera.runner.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+# ---- figures ------------------------------------------------------------------------------------
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "n": len(samples)}
+
+
+def per_second(ms: dict[str, float], amount: float) -> dict[str, float]:
+    """`amount` per second from a time summary in ms (the fastest time gives the max rate)."""
+    return {"median": amount * 1e3 / ms["median"], "min": amount * 1e3 / ms["max"],
+            "max": amount * 1e3 / ms["min"]}
+
+
+@dataclasses.dataclass
+class RunTimes:
+    """One prefill + decode run of one case."""
+    prefill_ms: float
+    decode_ms: list[float]
+    first_logits: torch.Tensor  # [B, V] float32: next-token logits after the prefill
+    prefill_path: str = "eager"
+    decode_path: str = "eager"
+
+
+def measure(run: Callable[[list[list[int]], int], RunTimes], prompts: list[list[int]],
+            output_len: int, warmup: int, repeat: int) -> tuple[dict[str, Any], RunTimes]:
+    for _ in range(warmup):
+        run(prompts, output_len)
+    runs = [run(prompts, output_len) for _ in range(repeat)]
+    bs, input_len = len(prompts), len(prompts[0])
+    prefill = summarize([r.prefill_ms for r in runs])
+    figures: dict[str, Any] = {"prefill_ms": prefill,
+                               "prefill_tok_s": per_second(prefill, bs * input_len),
+                               "decode_ms_per_step": None, "decode_tok_s": None,
+                               "e2e_ms": summarize([r.prefill_ms + sum(r.decode_ms)
+                                                    for r in runs])}
+    if output_len > 1:
+        decode = summarize([ms for r in runs for ms in r.decode_ms])
+        figures["decode_ms_per_step"] = decode
+        figures["decode_tok_s"] = per_second(decode, bs)
+    return figures, runs[0]
+
+
+# ---- tessera --------------------------------------------------------------------------------------
+class TesseraLatency:
+    """Runs one case on a ModelRunner the way an engine step does, minus the scheduler."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        from tessera.sampling.sampler import Sampler
+
+        self.runner = runner
+        self.platform = runner.platform
+        self.sampler = Sampler(backend=runner.config.backend.sampling_backend)
+
+    def _greedy_info(self, bs: int):
+        # Built once per run, outside the clock: greedy needs no per-step sampling state, and the
+        # engine's per-step rebuild is host work of the scheduler loop, not of the forward.
+        from tessera.sampling.params import SamplingParams
+        from tessera.sampling.sampler import SamplingBatchInfo
+
+        params = SamplingParams(temperature=0.0, ignore_eos=True)
+        return SamplingBatchInfo.build(params=[params] * bs, seeds=[0] * bs, step_ids=[0] * bs,
+                                       output_ids=None, prompt_ids=None,
+                                       vocab_size=self.runner.model_config.vocab_size,
+                                       device=self.runner.device)
+
+    def _record_slots(self, fb: ForwardBatch, tokens_per_request: int) -> None:
+        """req_to_token[row, position] = slot for every new token: one scatter on the device
+        (per-request writes would cost a kernel launch per request and step)."""
+        rows = fb.req_pool_indices
+        if tokens_per_request > 1:
+            rows = rows.repeat_interleave(tokens_per_request)  # int repeats: no host sync
+        table = self.runner.req_to_token_pool.req_to_token
+        table[rows, fb.positions] = fb.out_cache_loc.to(table.dtype)
+
+    def _path(self, fb: ForwardBatch) -> str:
+        for graph_runner in self.runner.graph_runners:
+            if graph_runner.can_run(fb):
+                return type(graph_runner).__name__
+        return "eager"
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], output_len: int) -> RunTimes:
+        from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+        runner, sync = self.runner, self.platform.synchronize
+        bs, input_len = len(prompts), len(prompts[0])
+        rows = [runner.req_to_token_pool.alloc() for _ in range(bs)]
+        assert None not in rows, "the bench sizes max_running_requests to the batch"
+        info = self._greedy_info(bs)
+        flat = [t for p in prompts for t in p]
+        try:
+            sync()
+            start = time.perf_counter()
+            slots = runner.allocator.alloc(bs * input_len)
+            assert slots is not None, "the bench sizes the KV pool to the largest case"
+            fb = ForwardBatch.build(ForwardMode.EXTEND, flat, rows, [0] * bs, [input_len] * bs,
+                                    slots, runner.device)
+            self._record_slots(fb, input_len)
+            logits = runner.forward(fb).next_token_logits
+            tokens = self.sampler.sample(logits, info).token_ids.tolist()
+            sync()
+            prefill_ms = (time.perf_counter() - start) * 1e3
+            times = RunTimes(prefill_ms, [], logits, prefill_path=self._path(fb))
+            seq_len = input_len
+            for step in range(output_len - 1):
+                start = time.perf_counter()
+                slots = runner.allocator.alloc(bs)
+                fb = ForwardBatch.build(ForwardMode.DECODE, tokens, rows, [seq_len] * bs,
+                                        [1] * bs, slots, runner.device)
+                self._record_slots(fb, 1)
+                logits = runner.forward(fb).next_token_logits
+                tokens = self.sampler.sample(logits, info).token_ids.tolist()  # the one sync
+                sync()
+                times.decode_ms.append((time.perf_counter() - start) * 1e3)
+                if step == 0:
+                    times.decode_path = self._path(fb)
+                seq_len += 1
+            return times
+        finally:
+            for row in rows:
+                runner.req_to_token_pool.free(row)
+            runner.allocator.clear()  # the bench owns the whole pool: every slot is free again
+
+
+# ---- HF transformers ------------------------------------------------------------------------------
+def hf_config(model_path: str):
+    """The transformers config of a preset (built from its dict) or an HF model directory."""
+    import transformers
+
+    from tessera.models.presets import PRESETS, is_preset
+
+    if is_preset(model_path):
+        d = dict(PRESETS[model_path])
+        return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    return transformers.AutoConfig.from_pretrained(model_path)
+
+
+def hf_state_dict(model: torch.nn.Module, num_heads: int, num_kv_heads: int, head_dim: int
+                  ) -> dict[str, torch.Tensor]:
+    """tessera's weights under HF names: merged qkv_proj / gate_up_proj split back apart."""
+    q, kv = num_heads * head_dim, num_kv_heads * head_dim
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if ".qkv_proj." in name:
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split([q, kv, kv])):
+                out[name.replace("qkv_proj", part)] = piece
+        elif ".gate_up_proj." in name:
+            for part, piece in zip(("gate_proj", "up_proj"), tensor.chunk(2)):
+                out[name.replace("gate_up_proj", part)] = piece
+        else:
+            out[name] = tensor
+    return out
+
+
+def _rebuild_rotary(model: torch.nn.Module, device: torch.device) -> None:
+    """to_empty() leaves buffers uninitialised; the rotary inv_freq buffers are the only ones in
+    these models and are recomputed by constructing their modules again on the device."""
+    rebuilt: list[str] = []
+    for name, module in list(model.named_modules()):
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            parent_name, _, attr = name.rpartition(".")
+            with torch.device(device):
+                setattr(model.get_submodule(parent_name), attr, type(module)(config=module.config))
+            rebuilt.append(name + ".")
+    stale = [n for n, _ in model.named_buffers() if not any(n.startswith(r) for r in rebuilt)]
+    if stale:
+        raise RuntimeError(f"HF model buffers left uninitialised by to_empty(): {stale[:4]}")
+
+
+class HFLatency:
+    """The same case on HF transformers (eager, default attention), same weights and tokens."""
+
+    def __init__(self, runner: ModelRunner, model_path: str) -> None:
+        import transformers
+
+        self.platform, self.device = runner.platform, runner.device
+        config = hf_config(model_path)
+        start = time.perf_counter()
+        with torch.device("meta"):  # no init pass: every weight is copied from tessera below
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=runner.dtype)
+        model.to_empty(device=self.device)
+        model.tie_weights()  # to_empty() gives tied parameters separate storage again
+        _rebuild_rotary(model, self.device)
+        attn = runner.model.model.layers[0].self_attn
+        state = hf_state_dict(runner.model, attn.num_heads, attn.num_kv_heads, attn.head_dim)
+        with torch.no_grad():
+            model.load_state_dict(state, strict=True)
+        self.model = model.eval()
+        self.attn_implementation = getattr(model.config, "_attn_implementation", None)
+        self.version = transformers.__version__
+        logger.info("HF %s (%s attention) built in %.1f s", type(model).__name__,
+                    self.attn_implementation, time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], output_len: int) -> RunTimes:
+        sync = self.platform.synchronize
+        ids = torch.tensor(prompts, dtype=torch.int64, device=self.device)
+        sync()
+        start = time.perf_counter()
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+        tokens = logits.argmax(-1)
+        tokens.tolist()  # read like an engine step does (HF's generate syncs per step too)
+        sync()
+        times = RunTimes((time.perf_counter() - start) * 1e3, [], logits)
+        cache = out.past_key_values
+        for _ in range(output_len - 1):
+            start = time.perf_counter()
+            out = self.model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            tokens = out.logits[:, -1].argmax(-1)
+            tokens.tolist()
+            sync()
+            times.decode_ms.append((time.perf_counter() - start) * 1e3)
+        return times
+
+
+def logits_check(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
+    """How close HF's first-token logits are to tessera's (a wrong weight copy shows here)."""
+    ours, theirs = ours.float(), theirs.float().to(ours.device)
+    return {"max_abs_logit_diff": float((ours - theirs).abs().max()),
+            "max_abs_logit": float(ours.abs().max()),  # the scale the difference compares to
+            "first_token_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())}
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Case:
+    batch_size: int
+    input_len: int
+    output_len: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from tessera.config import EngineConfig
+
+    parser = argparse.ArgumentParser(prog="tessera bench latency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("benchmark options")
+    g.add_argument("--batch-size", type=int, nargs="+", default=[1])
+    g.add_argument("--input-len", type=int, nargs="+", default=[128])
+    g.add_argument("--output-len", type=int, nargs="+", default=[32],
+                   help="output tokens per request, the prefill's included (O - 1 decode steps)")
+    g.add_argument("--compare", choices=["hf"], default=None,
+                   help="also time HF transformers (eager) on the same weights and tokens")
+    g.add_argument("--warmup", type=int, default=1, help="untimed runs per case")
+    g.add_argument("--repeat", type=int, default=3, help="timed runs per case")
+    g.add_argument("--out", default=None, help="write the results as JSON here")
+    EngineConfig.add_cli_args(parser)
+    return parser.parse_args(argv)
+
+
+def bench_config(args: argparse.Namespace, cases: list[Case], argv: list[str]) -> EngineConfig:
+    """Size the engine to the cases: request rows (and so decode graphs) up to the largest batch
+    unless --max-running-requests is given; a KV pool of exactly what the largest case needs
+    unless --kv-cache-tokens is given (the rest of the memory stays free, e.g. for HF)."""
+    from tessera.config import EngineConfig
+
+    config = EngineConfig.from_cli(args)
+    max_bs = max(c.batch_size for c in cases)
+    need = max(c.batch_size * (c.input_len + c.output_len) for c in cases)
+    sched, cache = config.scheduler, config.cache
+    if any(a.startswith("--max-running-requests") for a in argv):
+        if sched.max_running_requests < max_bs:
+            raise ValueError(f"--max-running-requests {sched.max_running_requests} is below "
+                             f"--batch-size {max_bs}")
+    else:
+        sched = dataclasses.replace(sched, max_running_requests=max_bs)
+    if cache.kv_cache_tokens is None:
+        cache = dataclasses.replace(cache, kv_cache_tokens=need)
+    elif cache.kv_cache_tokens < need:
+        raise ValueError(f"--kv-cache-tokens {cache.kv_cache_tokens} is below the {need} tokens "
+                         f"the largest case needs (batch x (input + output)); raise it")
+    return dataclasses.replace(config, scheduler=sched, cache=cache)
+
+
+def git_info() -> dict[str, Any]:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"],
+                                        cwd=root, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(dirty)}
+
+
+def _fmt(figure: dict[str, float] | None, key: str = "median") -> str:
+    return "-" if figure is None else f"{figure[key]:.2f}"
+
+
+def print_table(title: str, results: list[dict[str, Any]], compare: bool) -> None:
+    head = (f"{'bs':>5} {'in':>6} {'out':>5} | {'prefill ms':>10} {'tok/s':>10} | "
+            f"{'decode ms/step':>14} {'tok/s':>9} | {'decode path':<18}")
+    if compare:
+        head += f" | {'HF prefill':>10} {'HF decode':>9} | {'x prefill':>9} {'x decode':>8}"
+    print(title)
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        line = (f"{r['batch_size']:>5} {r['input_len']:>6} {r['output_len']:>5} | "
+                f"{_fmt(r['prefill_ms']):>10} {_fmt(r['prefill_tok_s']):>10} | "
+                f"{_fmt(r['decode_ms_per_step']):>14} {_fmt(r['decode_tok_s']):>9} | "
+                f"{r['decode_path']:<18}")
+        if compare:
+            hf, x = r["hf"], r["speedup_vs_hf"]
+            x_decode = "-" if x["decode"] is None else f"{x['decode']:.2f}"
+            line += (f" | {_fmt(hf['prefill_ms']):>10} {_fmt(hf['decode_ms_per_step']):>9} | "
+                     f"{x['prefill']:>9.2f} {x_decode:>8}")
+        print(line)
+
+
+def _speedup(hf: dict[str, float] | None, ours: dict[str, float] | None) -> float | None:
+    return None if hf is None or ours is None else hf["median"] / ours["median"]
+
+
+def run_case(case: Case, prompts: list[list[int]], ours: TesseraLatency, hf: HFLatency | None,
+             warmup: int, repeat: int) -> dict[str, Any]:
+    figures, first = measure(ours.run, prompts, case.output_len, warmup, repeat)
+    result: dict[str, Any] = {**dataclasses.asdict(case), **figures,
+                              "prefill_path": first.prefill_path,
+                              "decode_path": first.decode_path if case.output_len > 1 else None}
+    if hf is not None:
+        hf_figures, hf_first = measure(hf.run, prompts, case.output_len, warmup, repeat)
+        result["hf"] = hf_figures
+        result["hf_check"] = logits_check(first.first_logits, hf_first.first_logits)
+        result["speedup_vs_hf"] = {
+            "prefill": _speedup(hf_figures["prefill_ms"], figures["prefill_ms"]),
+            "decode": _speedup(hf_figures["decode_ms_per_step"], figures["decode_ms_per_step"])}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
+                            datefmt="%H:%M:%S")
+    from tessera.runner.model_runner import ModelRunner
+
+    cases = [Case(b, i, o) for b in args.batch_size for i in args.input_len
+             for o in args.output_len]
+    try:
+        if min(min(args.batch_size), min(args.input_len), min(args.output_len)) < 1:
+            raise ValueError("--batch-size, --input-len and --output-len take values >= 1")
+        if args.repeat < 1 or args.warmup < 0:
+            raise ValueError("--repeat must be >= 1 and --warmup >= 0")
+        config = bench_config(args, cases, argv).resolve()
+        start = time.perf_counter()
+        runner = ModelRunner(config)
+        init_s = time.perf_counter() - start
+        longest = max(c.input_len + c.output_len for c in cases)
+        if longest > runner.context_length:
+            raise ValueError(f"input + output length {longest} exceeds the context length "
+                             f"{runner.context_length}; pass --context-length or shorter lengths")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ours = TesseraLatency(runner)
+    hf = HFLatency(runner, config.load.model_path) if args.compare == "hf" else None
+    gen = torch.Generator().manual_seed(config.load.seed)
+    vocab = runner.model_config.vocab_size
+    results = []
+    for case in cases:
+        prompts = torch.randint(0, vocab, (case.batch_size, case.input_len),
+                                generator=gen).tolist()
+        results.append(run_case(case, prompts, ours, hf, args.warmup, args.repeat))
+        logger.info("done: %s", case)
+    report = {
+        "benchmark": "latency", "model": config.load.model_path,
+        "config": {"engine": config.flat(),
+                   "bench": {"batch_size": args.batch_size, "input_len": args.input_len,
+                             "output_len": args.output_len, "warmup": args.warmup,
+                             "repeat": args.repeat, "compare": args.compare}},
+        **git_info(), "device_name": runner.platform.device_name(),
+        "torch_version": torch.__version__, "init_s": init_s, "results": results,
+    }
+    if hf is not None:
+        report["hf"] = {"transformers_version": hf.version,
+                        "attn_implementation": hf.attn_implementation}
+    print_table(f"tessera bench latency: {config.load.model_path} on {report['device_name']} "
+                f"({config.load.dtype}, attention {config.backend.attention_backend}, "
+                f"init {init_s:.1f} s)", results, hf is not None)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

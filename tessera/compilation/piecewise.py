@@ -1,0 +1,117 @@
+"""Per-size graphs of one compiled piece, and the capture state all pieces share.
+
+Each non-splitting piece of the split backbone is wrapped in a `PieceGraphs`. Called with a token
+count it has a graph for, it replays that graph and returns the outputs recorded at capture;
+while the shared `GraphCaptureState` says "capturing" it records a graph for a new count; otherwise
+(warm-up, sizes never captured, platforms without graphs) it runs the piece's general compiled
+code.
+
+Why replay is correct: a graph replays fixed addresses, so every input must sit where it sat at
+capture. The inputs of a piece are (a) slices of the runner's static input buffers, (b) parameters
+and buffers, (c) the token count as an int, and (d) outputs of earlier pieces, possibly written in
+place by attention between them. (d) are exactly the tensors the earlier pieces' replays return,
+which live in the shared graph memory pool at their capture-time addresses. `check_addresses`
+verifies this on every replay (tests turn it on).
+
+Memory: all graphs of all sizes use one pool, captured from the largest size down. Intermediate
+outputs are freed back to the pool when a capture forward returns, and the last piece's output is
+freed at once (only a weak reference is kept), so each smaller capture reuses the larger one's
+memory. That is safe because the graphs replay one forward at a time on one stream, and the
+caller consumes a forward's output before the next forward runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tessera.compilation.weak_ref import weak_ref_tensors
+from tessera.platforms.base import Platform
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class GraphCaptureState:
+    """Shared by every piece of one compiled backbone; the runner flips `capturing`."""
+
+    platform: Platform
+    use_graphs: bool            # False: run the compiled pieces without capture (CPU)
+    pool: Any = None            # graph memory pool handle shared by all captures
+    stream: Any = None          # the stream captures are recorded on
+    capturing: bool = False     # record a graph for token counts that have none yet
+    check_addresses: bool = False
+    graphs_captured: int = 0
+
+
+@dataclasses.dataclass
+class _Captured:
+    graph: Any
+    output: Any                      # weak references into the graph pool
+    input_addresses: list[int]       # data_ptr of each tensor argument at capture (0: not a tensor)
+
+
+TokenCount = Callable[[tuple], int]
+
+
+class PieceGraphs:
+    """One compiled piece and its graphs, one per captured token count."""
+
+    def __init__(self, name: str, index: int, runnable: Callable[..., Any],
+                 token_count: TokenCount | None, state: GraphCaptureState,
+                 is_last: bool) -> None:
+        self.name, self.index = name, index
+        self.runnable = runnable           # compiled for the general (symbolic) token count
+        self.token_count = token_count     # None: the piece does not depend on the token count
+        self.state = state
+        self.is_last = is_last
+        self.graphs: dict[int, _Captured] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        if self.token_count is None or not self.state.use_graphs:
+            return self.runnable(*args)
+        num_tokens = self.token_count(args)
+        captured = self.graphs.get(num_tokens)
+        if captured is not None:
+            if self.state.check_addresses:
+                self._check_addresses(captured, args, num_tokens)
+            captured.graph.replay()
+            return captured.output
+        if self.state.capturing:
+            return self._capture(num_tokens, args)
+        return self.runnable(*args)
+
+    def _capture(self, num_tokens: int, args: tuple) -> Any:
+        state = self.state
+        graph = state.platform.graph_class()()
+        with state.platform.graph_context(graph, pool=state.pool, stream=state.stream):
+            output = self.runnable(*args)
+            if self.is_last:
+                # nothing in this forward reads the last output again: hand its memory back to
+                # the pool now, so the next (smaller) capture reuses it
+                output = weak_ref_tensors(output)
+        self.graphs[num_tokens] = _Captured(graph, weak_ref_tensors(output), _addresses(args))
+        state.graphs_captured += 1
+        return output
+
+    def _check_addresses(self, captured: _Captured, args: tuple, num_tokens: int) -> None:
+        now = _addresses(args)
+        for i, (then, addr) in enumerate(zip(captured.input_addresses, now)):
+            if then != addr:
+                raise AssertionError(
+                    f"piece {self.name} (size {num_tokens}): argument {i} moved from {then:#x} "
+                    f"to {addr:#x} since capture; graph replay would read stale memory")
+
+    def __repr__(self) -> str:
+        return (f"PieceGraphs({self.name}, index={self.index}, sizes={sorted(self.graphs)}, "
+                f"last={self.is_last})")
+
+
+def _addresses(args: tuple) -> list[int]:
+    return [a.data_ptr() if isinstance(a, torch.Tensor) else 0 for a in args]
+
+
+__all__ = ["GraphCaptureState", "PieceGraphs", "TokenCount"]

@@ -1,0 +1,89 @@
+"""Splitting ops and the FX graph split.
+
+A splitting op is a torch.library custom op that must run eagerly between graph pieces: attention
+(its batch metadata changes every step and lives in the forward context, not in graph inputs);
+later NCCL all-reduce and MoE all-to-all register here the same way, by qualified name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx
+from torch.fx.passes.split_module import split_module
+
+_registered: list[str] = []
+
+
+def register_splitting_op(qualname: str) -> None:
+    """Make `namespace::name` (any overload) a splitting op for graphs compiled from now on."""
+    namespace, sep, name = qualname.partition("::")
+    if not sep or not namespace or not name:
+        raise ValueError(f"splitting op must be 'namespace::name', got {qualname!r}")
+    if qualname not in _registered:
+        _registered.append(qualname)
+
+
+def splitting_ops() -> list[str]:
+    """Attention's ops (`tessera.attention.context.SPLITTING_OPS`) plus the registered ones."""
+    from tessera.attention.context import SPLITTING_OPS  # noqa: PLC0415  (registers the op)
+
+    return list(dict.fromkeys([*SPLITTING_OPS, *_registered]))
+
+
+def op_qualname(target: Any) -> str | None:
+    """'namespace::name' of an FX call_function target that is a dispatcher op, else None.
+
+    Dynamo records `torch.ops.ns.op(...)` as the OpOverloadPacket; AOT graphs use an OpOverload.
+    """
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name
+    return None
+
+
+@dataclasses.dataclass
+class Piece:
+    """One submodule of the split graph, in execution order."""
+
+    name: str             # attribute name on the split GraphModule, e.g. "submod_3"
+    index: int            # position in execution order
+    is_splitting: bool    # a single splitting-op call, run eagerly
+    module: fx.GraphModule
+
+
+def split_graph(gm: fx.GraphModule, ops: Iterable[str]) -> tuple[fx.GraphModule, list[Piece]]:
+    """Split `gm` so every splitting-op call sits alone in its own submodule.
+
+    Nodes between two splitting ops form one piece. `keep_original_order=True` matters: the
+    splitting ops mutate their `out` argument, and a reordering split could move a reader of that
+    buffer ahead of the op that fills it.
+    """
+    ops = set(ops)
+    partition: dict[fx.Node, int] = {}
+    current = 0
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.op == "call_function" and op_qualname(node.target) in ops:
+            partition[node] = current + 1
+            current += 2
+        else:
+            partition[node] = current
+    split = split_module(gm, None, lambda node: partition[node], keep_original_order=True)
+    splitting_ids = {pid for node, pid in partition.items()
+                     if node.op == "call_function" and op_qualname(node.target) in ops}
+    pieces = []
+    # submodules run in the order the split graph calls them
+    for node in split.graph.nodes:
+        if node.op == "call_module":
+            module = getattr(split, node.target)
+            pid = int(node.target.removeprefix("submod_"))
+            pieces.append(Piece(node.target, len(pieces), pid in splitting_ids, module))
+    return split, pieces
+
+
+__all__ = ["Piece", "op_qualname", "register_splitting_op", "split_graph", "splitting_ops"]

@@ -1,0 +1,234 @@
+"""Decode CUDA graphs: the whole backbone forward captured once per batch size.
+
+A uniform decode batch (one new token per request) has shapes fixed by its batch size alone, so the
+backbone (embedding -> layers -> final norm) can run as one graph replay instead of hundreds of
+kernel launches issued from Python. At bs=1 the launches, not the GPU, would set the step time.
+
+How it works:
+  * Static buffers hold the batch inputs (input_ids, positions, out_cache_loc, req_pool_indices,
+    seq_lens) for the largest captured size; each graph reads their leading `bs` rows. `replay()`
+    copies the real batch into them and replays the smallest captured size >= the real one.
+  * Padded rows (between the real and the captured batch size) look like a request of one token
+    that writes its K/V to the dump slot 0 and reads it back through `padding_req_row` (a row of
+    zeros): harmless to the real requests, finite, and sliced off the output.
+  * Attention reads its metadata from the forward context, so the backend must be able to run a
+    DECODE batch inside a capture: no allocation, no host sync, no host-side length. Backends say
+    so with `supports_decode_graph` (torch_native cannot: it loops over host lengths).
+  * All graphs share one memory pool (`model_runner.graph_pool`, also used by the piecewise
+    runner) and are captured largest first, so the smaller captures reuse the larger one's blocks.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from tessera.attention.context import set_forward_context
+from tessera.config.engine import GraphConfig
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from tessera.runner.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+# Default capture grid: every small size is cheap to keep and decode at small batch sizes is bound
+# by reading the weights, so padding up to the next size costs almost nothing; coarser above.
+_SMALL_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24)
+_STEP_UP_TO_256 = 8
+_STEP_ABOVE_256 = 16
+
+
+def decode_graph_batch_sizes(graph: GraphConfig, max_running_requests: int) -> list[int]:
+    """Batch sizes to capture, ascending.
+
+    `--cuda-graph-bs` is taken as given (sorted, deduplicated); otherwise the default grid up to
+    `--cuda-graph-max-bs`, plus that maximum itself so every batch up to it has a graph. Sizes
+    above `max_running_requests` are dropped: the scheduler never builds such a batch.
+    """
+    if graph.cuda_graph_bs:
+        bad = sorted({b for b in graph.cuda_graph_bs if b < 1})
+        if bad:
+            raise ValueError(f"--cuda-graph-bs takes batch sizes >= 1, got {bad}")
+        sizes = sorted({b for b in graph.cuda_graph_bs if b <= max_running_requests})
+        dropped = sorted({b for b in graph.cuda_graph_bs if b > max_running_requests})
+        if dropped:
+            logger.info("decode graphs: skipping --cuda-graph-bs %s above --max-running-requests "
+                        "%d", dropped, max_running_requests)
+        if not sizes:
+            raise ValueError(f"no --cuda-graph-bs value is <= --max-running-requests "
+                             f"{max_running_requests}; lower the batch sizes or pass "
+                             f"--disable-cuda-graph")
+        return sizes
+    if graph.cuda_graph_max_bs < 1:
+        raise ValueError(f"--cuda-graph-max-bs must be >= 1, got {graph.cuda_graph_max_bs}")
+    limit = min(graph.cuda_graph_max_bs, max_running_requests)
+    grid = [*_SMALL_BATCH_SIZES, *range(32, 257, _STEP_UP_TO_256),
+            *range(256 + _STEP_ABOVE_256, limit + 1, _STEP_ABOVE_256)]
+    sizes = [b for b in grid if b <= limit]
+    if sizes[-1] != limit:
+        sizes.append(limit)
+    return sizes
+
+
+def padded_batch_size(batch_size: int, captured: list[int]) -> int:
+    """The smallest captured size >= batch_size (`captured` ascending)."""
+    i = bisect.bisect_left(captured, batch_size)
+    if i == len(captured):
+        raise ValueError(f"batch size {batch_size} exceeds the largest captured {captured[-1]}")
+    return captured[i]
+
+
+class DecodeGraphRunner:
+    """Replays whole-backbone graphs for DECODE batches of up to `max_bs` requests."""
+
+    def __init__(self, model_runner: ModelRunner) -> None:
+        self.model_runner = model_runner
+        self.platform = model_runner.platform
+        self.attn_backend = model_runner.attn_backend
+        self.batch_sizes = decode_graph_batch_sizes(model_runner.config.graph,
+                                                    model_runner.max_running_requests)
+        self.max_bs = self.batch_sizes[-1]
+        self.graphs: dict[int, Any] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # [bs, hidden] written by each replay
+        self.disabled_reason = self._disabled_reason()
+        if self.disabled_reason is not None:
+            # said once here; can_run() then answers False without repeating it every step
+            logger.info("decode CUDA graphs disabled: %s", self.disabled_reason)
+            return
+        self._allocate_static_buffers()
+        self.capture()
+
+    def _disabled_reason(self) -> str | None:
+        backend = self.attn_backend
+        if not getattr(backend, "supports_decode_graph", False):
+            return (f"attention backend {backend.name!r} cannot run inside a graph (it reads "
+                    f"host-side lengths); use --attention-backend triton for decode graphs")
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_reason is None
+
+    # ---- static inputs -------------------------------------------------------------------------
+    def _allocate_static_buffers(self) -> None:
+        n, device = self.max_bs, self.model_runner.device
+        self.padding_req_row = self.model_runner.padding_req_row
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)  # slot 0: dump slot
+        self.req_pool_indices = torch.full((n,), self.padding_req_row, dtype=torch.int64,
+                                           device=device)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        # Extend fields of a decode batch are constants (one new token per request); kept so the
+        # static batch is a complete ForwardBatch. Decode backends read only the five above.
+        self._extend_seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self._extend_prefix_lens = torch.zeros(n, dtype=torch.int32, device=device)
+        self._extend_start_loc = torch.arange(n, dtype=torch.int32, device=device)
+        # rows [_real_rows:] hold padding values; replay() keeps that true
+        self._real_rows = 0
+
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        """The batch a graph of size `bs` is captured with: views of the static buffers.
+
+        Its host-side lists are placeholders (graph-safe backends never read them in DECODE)."""
+        ones = [1] * bs
+        return ForwardBatch(
+            mode=ForwardMode.DECODE, input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
+            extend_prefix_lens=self._extend_prefix_lens[:bs],
+            extend_seq_lens=self._extend_seq_lens[:bs],
+            extend_start_loc=self._extend_start_loc[:bs],
+            seq_lens_cpu=ones, extend_prefix_lens_cpu=[0] * bs, extend_seq_lens_cpu=ones)
+
+    def _fill_padding(self, start: int, end: int) -> None:
+        self.input_ids[start:end].zero_()
+        self.positions[start:end].zero_()
+        self.out_cache_loc[start:end].zero_()
+        self.req_pool_indices[start:end].fill_(self.padding_req_row)
+        self.seq_lens[start:end].fill_(1)
+
+    def _load_inputs(self, forward_batch: ForwardBatch) -> None:
+        bs = forward_batch.batch_size
+        if self._real_rows > bs:
+            # a larger batch left real rows behind: make them padding again (only when the batch
+            # shrinks, so steady decoding pays nothing for padding)
+            self._fill_padding(bs, self._real_rows)
+        self._real_rows = bs
+        # device-to-device copies into fixed addresses; no sync, no allocation
+        self.input_ids[:bs].copy_(forward_batch.input_ids)
+        self.positions[:bs].copy_(forward_batch.positions)
+        self.out_cache_loc[:bs].copy_(forward_batch.out_cache_loc)
+        self.req_pool_indices[:bs].copy_(forward_batch.req_pool_indices)
+        self.seq_lens[:bs].copy_(forward_batch.seq_lens)
+
+    # ---- capture -------------------------------------------------------------------------------
+    def _forward_fn(self, bs: int) -> Callable[[], torch.Tensor]:
+        batch = self._static_batch(bs)
+        model, backend = self.model_runner.model, self.attn_backend
+
+        def forward() -> torch.Tensor:
+            # metadata depends only on the batch shape for graph-safe backends: computing it here
+            # (at capture time) is all they need
+            backend.init_forward_metadata(batch)
+            with set_forward_context(batch, backend):
+                return model(batch.input_ids, batch.positions)
+
+        return forward
+
+    def _new_pool(self) -> Any:
+        return self.platform.graph_pool_handle()
+
+    def _capture_graph(self, forward: Callable[[], torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Capture `forward` into a graph of the shared pool; returns (graph, its output)."""
+        graph = self.platform.graph_class()()
+        with self.platform.graph_context(graph, pool=self.pool, stream=self.stream):
+            out = forward()
+        return graph, out
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        runner = self.model_runner
+        if getattr(runner, "graph_pool", None) is None:
+            runner.graph_pool = self._new_pool()
+        self.pool = runner.graph_pool
+        # warm-up and capture on one side stream: lazily created per-stream state (cuBLAS
+        # workspaces) then exists before the capture instead of being allocated inside it
+        self.stream = self.platform.new_stream()
+        self.platform.synchronize()
+        free_before = self.platform.mem_get_info()[0]
+        start = time.perf_counter()
+        sizes = sorted(self.batch_sizes, reverse=True)  # largest first: later ones reuse its blocks
+        for bs in tqdm(sizes, desc="capturing decode graphs", unit="graph"):
+            forward = self._forward_fn(bs)
+            with self.platform.stream_context(self.stream):
+                # eager warm-up: Triton compiles each kernel variant on its first launch, which
+                # must not happen inside a capture
+                forward()
+            self.graphs[bs], self.outputs[bs] = self._capture_graph(forward)
+        self.platform.synchronize()
+        used = free_before - self.platform.mem_get_info()[0]
+        logger.info("captured decode graphs for %d batch sizes (%d..%d) in %.2f s using %.1f MiB",
+                    len(sizes), sizes[-1], sizes[0], time.perf_counter() - start, used / 2**20)
+
+    # ---- replay --------------------------------------------------------------------------------
+    def can_run(self, forward_batch: ForwardBatch) -> bool:
+        return (self.disabled_reason is None and forward_batch.mode is ForwardMode.DECODE
+                and forward_batch.batch_size <= self.max_bs)
+
+    def replay(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Hidden states [bs, hidden] of the real rows.
+
+        The result is a view of the graph's output buffer: the next replay overwrites it, so use
+        it (compute logits) before replaying again."""
+        bs = forward_batch.batch_size
+        graph_bs = padded_batch_size(bs, self.batch_sizes)
+        self._load_inputs(forward_batch)
+        self.graphs[graph_bs].replay()
+        return self.outputs[graph_bs][:bs]

@@ -1,0 +1,183 @@
+"""PiecewiseGraphRunner: extend/prefill batches through the piecewise-compiled backbone.
+
+The backbone is traced once (token dimension dynamic), split at the splitting ops and, where the
+platform has graphs, captured per token count in `capture_sizes` from the largest down in one
+shared memory pool. A batch of n tokens is padded to the smallest captured size >= n: its ids,
+positions and KV slots are copied into static buffers whose tail is zeroed (padding tokens write
+their K/V to the dump slot 0), the pieces replay, attention runs eagerly between them on the real
+batch metadata (it treats only the first n tokens as real and zeroes the rest of its output), and
+the hidden states are sliced back to n rows.
+
+Without graphs (CPU) `--enforce-piecewise-cuda-graph` runs the same padding, split and compiled
+pieces without capture, so CI exercises everything but the capture itself.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from unittest import mock
+
+import torch
+import tqdm
+
+from tessera.attention.context import set_forward_context
+from tessera.compilation.backend import MIN_TOKENS, CompiledBackbone, PiecewiseBackend
+from tessera.compilation.capture_sizes import capture_sizes
+from tessera.compilation.monitor import CompileMonitor
+from tessera.compilation.piecewise import GraphCaptureState
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from tessera.runner.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class PiecewiseGraphRunner:
+    def __init__(self, model_runner: ModelRunner) -> None:
+        self.model_runner = model_runner
+        self.platform = model_runner.platform
+        self.device = model_runner.device
+        self.attn_backend = model_runner.attn_backend
+        config = model_runner.config
+        self.use_graphs = self.platform.supports_piecewise_graph
+        self.state = GraphCaptureState(self.platform, self.use_graphs)
+        if self.use_graphs:
+            # one pool for every graph of this process (the decode graph runner may have made it)
+            if getattr(model_runner, "graph_pool", None) is None:
+                model_runner.graph_pool = self.platform.graph_pool_handle()
+            self.state.pool = model_runner.graph_pool
+            self.state.stream = self.platform.new_stream()
+        self.platform.apply_compile_patches()
+        self.monitor = CompileMonitor("piecewise graph")
+        self.backend = PiecewiseBackend(self.state, self.monitor,
+                                        config.graph.piecewise_cuda_graph_compiler)
+        self.backbone = CompiledBackbone(model_runner.model.model, self.backend)
+        # a one-token batch pads to MIN_TOKENS: the one trace serves every count from there up
+        sizes = capture_sizes(config.graph, config.parallel)
+        self.capture_sizes = sorted({max(s, MIN_TOKENS) for s in sizes})
+        self.max_tokens = self.capture_sizes[-1]
+        # rows: input_ids, positions, out_cache_loc (one buffer: the padded tail is one zero_())
+        self._inputs = torch.zeros((3, self.max_tokens), dtype=torch.int64, device=self.device)
+        self.input_ids, self.positions, self.out_cache_loc = self._inputs.unbind(0)
+        self.replays = 0          # batches run through the pieces
+        self.eager_fallbacks = 0  # batches run eagerly because Dynamo wanted to recompile
+        self.capture_seconds = 0.0
+        self.capture_memory_bytes = 0
+        with torch.inference_mode():
+            self._trace()
+            if self.use_graphs:
+                self.capture()
+        logger.info("piecewise graph: sizes %s (%s)", self.capture_sizes,
+                    "captured" if self.use_graphs else "compiled pieces, no capture: no graphs "
+                    f"on {self.platform.kind.value}")
+
+    # ---- per batch ------------------------------------------------------------------------------
+    def can_run(self, forward_batch: ForwardBatch) -> bool:
+        """Extend batches (prefill, extend on a prefix, mixed with decoding requests) that fit."""
+        return (forward_batch.mode is ForwardMode.EXTEND
+                and 0 < forward_batch.num_tokens <= self.max_tokens)
+
+    def padded_size(self, num_tokens: int) -> int:
+        return self.capture_sizes[bisect.bisect_left(self.capture_sizes, num_tokens)]
+
+    def replay(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Hidden states [num_tokens, hidden]; a view of graph memory, valid until the next
+        forward (the caller computes logits from it at once)."""
+        n = forward_batch.num_tokens
+        size = self.padded_size(n)
+        self.input_ids[:n].copy_(forward_batch.input_ids)
+        self.positions[:n].copy_(forward_batch.positions)
+        self.out_cache_loc[:n].copy_(forward_batch.out_cache_loc)
+        if size > n:  # padding: token 0 at position 0, K/V into the dump slot 0
+            self._inputs[:, n:size].zero_()
+        padded = self._padded_batch(forward_batch, size)
+        hidden = self._run(padded, size)
+        if hidden is None:  # Dynamo wanted to recompile: refused and logged by the monitor
+            self.eager_fallbacks += 1
+            return self.model_runner.forward_eager(forward_batch)
+        self.replays += 1
+        return hidden[:n]
+
+    def _padded_batch(self, forward_batch: ForwardBatch, size: int) -> ForwardBatch:
+        # per-request metadata stays real: attention reads only the first sum(extend_seq_lens)
+        # tokens; the padded tail exists only for the graph pieces
+        return dataclasses.replace(forward_batch, input_ids=self.input_ids[:size],
+                                   positions=self.positions[:size],
+                                   out_cache_loc=self.out_cache_loc[:size])
+
+    def _run(self, forward_batch: ForwardBatch, size: int) -> torch.Tensor | None:
+        self.attn_backend.init_forward_metadata(forward_batch)
+        with set_forward_context(forward_batch, self.attn_backend):
+            return self.backbone(self.input_ids[:size], self.positions[:size])
+
+    # ---- start-up -------------------------------------------------------------------------------
+    def _dummy_batch(self, size: int) -> ForwardBatch:
+        """`size` new tokens of requests on the all-zero padding row: every K/V write goes to the
+        dump slot 0 and every key read comes from it. Requests are cut at the context length so
+        the padding row is long enough."""
+        chunk = self.model_runner.context_length
+        lens = [min(chunk, size - start) for start in range(0, size, chunk)]
+        row = self.model_runner.padding_req_row
+        batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * size, [row] * len(lens),
+                                   [0] * len(lens), lens, self.out_cache_loc[:size], self.device)
+        self._inputs[:, :size].zero_()
+        return self._padded_batch(batch, size)
+
+    def _trace(self) -> None:
+        """Trace and compile once, at the largest size."""
+        size = self.max_tokens
+        start = time.perf_counter()
+        self._run(self._dummy_batch(size), size)
+        logger.info("piecewise graph: traced and compiled the backbone (%s) in %.1f s",
+                    self.backend.compiler, time.perf_counter() - start)
+
+    def capture(self) -> None:
+        """Warm up and capture every size, largest first, in the shared pool."""
+        platform, state = self.platform, self.state
+        platform.synchronize()
+        free_before = platform.mem_get_info()[0]
+        start = time.perf_counter()
+        sizes = sorted(self.capture_sizes, reverse=True)
+        with _quiet_capture(self.device), platform.stream_context(state.stream):
+            for size in tqdm.tqdm(sizes, desc="Capturing piecewise graphs", unit="size"):
+                batch = self._dummy_batch(size)
+                # warm-up outside capture: kernels JIT-compile and autotune on first launch
+                self._run(batch, size)
+                state.capturing = True
+                try:
+                    self._run(batch, size)
+                finally:
+                    state.capturing = False
+        platform.synchronize()
+        self.capture_seconds = time.perf_counter() - start
+        self.capture_memory_bytes = free_before - platform.mem_get_info()[0]
+        logger.info("piecewise graph: captured %d sizes x %d pieces (%d graphs) in %.1f s using "
+                    "%.2f GiB", len(sizes), len(self.backend.graph_pieces),
+                    state.graphs_captured, self.capture_seconds,
+                    self.capture_memory_bytes / (1 << 30))
+
+
+@contextlib.contextmanager
+def _quiet_capture(device: torch.device) -> Iterator[None]:
+    """Capturing ~1000 graphs: skip the per-capture cache flush and full garbage collection.
+
+    Each capture context empties the allocator cache (a synchronising cudaFree of every cached
+    block, which the eager attention between pieces then allocates again) and may run gc.collect().
+    Collect once, freeze the survivors so any later collection is cheap, and empty the cache once.
+    """
+    gc.collect()
+    gc.freeze()
+    module = torch.get_device_module(device.type)
+    module.empty_cache()
+    try:
+        with mock.patch.object(module, "empty_cache", lambda: None):
+            yield
+    finally:
+        gc.unfreeze()

@@ -1,0 +1,111 @@
+"""What every handler needs (engine client, tokenizer, limits) and how it waits for outputs."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+
+from tessera.engine.engine import StepOutput
+from tessera.models.tokenizer import Tokenizer
+from tessera.sampling.params import SamplingParams
+from tessera.server.engine_client import EngineClient, EngineDeadError, RequestStream
+from tessera.server.errors import APIError, from_value_error
+from tessera.server.io_struct import GenerateItem
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected; the request's samples were aborted."""
+
+
+_CLIENT_GONE = object()  # queue sentinel put there by the disconnect watcher
+
+
+@dataclasses.dataclass
+class ServerState:
+    client: EngineClient
+    tokenizer: Tokenizer
+    info: dict[str, Any]
+    api_key: str | None = None
+    _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
+
+    @property
+    def model_name(self) -> str:
+        return self.info["served_model_name"]
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt + output can never exceed this (context length, and the KV pool)."""
+        return min(self.info["context_length"], self.info["kv_cache_tokens"])
+
+    def new_id(self, prefix: str) -> str:
+        # unique across restarts (uuid) and cheap to read in logs (counter)
+        return f"{prefix}-{uuid.uuid4().hex[:16]}{next(self._counter)}"
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model not in (self.model_name, self.info["model_path"]):
+            raise APIError(400, f"model '{model}' does not exist; this server serves "
+                           f"'{self.model_name}' (see /v1/models)", "model", "model_not_found")
+
+    def token_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    async def submit(self, group_id: str, prompts: list[list[int]], params: SamplingParams,
+                     prompt_param: str = "prompt") -> RequestStream:
+        """Send n samples of each prompt; sample k of prompt i is choice i * n + k."""
+        n = params.n
+        items = []
+        for i, ids in enumerate(prompts):
+            for k in range(n):
+                seed = None if params.seed is None else params.seed + k
+                sample = dataclasses.replace(params, n=1, seed=seed)
+                items.append(GenerateItem(f"{group_id}-{i * n + k}", ids, sample))
+        try:
+            return await self.client.generate(group_id, items)
+        except ValueError as e:
+            raise from_value_error(e, prompt_param) from None
+        except EngineDeadError as e:
+            raise APIError(503, f"the engine is not running: {e}", None, "engine_dead",
+                           "server_error") from None
+
+
+def choice_index(rid: str) -> int:
+    """Engine rids are '<request id>-<choice index>'."""
+    return int(rid.rsplit("-", 1)[1])
+
+
+async def _watch_disconnect(request: Request, queue: asyncio.Queue) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            queue.put_nowait(_CLIENT_GONE)
+            return
+
+
+async def outputs(state: ServerState, request: Request, stream: RequestStream
+                  ) -> AsyncIterator[StepOutput]:
+    """Yield the request's deltas until every sample finished.
+
+    Raises ClientGone when the client disconnects (works for plain and streaming responses, on any
+    ASGI spec version), EngineDeadError when the engine process died. Always releases the request,
+    which aborts unfinished samples so their KV is freed.
+    """
+    watcher = asyncio.create_task(_watch_disconnect(request, stream.queue))
+    remaining = set(stream.rids)
+    try:
+        while remaining:
+            item = await stream.queue.get()
+            if item is _CLIENT_GONE:
+                raise ClientGone()
+            if isinstance(item, EngineDeadError):
+                raise item
+            if item.finished:
+                remaining.discard(item.rid)
+            yield item
+    finally:
+        watcher.cancel()
+        state.client.release(stream)

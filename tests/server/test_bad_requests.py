@@ -1,0 +1,118 @@
+"""Every invalid request is a 400 in OpenAI's error shape whose message names the field, and the
+server stays healthy afterwards (never a 500 for user input)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tessera.server.testing import ServerProcess
+
+SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256"]
+C, CHAT, GEN = "/v1/completions", "/v1/chat/completions", "/generate"
+P = {"prompt": "hello", "max_tokens": 4}           # a valid completion body to spoil
+M = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+# (id, path, JSON body or raw bytes, a word the error message must contain)
+CASES = [
+    ("temperature-string", C, {**P, "temperature": "abc"}, "temperature"),
+    ("temperature-negative", C, {**P, "temperature": -1}, "temperature"),
+    ("temperature-too-high", C, {**P, "temperature": 5}, "temperature"),
+    ("top_p-zero", C, {**P, "top_p": 0}, "top_p"),
+    ("top_p-above-one", C, {**P, "top_p": 1.5}, "top_p"),
+    ("max_tokens-negative", C, {**P, "max_tokens": -5}, "max_tokens"),
+    ("max_tokens-string", C, {**P, "max_tokens": "16"}, "max_tokens"),
+    ("max_tokens-fraction", C, {**P, "max_tokens": 1.5}, "max_tokens"),
+    ("n-zero", C, {**P, "n": 0}, "n"),
+    ("n-bool", C, {**P, "n": True}, "n"),
+    ("n-huge", C, {**P, "n": 1000}, "n"),
+    ("logprobs-too-many", C, {**P, "logprobs": 50}, "logprobs"),
+    ("stop-number", C, {**P, "stop": 5}, "stop"),
+    ("stop-empty-string", C, {**P, "stop": [""]}, "stop"),
+    ("frequency_penalty-range", C, {**P, "frequency_penalty": 3}, "frequency_penalty"),
+    ("presence_penalty-string", C, {**P, "presence_penalty": "high"}, "presence_penalty"),
+    ("top_k-zero", C, {**P, "top_k": 0}, "top_k"),
+    ("min_p-range", C, {**P, "min_p": 2}, "min_p"),
+    ("repetition_penalty-zero", C, {**P, "repetition_penalty": 0}, "repetition_penalty"),
+    ("seed-string", C, {**P, "seed": "x"}, "seed"),
+    ("unknown-model", C, {**P, "model": "gpt-4"}, "model"),
+    ("prompt-missing", C, {"max_tokens": 4}, "prompt"),
+    ("prompt-number", C, {**P, "prompt": 123}, "prompt"),
+    ("prompt-empty-list", C, {**P, "prompt": []}, "prompt"),
+    ("prompt-mixed-list", C, {**P, "prompt": [1, "a"]}, "prompt"),
+    ("prompt-empty-string", C, {**P, "prompt": ""}, "prompt"),
+    ("prompt-token-out-of-vocab", C, {**P, "prompt": [1, 999999]}, "prompt"),
+    ("prompt-over-context", C, {**P, "prompt": "a" * 5000}, "prompt"),
+    ("max_tokens-over-kv-pool", C, {**P, "max_tokens": 100000}, "max_tokens"),
+    ("min_tokens-over-max", C, {**P, "min_tokens": 10}, "min_tokens"),
+    ("stream-string", C, {**P, "stream": "yes"}, "stream"),
+    ("stream_options-without-stream", C, {**P, "stream_options": {"include_usage": True}},
+     "stream_options"),
+    ("ignore_eos-string", C, {**P, "ignore_eos": "true"}, "ignore_eos"),
+    ("echo-unsupported", C, {**P, "echo": True}, "echo"),
+    ("malformed-json", C, b'{"prompt": "hi", "max_tokens": ', "json"),
+    ("body-not-object", C, b"[1, 2, 3]", "object"),
+    ("body-empty", C, b"", "empty"),
+    ("messages-empty", CHAT, {**M, "messages": []}, "messages"),
+    ("messages-missing", CHAT, {"max_tokens": 4}, "messages"),
+    ("role-unknown", CHAT, {**M, "messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ("content-number", CHAT, {**M, "messages": [{"role": "user", "content": 5}]}, "content"),
+    ("content-image-part", CHAT, {**M, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "content"),
+    ("top_logprobs-without-logprobs", CHAT, {**M, "top_logprobs": 2}, "top_logprobs"),
+    ("top_logprobs-range", CHAT, {**M, "logprobs": True, "top_logprobs": 30}, "top_logprobs"),
+    ("chat-logprobs-int", CHAT, {**M, "logprobs": 3}, "logprobs"),
+    ("max_completion_tokens-zero", CHAT, {**M, "max_completion_tokens": 0},
+     "max_completion_tokens"),
+    ("chat-unknown-model", CHAT, {**M, "model": "nope"}, "model"),
+    ("generate-unknown-param", GEN, {"text": "x", "sampling_params": {"temprature": 1}},
+     "temprature"),
+    ("generate-text-and-ids", GEN, {"text": "x", "input_ids": [1]}, "input_ids"),
+    ("generate-bad-temperature", GEN, {"text": "x", "sampling_params": {"temperature": "hot"}},
+     "temperature"),
+    ("generate-ids-out-of-vocab", GEN, {"input_ids": [-1]}, "prompt"),
+    ("abort-missing-rid", "/abort_request", {}, "rid"),
+]
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    with ServerProcess(SERVER_ARGS) as s:
+        yield s.base_url
+
+
+@pytest.mark.parametrize("path,body,word", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request_is_a_400_naming_the_field(base_url, path, body, word):
+    if isinstance(body, bytes):
+        r = httpx.post(base_url + path, content=body,
+                       headers={"content-type": "application/json"}, timeout=30)
+    else:
+        r = httpx.post(base_url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error"
+    assert word.lower() in err["message"].lower(), err
+    if path == GEN and "sampling_params" in body:
+        assert err["param"].startswith("sampling_params"), err
+    elif word not in ("json", "object", "empty", "prompt"):
+        assert err["param"] is not None and word.split("_")[0] in err["param"], err
+
+
+def test_unknown_model_uses_openais_code(base_url):
+    r = httpx.post(base_url + C, json={**P, "model": "gpt-4"})
+    assert r.json()["error"]["code"] == "model_not_found"
+
+
+def test_other_errors_keep_the_shape(base_url):
+    r = httpx.get(base_url + "/v1/nothing-here")
+    assert r.status_code == 404 and "message" in r.json()["error"]
+    r = httpx.get(base_url + C)
+    assert r.status_code == 405 and "message" in r.json()["error"]
+
+
+def test_server_is_healthy_after_bad_requests(base_url):
+    assert httpx.get(base_url + "/health_generate", timeout=30).status_code == 200
+    stats = httpx.get(base_url + "/get_server_info").json()["engine"]
+    assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
+    ok = httpx.post(base_url + C, json=P, timeout=30)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
