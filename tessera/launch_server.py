@@ -6,7 +6,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tessera.config.engine import EngineConfig  # noqa: PLC0415
+    from tessera.config.engine import EngineConfig
 
     parser = argparse.ArgumentParser(prog="python -m tessera.launch_server",
                                      description="OpenAI-compatible HTTP server")
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tessera.server.launch import serve  # noqa: PLC0415
+    from tessera.server.launch import serve
 
     return serve(build_parser().parse_args(argv)) or 0
 

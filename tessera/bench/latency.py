@@ -344,7 +344,7 @@ def print_table(title: str, results: list[dict[str, Any]], compare: bool) -> Non
         line = (f"{r['batch_size']:>5} {r['input_len']:>6} {r['output_len']:>5} | "
                 f"{_fmt(r['prefill_ms']):>10} {_fmt(r['prefill_tok_s']):>10} | "
                 f"{_fmt(r['decode_ms_per_step']):>14} {_fmt(r['decode_tok_s']):>9} | "
-                f"{r['decode_path']:<18}")
+                f"{r['decode_path'] or '-':<18}")
         if compare:
             hf, x = r["hf"], r["speedup_vs_hf"]
             x_decode = "-" if x["decode"] is None else f"{x['decode']:.2f}"

@@ -15,7 +15,7 @@ Token counts 0 and 1: Dynamo specialises a dynamic size that is 0 or 1 when trac
 at >= 2 tokens guards on `size >= 2` (and may add guards such as `size != 1` where a view of a
 non-contiguous tensor treats size-1 dims specially). So the backbone is traced once at >= 2
 tokens, every count >= 2 shares that graph, and the runner pads a one-token batch to 2
-(`MIN_TOKENS`), which costs nothing measurable. This needs no private Dynamo settings
+(`capture_sizes.MIN_TOKENS`), which costs nothing measurable. This needs no private Dynamo settings
 (`backed_size_oblivious`, unbacked sizes) and behaves the same on every torch version.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from tessera.compilation.capture_sizes import MIN_TOKENS
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState, PieceGraphs, TokenCount
 from tessera.compilation.splitting import Piece, op_qualname, split_graph, splitting_ops
@@ -36,7 +37,6 @@ from tessera.compilation.splitting import Piece, op_qualname, split_graph, split
 logger = logging.getLogger(__name__)
 
 COMPILERS = ("eager", "inductor")
-MIN_TOKENS = 2  # smallest token count the one trace serves (see the module docstring)
 
 
 class PiecewiseBackend:
@@ -182,4 +182,4 @@ def _splitting_op_name(piece: Piece) -> str:
     return "?"
 
 
-__all__ = ["COMPILERS", "MIN_TOKENS", "CompiledBackbone", "PiecewiseBackend"]
+__all__ = ["COMPILERS", "CompiledBackbone", "PiecewiseBackend"]

@@ -5,13 +5,15 @@ trades padding waste against capture time (one graph per piece per size; the mem
 
 The default list:
 
-* 1, 2, 4, then steps of 4 up to 32. Small extend batches are common in serving (a few decoding
+* 2, 4, then steps of 4 up to 32. The smallest graph is 2 tokens (`MIN_TOKENS`): the backbone is
+  traced once for every count >= 2 (Dynamo specialises sizes 0 and 1), and a one-token batch pads
+  to 2, which costs nothing measurable. Small extend batches are common in serving (a few decoding
   requests mixed with a short chunk, short prompts) and their graphs are cheap to capture. Below
   ~190 tokens an H200 forward is weight-bandwidth bound (795 TFLOP/s / 4.26 TB/s), so padding there
   costs little GPU time; the fine steps mostly keep elementwise work and attention rows honest.
 * Above 32: four sizes per octave (40, 48, 56, 64, 80, 96, ...; 1.25x, 1.2x, 1.17x, 1.14x steps),
   which bounds the padding waste at 25% where the forward is compute bound and the waste is real,
-  with a size count that grows only logarithmically: 34 sizes up to 2048, 38 up to 4096.
+  with a size count that grows only logarithmically: 33 sizes up to 2048, 37 up to 4096.
 * The maximum itself (default: the chunked-prefill size) is always captured: full chunks of a long
   prompt are exactly that size and must not pad.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 from tessera.config.engine import GraphConfig, ParallelConfig
 
-FINE_STEP_LIMIT = 32   # up to here: 1, 2, 4, then steps of 4
+MIN_TOKENS = 2         # smallest token count the one trace serves
+FINE_STEP_LIMIT = 32   # up to here: 2, 4, then steps of 4
 STEPS_PER_OCTAVE = 4   # above it
 
 
@@ -27,13 +30,13 @@ def default_capture_sizes(max_tokens: int) -> list[int]:
     """The default list clipped to `max_tokens`, with `max_tokens` itself always included."""
     if max_tokens < 1:
         raise ValueError(f"--piecewise-cuda-graph-max-tokens must be >= 1, got {max_tokens}")
-    sizes = [1, 2, 4, *range(8, FINE_STEP_LIMIT + 1, 4)]
+    sizes = [MIN_TOKENS, 4, *range(8, FINE_STEP_LIMIT + 1, 4)]
     octave = FINE_STEP_LIMIT
     while octave < max_tokens:
         step = octave // STEPS_PER_OCTAVE
         sizes.extend(octave + step * i for i in range(1, STEPS_PER_OCTAVE + 1))
         octave *= 2
-    return sorted({s for s in sizes if s <= max_tokens} | {max_tokens})
+    return sorted({s for s in sizes if s <= max_tokens} | {max(max_tokens, MIN_TOKENS)})
 
 
 def attention_parallel_sizes(parallel: ParallelConfig, attn_dp_size: int = 1,
@@ -68,7 +71,7 @@ def capture_sizes(graph: GraphConfig, parallel: ParallelConfig, attn_dp_size: in
     """Sorted token counts to capture for a resolved config.
 
     `--piecewise-cuda-graph-tokens` replaces the default list as given (it is not clipped to the
-    max, the user asked for those sizes); otherwise the default list up to
+    max, the user asked for those sizes; a 1 becomes MIN_TOKENS); otherwise the default list up to
     `--piecewise-cuda-graph-max-tokens`. When tokens are scattered over the attention-TP group only
     multiples of attn_tp_size (times attn_cp_size when attn_tp_size is not already a multiple of
     it) are kept.
@@ -78,7 +81,7 @@ def capture_sizes(graph: GraphConfig, parallel: ParallelConfig, attn_dp_size: in
         if bad:
             raise ValueError(f"--piecewise-cuda-graph-tokens must be positive token counts, got "
                              f"{bad}")
-        sizes = sorted(set(graph.piecewise_cuda_graph_tokens))
+        sizes = sorted({max(s, MIN_TOKENS) for s in graph.piecewise_cuda_graph_tokens})
     else:
         if graph.piecewise_cuda_graph_max_tokens is None:
             raise ValueError("piecewise_cuda_graph_max_tokens is unset: resolve the config first")
@@ -98,5 +101,5 @@ def capture_sizes(graph: GraphConfig, parallel: ParallelConfig, attn_dp_size: in
     return kept
 
 
-__all__ = ["attention_parallel_sizes", "capture_sizes", "default_capture_sizes",
+__all__ = ["MIN_TOKENS", "attention_parallel_sizes", "capture_sizes", "default_capture_sizes",
            "tokens_scattered"]

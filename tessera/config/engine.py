@@ -48,7 +48,7 @@ class CacheConfig:
     kv_cache_tokens: int | None = cfg(None, "KV pool size in tokens (default: from mem_fraction_static)",
                                       type_=int)
     mem_fraction_static: float = cfg(0.85, "fraction of device memory for weights + KV cache "
-                                     "(CPU: of available RAM, capped at 2 GiB of KV)")
+                                     "(CPU: of available RAM, capped at 1 GiB of KV)")
     disable_radix_cache: bool = cfg(False, "turn off the radix prefix cache")
 
 

@@ -13,8 +13,9 @@ Rules of the op layer:
 * What runs under torch.compile(fullgraph=True): fast paths call kernels ONLY through
   torch.library custom ops (`tessera::*`, see `tessera.ops.custom_ops`) or vendor ops, each with a
   fake (meta) kernel. Dynamo traces such a call as one opaque node using the fake kernel for
-  shapes; it never looks inside, so a Triton launch can never cause a graph break. A fast path may
-  not do anything data-dependent on the host (no .item(), no Python branches on tensor values).
+  shapes; it never looks inside, so a Triton launch can never cause a graph break. Ops return new
+  tensors (mutates_args=()), so no functionalization copies appear around them. A fast path may
+  branch on metadata (dtype, shape: Dynamo guards those) but never on tensor values (.item()).
 * `force_native=True`, `TESSERA_NATIVE_OPS=1` or `with native_ops():` bind `forward_native` instead
   (benchmarks compare against it; debugging bisects with it).
 """

@@ -25,7 +25,9 @@ def per_token_group_quant_fp8_torch(x: torch.Tensor, group_size: int,
     finfo = torch.finfo(FP8_DTYPE)
     groups = x.to(torch.float32).reshape(*x.shape[:-1], hidden // group_size, group_size)
     amax = groups.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
-    scales = amax / finfo.max
+    # a tensor divisor: PyTorch turns division by a Python scalar into multiplication by its
+    # reciprocal on CUDA, which is not the IEEE division the kernel (and the definition) uses
+    scales = amax / torch.full_like(amax, finfo.max)
     x_q = (groups / scales).clamp(finfo.min, finfo.max).to(FP8_DTYPE)
     return x_q.reshape(x.shape), scales.squeeze(-1)
 

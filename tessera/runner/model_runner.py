@@ -22,7 +22,7 @@ from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger(__name__)
 
-CPU_MAX_KV_BYTES = 2 << 30  # CPU RAM is shared with everything else: keep the pool modest
+CPU_MAX_KV_BYTES = 1 << 30  # CPU RAM is shared with everything else: keep the pool modest
 
 
 @dataclasses.dataclass
@@ -80,7 +80,8 @@ class ModelRunner:
         free, total = self.platform.mem_get_info()
         per_token = self._kv_bytes_per_token()
         if self.device.type == "cpu":
-            budget = min(free * cache.mem_fraction_static * 0.5, CPU_MAX_KV_BYTES)
+            budget = min(free * cache.mem_fraction_static * 0.5, CPU_MAX_KV_BYTES,
+                         self.max_running_requests * self.context_length * per_token)
         else:
             # the static fraction covers weights (already resident) and the KV pool
             budget = free - total * (1 - cache.mem_fraction_static)

@@ -27,7 +27,7 @@ import torch
 import tqdm
 
 from tessera.attention.context import set_forward_context
-from tessera.compilation.backend import MIN_TOKENS, CompiledBackbone, PiecewiseBackend
+from tessera.compilation.backend import CompiledBackbone, PiecewiseBackend
 from tessera.compilation.capture_sizes import capture_sizes
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState
@@ -59,9 +59,7 @@ class PiecewiseGraphRunner:
         self.backend = PiecewiseBackend(self.state, self.monitor,
                                         config.graph.piecewise_cuda_graph_compiler)
         self.backbone = CompiledBackbone(model_runner.model.model, self.backend)
-        # a one-token batch pads to MIN_TOKENS: the one trace serves every count from there up
-        sizes = capture_sizes(config.graph, config.parallel)
-        self.capture_sizes = sorted({max(s, MIN_TOKENS) for s in sizes})
+        self.capture_sizes = capture_sizes(config.graph, config.parallel)
         self.max_tokens = self.capture_sizes[-1]
         # rows: input_ids, positions, out_cache_loc (one buffer: the padded tail is one zero_())
         self._inputs = torch.zeros((3, self.max_tokens), dtype=torch.int64, device=self.device)

@@ -16,8 +16,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 import tessera
 from tessera.sampling.params import SamplingParams
 from tessera.server.engine_client import EngineDeadError
-from tessera.server.errors import (APIError, bad_request, error_body, error_response,
-                                   from_value_error, install_error_handlers, parse_body)
+from tessera.server.errors import (
+    APIError,
+    bad_request,
+    error_body,
+    error_response,
+    from_value_error,
+    install_error_handlers,
+    parse_body,
+)
 from tessera.server.openai_api import ReleasingStreamingResponse, get_state, router
 from tessera.server.protocol import AbortRequest, GenerateRequest
 from tessera.server.state import ClientGone, ServerState, outputs
@@ -136,7 +143,7 @@ async def generate(request: Request) -> Response:
     try:
         params = SamplingParams.from_dict(req.sampling_params)
     except (ValueError, TypeError) as e:
-        err = from_value_error(ValueError(str(e)))
+        err = from_value_error(ValueError(str(e)), openai_names=False)
         err.param = f"sampling_params.{err.param}" if err.param else "sampling_params"
         raise err from None
     if params.n != 1:
@@ -146,7 +153,7 @@ async def generate(request: Request) -> Response:
     param = "input_ids" if req.input_ids is not None else "text"
     rid = req.rid or state.new_id("gen")
     start = time.perf_counter()
-    stream = await state.submit(rid, [ids], params, param)
+    stream = await state.submit(rid, [ids], params, param, openai_names=False)
     if req.stream:
         return ReleasingStreamingResponse(_generate_sse(state, request, stream, rid, start),
                                           release=lambda: state.client.release(stream))

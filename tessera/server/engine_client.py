@@ -14,7 +14,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -22,9 +23,18 @@ import zmq.asyncio
 from tessera.config.engine import EngineConfig
 from tessera.engine.engine import StepOutput
 from tessera.server.engine_process import run_engine_process
-from tessera.server.io_struct import (AbortRequests, AddReply, AddRequests, EngineFailed,
-                                      EngineReady, GenerateItem, RpcCall, RpcReply, Shutdown,
-                                      StepOutputs)
+from tessera.server.io_struct import (
+    AbortRequests,
+    AddReply,
+    AddRequests,
+    EngineFailed,
+    EngineReady,
+    GenerateItem,
+    RpcCall,
+    RpcReply,
+    Shutdown,
+    StepOutputs,
+)
 from tessera.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)

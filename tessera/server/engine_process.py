@@ -14,8 +14,17 @@ from typing import Any
 import zmq
 
 from tessera.config.engine import EngineConfig
-from tessera.server.io_struct import (AbortRequests, AddReply, AddRequests, EngineFailed,
-                                      EngineReady, RpcCall, RpcReply, Shutdown, StepOutputs)
+from tessera.server.io_struct import (
+    AbortRequests,
+    AddReply,
+    AddRequests,
+    EngineFailed,
+    EngineReady,
+    RpcCall,
+    RpcReply,
+    Shutdown,
+    StepOutputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
     outputs = ctx.socket(zmq.PUSH)
     outputs.connect(output_path)
     try:
-        from tessera.engine.engine import Engine  # noqa: PLC0415 (torch loads in the child only)
+        from tessera.engine.engine import Engine
 
         engine = Engine(config)
     except Exception as e:  # noqa: BLE001 - any startup failure is reported, then we exit

@@ -48,11 +48,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param, code)
 
 
-def from_value_error(e: ValueError, prompt_param: str = "prompt") -> APIError:
-    """A ValueError from SamplingParams or Engine.validate_prompt, in the API's field names."""
+def from_value_error(e: ValueError, prompt_param: str = "prompt", openai_names: bool = True
+                     ) -> APIError:
+    """A ValueError from SamplingParams or Engine.validate_prompt; with `openai_names` the engine's
+    field names in it become the OpenAI API's (max_new_tokens -> max_tokens)."""
     message = str(e)
-    for engine_name, api_name in _ENGINE_TO_API.items():
-        message = message.replace(engine_name, api_name)
+    if openai_names:
+        for engine_name, api_name in _ENGINE_TO_API.items():
+            message = message.replace(engine_name, api_name)
     param = None
     match = re.match(r"^(\w+)", message)
     if match and match.group(1) in ("prompt", *_API_PARAMS):
@@ -62,6 +65,13 @@ def from_value_error(e: ValueError, prompt_param: str = "prompt") -> APIError:
     return bad_request(message, param)
 
 
+# What a union-typed field accepts, for messages clearer than pydantic's per-member errors.
+UNION_HINTS = {
+    "prompt": "a string, or a non-empty list of strings, of token ids or of token-id lists",
+    "stop": "a string or a list of strings",
+    "content": "a string or a non-empty list of {\"type\": \"text\", \"text\": ...} parts",
+    "input_ids": "a non-empty list of token ids",
+}
 _API_PARAMS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p",
                "repetition_penalty", "frequency_penalty", "presence_penalty", "stop",
                "stop_token_ids", "n", "seed", "logprobs", "top_logprobs", "ignore_eos",
@@ -92,7 +102,8 @@ def from_validation_errors(errors: list[dict[str, Any]], model: type[BaseModel] 
     members = {tuple(e.get("loc", ())[:1]) for e in errors}
     if len(errors) > 1 and len(members) == 1 and any(
             _TYPE_TAG.match(str(p)) for p in err.get("loc", ())):
-        return bad_request(f"invalid type for '{path}': {msg}, or another accepted form "
+        expected = UNION_HINTS.get(loc[-1], "one of the accepted forms")
+        return bad_request(f"invalid type for '{path}': expected {expected} "
                            f"(got {_short(err.get('input'))})", path)
     return bad_request(f"invalid value for '{path}': {msg} (got {_short(err.get('input'))})",
                        path)

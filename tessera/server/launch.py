@@ -42,12 +42,12 @@ def _log_startup(info: dict, host: str, port: int) -> None:
 
 
 async def _serve(config: EngineConfig) -> int:
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from tessera.models.tokenizer import load_tokenizer  # noqa: PLC0415
-    from tessera.server.app import create_app  # noqa: PLC0415
-    from tessera.server.engine_client import EngineClient, EngineStartError  # noqa: PLC0415
-    from tessera.server.state import ServerState  # noqa: PLC0415
+    from tessera.models.tokenizer import load_tokenizer
+    from tessera.server.app import create_app
+    from tessera.server.engine_client import EngineClient, EngineStartError
+    from tessera.server.state import ServerState
 
     host, port = config.server.host, config.server.port
     # Bind before loading the model: a busy port should fail in a second, not after minutes.

@@ -6,8 +6,14 @@ by the HTTP process as deltas arrive, so they measure what clients see (includin
 """
 from __future__ import annotations
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 # `*_created` timestamp series double the output for nothing a dashboard uses.
 disable_created_metrics()

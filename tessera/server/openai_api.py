@@ -6,8 +6,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -82,11 +82,11 @@ class Choice:
 
 def build_params(req: _SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
                  ) -> SamplingParams:
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_tokens, min_new_tokens=req.min_tokens, n=req.n, seed=req.seed,
-        stop=req.stop, stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos,
-        skip_special_tokens=req.skip_special_tokens, logprobs=logprobs,
-        top_logprobs=top_logprobs)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens, "n": req.n,
+        "seed": req.seed, "stop": req.stop, "stop_token_ids": req.stop_token_ids,
+        "ignore_eos": req.ignore_eos, "skip_special_tokens": req.skip_special_tokens,
+        "logprobs": logprobs, "top_logprobs": top_logprobs}
     for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                  "frequency_penalty", "presence_penalty"):
         value = getattr(req, name)

@@ -55,7 +55,7 @@ class ServerState:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     async def submit(self, group_id: str, prompts: list[list[int]], params: SamplingParams,
-                     prompt_param: str = "prompt") -> RequestStream:
+                     prompt_param: str = "prompt", openai_names: bool = True) -> RequestStream:
         """Send n samples of each prompt; sample k of prompt i is choice i * n + k."""
         n = params.n
         items = []
@@ -67,7 +67,7 @@ class ServerState:
         try:
             return await self.client.generate(group_id, items)
         except ValueError as e:
-            raise from_value_error(e, prompt_param) from None
+            raise from_value_error(e, prompt_param, openai_names) from None
         except EngineDeadError as e:
             raise APIError(503, f"the engine is not running: {e}", None, "engine_dead",
                            "server_error") from None

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import httpx
+from typing_extensions import Self
 
 
 def free_port() -> int:
@@ -28,18 +29,19 @@ class ServerProcess:
         self.port = free_port()
         self.host = "127.0.0.1"
         self.proc: subprocess.Popen | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="tessera-server-", suffix=".log",
-                                               delete=False)
+        fd, self.log_path = tempfile.mkstemp(prefix="tessera-server-", suffix=".log")
+        os.close(fd)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> ServerProcess:
+    def start(self) -> Self:
         cmd = [sys.executable, "-m", "tessera.launch_server", "--host", self.host,
                "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.log_path, "wb") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -56,8 +58,7 @@ class ServerProcess:
                            f"{self.log_text()[-4000:]}")
 
     def log_text(self) -> str:
-        self.log.flush()
-        with open(self.log.name, errors="replace") as f:
+        with open(self.log_path, errors="replace") as f:
             return f.read()
 
     def stop(self, timeout: float = 30.0) -> int | None:
@@ -72,10 +73,9 @@ class ServerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        self.log.close()
-        os.unlink(self.log.name)
+        os.unlink(self.log_path)

@@ -84,16 +84,24 @@ def keep_mask(probs: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return (probs >= bound[:, None]) & (probs > 0)
 
 
-def sample_from_kept(probs: torch.Tensor, keep: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sample of each row of probs restricted to keep, with uniforms u in (0, 1)."""
-    w = torch.where(keep, probs, 0.0).double()
-    cdf = w.cumsum(1)
-    target = (u * cdf[:, -1])[:, None]
-    idx = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    # rounding can push the target past the last kept token: clamp to it
-    cols = torch.arange(probs.shape[1], device=probs.device)
+def sample_from_kept(probs: torch.Tensor, keep: torch.Tensor, u: torch.Tensor,
+                     indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse-CDF sample for each output row (row indices[i] of probs, or row i) restricted to
+    keep, with uniforms u in (0, 1). Distinct rows are laid end to end on one increasing axis, so
+    many outputs drawing from one row (indices) cost one searchsorted, not a copy of the row each.
+    """
+    rows, vocab = probs.shape
+    src = torch.arange(rows, device=probs.device) if indices is None else indices.long()
+    cdf = torch.where(keep, probs, 0.0).double().cumsum(1)
+    total = cdf[:, -1]
+    base = torch.cumsum(total + 1.0, 0) - (total + 1.0)  # row r's CDF starts at base[r]
+    flat = (cdf + base[:, None]).flatten()
+    target = base[src] + u * total[src]
+    idx = torch.searchsorted(flat, target, right=True) - src * vocab
+    # rounding can push the target past the row's last kept token: clamp to it
+    cols = torch.arange(vocab, device=probs.device)
     last_kept = torch.where(keep, cols, -1).max(1).values.clamp_min(0)
-    return torch.minimum(idx, last_kept)
+    return torch.minimum(idx.clamp_min(0), last_kept[src])
 
 
 class TorchSamplingBackend(SamplingBackend):
@@ -103,14 +111,18 @@ class TorchSamplingBackend(SamplingBackend):
                seed, offset):
         batch = batch_size(probs, indices)
         device = probs.device
-        rows = probs.float() if indices is None else probs.float()[indices.long()]
         k = row_param(top_k, batch, device, torch.int64, "top_k")
         p = row_param(top_p, batch, device, torch.float32, "top_p")
         mp = row_param(min_p, batch, device, torch.float32, "min_p")
+        rows = probs.float()
+        if indices is not None and any(t is not None and t.numel() > 1 for t in (k, p, mp)):
+            # per-output parameters: each output needs its own copy of its row
+            rows, indices_for_rows = rows[indices.long()], None
+        else:
+            indices_for_rows = indices  # filters depend on the probs row only
         bound = boundaries(rows, k, p, mp, filter_apply_order)
-        rand = resolve_randomness(seed, offset, generator, device, batch)
-        u = counter_uniforms(rand, batch)
-        out = sample_from_kept(rows, keep_mask(rows, bound), u)
+        u = counter_uniforms(resolve_randomness(seed, offset, generator, device, batch), batch)
+        out = sample_from_kept(rows, keep_mask(rows, bound), u, indices_for_rows)
         return out.to(output_dtype(indices))
 
     def top_k_renorm_probs(self, probs, top_k):

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Decode CUDA graphs on one GPU: the GPU tests of tests/runner (graph replay == eager decoding),
+# then `tessera bench latency` for llama3-8b and qwen3-0.6b (dummy weights in the real shapes, bf16,
+# triton attention) at bs 1 / 32 / 128 with HF transformers on the same weights and tokens, and
+# eager (no decode graph) baselines at bs 1. Piecewise graphs are off: this measures decode.
+# Targets (shared/BENCHMARKS.md): llama3-8b bs=1 <= 4.1 ms/step, qwen3-0.6b bs=1 <= 1.0 ms/step.
+#
+# Writes under $OUT: decode_tests.log, latency_<run>.json + .log per benchmark run,
+# decode_summary.txt (the figures next to their targets).
+# Usage: OUT=/some/dir bash scripts/gpu/decode.sh    (~5 min on an H200; hard stop at ~8 min)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET  # compiled kernels here, never the interpreter
+DEADLINE=$((SECONDS + 470))  # every step below gets at most what is left of ~8 minutes
+status=0
+
+# run NAME LIMIT_S CMD...: at most LIMIT_S seconds (less if the deadline is nearer), output to
+# $OUT/NAME.log; skipped when under 30 s are left
+run() {
+  local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
+  shift 2
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 30 ]; then
+    echo "[decode.sh] skipped $name: time budget spent" | tee -a "$OUT/decode_summary.txt"
+    status=1
+    return
+  fi
+  echo "[decode.sh] $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "[decode.sh] $name rc=$rc after ${SECONDS}s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+"$PY" -c 'import torch, triton, transformers; print("torch", torch.__version__, "cuda",
+torch.version.cuda, "triton", triton.__version__, "transformers", transformers.__version__,
+"device", torch.cuda.get_device_name())' | tee "$OUT/environment.log"
+
+run decode_tests 180 "$PY" -m pytest tests/runner -m gpu -v -rA -p no:cacheprovider
+
+BENCH=("$PY" -m tessera.bench.latency --load-format dummy --dtype bfloat16
+       --attention-backend triton --disable-piecewise-cuda-graph --warmup 1 --repeat 3)
+run latency_llama3-8b 200 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 128 \
+  --input-len 128 --output-len 64 --compare hf --out "$OUT/latency_llama3-8b.json"
+run latency_qwen3-0.6b 150 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 128 \
+  --input-len 128 --output-len 64 --compare hf --out "$OUT/latency_qwen3-0.6b.json"
+run latency_llama3-8b_eager 90 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 \
+  --input-len 128 --output-len 32 --disable-cuda-graph --out "$OUT/latency_llama3-8b_eager.json"
+run latency_qwen3-0.6b_eager 90 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 \
+  --input-len 128 --output-len 32 --disable-cuda-graph --out "$OUT/latency_qwen3-0.6b_eager.json"
+
+OUT="$OUT" "$PY" - <<'EOF' | tee -a "$OUT/decode_summary.txt"
+import json, os
+
+out = os.environ["OUT"]
+targets = {("llama3-8b", 1): 4.1, ("qwen3-0.6b", 1): 1.0}
+for run in ("llama3-8b", "qwen3-0.6b", "llama3-8b_eager", "qwen3-0.6b_eager"):
+    path = os.path.join(out, f"latency_{run}.json")
+    if not os.path.exists(path):
+        print(f"{run}: no result")
+        continue
+    report = json.load(open(path))
+    model = report["model"]
+    for r in report["results"]:
+        ms = r["decode_ms_per_step"]["median"]
+        line = (f"{run:<18} bs={r['batch_size']:<4} decode {ms:7.3f} ms/step "
+                f"({r['decode_tok_s']['median']:9.1f} tok/s, {r['decode_path']}), "
+                f"prefill {r['prefill_ms']['median']:8.2f} ms")
+        target = targets.get((model, r["batch_size"]))
+        if target is not None and not run.endswith("_eager"):
+            line += f" | target <= {target}: {'PASS' if ms <= target else 'MISS'}"
+        if "hf" in r:
+            line += (f" | HF decode {r['hf']['decode_ms_per_step']['median']:.2f} ms/step "
+                     f"(x{r['speedup_vs_hf']['decode']:.2f}), HF prefill "
+                     f"{r['hf']['prefill_ms']['median']:.2f} ms (x{r['speedup_vs_hf']['prefill']:.2f})"
+                     f", logits diff {r['hf_check']['max_abs_logit_diff']:.3g}"
+                     f"/{r['hf_check']['max_abs_logit']:.3g}")
+        print(line)
+EOF
+echo "[decode.sh] done in ${SECONDS}s, status $status"
+exit $status

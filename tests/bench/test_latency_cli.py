@@ -1,0 +1,85 @@
+"""`tessera bench latency` end to end on the CPU: tiny shapes, the JSON report, the HF comparison."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tessera import cli
+
+FIGURES = ("prefill_ms", "prefill_tok_s", "decode_ms_per_step", "decode_tok_s", "e2e_ms")
+
+
+def run_bench(tmp_path, *args: str) -> tuple[int, dict | None]:
+    out = tmp_path / "latency.json"
+    rc = cli.main(["bench", "latency", "--device", "cpu", "--warmup", "1", "--repeat", "2",
+                   "--out", str(out), *args])
+    return rc, json.loads(out.read_text()) if out.exists() else None
+
+
+def check_figure(figure: dict) -> None:
+    assert figure["min"] <= figure["median"] <= figure["max"]
+    assert figure["min"] > 0
+
+
+def test_latency_json_with_hf_comparison(tmp_path, capsys) -> None:
+    rc, report = run_bench(tmp_path, "--model-path", "tiny-llama", "--batch-size", "1", "3",
+                           "--input-len", "5", "--output-len", "4", "--compare", "hf")
+    assert rc == 0
+    assert report["benchmark"] == "latency" and report["model"] == "tiny-llama"
+    assert report["device_name"] and report["torch_version"] == torch.__version__
+    assert isinstance(report["git_commit"], str) and report["git_commit"]
+    assert report["hf"]["transformers_version"]
+    assert report["config"]["engine"]["model_path"] == "tiny-llama"
+    assert report["config"]["bench"]["batch_size"] == [1, 3]
+    results = report["results"]
+    assert [(r["batch_size"], r["input_len"], r["output_len"]) for r in results] == [
+        (1, 5, 4), (3, 5, 4)]
+    for r in results:
+        for name in FIGURES:
+            check_figure(r[name])
+            check_figure(r["hf"][name])
+        assert r["prefill_ms"]["n"] == 2 and r["decode_ms_per_step"]["n"] == 2 * 3  # O - 1 steps
+        # tok/s follows from the times: B tokens per decode step, B * I per prefill
+        assert r["decode_tok_s"]["median"] == pytest.approx(
+            r["batch_size"] * 1e3 / r["decode_ms_per_step"]["median"])
+        assert r["prefill_tok_s"]["median"] == pytest.approx(
+            r["batch_size"] * r["input_len"] * 1e3 / r["prefill_ms"]["median"])
+        assert r["speedup_vs_hf"]["decode"] == pytest.approx(
+            r["hf"]["decode_ms_per_step"]["median"] / r["decode_ms_per_step"]["median"])
+        assert r["decode_path"] == "eager"  # no graphs on the CPU
+        # same weights in both: the first-token logits agree to float32 rounding
+        assert r["hf_check"]["max_abs_logit_diff"] < 1e-4
+        assert r["hf_check"]["first_token_agreement"] == 1.0
+    table = capsys.readouterr().out
+    assert "decode ms/step" in table and "HF decode" in table
+
+
+def test_hf_copy_of_a_tied_qk_norm_checkpoint(tmp_path) -> None:
+    """A saved HF directory (Qwen3: q/k norms, tied embeddings) with weights large enough that a
+    wrong copy would show in the logits; output length 1 = prefill only."""
+    from hf_models import save_tiny_model
+
+    path = save_tiny_model(str(tmp_path / "qwen3"), "qwen3", tied=True)
+    rc, report = run_bench(tmp_path, "--model-path", path, "--batch-size", "2",
+                           "--input-len", "7", "--output-len", "1", "--compare", "hf")
+    assert rc == 0
+    (r,) = report["results"]
+    assert r["decode_ms_per_step"] is None and r["hf"]["decode_ms_per_step"] is None
+    assert r["speedup_vs_hf"]["decode"] is None
+    assert r["hf_check"]["max_abs_logit"] > 0.5
+    assert r["hf_check"]["max_abs_logit_diff"] < 1e-4
+    assert r["hf_check"]["first_token_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input-len", "0"], ">= 1"),
+    (["--batch-size", "4", "--kv-cache-tokens", "8"], "--kv-cache-tokens"),
+    (["--batch-size", "4", "--max-running-requests", "2"], "--max-running-requests"),
+    (["--input-len", "4000", "--output-len", "200"], "context length"),
+])
+def test_bad_flags_exit_2_with_a_message(tmp_path, capsys, args, message) -> None:
+    rc, report = run_bench(tmp_path, "--model-path", "tiny-llama", *args)
+    assert rc == 2 and report is None
+    assert message in capsys.readouterr().err
