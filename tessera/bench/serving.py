@@ -24,14 +24,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-# Common short words: most are a single token in BPE vocabularies, so lengths stay predictable.
-_WORDS = ("time year people way day man thing woman life child world school state family student "
-          "group country problem hand part place case week company system program question work "
-          "government number night point home water room mother area money story fact month lot "
-          "right study book eye job word business issue side kind head house service friend father "
-          "power hour game line end member law car city name team minute idea kid body back parent "
-          "face others level office door health person art war history party result change morning "
-          "reason research girl guy moment air teacher force education").split()
+# Common four-letter words: each is one token (with its leading space) in the usual BPE
+# vocabularies and five in a byte-level one, so tokens are linear in words and the calibration fit
+# is exact rather than noisy.
+_WORDS = ("time year work hand part case week life home room fact book word side kind head name "
+          "team idea body face door hour game line mind food land road plan fire cost girl town "
+          "tree ship farm bank club ball card rock rain snow wind star moon song film page step "
+          "view unit wall hill lake king gold iron salt milk rice fish bird").split()
 
 
 @dataclasses.dataclass

@@ -121,3 +121,18 @@ def test_monitor_counts_compiles_and_refuses_recompiles():
 
     assert is_recompile_error(FailOnRecompileLimitHit("limit hit"))
     assert not is_recompile_error(RuntimeError("CUDA error: out of memory"))
+
+
+def test_inductor_pieces_equal_eager(tmp_path):
+    """The same with every piece compiled by inductor (C++ codegen on the CPU)."""
+    path = save_tiny_model(str(tmp_path / "llama"), "llama")
+    runner = make_pcg_runner(path, piecewise_cuda_graph_max_tokens=8,
+                             piecewise_cuda_graph_compiler="inductor")
+    pcg = pcg_of(runner)
+    assert pcg.backend.compiler == "inductor"
+    batches = MixedBatches(runner)
+    for total in range(1, 9):
+        ours, eager = pcg_and_eager_logits(runner, batches.mixed(total))
+        torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
+        batches.free()
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0

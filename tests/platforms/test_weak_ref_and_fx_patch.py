@@ -15,7 +15,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn, torch.int64])
 def test_weak_ref_aliases_the_same_memory(device, dtype):
-    base = torch.arange(24, device=device).to(dtype).reshape(4, 6)
+    base = torch.arange(24, dtype=torch.float32, device=device).to(dtype).reshape(4, 6)
     view = base[1:, 2:5]  # offset and non-trivial strides must carry over
     weak = weak_ref_tensor(view)
     assert weak.dtype == view.dtype and weak.shape == view.shape

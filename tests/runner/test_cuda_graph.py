@@ -68,13 +68,10 @@ def test_padded_batch_size_is_the_next_captured_size() -> None:
 
 # ---- the runner on CPU ----------------------------------------------------------------------------
 def make_runner(attention_backend: str, **kw) -> ModelRunner:
-    device = "cuda" if HAS_CUDA else "cpu"
-    cfg = EngineConfig.from_kwargs(model_path=kw.pop("model_path", "tiny-llama"), device=device,
-                                   dtype=kw.pop("dtype", "float32"), kv_cache_tokens=4096,
-                                   max_running_requests=kw.pop("max_running_requests", 16),
-                                   attention_backend=attention_backend,
-                                   disable_piecewise_cuda_graph=True, **kw)
-    return ModelRunner(cfg)
+    args = {"model_path": "tiny-llama", "device": "cuda" if HAS_CUDA else "cpu",
+            "dtype": "float32", "kv_cache_tokens": 4096, "max_running_requests": 16,
+            "disable_piecewise_cuda_graph": True, **kw}
+    return ModelRunner(EngineConfig.from_kwargs(attention_backend=attention_backend, **args))
 
 
 def test_torch_native_backend_disables_decode_graphs_once(caplog) -> None:
@@ -227,7 +224,7 @@ def test_gpu_graph_decode_equals_eager(gpu_runners, kind, bs, monkeypatch) -> No
     tolerance, every step through a graph replay (padded for 3 and 7)."""
     graph_runner, eager_runner = gpu_runners[kind]
     graphs = graph_runner.graph_runners[0]
-    assert isinstance(graphs, DecodeGraphRunner) and graphs.enabled
+    assert isinstance(graphs, DecodeGraphRunner) and graphs.enabled, graphs.disabled_reason
     assert graph_runner.graph_pool is not None
     calls = []
     monkeypatch.setattr(graphs, "replay", lambda fb: calls.append(fb.batch_size)
@@ -276,3 +273,33 @@ def test_gpu_torch_native_runs_decode_eagerly(tiny_models) -> None:
     drv.step([(row, [5, 6, 7])])
     logits, _ = drv.step([(row, [8])], ForwardMode.DECODE, all_logits=False)
     assert torch.isfinite(logits).all()
+
+
+@gpu
+def test_gpu_decode_and_piecewise_graphs_share_one_pool(tiny_models, monkeypatch) -> None:
+    """Both graph runners in one engine: one memory pool, prefill through the piecewise graphs,
+    decode through the decode graphs, and the same greedy tokens as eager."""
+    path = tiny_models["qwen3"]
+    both = make_runner("triton", model_path=path, dtype="bfloat16", max_running_requests=8,
+                       cuda_graph_max_bs=8, disable_piecewise_cuda_graph=False,
+                       piecewise_cuda_graph_max_tokens=64)
+    eager = _gpu_runner(path, graphs=False)
+    decode_graphs, piecewise = both.graph_runners
+    assert isinstance(decode_graphs, DecodeGraphRunner) and decode_graphs.enabled
+    assert decode_graphs.pool is both.graph_pool is piecewise.state.pool
+    calls = []
+    monkeypatch.setattr(decode_graphs, "replay", lambda fb: calls.append(fb.batch_size)
+                        or DecodeGraphRunner.replay(decode_graphs, fb))
+    drivers = [RunnerDriver(both), RunnerDriver(eager)]
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (5, 17, 9, 30)]
+    rows = [[d.new_request() for _ in prompts] for d in drivers]
+    logits = [d.step(list(zip(r, prompts)), all_logits=False)[0] for d, r in zip(drivers, rows)]
+    assert piecewise.replays == 1
+    for _ in range(8):
+        tokens = [lg.argmax(-1).tolist() for lg in logits]
+        assert tokens[0] == tokens[1]
+        logits = [d.step([(row, [t]) for row, t in zip(r, tk)], ForwardMode.DECODE,
+                         all_logits=False)[0] for d, r, tk in zip(drivers, rows, tokens)]
+        torch.testing.assert_close(logits[0], logits[1], atol=6e-2, rtol=0)
+    assert calls == [4] * 8

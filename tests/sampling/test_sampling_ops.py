@@ -18,11 +18,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-from scipy.stats import chisquare  # noqa: E402
+import pytest
+from scipy.stats import chisquare
 
-import tessera.sampling.ops as ops  # noqa: E402
-from tessera.sampling.ops import torch_ref  # noqa: E402
+from tessera.sampling import ops
+from tessera.sampling.ops import torch_ref
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -30,11 +30,13 @@ HAS_TRITON = "triton" in ops.available_backends()
 gpu = pytest.mark.gpu
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not HAS_TRITON, reason="triton is not installed"))]
-# Interpreted Triton pays per row; torch (and compiled Triton) can afford 50k samples.
-SMALL_SAMPLES = {"torch": 50_000, "triton": 50_000 if HAS_CUDA else 20_000}
-TAIL_VOCAB = {"torch": 151_936, "triton": 151_936 if HAS_CUDA else 4096}
-TAIL_SAMPLES = {"torch": 50_000, "triton": 50_000 if HAS_CUDA else 2_000}
-
+# CPU sizes; interpreted Triton pays per row, so it gets a smaller vocab and fewer samples there.
+# The gpu tests below rerun these checks at vocab 151936 with 50k samples for every backend.
+SMALL_SAMPLES = {"torch": 50_000, "triton": 50_000}
+TAIL_VOCAB = {"torch": 151_936, "triton": 4096}
+TAIL_SAMPLES = {"torch": 50_000, "triton": 4_000}
+GPU_BACKENDS = ["torch", "triton", pytest.param("flashinfer", marks=pytest.mark.skipif(
+    "flashinfer" not in ops.available_backends(), reason="flashinfer is not installed"))]
 
 def _probs(values: list[float], device: str = DEVICE) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)[None]
@@ -150,12 +152,16 @@ STAT_CASES = {
 }
 
 
+def _check_hand_made(backend: str, case: str, device: str, samples: int) -> None:
+    values, fn, kw, kept = STAT_CASES[case]
+    drawn = _draw(fn, _probs(values, device), samples, backend, **kw)
+    _assert_distribution(drawn, _kept(torch.tensor(values), kept))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(STAT_CASES))
 def test_hand_made_distributions(backend: str, case: str) -> None:
-    values, fn, kw, kept = STAT_CASES[case]
-    samples = _draw(fn, _probs(values), SMALL_SAMPLES[backend], backend, **kw)
-    _assert_distribution(samples, _kept(torch.tensor(values), kept))
+    _check_hand_made(backend, case, DEVICE, SMALL_SAMPLES[backend])
 
 
 TAIL_CASES = {
@@ -178,34 +184,39 @@ def _reference_expected(probs: torch.Tensor, kw: dict) -> torch.Tensor:
     return torch.where(torch_ref.keep_mask(x, bound), x, 0.0)[0]
 
 
+def _check_long_tail(backend: str, case: str, device: str, vocab: int, samples: int) -> None:
+    fn, kw = TAIL_CASES[case]
+    probs = _long_tail(vocab, device=device)
+    drawn = _draw(fn, probs, samples, backend, **kw)
+    _assert_distribution(drawn, _reference_expected(probs, kw))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(TAIL_CASES))
 def test_long_tail_vocab(backend: str, case: str) -> None:
-    if not HAS_CUDA and backend == "triton" and case in ("plain", "top_p", "all_three"):
-        pytest.skip("interpreted Triton: covered at full size by the gpu tests")
-    fn, kw = TAIL_CASES[case]
-    probs = _long_tail(TAIL_VOCAB[backend])
-    samples = _draw(fn, probs, TAIL_SAMPLES[backend], backend, **kw)
-    _assert_distribution(samples, _reference_expected(probs, kw))
+    _check_long_tail(backend, case, DEVICE, TAIL_VOCAB[backend], TAIL_SAMPLES[backend])
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-def test_triton_rejection_never_falls_back() -> None:
+def _check_no_fallback(device: str, vocab: int) -> None:
     """The kernel's argmax fallback after max_rounds would bias samples: it must not trigger."""
     from tessera.sampling.ops import triton_backend
     from tessera.sampling.ops.common import resolve_randomness
 
-    vocab = TAIL_VOCAB["triton"]
     gen = torch.Generator().manual_seed(3)
-    probs = torch.softmax(torch.randn(8, vocab, generator=gen) * torch.linspace(0.5, 6, 8)[:, None],
-                          -1).to(DEVICE)
-    rand = resolve_randomness(torch.arange(8, device=DEVICE), 0, None, probs.device, 8)
-    passes = torch.zeros(8, dtype=torch.int32, device=DEVICE)
-    for k, p in [(1, None), (50, 0.9), (None, 0.3)]:
-        kt = None if k is None else torch.tensor([k], dtype=torch.int32, device=DEVICE)
-        pt = None if p is None else torch.tensor([p], device=DEVICE)
-        triton_backend.sample(probs, None, kt, pt, None, False, rand, passes_out=passes)
-        assert (passes > 0).all() and (passes < 12).all(), passes
+    sharpness = torch.linspace(0.5, 6, 8)[:, None]
+    probs = torch.softmax(torch.randn(8, vocab, generator=gen) * sharpness, -1).to(device)
+    rand = resolve_randomness(torch.arange(8, device=device), 0, None, probs.device, 8)
+    passes = torch.zeros(8, dtype=torch.int32, device=device)
+    for k, p, first in [(1, None, False), (50, 0.9, False), (50, 0.9, True), (None, 0.3, False)]:
+        kt = None if k is None else torch.tensor([k], dtype=torch.int32, device=device)
+        pt = None if p is None else torch.tensor([p], device=device)
+        triton_backend.sample(probs, None, kt, pt, None, first, rand, passes_out=passes)
+        assert (passes > 0).all() and (passes < 12).all(), (k, p, passes)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_rejection_never_falls_back() -> None:
+    _check_no_fallback(DEVICE, TAIL_VOCAB["triton"])
 
 
 # ---- renorm against the reference ------------------------------------------------------------------
@@ -230,9 +241,9 @@ def test_triton_renorm_equals_reference(ties: bool) -> None:
 
 
 # ---- seeds, batches, indices, NaN ------------------------------------------------------------------
-def _batch(rows: int = 6, vocab: int = 500) -> torch.Tensor:
+def _batch(rows: int = 6, vocab: int = 500, device: str = DEVICE) -> torch.Tensor:
     gen = torch.Generator().manual_seed(5)
-    return torch.softmax(torch.randn(rows, vocab, generator=gen) * 2, -1).to(DEVICE)
+    return torch.softmax(torch.randn(rows, vocab, generator=gen) * 2, -1).to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -250,15 +261,14 @@ def test_same_seed_same_samples(backend: str) -> None:
     assert torch.equal(g1, g2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("order", ["top_k_first", "joint"])
-def test_row_sample_does_not_depend_on_its_batch(backend: str, order: str) -> None:
-    probs = _batch()
-    top_k = torch.tensor([5, 0, 50, 1, 500, 20], device=DEVICE)
-    top_p = torch.tensor([0.9, 0.5, 1.0, 0.9, 0.2, 0.95], device=DEVICE)
-    min_p = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.05, 0.01], device=DEVICE)
-    seed = torch.tensor([3, 1, 4, 1, 5, 9], device=DEVICE)
-    offset = torch.tensor([0, 2, 7, 1, 8, 2], device=DEVICE)
+def _check_batch_independence(backend: str, order: str, device: str, vocab: int = 500) -> None:
+    """With per-row seeds, row i's sample is the one it gets when sampled alone."""
+    probs = _batch(vocab=vocab, device=device)
+    top_k = torch.tensor([5, 0, 50, 1, 500, 20], device=device)
+    top_p = torch.tensor([0.9, 0.5, 1.0, 0.9, 0.2, 0.95], device=device)
+    min_p = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.05, 0.01], device=device)
+    seed = torch.tensor([3, 1, 4, 1, 5, 9], device=device)
+    offset = torch.tensor([0, 2, 7, 1, 8, 2], device=device)
     for step in range(3):
         batched = ops.filtered_sampling_from_probs(
             probs, top_k, top_p, min_p, filter_apply_order=order, seed=seed, offset=offset + step,
@@ -269,6 +279,12 @@ def test_row_sample_does_not_depend_on_its_batch(backend: str, order: str) -> No
                 filter_apply_order=order, seed=seed[i:i + 1], offset=offset[i:i + 1] + step,
                 backend=backend)
             assert alone.item() == batched[i].item(), (step, i)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("order", ["top_k_first", "joint"])
+def test_row_sample_does_not_depend_on_its_batch(backend: str, order: str) -> None:
+    _check_batch_independence(backend, order, DEVICE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -327,7 +343,32 @@ def test_backend_registry() -> None:
 
 # ---- GPU: real sizes, CUDA graphs, FlashInfer ------------------------------------------------------
 @gpu
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("case", list(STAT_CASES))
+def test_gpu_hand_made_distributions(backend: str, case: str) -> None:
+    _check_hand_made(backend, case, "cuda", 50_000)
+
+
+@gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("case", list(TAIL_CASES))
+def test_gpu_long_tail_vocab(backend: str, case: str) -> None:
+    _check_long_tail(backend, case, "cuda", 151_936, 50_000)
+
+
+@gpu
+@pytest.mark.parametrize("order", ["top_k_first", "joint"])
+def test_gpu_triton_row_sample_does_not_depend_on_its_batch(order: str) -> None:
+    _check_batch_independence("triton", order, "cuda", vocab=151_936)
+
+
+@gpu
+def test_gpu_triton_rejection_never_falls_back() -> None:
+    _check_no_fallback("cuda", 151_936)
+
+
+@gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_gpu_renorm_real_size(backend: str) -> None:
     probs = torch.softmax(torch.randn(64, 151_936, device="cuda") * 3, -1)
     top_k = torch.randint(0, 2000, (64,), device="cuda")
@@ -368,13 +409,3 @@ def test_gpu_triton_sampler_in_cuda_graph() -> None:
         assert keep[torch.arange(32, device="cuda"), replays[-1].long()].all()
         assert torch.equal(replays[-1], run()), "a replay must equal the eager call"
     assert not torch.equal(replays[0], replays[1])
-
-
-@gpu
-@pytest.mark.skipif("flashinfer" not in ops.available_backends(), reason="no flashinfer")
-@pytest.mark.parametrize("case", ["top_k_first", "joint", "top_p"])
-def test_gpu_flashinfer_distribution(case: str) -> None:
-    fn, kw = TAIL_CASES[case]
-    probs = _long_tail(151_936)
-    samples = _draw(fn, probs, 50_000, "flashinfer", **kw)
-    _assert_distribution(samples, _reference_expected(probs, kw))

@@ -1,0 +1,68 @@
+"""Piecewise graph config rules in resolve(): on where the platform has graphs, off by hand,
+enforced past the auto-disable, each auto decision logged; bad values are clear errors."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tessera.config import EngineConfig
+from tessera.platforms import current_platform
+
+
+def resolve(**kw) -> EngineConfig:
+    return EngineConfig.from_kwargs(model_path="tiny-llama", device="cpu", **kw).resolve()
+
+
+def test_off_on_a_platform_without_graphs_with_the_reason_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
+        graph = resolve().graph
+    assert graph.disable_piecewise_cuda_graph
+    assert "piecewise CUDA graph disabled: platform cpu has no graphs" in caplog.text
+
+
+def test_on_by_default_where_the_platform_has_graphs(monkeypatch):
+    monkeypatch.setattr(type(current_platform()), "supports_piecewise_graph", True)
+    assert not resolve().graph.disable_piecewise_cuda_graph
+    assert resolve(disable_piecewise_cuda_graph=True).graph.disable_piecewise_cuda_graph
+
+
+def test_enforce_skips_the_auto_disable(caplog):
+    with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
+        graph = resolve(enforce_piecewise_cuda_graph=True).graph
+    assert not graph.disable_piecewise_cuda_graph
+    assert "run without capture" in caplog.text
+    # turning it off by hand wins over enforcing it
+    assert resolve(enforce_piecewise_cuda_graph=True,
+                   disable_piecewise_cuda_graph=True).graph.disable_piecewise_cuda_graph
+
+
+def test_max_tokens_defaults_to_the_chunked_prefill_size():
+    assert resolve().graph.piecewise_cuda_graph_max_tokens == 2048
+    assert resolve(chunked_prefill_size=512).graph.piecewise_cuda_graph_max_tokens == 512
+    assert resolve(chunked_prefill_size=-1).graph.piecewise_cuda_graph_max_tokens == 4096
+    assert resolve(piecewise_cuda_graph_max_tokens=96).graph.piecewise_cuda_graph_max_tokens == 96
+    with pytest.raises(ValueError, match="--piecewise-cuda-graph-max-tokens must be >= 1"):
+        resolve(piecewise_cuda_graph_max_tokens=0)
+
+
+def test_no_capture_size_for_the_parallel_layout_fails_at_resolve():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        resolve(enforce_piecewise_cuda_graph=True, tp_size=4, moe_dense_tp_size=1,
+                piecewise_cuda_graph_tokens=[2, 6, 10])
+    # the same sizes are fine while PCG is off
+    resolve(tp_size=4, moe_dense_tp_size=1, piecewise_cuda_graph_tokens=[2, 6, 10])
+
+
+def test_cpu_runner_builds_the_piecewise_runner_only_when_enforced():
+    from tessera.runner.model_runner import ModelRunner
+    from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
+
+    def kinds(**kw):
+        runner = ModelRunner(EngineConfig.from_kwargs(
+            model_path="tiny-llama", device="cpu", kv_cache_tokens=256, max_running_requests=2,
+            piecewise_cuda_graph_max_tokens=8, **kw))
+        return [type(r) for r in runner.graph_runners]
+
+    assert PiecewiseGraphRunner not in kinds()
+    assert kinds(enforce_piecewise_cuda_graph=True) == [PiecewiseGraphRunner]
