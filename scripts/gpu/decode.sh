@@ -70,6 +70,9 @@ for run in ("llama3-8b", "qwen3-0.6b", "llama3-8b_eager", "qwen3-0.6b_eager"):
         line = (f"{run:<18} bs={r['batch_size']:<4} decode {ms:7.3f} ms/step "
                 f"({r['decode_tok_s']['median']:9.1f} tok/s, {r['decode_path']}), "
                 f"prefill {r['prefill_ms']['median']:8.2f} ms")
+        device = r.get("decode_forward_device_ms")
+        if device:  # device time of the forward: the rest of the step is host work
+            line += f", forward on device {device['median']:.3f} ms"
         target = targets.get((model, r["batch_size"]))
         if target is not None and not run.endswith("_eager"):
             line += f" | target <= {target}: {'PASS' if ms <= target else 'MISS'}"

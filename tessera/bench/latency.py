@@ -61,6 +61,9 @@ class RunTimes:
     first_logits: torch.Tensor  # [B, V] float32: next-token logits after the prefill
     prefill_path: str = "eager"
     decode_path: str = "eager"
+    # device time of runner.forward per decode step (device events; empty where there are none):
+    # the step's wall time minus this is host work the device waited for
+    decode_forward_ms: list[float] = dataclasses.field(default_factory=list)
 
 
 def measure(run: Callable[[list[list[int]], int], RunTimes], prompts: list[list[int]],
@@ -79,6 +82,9 @@ def measure(run: Callable[[list[list[int]], int], RunTimes], prompts: list[list[
         decode = summarize([ms for r in runs for ms in r.decode_ms])
         figures["decode_ms_per_step"] = decode
         figures["decode_tok_s"] = per_second(decode, bs)
+        device = [ms for r in runs for ms in r.decode_forward_ms]
+        if device:
+            figures["decode_forward_device_ms"] = summarize(device)
     return figures, runs[0]
 
 
@@ -92,6 +98,9 @@ class TesseraLatency:
         self.runner = runner
         self.platform = runner.platform
         self.sampler = Sampler(backend=runner.config.backend.sampling_backend)
+        # two timing events, reused every step (None on platforms without device events)
+        self.events = (self.platform.event(enable_timing=True),
+                       self.platform.event(enable_timing=True))
 
     def _greedy_info(self, bs: int):
         # Built once per run, outside the clock: greedy needs no per-step sampling state, and the
@@ -125,6 +134,7 @@ class TesseraLatency:
         from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
         runner, sync = self.runner, self.platform.synchronize
+        before, after = self.events
         bs, input_len = len(prompts), len(prompts[0])
         rows = [runner.req_to_token_pool.alloc() for _ in range(bs)]
         assert None not in rows, "the bench sizes max_running_requests to the batch"
@@ -150,10 +160,16 @@ class TesseraLatency:
                 fb = ForwardBatch.build(ForwardMode.DECODE, tokens, rows, [seq_len] * bs,
                                         [1] * bs, slots, runner.device)
                 self._record_slots(fb, 1)
+                if before is not None:
+                    before.record()
                 logits = runner.forward(fb).next_token_logits
+                if after is not None:
+                    after.record()
                 tokens = self.sampler.sample(logits, info).token_ids.tolist()  # the one sync
                 sync()
                 times.decode_ms.append((time.perf_counter() - start) * 1e3)
+                if before is not None and after is not None:
+                    times.decode_forward_ms.append(before.elapsed_time(after))
                 if step == 0:
                     times.decode_path = self._path(fb)
                 seq_len += 1
@@ -416,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                              "output_len": args.output_len, "warmup": args.warmup,
                              "repeat": args.repeat, "compare": args.compare}},
         **git_info(), "device_name": runner.platform.device_name(),
-        "torch_version": torch.__version__, "init_s": init_s, "results": results,
+        "torch_version": torch.__version__, "init_s": init_s,
+        "graph_capture": {type(g).__name__: {
+            "seconds": getattr(g, "capture_seconds", None),
+            "memory_mib": getattr(g, "capture_memory_bytes", 0) / 2**20}
+            for g in runner.graph_runners},
+        "results": results,
     }
     if hf is not None:
         report["hf"] = {"transformers_version": hf.version,

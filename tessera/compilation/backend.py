@@ -79,7 +79,7 @@ class PiecewiseBackend:
     def _compile_piece(self, piece: Piece) -> Callable[..., Any]:
         if self.compiler == "eager":
             return piece.module.forward
-        from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
+        from torch._inductor.compile_fx import compile_fx
 
         example = [_example_value(node) for node in piece.module.graph.nodes
                    if node.op == "placeholder"]

@@ -23,7 +23,7 @@ _RECOMPILE_MESSAGE = "Detected recompile"  # torch.compiler.set_stance("fail_on_
 
 
 def _recompile_error_types() -> tuple[type[BaseException], ...]:
-    from torch._dynamo import exc  # noqa: PLC0415
+    from torch._dynamo import exc
 
     return tuple(getattr(exc, name) for name in ("RecompileError", "FailOnRecompileLimitHit")
                  if hasattr(exc, name))

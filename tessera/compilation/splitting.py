@@ -28,7 +28,7 @@ def register_splitting_op(qualname: str) -> None:
 
 def splitting_ops() -> list[str]:
     """Attention's ops (`tessera.attention.context.SPLITTING_OPS`) plus the registered ones."""
-    from tessera.attention.context import SPLITTING_OPS  # noqa: PLC0415  (registers the op)
+    from tessera.attention.context import SPLITTING_OPS  # registers the op
 
     return list(dict.fromkeys([*SPLITTING_OPS, *_registered]))
 

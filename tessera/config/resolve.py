@@ -68,7 +68,7 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     if pcg_max < 1:
         raise ValueError(f"--piecewise-cuda-graph-max-tokens must be >= 1, got {pcg_max}")
     if not disable_pcg:
-        from tessera.compilation.capture_sizes import capture_sizes  # noqa: PLC0415
+        from tessera.compilation.capture_sizes import capture_sizes
 
         # raises a clear error now, not at model load, when no size suits the parallel layout
         capture_sizes(dataclasses.replace(graph, piecewise_cuda_graph_max_tokens=pcg_max),

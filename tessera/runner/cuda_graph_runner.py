@@ -96,6 +96,8 @@ class DecodeGraphRunner:
         self.max_bs = self.batch_sizes[-1]
         self.graphs: dict[int, Any] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # [bs, hidden] written by each replay
+        self.capture_seconds = 0.0
+        self.capture_memory_bytes = 0
         self.disabled_reason = self._disabled_reason()
         if self.disabled_reason is not None:
             # said once here; can_run() then answers False without repeating it every step
@@ -119,9 +121,10 @@ class DecodeGraphRunner:
     def _allocate_static_buffers(self) -> None:
         n, device = self.max_bs, self.model_runner.device
         self.padding_req_row = self.model_runner.padding_req_row
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)  # slot 0: dump slot
+        # rows: input_ids, positions, out_cache_loc; their padding is zero (token 0 at position 0
+        # writing the dump slot 0), so one buffer resets with one zero_()
+        self._zero_padded = torch.zeros((3, n), dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.out_cache_loc = self._zero_padded.unbind(0)
         self.req_pool_indices = torch.full((n,), self.padding_req_row, dtype=torch.int64,
                                            device=device)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
@@ -148,9 +151,7 @@ class DecodeGraphRunner:
             seq_lens_cpu=ones, extend_prefix_lens_cpu=[0] * bs, extend_seq_lens_cpu=ones)
 
     def _fill_padding(self, start: int, end: int) -> None:
-        self.input_ids[start:end].zero_()
-        self.positions[start:end].zero_()
-        self.out_cache_loc[start:end].zero_()
+        self._zero_padded[:, start:end].zero_()
         self.req_pool_indices[start:end].fill_(self.padding_req_row)
         self.seq_lens[start:end].fill_(1)
 
@@ -213,9 +214,11 @@ class DecodeGraphRunner:
                 forward()
             self.graphs[bs], self.outputs[bs] = self._capture_graph(forward)
         self.platform.synchronize()
-        used = free_before - self.platform.mem_get_info()[0]
+        self.capture_seconds = time.perf_counter() - start
+        self.capture_memory_bytes = free_before - self.platform.mem_get_info()[0]
         logger.info("captured decode graphs for %d batch sizes (%d..%d) in %.2f s using %.1f MiB",
-                    len(sizes), sizes[-1], sizes[0], time.perf_counter() - start, used / 2**20)
+                    len(sizes), sizes[-1], sizes[0], self.capture_seconds,
+                    self.capture_memory_bytes / 2**20)
 
     # ---- replay --------------------------------------------------------------------------------
     def can_run(self, forward_batch: ForwardBatch) -> bool:

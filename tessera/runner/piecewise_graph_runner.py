@@ -132,7 +132,8 @@ class PiecewiseGraphRunner:
         """Trace and compile once, at the largest size."""
         size = self.max_tokens
         start = time.perf_counter()
-        self._run(self._dummy_batch(size), size)
+        if self._run(self._dummy_batch(size), size) is None:
+            raise RuntimeError("piecewise graph: the backbone recompiled right after its trace")
         logger.info("piecewise graph: traced and compiled the backbone (%s) in %.1f s",
                     self.backend.compiler, time.perf_counter() - start)
 
@@ -140,6 +141,7 @@ class PiecewiseGraphRunner:
         """Warm up and capture every size, largest first, in the shared pool."""
         platform, state = self.platform, self.state
         platform.synchronize()
+        platform.empty_cache()  # the trace's eager activations are not the graphs' memory
         free_before = platform.mem_get_info()[0]
         start = time.perf_counter()
         sizes = sorted(self.capture_sizes, reverse=True)
@@ -147,14 +149,19 @@ class PiecewiseGraphRunner:
             for size in tqdm.tqdm(sizes, desc="Capturing piecewise graphs", unit="size"):
                 batch = self._dummy_batch(size)
                 # warm-up outside capture: kernels JIT-compile and autotune on first launch
-                self._run(batch, size)
+                warm = self._run(batch, size)
                 state.capturing = True
                 try:
-                    self._run(batch, size)
+                    captured = self._run(batch, size)
                 finally:
                     state.capturing = False
+                if warm is None or captured is None:
+                    raise RuntimeError(f"piecewise graph: Dynamo wanted to recompile for {size} "
+                                       f"tokens during capture (see the warning above)")
         platform.synchronize()
         self.capture_seconds = time.perf_counter() - start
+        # what the graphs hold, not what the eager warm-ups left in the allocator's cache
+        platform.empty_cache()
         self.capture_memory_bytes = free_before - platform.mem_get_info()[0]
         logger.info("piecewise graph: captured %d sizes x %d pieces (%d graphs) in %.1f s using "
                     "%.2f GiB", len(sizes), len(self.backend.graph_pieces),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import traceback
 from typing import Any
@@ -62,6 +63,9 @@ def engine_info(engine: Any) -> dict[str, Any]:
 def run_engine_process(config: EngineConfig, request_path: str, output_path: str,
                        log_level: str) -> None:
     """Entry point of the spawned process. Never raises: failures are reported over ZMQ."""
+    # Ctrl-C in a terminal reaches the whole process group; the server process decides when the
+    # engine stops (it sends Shutdown), so in-flight work is not torn down mid-step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s engine %(name)s] %(message)s",
                         datefmt="%H:%M:%S")
     ctx = zmq.Context()

@@ -11,12 +11,13 @@ from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 
 def make_pcg_runner(path: str, device: str = "cpu", dtype: str = "float32",
                     **kw) -> ModelRunner:
-    """A runner whose only graph runner is the piecewise one (enforced: also runs on the CPU)."""
+    """A runner whose graph runner is the piecewise one (enforced on the CPU, where it runs the
+    compiled pieces without capture; on by default on a GPU)."""
     kw.setdefault("attention_backend", "torch_native")
+    kw.setdefault("disable_cuda_graph", True)
+    kw.setdefault("enforce_piecewise_cuda_graph", device == "cpu")
     cfg = EngineConfig.from_kwargs(model_path=path, device=device, dtype=dtype,
-                                   kv_cache_tokens=8192, max_running_requests=16,
-                                   disable_cuda_graph=True, enforce_piecewise_cuda_graph=True,
-                                   **kw)
+                                   kv_cache_tokens=8192, max_running_requests=16, **kw)
     return ModelRunner(cfg)
 
 
@@ -44,13 +45,12 @@ class MixedBatches:
         self.lens[row] = 0
         return row
 
-    def free(self) -> None:
-        """Release every request (rows and slots) so a long test never runs out."""
+    def free(self, keep: tuple[int, ...] | list[int] = ()) -> None:
+        """Release every request but `keep` (rows and slots) so a long test never runs out."""
         pool = self.runner.req_to_token_pool
-        for row, length in self.lens.items():
-            self.runner.allocator.free(pool.read(row, 0, length))
+        for row in [r for r in self.lens if r not in keep]:
+            self.runner.allocator.free(pool.read(row, 0, self.lens.pop(row)))
             pool.free(row)
-        self.lens.clear()
 
     def build(self, items: list[tuple[int, int]], return_all_logits: bool = True) -> ForwardBatch:
         """items: (row, number of new tokens)."""
@@ -76,6 +76,10 @@ class MixedBatches:
         batch = self.build(list(zip(rows, lengths)), return_all_logits=False)
         eager_logits(self.runner, batch)
         return rows
+
+    def new_prompt(self, total: int) -> ForwardBatch:
+        """One new request of `total` tokens."""
+        return self.build([(self._row(), total)])
 
     def mixed(self, total: int) -> ForwardBatch:
         """`total` new tokens: up to 3 decoding requests, an extend on a cached prefix, and a

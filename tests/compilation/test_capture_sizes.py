@@ -1,6 +1,8 @@
 """Which token counts the piecewise graph captures: default list, explicit list, the TP rule."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tessera.compilation.capture_sizes import (
@@ -24,7 +26,7 @@ def test_default_list_is_fine_below_32_and_bounded_above():
     assert [s for s in sizes if s <= 32] == [2, 4, 8, 12, 16, 20, 24, 28, 32]
     # above 32 a padded batch wastes at most 25% of its tokens: next size <= 1.25 x previous
     above = [s for s in sizes if s >= 32]
-    assert all(b <= a * 1.25 for a, b in zip(above, above[1:]))
+    assert all(b <= a * 1.25 for a, b in itertools.pairwise(above))
     assert {64, 128, 256, 512, 1024} <= set(sizes)
     assert len(sizes) == 33  # capture cost grows with the log of the max, not linearly
 

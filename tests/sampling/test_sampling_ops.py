@@ -32,9 +32,9 @@ BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not HAS_TRITON, reason="triton is not installed"))]
 # CPU sizes; interpreted Triton pays per row, so it gets a smaller vocab and fewer samples there.
 # The gpu tests below rerun these checks at vocab 151936 with 50k samples for every backend.
-SMALL_SAMPLES = {"torch": 50_000, "triton": 50_000}
+SMALL_SAMPLES = {"torch": 50_000, "triton": 30_000}
 TAIL_VOCAB = {"torch": 151_936, "triton": 4096}
-TAIL_SAMPLES = {"torch": 50_000, "triton": 4_000}
+TAIL_SAMPLES = {"torch": 50_000, "triton": 3_000}
 GPU_BACKENDS = ["torch", "triton", pytest.param("flashinfer", marks=pytest.mark.skipif(
     "flashinfer" not in ops.available_backends(), reason="flashinfer is not installed"))]
 
@@ -194,6 +194,8 @@ def _check_long_tail(backend: str, case: str, device: str, vocab: int, samples: 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(TAIL_CASES))
 def test_long_tail_vocab(backend: str, case: str) -> None:
+    if backend == "triton" and case == "top_p" and not HAS_CUDA:
+        pytest.skip("interpreted Triton is slow; all_three covers top-p; the gpu tests run it")
     _check_long_tail(backend, case, DEVICE, TAIL_VOCAB[backend], TAIL_SAMPLES[backend])
 
 

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 from triton.language.random import philox
 
-INT32_MAX = 2147483647
-INT32_MIN = -2147483648
+INT32_MAX = tl.constexpr(2147483647)
+INT32_MIN = tl.constexpr(-2147483648)
 
 # search predicate modes
 SEARCH_TOP_K = 0
@@ -275,7 +275,7 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
     floor = tl.zeros([ROWS], tl.float32)  # inclusive: tokens with p < floor are rejected
     if TOP_K_FIRST:
         # top-k exactly first; the rejection loop then only has to apply top-p inside it
-        lk, _, _ = _search_threshold(row_ptr, V, k, top_p, k_on.to(tl.int32),
+        lk, _cnt, _sum = _search_threshold(row_ptr, V, k, top_p, k_on.to(tl.int32),
                                      tl.zeros([ROWS], tl.int32),
                                      0, 0.0, ROWS, SEARCH_BLOCK, NB, 12)
         low = _from_key(lk)
@@ -300,7 +300,7 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
     COUNT: tl.constexpr = HAS_K and not TOP_K_FIRST
 
     # pass 0: first candidates, and the mass that top_p is measured against
-    ckey, cidx, ref, _, _ = _draw_pass(row_ptr, V, low, floor, low, seed, stream, c2, c3,
+    ckey, cidx, ref, _c0, _s0 = _draw_pass(row_ptr, V, low, floor, low, seed, stream, c2, c3,
                                        False, False, False, HAS_MINP, ROWS, BLOCK, NC)
     budget = top_p * ref
     cval = tl.load(row_ptr[:, None] + cidx)
@@ -315,7 +315,7 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
     while (it < MAX_ROUNDS) & (tl.min(done.to(tl.int32), 0) == 0):
         # if this pass rejects every candidate, everything up to the largest one is rejected too
         sup = tl.maximum(low, tl.max(tl.where(cvalid, cval, 0.0), 1))
-        nkey, nidx, _, ccnt, csum = _draw_pass(row_ptr, V, sup, floor, cval, seed, stream + it,
+        nkey, nidx, _mass, ccnt, csum = _draw_pass(row_ptr, V, sup, floor, cval, seed, stream + it,
                                                c2, c3, True, COUNT, HAS_P, False, ROWS, BLOCK, NC)
         acc = cvalid
         if COUNT:
