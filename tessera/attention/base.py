@@ -11,6 +11,11 @@ from tessera.runner.forward_batch import ForwardBatch
 
 class AttentionBackend(ABC):
     name: str = ""
+    supports_decode_graph: bool = False
+    """True when forward() on a DECODE batch can be captured into a (CUDA) graph and replayed with
+    new contents in the same tensors: it allocates nothing, never syncs with the host, reads no
+    host-side list (seq_lens_cpu, extend_*_cpu: placeholders in a graph's static batch) and no
+    extend_* tensor, and its init_forward_metadata depends only on the batch's shapes."""
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:

@@ -76,6 +76,7 @@ class _ExtendMetadata:
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    supports_decode_graph = True  # see the module docstring
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:

@@ -14,7 +14,7 @@ class FinishReason(str, enum.Enum):
     ABORT = "abort"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: `req in running` must not compare every field
 class Request:
     rid: str
     prompt_ids: list[int]
@@ -44,6 +44,11 @@ class Request:
     def fill_ids(self) -> list[int]:
         """Every token known so far; the KV of all but (while decoding) the last is cached."""
         return self.prompt_ids + self.output_ids
+
+    def token_at(self, index: int) -> int:
+        """fill_ids[index] without building fill_ids (the decode hot path reads one token)."""
+        n = len(self.prompt_ids)
+        return self.prompt_ids[index] if index < n else self.output_ids[index - n]
 
     @property
     def seq_len(self) -> int:

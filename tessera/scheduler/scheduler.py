@@ -34,6 +34,7 @@ class BatchItem:
     req: Request
     start: int     # kv_len before this step
     num_tokens: int
+    slots: torch.Tensor  # [num_tokens] int64 KV slots of the new tokens (= out_cache_loc)
 
     @property
     def samples(self) -> bool:
@@ -172,9 +173,23 @@ class Scheduler:
 
     def _extend_item(self, req: Request, n: int, slots: torch.Tensor) -> BatchItem:
         self.req_pool.write(req.req_row, req.kv_len, slots)
-        item = BatchItem(req, req.kv_len, n)
+        item = BatchItem(req, req.kv_len, n, slots)
         req.kv_len += n  # KV for these tokens is written by this step's forward
         return item
+
+    def _decode_items(self, reqs: list[Request]) -> list[BatchItem] | None:
+        """One token for each of `reqs` with one allocation and one req_to_token scatter (a
+        launch per request would dominate a large decode step); None when the pool is short and
+        the per-request path (with retraction) must decide."""
+        slots = self._alloc_slots(len(reqs))
+        if slots is None:
+            return None
+        self.req_pool.write_tokens([r.req_row for r in reqs], [r.kv_len for r in reqs], slots)
+        items = []
+        for i, req in enumerate(reqs):
+            items.append(BatchItem(req, req.kv_len, 1, slots[i:i + 1]))
+            req.kv_len += 1
+        return items
 
     def _order_waiting(self) -> None:
         if self.config.schedule_policy != "lpm" or self.prefix_cache is None:
@@ -217,9 +232,12 @@ class Scheduler:
             budget -= item.num_tokens
         # 3. every decoding request advances by one token; retract if KV runs out
         in_prefill = {id(it.req) for it in prefill}
-        decode: list[BatchItem] = []
+        decoding = [r for r in self.running
+                    if id(r) not in in_prefill and r.seq_len - r.kv_len == 1]
+        batched = self._decode_items(decoding) if decoding else []
+        decode: list[BatchItem] = batched or []
         retractions_before = self.num_retractions
-        for req in list(self.running):
+        for req in list(self.running) if batched is None else []:
             if id(req) in in_prefill or req not in self.running:
                 continue
             if req.seq_len - req.kv_len != 1:
@@ -233,7 +251,8 @@ class Scheduler:
                 self.retract(req)
                 continue
             decode.append(self._extend_item(req, 1, slots))
-        decode = [it for it in decode if it.req in self.running]
+        running = set(map(id, self.running))
+        decode = [it for it in decode if id(it.req) in running]
         retracted = self.num_retractions > retractions_before
         self.decode_reserve = (min(self.decode_reserve * 2, 64.0) if retracted
                                else max(1.0, self.decode_reserve * 0.9))
@@ -254,10 +273,13 @@ class Scheduler:
     def _forward_batch(self, mode: ForwardMode, items: list[BatchItem]) -> ForwardBatch:
         ids: list[int] = []
         for it in items:
-            ids.extend(it.req.fill_ids[it.start:it.start + it.num_tokens])
+            if it.num_tokens == 1:  # decoding: one token, without copying the whole history
+                ids.append(it.req.token_at(it.start))
+            else:
+                ids.extend(it.req.fill_ids[it.start:it.start + it.num_tokens])
         rows = [it.req.req_row for it in items]
-        locs = torch.cat([self.req_pool.read(it.req.req_row, it.start, it.start + it.num_tokens)
-                          for it in items])
+        # the slots each item was given this step (no read-back of req_to_token per request)
+        locs = items[0].slots if len(items) == 1 else torch.cat([it.slots for it in items])
         return ForwardBatch.build(mode, ids, rows, [it.start for it in items],
                                   [it.num_tokens for it in items], locs, self.runner.device)
 

@@ -111,10 +111,14 @@ def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
         for start in range(0, V, BLOCK):
             offs = start + cols
             x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=OTHER)
-            gt = _to_key(x)[:, None, :] > edges[:, :, None]
-            ecnt += tl.sum(gt.to(tl.int32), 2)
-            if MODE == 1:
-                esum += tl.sum(tl.where(gt, x[:, None, :], 0.0), 2)
+            key = _to_key(x)
+            # one edge at a time keeps a 2-D tile in registers instead of an NB-times larger one
+            for j in tl.static_range(NB):
+                on_j = jj[None, :] == j
+                gt = key > tl.sum(tl.where(on_j, edges, 0), 1)[:, None]
+                ecnt += tl.where(on_j, tl.sum(gt.to(tl.int32), 1)[:, None], 0)
+                if MODE == 1:
+                    esum += tl.where(on_j, tl.sum(tl.where(gt, x, 0.0), 1)[:, None], 0.0)
         if MODE == 0:
             keep = ecnt < k[:, None]
         else:
@@ -221,11 +225,13 @@ def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
         best_key = tl.where(better, key, best_key)
         best_chunk = tl.where(better, chunk, best_chunk)
         if CHECK:
-            gt = x[:, None, :] > cand[:, :, None]
-            if COUNT:
-                ccnt += tl.sum(gt.to(tl.int32), 2)
-            if MASS:
-                csum += tl.sum(tl.where(gt, x[:, None, :], 0.0), 2)
+            for j in tl.static_range(NC):
+                on_j = jj[None, :] == j
+                gt = x > tl.sum(tl.where(on_j, cand, 0.0), 1)[:, None]
+                if COUNT:
+                    ccnt += tl.where(on_j, tl.sum(gt.to(tl.int32), 1)[:, None], 0)
+                if MASS:
+                    csum += tl.where(on_j, tl.sum(tl.where(gt, x, 0.0), 1)[:, None], 0.0)
     # Inverse CDF inside each winning chunk only (re-read: NC chunks, not the vocab), with the
     # other uniform of the same Philox draw: the first position whose running sum passes u * mass.
     r0, _, _, _ = philox(seed[:, None], zero + (best_chunk * NC + jj[None, :]).to(tl.uint32),
