@@ -68,10 +68,9 @@ class PiecewiseGraphRunner:
         self.eager_fallbacks = 0  # batches run eagerly because Dynamo wanted to recompile
         self.capture_seconds = 0.0
         self.capture_memory_bytes = 0
-        with torch.inference_mode():
-            self._trace()
-            if self.use_graphs:
-                self.capture()
+        self._trace()
+        if self.use_graphs:
+            self.capture()
         logger.info("piecewise graph: sizes %s (%s)", self.capture_sizes,
                     "captured" if self.use_graphs else "compiled pieces, no capture: no graphs "
                     f"on {self.platform.kind.value}")
@@ -110,6 +109,7 @@ class PiecewiseGraphRunner:
                                    positions=self.positions[:size],
                                    out_cache_loc=self.out_cache_loc[:size])
 
+    @torch.inference_mode()  # as when traced: a grad-mode change would fail Dynamo's guards
     def _run(self, forward_batch: ForwardBatch, size: int) -> torch.Tensor | None:
         self.attn_backend.init_forward_metadata(forward_batch)
         with set_forward_context(forward_batch, self.attn_backend):
@@ -180,9 +180,12 @@ def _quiet_capture(device: torch.device) -> Iterator[None]:
     gc.collect()
     gc.freeze()
     module = torch.get_device_module(device.type)
-    module.empty_cache()
+    patch: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if hasattr(module, "empty_cache"):
+        module.empty_cache()
+        patch = mock.patch.object(module, "empty_cache", lambda: None)
     try:
-        with mock.patch.object(module, "empty_cache", lambda: None):
+        with patch:
             yield
     finally:
         gc.unfreeze()

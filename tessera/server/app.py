@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,8 +27,6 @@ from tessera.server.errors import (
 from tessera.server.openai_api import ReleasingStreamingResponse, get_state, router
 from tessera.server.protocol import AbortRequest, GenerateRequest
 from tessera.server.state import ClientGone, ServerState, outputs
-
-logger = logging.getLogger(__name__)
 
 # /health_generate gives up after this long (a healthy but saturated server may queue it).
 HEALTH_GENERATE_TIMEOUT_S = 30.0
@@ -107,19 +104,26 @@ async def list_models(request: Request) -> Response:
         "max_model_len": state.info["context_length"]}]})
 
 
+async def _engine_call(state: ServerState, method: str, timeout: float) -> Any:
+    try:
+        return await state.client.call(method, timeout=timeout)
+    except EngineDeadError as e:
+        raise APIError(503, f"engine is not running: {e}", None, "engine_dead",
+                       "server_error") from None
+    except TimeoutError:
+        raise APIError(503, f"the engine did not answer '{method}' within {timeout:.0f} s", None,
+                       "engine_busy", "server_error") from None
+
+
 async def server_info(request: Request) -> Response:
     state = get_state(request)
-    try:
-        stats = await state.client.call("stats", timeout=10)
-    except EngineDeadError as e:
-        return error_response(503, f"engine is not running: {e}", None, "engine_dead",
-                              "server_error")
+    stats = await _engine_call(state, "stats", 10)
     return JSONResponse({"version": tessera.__version__, **state.info, "engine": stats})
 
 
 async def flush_cache(request: Request) -> Response:
     state = get_state(request)
-    if not await state.client.call("flush_cache", timeout=30):
+    if not await _engine_call(state, "flush_cache", 30):
         raise bad_request("cannot flush the cache while requests are running or queued; "
                           "retry when the server is idle", None, "requests_running")
     return JSONResponse({"success": True, "message": "prefix cache flushed"})

@@ -94,9 +94,11 @@ class EngineClient:
         output_sock = zmq.asyncio.Context.shadow(ctx).socket(zmq.PULL)
         output_sock.setsockopt(zmq.RCVHWM, 0)
         output_sock.bind(output_path)
+        # Not a daemon: the engine may start processes of its own (one per TP rank). Its stop is
+        # explicit (shutdown/close_sync), and it exits by itself when this process disappears.
         proc = mp.get_context("spawn").Process(
             target=run_engine_process, args=(config, request_path, output_path, log_level),
-            name="tessera-engine", daemon=True)
+            name="tessera-engine")
         proc.start()
         client = cls(proc, ipc_dir, ctx, request_sock, output_sock)
         try:
@@ -212,24 +214,33 @@ class EngineClient:
 
     # ---- background ---------------------------------------------------------------------------
     async def _recv_loop(self) -> None:
-        while True:
-            msg = await self.output_sock.recv_pyobj()
-            if isinstance(msg, StepOutputs):
-                self._route(msg.outputs)
-            elif isinstance(msg, AddReply):
-                fut = self._add_replies.get(msg.batch_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg.error)
-            elif isinstance(msg, RpcReply):
-                fut = self._rpc_replies.get(msg.call_id)
-                if fut is not None and not fut.done():
-                    if msg.error is None:
-                        fut.set_result(msg.value)
-                    else:
-                        fut.set_exception(RuntimeError(msg.error))
-            elif isinstance(msg, EngineFailed):
-                self._die(msg.message)
-                return
+        try:
+            while True:
+                if not self._dispatch(await self.output_sock.recv_pyobj()):
+                    return
+        except Exception as e:  # without this loop nothing is answered: fail loudly
+            logger.exception("receiving from the engine failed")
+            self._die(f"lost the engine's output stream: {type(e).__name__}: {e}")
+
+    def _dispatch(self, msg: object) -> bool:
+        """Handle one engine message; False once the engine reported its own failure."""
+        if isinstance(msg, StepOutputs):
+            self._route(msg.outputs)
+        elif isinstance(msg, AddReply):
+            fut = self._add_replies.get(msg.batch_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.error)
+        elif isinstance(msg, RpcReply):
+            fut = self._rpc_replies.get(msg.call_id)
+            if fut is not None and not fut.done():
+                if msg.error is None:
+                    fut.set_result(msg.value)
+                else:
+                    fut.set_exception(RuntimeError(msg.error))
+        elif isinstance(msg, EngineFailed):
+            self._die(msg.message)
+            return False
+        return True
 
     def _route(self, outputs: list[StepOutput]) -> None:
         now = time.perf_counter()

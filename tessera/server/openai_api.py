@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,10 +15,9 @@ from tessera.engine.engine import StepOutput
 from tessera.sampling.params import SamplingParams
 from tessera.server.engine_client import EngineDeadError, RequestStream
 from tessera.server.errors import bad_request, error_body, from_value_error, parse_body
-from tessera.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from tessera.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from tessera.server.state import ClientGone, ServerState, choice_index, outputs
 
-logger = logging.getLogger(__name__)
 router = APIRouter()
 
 # A bound on samples per request (prompts x n) so one request cannot queue unbounded work.
@@ -80,7 +78,7 @@ class Choice:
             self.finish_reason = out.finish_reason
 
 
-def build_params(req: _SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
+def build_params(req: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
                  ) -> SamplingParams:
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens, "n": req.n,

@@ -23,7 +23,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _SamplingFields(_Strict):
+class SamplingFields(_Strict):
     """Fields shared by /v1/completions and /v1/chat/completions."""
     model: str | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
@@ -47,7 +47,7 @@ class _SamplingFields(_Strict):
     rid: str | None = None  # optional client-chosen id (for /abort_request)
 
     @model_validator(mode="after")
-    def _check_stream_options(self) -> _SamplingFields:
+    def _check_stream_options(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
@@ -57,7 +57,7 @@ Prompt = (str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int],
           | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)])
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     prompt: Prompt
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
@@ -94,7 +94,7 @@ class ChatMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None

@@ -38,6 +38,8 @@ def test_split_has_a_piece_around_every_attention(runner):
         else:
             assert "tessera::attention" not in ops
     assert [g.is_last for g in pcg.backend.graph_pieces] == [False] * layers + [True]
+    # every piece knows where its token count comes from (that picks the graph to replay)
+    assert all(g.token_count is not None for g in pcg.backend.graph_pieces)
 
 
 def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):

@@ -7,7 +7,9 @@ import pytest
 
 from tessera.server.testing import ServerProcess
 
-SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256"]
+API_KEY = "sk-test-key"
+SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256", "--api-key", API_KEY]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 C, CHAT, GEN = "/v1/completions", "/v1/chat/completions", "/generate"
 P = {"prompt": "hello", "max_tokens": 4}           # a valid completion body to spoil
 M = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -84,9 +86,9 @@ def base_url():
 def test_bad_request_is_a_400_naming_the_field(base_url, path, body, word):
     if isinstance(body, bytes):
         r = httpx.post(base_url + path, content=body,
-                       headers={"content-type": "application/json"}, timeout=30)
+                       headers={"content-type": "application/json", **AUTH}, timeout=30)
     else:
-        r = httpx.post(base_url + path, json=body, timeout=30)
+        r = httpx.post(base_url + path, json=body, headers=AUTH, timeout=30)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -98,15 +100,22 @@ def test_bad_request_is_a_400_naming_the_field(base_url, path, body, word):
         assert err["param"] is not None and word.split("_")[0] in err["param"], err
 
 
+def test_api_key_is_required_on_v1(base_url):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(base_url + C, json=P, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(base_url + "/v1/models", headers=AUTH).status_code == 200
+
+
 def test_unknown_model_uses_openais_code(base_url):
-    r = httpx.post(base_url + C, json={**P, "model": "gpt-4"})
+    r = httpx.post(base_url + C, json={**P, "model": "gpt-4"}, headers=AUTH)
     assert r.json()["error"]["code"] == "model_not_found"
 
 
 def test_other_errors_keep_the_shape(base_url):
-    r = httpx.get(base_url + "/v1/nothing-here")
+    r = httpx.get(base_url + "/v1/nothing-here", headers=AUTH)
     assert r.status_code == 404 and "message" in r.json()["error"]
-    r = httpx.get(base_url + C)
+    r = httpx.get(base_url + C, headers=AUTH)
     assert r.status_code == 405 and "message" in r.json()["error"]
 
 
@@ -114,5 +123,5 @@ def test_server_is_healthy_after_bad_requests(base_url):
     assert httpx.get(base_url + "/health_generate", timeout=30).status_code == 200
     stats = httpx.get(base_url + "/get_server_info").json()["engine"]
     assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
-    ok = httpx.post(base_url + C, json=P, timeout=30)
+    ok = httpx.post(base_url + C, json=P, headers=AUTH, timeout=30)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1

@@ -27,12 +27,15 @@ class KernelConfig:
     """Tunables. `block`/`candidates` change which random numbers a row uses (not the
     distribution); the rest only change speed."""
 
-    block: int = 1024  # sampling pass chunk
-    search_block: int = 512  # threshold search chunk (its tile is NB times larger)
+    block: int = 2048  # vocab chunk per loop iteration of a sampling pass
+    search_block: int = 2048  # the same for threshold-search passes
     candidates: int = 4  # NC: candidates drawn per rejection pass
     search_edges: int = 16  # NB: predicate evaluations per search pass
     max_rounds: int = 32  # rejection passes before the argmax fallback
     num_warps: int = 8
+    # Loads in flight per row: one program streams a whole row, so without pipelining each chunk
+    # would wait out a full memory latency.
+    num_stages: int = 3
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -99,7 +102,7 @@ def sample(probs: torch.Tensor, indices: torch.Tensor | None, top_k: torch.Tenso
         and top_p is not None, PER_ROW_SEED=rand.per_row_seed,
         WRITE_PASSES=passes_out is not None, ROWS=rows, BLOCK=block,
         NC=cfg.candidates, NB=cfg.search_edges, SEARCH_BLOCK=_block(cfg.search_block, vocab),
-        MAX_ROUNDS=cfg.max_rounds, num_warps=cfg.num_warps)
+        MAX_ROUNDS=cfg.max_rounds, STAGES=cfg.num_stages, num_warps=cfg.num_warps)
     return out
 
 
@@ -119,7 +122,7 @@ def threshold(x: torch.Tensor, param: torch.Tensor, mode: int, write: int, out_d
     K.threshold_kernel[(triton.cdiv(batch, rows),)](
         src, src.stride(0), out, out.stride(0), batch, param,
         0 if param.numel() == 1 else 1, V=vocab, MODE=mode, WRITE=write, OTHER=other, ROWS=rows,
-        BLOCK=block, NB=cfg.search_edges, MAX_PASSES=12,
+        BLOCK=block, NB=cfg.search_edges, MAX_PASSES=12, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps)
     return out
 

@@ -68,7 +68,8 @@ def _uniform(r):
 @triton.jit
 def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
                       MODE: tl.constexpr, OTHER: tl.constexpr, ROWS: tl.constexpr,
-                      BLOCK: tl.constexpr, NB: tl.constexpr, MAX_PASSES: tl.constexpr):
+                      BLOCK: tl.constexpr, NB: tl.constexpr, MAX_PASSES: tl.constexpr,
+                      STAGES: tl.constexpr):
     """Exclusive key threshold L per row: the filter keeps exactly the tokens with key > L.
 
     Returns (L, count of keys > L, sum of probs with key > L). Keys <= L0 are never kept.
@@ -79,7 +80,7 @@ def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
     tot = tl.zeros([ROWS], tl.float32)
     mn = tl.full([ROWS], INT32_MAX, tl.int32)
     mx = tl.full([ROWS], INT32_MIN, tl.int32)
-    for start in range(0, V, BLOCK):
+    for start in tl.range(0, V, BLOCK, num_stages=STAGES):
         offs = start + cols
         x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=OTHER)
         key = _to_key(x)
@@ -108,7 +109,7 @@ def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
         edges = edges.to(tl.int32)
         ecnt = tl.zeros([ROWS, NB], tl.int32)
         esum = tl.zeros([ROWS, NB], tl.float32)
-        for start in range(0, V, BLOCK):
+        for start in tl.range(0, V, BLOCK, num_stages=STAGES):
             offs = start + cols
             x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=OTHER)
             key = _to_key(x)
@@ -149,7 +150,7 @@ def threshold_kernel(x_ptr, stride, out_ptr, out_stride, B, param_ptr, param_str
                      V: tl.constexpr,
                      MODE: tl.constexpr, WRITE: tl.constexpr, OTHER: tl.constexpr,
                      ROWS: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-                     MAX_PASSES: tl.constexpr):
+                     MAX_PASSES: tl.constexpr, STAGES: tl.constexpr):
     """top_k / top_p renorm (WRITE=0) and top_k_mask_logits (WRITE=1), one program per ROWS rows."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
@@ -165,18 +166,18 @@ def threshold_kernel(x_ptr, stride, out_ptr, out_stride, B, param_ptr, param_str
         top_p = tl.load(param_ptr + r * param_stride).to(tl.float32)
         active = (top_p < 1.0).to(tl.int32)
     L, _, sum_l = _search_threshold(row_ptr, V, k, top_p, active, L0, MODE, OTHER, ROWS, BLOCK,
-                                    NB, MAX_PASSES)
+                                    NB, MAX_PASSES, STAGES)
     cols = tl.arange(0, BLOCK)
     if WRITE == 0:
         if MODE == 0:  # the count search skips sums; one more pass is cheaper than NB sums each
             sum_l = tl.zeros([ROWS], tl.float32)
-            for start in range(0, V, BLOCK):
+            for start in tl.range(0, V, BLOCK, num_stages=STAGES):
                 offs = start + cols
                 x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=0.0)
                 sum_l += tl.sum(tl.where(_to_key(x) > L[:, None], x, 0.0), 1)
         inv = 1.0 / sum_l
     out_row = out_ptr + r * out_stride
-    for start in range(0, V, BLOCK):
+    for start in tl.range(0, V, BLOCK, num_stages=STAGES):
         offs = start + cols
         m = row_ok[:, None] & (offs < V)[None, :]
         x = tl.load(row_ptr[:, None] + offs[None, :], mask=m, other=OTHER)
@@ -192,7 +193,7 @@ def threshold_kernel(x_ptr, stride, out_ptr, out_stride, B, param_ptr, param_str
 def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
                CHECK: tl.constexpr, COUNT: tl.constexpr, MASS: tl.constexpr,
                FLOORED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-               NC: tl.constexpr):
+               NC: tl.constexpr, STAGES: tl.constexpr):
     """One pass: draw NC candidates from p restricted to (p > low) & (p >= floor), and, if CHECK,
     count/sum the probs strictly above each of the previous candidates `cand`.
 
@@ -207,7 +208,7 @@ def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
     mass = tl.zeros([ROWS], tl.float32)
     ccnt = tl.zeros([ROWS, NC], tl.int32)
     csum = tl.zeros([ROWS, NC], tl.float32)
-    for start in range(0, V, BLOCK):
+    for start in tl.range(0, V, BLOCK, num_stages=STAGES):
         offs = start + cols
         x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=0.0)
         above = x > low[:, None]
@@ -256,7 +257,7 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
                   HAS_MINP: tl.constexpr, TOP_K_FIRST: tl.constexpr,
                   PER_ROW_SEED: tl.constexpr, WRITE_PASSES: tl.constexpr, ROWS: tl.constexpr,
                   BLOCK: tl.constexpr, NC: tl.constexpr, NB: tl.constexpr,
-                  SEARCH_BLOCK: tl.constexpr, MAX_ROUNDS: tl.constexpr):
+                  SEARCH_BLOCK: tl.constexpr, MAX_ROUNDS: tl.constexpr, STAGES: tl.constexpr):
     """Every *_sampling_from_probs op: output row i samples from probs[indices[i] or i]."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
@@ -283,13 +284,13 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
         # top-k exactly first; the rejection loop then only has to apply top-p inside it
         lk, _cnt, _sum = _search_threshold(row_ptr, V, k, top_p, k_on.to(tl.int32),
                                      tl.zeros([ROWS], tl.int32),
-                                     0, 0.0, ROWS, SEARCH_BLOCK, NB, 12)
+                                     0, 0.0, ROWS, SEARCH_BLOCK, NB, 12, STAGES)
         low = _from_key(lk)
         k_on = rows < 0
     if HAS_MINP:
         cols = tl.arange(0, BLOCK)
         row_max = tl.zeros([ROWS], tl.float32)
-        for start in range(0, V, BLOCK):
+        for start in tl.range(0, V, BLOCK, num_stages=STAGES):
             offs = start + cols
             x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=0.0)
             row_max = tl.maximum(row_max, tl.max(x, 1))
@@ -307,7 +308,8 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
 
     # pass 0: first candidates, and the mass that top_p is measured against
     ckey, cidx, ref, _c0, _s0 = _draw_pass(row_ptr, V, low, floor, low, seed, stream, c2, c3,
-                                       False, False, False, HAS_MINP, ROWS, BLOCK, NC)
+                                       False, False, False, HAS_MINP, ROWS, BLOCK, NC,
+                                           STAGES)
     budget = top_p * ref
     cval = tl.load(row_ptr[:, None] + cidx)
     cvalid = (ckey > 0.0) & (cval > low[:, None]) & (cval >= floor[:, None])
@@ -322,7 +324,8 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
         # if this pass rejects every candidate, everything up to the largest one is rejected too
         sup = tl.maximum(low, tl.max(tl.where(cvalid, cval, 0.0), 1))
         nkey, nidx, _mass, ccnt, csum = _draw_pass(row_ptr, V, sup, floor, cval, seed, stream + it,
-                                               c2, c3, True, COUNT, HAS_P, False, ROWS, BLOCK, NC)
+                                               c2, c3, True, COUNT, HAS_P, False, ROWS, BLOCK,
+                                                   NC, STAGES)
         acc = cvalid
         if COUNT:
             acc = acc & ((ccnt < k[:, None]) | (k_on[:, None] == 0))
@@ -347,7 +350,7 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
         cols = tl.arange(0, BLOCK)
         best = tl.full([ROWS], -1.0, tl.float32)
         best_i = tl.zeros([ROWS], tl.int32)
-        for start in range(0, V, BLOCK):
+        for start in tl.range(0, V, BLOCK, num_stages=STAGES):
             offs = start + cols
             x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=-1.0)
             cmax = tl.max(x, 1)

@@ -1,0 +1,121 @@
+"""The capture/replay path on the CPU, through a platform whose "graphs" emulate CUDA graphs.
+
+An emulated graph records every aten op run inside its capture context (with the very tensors it
+read and wrote) and replay re-runs them on those tensors, writing results into the recorded
+outputs. Like a CUDA graph it therefore reads its inputs from their capture-time memory and writes
+its outputs to the same memory every time: a replay whose inputs were not copied into the captured
+buffers computes on stale data, and a piece whose output moved would be read from the wrong place.
+Unlike a CUDA graph it keeps every recorded tensor alive (no pool reuse), so memory-sharing
+hazards stay the GPU tests' job.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+from hf_models import save_tiny_model
+from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg_of
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from tessera.platforms.cpu import CpuPlatform
+
+
+aten = torch.ops.aten
+# allocations and metadata changes: no kernel in a CUDA graph, nothing to recompute at replay
+_NOT_KERNELS = (aten.empty, aten.empty_strided, aten.empty_like, aten.set_)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, ops: list) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.overloadpacket not in _NOT_KERNELS:
+            self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class EmulatedGraph:
+    def __init__(self) -> None:
+        self.ops: list[tuple[Any, tuple, dict, Any]] = []
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        for func, args, kwargs, out in self.ops:
+            fresh = func(*args, **kwargs)
+            for old, new in zip(tree_flatten(out)[0], tree_flatten(fresh)[0]):
+                if isinstance(old, torch.Tensor) and old.data_ptr() != new.data_ptr():
+                    old.copy_(new)
+
+
+class EmulatedGraphPlatform(CpuPlatform):
+    supports_piecewise_graph = True
+
+    def __init__(self) -> None:
+        self.captures = 0
+
+    def graph_class(self) -> type:
+        return EmulatedGraph
+
+    def graph_pool_handle(self) -> Any:
+        return ("emulated pool",)
+
+    @contextlib.contextmanager
+    def graph_context(self, graph: EmulatedGraph, pool: Any = None, stream: Any = None):
+        assert pool == ("emulated pool",)
+        self.captures += 1
+        with _Recorder(graph.ops):
+            yield
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def runner(request, tmp_path_factory):
+    path = save_tiny_model(str(tmp_path_factory.mktemp(request.param)), request.param)
+    platform = EmulatedGraphPlatform()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tessera.runner.model_runner.platform_for_device", lambda device: platform)
+        runner = make_pcg_runner(path, piecewise_cuda_graph_max_tokens=24)
+    pcg_of(runner).state.check_addresses = True
+    return runner
+
+
+def test_every_size_and_piece_is_captured_once(runner):
+    pcg = pcg_of(runner)
+    assert pcg.use_graphs and runner.graph_pool == ("emulated pool",)
+    pieces = pcg.backend.graph_pieces
+    assert runner.platform.captures == pcg.state.graphs_captured == (
+        len(pcg.capture_sizes) * len(pieces))
+    for piece in pieces:
+        assert sorted(piece.graphs) == pcg.capture_sizes
+
+
+def test_replayed_logits_equal_eager_for_every_size(runner):
+    pcg = pcg_of(runner)
+    batches = MixedBatches(runner)
+    for total in range(1, pcg.max_tokens + 1):
+        size = pcg.padded_size(total)
+        replays = [p.graphs[size].graph.replays for p in pcg.backend.graph_pieces]
+        ours, eager = pcg_and_eager_logits(runner, batches.mixed(total))
+        torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, t=total: f"{t} tokens: {m}")
+        # the forward replayed each piece's graph of the padded size once, and ran nothing else
+        assert [p.graphs[size].graph.replays for p in pcg.backend.graph_pieces] == [
+            r + 1 for r in replays]
+        batches.free()
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
+
+
+def test_replay_returns_the_captured_output_memory(runner):
+    pcg = pcg_of(runner)
+    batches = MixedBatches(runner)
+    first = pcg.replay(batches.mixed(5))
+    second = pcg.replay(batches.mixed(6))  # both pad to 8: the same graph, the same memory
+    assert first.data_ptr() == second.data_ptr()
+    batches.free()
