@@ -42,7 +42,7 @@ run() {
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "triton", triton.__version__, "device", torch.cuda.get_device_name())' | tee "$OUT/environment.log"
 
-run pcg_tests 240 "$PY" -m pytest tests/compilation -m gpu -v -rA -p no:cacheprovider --durations=10
+run pcg_tests 270 "$PY" -m pytest tests/compilation -m gpu -v -rA -p no:cacheprovider --durations=10
 
 run pcg_bench 300 "$PY" -m tessera.compilation.bench_pcg --case llama3-8b:16,256,1024 \
   --case qwen3-0.6b:256 --out "$OUT/pcg_bench.json"

@@ -16,6 +16,9 @@ class Attention(nn.Module):
         self.scaling, self.layer_id = scaling, layer_id
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [T, Hq*D] or [T, Hq, D]; k/v likewise with Hk. Strided views (e.g. slices of a fused
+        QKV projection) are passed through as they are: backends take any token/head strides
+        with a contiguous last dim, so no copy is made here."""
         t = q.shape[0]
         out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype, device=q.device)
         torch.ops.tessera.attention(

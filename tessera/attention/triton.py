@@ -10,7 +10,11 @@ synchronises with the host and reads no host-side length. What a decode graph ru
     workspace is allocated once in __init__ for every batch size and never reallocated, so its
     address is static too (the same backend instance must serve capture and replay).
   * The split count is a pure function of the batch size (`decode_num_splits`), so it is fixed per
-    captured graph; seq_lens may change freely between replays (0 .. max_context_len).
+    captured graph; seq_lens may change freely between replays (0 .. max_context_len): how many
+    splits a request really uses is decided on the device, and the splits are merged inside the
+    same launch (arrival counters, persistent and always left at 0).
+  * Decode is ONE kernel per layer: it also stores the new tokens' K/V (read from the q/k/v views
+    given to forward, any strides) and attends to them from registers.
   * Run the forward eagerly once per batch size before capturing it (the usual warm-up): Triton
     compiles a kernel on its first launch, and the split count (a compile-time constant) differs
     between batch sizes.
@@ -33,7 +37,8 @@ import triton
 from tessera.attention.base import AttentionBackend
 from tessera.attention.triton_ops import (
     decode_attention,
-    decode_head_block,
+    decode_counters_shape,
+    decode_head_programs,
     decode_workspace_shape,
     extend_attention,
     store_kv,
@@ -43,7 +48,8 @@ from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 # Split-K policy for decode: enough (request, kv-head, split) programs for this many waves of the
 # device's SMs, at most MAX_DECODE_SPLITS splits, and (on the device, per request) at least
-# MIN_KEYS_PER_SPLIT keys per split so short contexts don't pay for many near-empty splits.
+# MIN_KEYS_PER_SPLIT keys per split so short contexts don't pay for many near-empty splits
+# (unused splits return at once; a request that fits one split skips the merge).
 DECODE_WAVES = 2
 MAX_DECODE_SPLITS = 16
 MIN_KEYS_PER_SPLIT = 128
@@ -65,6 +71,7 @@ class _DecodeMetadata:
     num_splits: int
     part_out: torch.Tensor | None  # [B, Hq, S, D] fp32 view of the workspace; None for S == 1
     part_lse: torch.Tensor | None  # [B, Hq, S] fp32
+    counters: torch.Tensor | None  # [B, head programs] int32, always 0 between launches
 
 
 @dataclasses.dataclass
@@ -85,8 +92,7 @@ class TritonAttentionBackend(AttentionBackend):
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads "
                              f"{num_kv_heads}")
         self.device = kv_pool.device
-        group = num_heads // num_kv_heads
-        self._programs_per_split = num_kv_heads * triton.cdiv(group, decode_head_block(group))
+        self._programs_per_split = decode_head_programs(num_heads, num_kv_heads)
         self._target_programs = DECODE_WAVES * _multiprocessor_count(self.device)
         self._allocate_decode_workspace()
         self._metadata: _DecodeMetadata | _ExtendMetadata | None = None
@@ -112,6 +118,9 @@ class TritonAttentionBackend(AttentionBackend):
                                      device=self.device)
         self._part_lse = torch.empty(rows * self.num_heads, dtype=torch.float32,
                                      device=self.device)
+        # zeroed once here; every launch leaves them at 0 again
+        self._counters = torch.zeros(rows * self._programs_per_split, dtype=torch.int32,
+                                     device=self.device)
 
     # ---- per batch --------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -119,14 +128,17 @@ class TritonAttentionBackend(AttentionBackend):
             # shapes only: nothing here may depend on host copies of lengths (graph replay)
             batch = int(forward_batch.req_pool_indices.shape[0])
             splits = self.decode_num_splits(batch)
-            part_out = part_lse = None
+            part_out = part_lse = counters = None
             if splits > 1:
                 # views of the persistent workspace: same address in every step and graph
                 out_shape, lse_shape = decode_workspace_shape(batch, self.num_heads, splits,
                                                               self.head_dim)
                 part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
                 part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
-            self._metadata = _DecodeMetadata(forward_batch, batch, splits, part_out, part_lse)
+                count_shape = decode_counters_shape(batch, self.num_heads, self.num_kv_heads)
+                counters = self._counters[:math.prod(count_shape)].view(count_shape)
+            self._metadata = _DecodeMetadata(forward_batch, batch, splits, part_out, part_lse,
+                                             counters)
         else:
             self._metadata = _ExtendMetadata(
                 batch=forward_batch, num_real_tokens=self.real_tokens(forward_batch),
@@ -149,10 +161,12 @@ class TritonAttentionBackend(AttentionBackend):
         if isinstance(meta, _DecodeMetadata):
             num_rows = meta.batch_size
             loc = forward_batch.out_cache_loc
-            store_kv(k[:loc.shape[0]], v[:loc.shape[0]], k_cache, v_cache, loc)
+            # one launch: stores the new K/V at loc and attends (new key from registers)
             decode_attention(q[:num_rows], k_cache, v_cache, out[:num_rows], table,
                              forward_batch.req_pool_indices, forward_batch.seq_lens, scaling,
-                             meta.part_out, meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT)
+                             meta.part_out, meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT,
+                             counters=meta.counters, k_new=k[:loc.shape[0]],
+                             v_new=v[:loc.shape[0]], new_loc=loc)
         else:
             num_rows = meta.num_real_tokens
             store_kv(k[:num_rows], v[:num_rows], k_cache, v_cache,

@@ -9,14 +9,18 @@ one FX graph for every token count; the backend
 2. compiles every other piece for the symbolic token count (`eager`: the FX code as is;
    `inductor`: compile_fx on the piece with its fake example inputs);
 3. wraps each compiled piece in `PieceGraphs`, which captures and replays one graph per size;
-4. returns the split graph module, which Dynamo calls from then on.
+4. returns the split graph module's code. After the trace, forwards call it directly
+   (`dispatch.DirectCall`: no guards, no argument gathering); through Dynamo only when a call
+   does not look like the trace's.
 
 Token counts 0 and 1: Dynamo specialises a dynamic size that is 0 or 1 when traced, and a trace
 at >= 2 tokens guards on `size >= 2` (and may add guards such as `size != 1` where a view of a
 non-contiguous tensor treats size-1 dims specially). So the backbone is traced once at >= 2
 tokens, every count >= 2 shares that graph, and the runner pads a one-token batch to 2
 (`capture_sizes.MIN_TOKENS`), which costs nothing measurable. This needs no private Dynamo settings
-(`backed_size_oblivious`, unbacked sizes) and behaves the same on every torch version.
+(`backed_size_oblivious`, unbacked sizes), only Dynamo's long-standing 0/1 rule. (Tracing under
+`backed_size_oblivious` was tried: torch 2.13 still guards `size != 1` on a reshape of a strided
+q/k view, so a one-token batch recompiled.)
 """
 from __future__ import annotations
 
@@ -30,9 +34,16 @@ import torch
 from torch import fx, nn
 
 from tessera.compilation.capture_sizes import MIN_TOKENS
+from tessera.compilation.dispatch import DirectCall, build_direct_call
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState, PieceGraphs, TokenCount
-from tessera.compilation.splitting import Piece, op_qualname, split_graph, splitting_ops
+from tessera.compilation.splitting import (
+    Piece,
+    op_qualname,
+    python_op_call,
+    split_graph,
+    splitting_ops,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +62,10 @@ class PiecewiseBackend:
         self.split_module: fx.GraphModule | None = None
         self.pieces: list[Piece] = []
         self.graph_pieces: list[PieceGraphs] = []
+        # set by CompiledBackbone.trace: the tensors of the trace call, to recognise them among
+        # Dynamo's flat inputs; and the guard-free way to call the first compiled graph
+        self.trace_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.direct: DirectCall | None = None
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self.monitor.on_compile()
@@ -60,7 +75,9 @@ class PiecewiseBackend:
         wrappers = []
         for piece in pieces:
             if piece.is_splitting:
-                split.__dict__[piece.name] = _generated_forward(piece.module)
+                # runs eagerly between the graphs; skip the dispatcher where that is safe
+                op_call = python_op_call(piece.module)
+                split.__dict__[piece.name] = op_call or _generated_forward(piece.module)
                 continue
             wrapper = PieceGraphs(piece.name, piece.index, self._compile_piece(piece),
                                   _token_count_getter(piece.module, token), self.state,
@@ -69,11 +86,17 @@ class PiecewiseBackend:
             split.__dict__[piece.name] = wrapper
             wrappers.append(wrapper)
         self.split_module, self.pieces, self.graph_pieces = split, pieces, wrappers
+        graph = _generated_forward(split)
+        if self.direct is None and self.trace_inputs is not None:
+            self.direct = build_direct_call(gm, example_inputs, token, graph, *self.trace_inputs)
+            if self.direct is None:
+                logger.warning("piecewise backend: unexpected graph inputs; every forward goes "
+                               "through Dynamo's guards (correct, ~0.1 ms slower)")
         logger.info("piecewise backend: %d graph pieces around %d splitting ops (%s), compiled "
                     "with %s in %.1f s", len(wrappers), len(pieces) - len(wrappers),
                     ", ".join(sorted({_splitting_op_name(p) for p in pieces if p.is_splitting})),
                     self.compiler, time.perf_counter() - start)
-        return _generated_forward(split)
+        return graph
 
     def _compile_piece(self, piece: Piece) -> Callable[..., Any]:
         if self.compiler == "eager":
@@ -94,6 +117,8 @@ class CompiledBackbone:
     def __init__(self, backbone: nn.Module, backend: PiecewiseBackend) -> None:
         self.backend = backend
         self.monitor = backend.monitor
+        self.direct_calls = 0  # forwards that bypassed Dynamo (see tessera.compilation.dispatch)
+        self.dynamo_calls = 0  # forwards through Dynamo's guards
         forward = _private_forward(backbone, f"tessera_piecewise_forward_{next(self._ids)}")
         self._compiled = torch.compile(forward, fullgraph=True, dynamic=False, backend=backend)
 
@@ -110,13 +135,22 @@ class CompiledBackbone:
                              f"specialises sizes 0 and 1")
         torch._dynamo.mark_dynamic(input_ids, 0)
         torch._dynamo.mark_dynamic(positions, 0)
-        return self._compiled(input_ids, positions)
+        self.backend.trace_inputs = (input_ids, positions)
+        try:
+            return self._compiled(input_ids, positions)
+        finally:
+            self.backend.trace_inputs = None
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         """Hidden states, or None when Dynamo would have had to recompile (logged by the
         monitor; the caller runs the batch eagerly)."""
         if not self.traced:
             return self.trace(input_ids, positions)
+        direct = self.backend.direct
+        if direct is not None and direct.accepts(input_ids, positions):
+            self.direct_calls += 1
+            return direct(input_ids, positions)
+        self.dynamo_calls += 1
         ok, hidden = self.monitor.call(self._compiled, input_ids, positions)
         return hidden if ok else None
 

@@ -93,7 +93,9 @@ def time_prefill(runner: Any, num_tokens: int, warmup: int, repeat: int) -> dict
 
 
 def free_memory(platform: Any) -> None:
-    """After the caller dropped its runner: collect it and return its memory to the device."""
+    """After the caller dropped its runner: collect it and return its memory to the device.
+    Dynamo's caches hold the compiled backbone (and through it the model): drop them too."""
+    torch._dynamo.reset()
     gc.collect()
     platform.empty_cache()
 

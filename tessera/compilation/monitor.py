@@ -3,10 +3,12 @@
 The piecewise backbone is traced once for every token count. A recompile would mean a guard
 failed (a shape, dtype or module attribute the trace specialised on changed): tracing and
 compiling again takes seconds to minutes in the middle of serving and the new graph would have no
-captured sizes. So once the first compile is done, calls run under Dynamo's `fail_on_recompile`
-stance: a guard failure raises instead of compiling, the monitor logs it with Dynamo's reason and
-counts it, and the caller runs that batch eagerly. Dynamo's recompile-limit error is handled the
-same way, so hitting it never takes the server down.
+captured sizes. So once the first compile is done, calls through Dynamo run under its
+`fail_on_recompile` stance: a guard failure raises instead of compiling, the monitor logs it with
+Dynamo's reason and counts it, and the caller runs that batch eagerly. Dynamo's recompile-limit
+error is handled the same way, so hitting it never takes the server down. (Most forwards do not go
+through Dynamo at all: see `tessera.compilation.dispatch`. Those that do are the trace and any
+call that does not look like it.)
 """
 from __future__ import annotations
 

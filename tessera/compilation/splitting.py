@@ -7,7 +7,7 @@ later NCCL all-reduce and MoE all-to-all register here the same way, by qualifie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,6 +43,57 @@ def op_qualname(target: Any) -> str | None:
     if isinstance(target, torch._ops.OpOverloadPacket):
         return target._qualified_op_name
     return None
+
+
+def python_implementation(qualname: str) -> Callable[..., Any] | None:
+    """The Python function behind a `torch.library.custom_op`, when it is the op's only kernel.
+
+    A call through the dispatcher costs a Python custom op 10-20 us (autograd and in-place
+    version-counter handling, Python trampolines): per layer in a replay that is most of the
+    host time left besides the kernels. Graph replays run in inference mode, where that handling
+    does nothing, so the split graph calls the function directly. None (use the dispatcher) when
+    the op is not a Python custom op, has device-specific kernels or a disabled kernel, or this
+    torch keeps its custom ops differently.
+    """
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:
+        return None
+    opdef = OPDEFS.get(qualname)
+    fn = getattr(opdef, "_init_fn", None)
+    kernels = getattr(opdef, "_backend_fns", None)
+    if fn is None or kernels is None or set(kernels) != {None}:
+        return None
+    if getattr(opdef, "_disabled_kernel", None) or getattr(opdef, "_torch_dispatch_fns", None):
+        return None
+    return fn
+
+
+def python_op_call(module: fx.GraphModule) -> Callable[..., Any] | None:
+    """A splitting piece (one op call, no outputs: the op writes into its `out` argument) as a
+    direct call of the op's Python function with the piece's arguments; None when that does not
+    apply (see `python_implementation`)."""
+    calls = [n for n in module.graph.nodes if n.op == "call_function"]
+    output = next(n for n in module.graph.nodes if n.op == "output")
+    if len(calls) != 1 or calls[0].kwargs or output.args not in ((), ((),), (None,)):
+        return None
+    name = op_qualname(calls[0].target)
+    fn = python_implementation(name) if name is not None else None
+    if fn is None:
+        return None
+    placeholders = {n: i for i, n in enumerate(n for n in module.graph.nodes
+                                               if n.op == "placeholder")}
+    if any(isinstance(a, fx.Node) and a not in placeholders for a in calls[0].args):
+        return None
+    # per argument: (True, index of the piece input) or (False, constant)
+    spec = [(True, placeholders[a]) if isinstance(a, fx.Node) else (False, a)
+            for a in calls[0].args]
+
+    def call_splitting_op(*args: Any) -> tuple:
+        fn(*[args[v] if is_input else v for is_input, v in spec])
+        return ()
+
+    return call_splitting_op
 
 
 @dataclasses.dataclass
@@ -86,4 +137,5 @@ def split_graph(gm: fx.GraphModule, ops: Iterable[str]) -> tuple[fx.GraphModule,
     return split, pieces
 
 
-__all__ = ["Piece", "op_qualname", "register_splitting_op", "split_graph", "splitting_ops"]
+__all__ = ["Piece", "op_qualname", "python_implementation", "python_op_call",
+           "register_splitting_op", "split_graph", "splitting_ops"]

@@ -5,7 +5,7 @@ Qwen2 is this code with q/k/v bias (config.attention_bias); Qwen3 adds per-head 
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from tessera.attention.layer import Attention
 from tessera.config.model import ModelConfig
 from tessera.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tessera.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from tessera.ops import RMSNorm, SiluAndMul, get_rope
+from tessera.ops import QKNormRotary, RMSNorm, SiluAndMul, get_rope
 
 
 class LlamaMLP(nn.Module):
@@ -47,19 +47,24 @@ class LlamaAttention(nn.Module):
                                    config.rope_theta, config.rope_scaling)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        # q/k norm + rotary as one op; it reads the weights of q_norm/k_norm (owns none)
+        self.qk_norm_rope = (QKNormRotary(self.q_norm, self.k_norm, self.rotary_emb)
+                             if qk_norm else None)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
                               self.head_dim ** -0.5, layer_id)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         t = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.num_heads, self.head_dim)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous())
-        return self.o_proj(out)
+        # [T, H, D] views of the fused projection: no copies (kernels take the strides)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm_rope is not None:
+            q, k = self.qk_norm_rope(positions, q, k)
+        else:
+            q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v))
 
 
 class LlamaDecoderLayer(nn.Module):

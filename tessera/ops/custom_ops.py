@@ -67,6 +67,23 @@ def _rotary_embedding_fake(positions: torch.Tensor, q: torch.Tensor, k: torch.Te
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
+@torch.library.custom_op("tessera::qk_norm_rope", mutates_args=())
+def qk_norm_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                 cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.ops.triton.qk_norm_rope import qk_norm_rope as kernel
+
+    return kernel(positions, q, k, q_weight, k_weight, eps, cos_sin_cache)
+
+
+@qk_norm_rope.register_fake
+def _qk_norm_rope_fake(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                       q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                       cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = torch.promote_types(q.dtype, q_weight.dtype)
+    return q.new_empty(q.shape, dtype=dtype), k.new_empty(k.shape, dtype=dtype)
+
+
 @torch.library.custom_op("tessera::per_token_group_quant_fp8", mutates_args=())
 def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,5 +100,5 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["fused_add_rms_norm", "per_token_group_quant_fp8", "rms_norm", "rotary_embedding",
-           "silu_and_mul"]
+__all__ = ["fused_add_rms_norm", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
+           "rotary_embedding", "silu_and_mul"]

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 class PiecewiseGraphRunner:
+    """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
+
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
         self.platform = model_runner.platform
@@ -61,9 +63,9 @@ class PiecewiseGraphRunner:
         self.backbone = CompiledBackbone(model_runner.model.model, self.backend)
         self.capture_sizes = capture_sizes(config.graph, config.parallel)
         self.max_tokens = self.capture_sizes[-1]
-        # rows: input_ids, positions, out_cache_loc (one buffer: the padded tail is one zero_())
-        self._inputs = torch.zeros((3, self.max_tokens), dtype=torch.int64, device=self.device)
-        self.input_ids, self.positions, self.out_cache_loc = self._inputs.unbind(0)
+        # separate buffers: a view at a nonzero offset would make Dynamo add its offset as an input
+        self.input_ids, self.positions, self.out_cache_loc = (
+            torch.zeros(self.max_tokens, dtype=torch.int64, device=self.device) for _ in range(3))
         self.replays = 0          # batches run through the pieces
         self.eager_fallbacks = 0  # batches run eagerly because Dynamo wanted to recompile
         self.capture_seconds = 0.0
@@ -93,7 +95,8 @@ class PiecewiseGraphRunner:
         self.positions[:n].copy_(forward_batch.positions)
         self.out_cache_loc[:n].copy_(forward_batch.out_cache_loc)
         if size > n:  # padding: token 0 at position 0, K/V into the dump slot 0
-            self._inputs[:, n:size].zero_()
+            for buffer in (self.input_ids, self.positions, self.out_cache_loc):
+                buffer[n:size].zero_()
         padded = self._padded_batch(forward_batch, size)
         hidden = self._run(padded, size)
         if hidden is None:  # Dynamo wanted to recompile: refused and logged by the monitor
@@ -125,7 +128,8 @@ class PiecewiseGraphRunner:
         row = self.model_runner.padding_req_row
         batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * size, [row] * len(lens),
                                    [0] * len(lens), lens, self.out_cache_loc[:size], self.device)
-        self._inputs[:, :size].zero_()
+        for buffer in (self.input_ids, self.positions, self.out_cache_loc):
+            buffer[:size].zero_()
         return self._padded_batch(batch, size)
 
     def _trace(self) -> None:

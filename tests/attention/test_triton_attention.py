@@ -23,6 +23,7 @@ from tessera.attention.torch_native import TorchNativeAttentionBackend
 from tessera.attention.triton import TritonAttentionBackend
 from tessera.attention.triton_ops import (
     decode_attention,
+    decode_counters_shape,
     decode_workspace_shape,
     extend_attention,
     store_kv,
@@ -167,26 +168,58 @@ def test_mixed_extend_with_decoding_requests() -> None:
     case.check(_tol(torch.float32))
 
 
+@pytest.mark.parametrize("fused_store", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
-def test_decode_kernel_splits_and_empty_rows(num_splits: int) -> None:
-    """Splits of 16 keys exercise the split-K merge; seq_len 0 rows (padding) must give zeros."""
-    case = Case([0, 4, 70, 130, 0], [1] * 5, num_kv_heads=2, group=4, head_dim=64,
+def test_decode_kernel_splits_and_empty_rows(num_splits: int, fused_store: bool) -> None:
+    """Splits of 16 keys exercise the in-kernel split merge; seq_len 0 rows (padding) must give
+    zeros. With fused_store the kernel also writes the new K/V and takes the newest key from k/v
+    instead of the cache; the last request has no slot (N < B) and reads everything cached."""
+    case = Case([0, 4, 70, 130, 0, 40], [1] * 6, num_kv_heads=2, group=4, head_dim=64,
                 dtype=torch.float32, mode=ForwardMode.DECODE, seed=num_splits)
-    want = case.run(case.reference)
+    want = case.run(case.reference)  # the reference pool now holds every new K/V
     seq_lens = case.batch.seq_lens.clone()
-    seq_lens[-1] = 0
-    kv = case.triton.kv_pool
+    seq_lens[4] = 0
+    kv, loc = case.triton.kv_pool, case.batch.out_cache_loc
     out = torch.full_like(case.q, float("nan"))
-    workspace = None
+    workspace = (None, None)
+    counters = None
     if num_splits > 1:
-        shapes = decode_workspace_shape(5, case.num_heads, num_splits, case.head_dim)
-        workspace = [torch.full(s, float("nan"), device=DEVICE) for s in shapes]
-    store_kv(case.k, case.v, kv.k_buffers[0], kv.v_buffers[0], case.batch.out_cache_loc)
-    decode_attention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
-                     case.batch.req_pool_indices, seq_lens, case.scaling,
-                     *(workspace or (None, None)), min_split_len=16, block_n=16)
-    torch.testing.assert_close(out[:4], want[:4], atol=2e-5, rtol=0)
+        shapes = decode_workspace_shape(6, case.num_heads, num_splits, case.head_dim)
+        workspace = tuple(torch.full(s, float("nan"), device=DEVICE) for s in shapes)
+        counters = torch.zeros(decode_counters_shape(6, case.num_heads, 2), dtype=torch.int32,
+                               device=DEVICE)
+    if fused_store:
+        # request 5's new K/V is stored up front, the others by the kernel
+        store_kv(case.k[5:], case.v[5:], kv.k_buffers[0], kv.v_buffers[0], loc[5:])
+        new = {"k_new": case.k[:5], "v_new": case.v[:5], "new_loc": loc[:5]}
+    else:
+        store_kv(case.k, case.v, kv.k_buffers[0], kv.v_buffers[0], loc)
+        new = {}
+    for _ in range(2):  # twice: the counters must be back at 0 after a launch
+        decode_attention(case.q, kv.k_buffers[0], kv.v_buffers[0], out,
+                         case.table.req_to_token, case.batch.req_pool_indices, seq_lens,
+                         case.scaling, *workspace, min_split_len=16, block_n=16,
+                         counters=counters, **new)
+        if counters is not None:
+            assert torch.all(counters == 0)
+    rows = [0, 1, 2, 3, 5]
+    torch.testing.assert_close(out[rows], want[rows], atol=2e-5, rtol=0)
     assert torch.all(out[4] == 0)
+    for name in ("k_buffers", "v_buffers"):
+        got, ref = getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0]
+        assert torch.equal(got[loc[:4]], ref[loc[:4]]) and torch.equal(got[loc[5]], ref[loc[5]])
+
+
+def test_decode_new_key_from_strided_views() -> None:
+    """The backend hands decode the k/v views of a fused QKV projection (no copies)."""
+    case = Case([0, 9, 200], [1] * 3, num_kv_heads=2, group=2, head_dim=32,
+                dtype=torch.float32, mode=ForwardMode.DECODE, seed=3)
+    qkv = torch.cat([case.q.flatten(1), case.k.flatten(1), case.v.flatten(1)], dim=1)
+    q_size, kv_size = case.q[0].numel(), case.k[0].numel()
+    case.k = qkv[:, q_size:q_size + kv_size].view(case.k.shape)
+    case.v = qkv[:, q_size + kv_size:].view(case.v.shape)
+    assert not case.k.is_contiguous() and not case.v.is_contiguous()
+    case.check(_tol(torch.float32))
 
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16)])

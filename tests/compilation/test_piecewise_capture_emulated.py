@@ -22,7 +22,6 @@ from torch.utils._pytree import tree_flatten
 
 from tessera.platforms.cpu import CpuPlatform
 
-
 aten = torch.ops.aten
 # allocations and metadata changes: no kernel in a CUDA graph, nothing to recompute at replay
 _NOT_KERNELS = (aten.empty, aten.empty_strided, aten.empty_like, aten.set_)

@@ -40,6 +40,10 @@ def test_split_has_a_piece_around_every_attention(runner):
     assert [g.is_last for g in pcg.backend.graph_pieces] == [False] * layers + [True]
     # every piece knows where its token count comes from (that picks the graph to replay)
     assert all(g.token_count is not None for g in pcg.backend.graph_pieces)
+    # attention runs as a direct call of its Python function, not through the dispatcher
+    split = pcg.backend.split_module
+    assert all(split.__dict__[p.name].__name__ == "call_splitting_op"
+               for p in pieces if p.is_splitting)
 
 
 def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
@@ -48,6 +52,7 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     pcg = pcg_of(runner)
     assert pcg.capture_sizes == [2, 4, 8, 12, 16, 20, 24, 28, 32, 40]
     refused, fallbacks = pcg.monitor.refused_recompiles, pcg.eager_fallbacks
+    direct, dynamo = pcg.backbone.direct_calls, pcg.backbone.dynamo_calls
     batches = MixedBatches(runner)
     for total in range(1, MAX_TOKENS + 1):
         batch = batches.mixed(total)
@@ -63,6 +68,24 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     # one trace served every size: no recompile, no eager fallback
     assert pcg.monitor.compiles == 1
     assert (pcg.monitor.refused_recompiles, pcg.eager_fallbacks) == (refused, fallbacks)
+    # after the trace, forwards call the compiled graph directly, past Dynamo's guards
+    assert pcg.backend.direct is not None
+    assert pcg.backbone.direct_calls == direct + MAX_TOKENS
+    assert pcg.backbone.dynamo_calls == dynamo
+
+
+def test_the_dynamo_path_gives_the_same_logits(runner, monkeypatch):
+    """Through Dynamo's guards (what runs when a call does not look like the trace's)."""
+    pcg = pcg_of(runner)
+    monkeypatch.setattr(pcg.backend, "direct", None)
+    dynamo = pcg.backbone.dynamo_calls
+    batches = MixedBatches(runner)
+    for total in (1, 5, 16, MAX_TOKENS):
+        ours, eager = pcg_and_eager_logits(runner, batches.mixed(total))
+        torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
+        batches.free()
+    assert pcg.backbone.dynamo_calls == dynamo + 4
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
 
 def test_only_extend_batches_that_fit_run_piecewise(runner):
@@ -85,9 +108,8 @@ def test_refused_recompile_runs_the_batch_eagerly(runner, caplog):
     pcg = pcg_of(runner)
     batches = MixedBatches(runner)
     compiles, fallbacks = pcg.monitor.compiles, pcg.eager_fallbacks
-    saved = pcg._inputs
-    pcg._inputs = saved.to(torch.int32)
-    pcg.input_ids, pcg.positions, pcg.out_cache_loc = pcg._inputs.unbind(0)
+    saved = pcg.input_ids, pcg.positions, pcg.out_cache_loc
+    pcg.input_ids, pcg.positions, pcg.out_cache_loc = (b.to(torch.int32) for b in saved)
     try:
         batch = batches.mixed(7)
         with caplog.at_level(logging.WARNING, logger="tessera.compilation.monitor"):
@@ -95,8 +117,7 @@ def test_refused_recompile_runs_the_batch_eagerly(runner, caplog):
         assert pcg.eager_fallbacks == fallbacks + 1
         assert "refused a Dynamo recompile" in caplog.text and "dtype mismatch" in caplog.text
     finally:
-        pcg._inputs = saved
-        pcg.input_ids, pcg.positions, pcg.out_cache_loc = saved.unbind(0)
+        pcg.input_ids, pcg.positions, pcg.out_cache_loc = saved
     _, eager = pcg_and_eager_logits(runner, batch)
     torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
     assert pcg.monitor.compiles == compiles  # refused, never compiled

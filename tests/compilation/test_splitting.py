@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import fx
 
-from tessera.attention import context  # noqa: F401  (registers tessera::attention)
+from tessera.attention import context  # importing it registers tessera::attention
 from tessera.compilation import splitting
 
 
@@ -61,6 +61,25 @@ def test_registered_ops_split_like_attention(registry):
     with context.set_forward_context(None, Ctx()):
         torch.testing.assert_close(split(x), layer(x))
         torch.testing.assert_close(split(x), x * 3 * 2 + 1)
+
+
+@torch.library.custom_op("tessera_test::cuda_kernel", mutates_args=("x",), device_types="cuda")
+def op_with_a_device_kernel(x: torch.Tensor) -> None:
+    x.add_(1)
+
+
+def test_splitting_ops_run_their_python_function_when_that_is_all_they_have(registry):
+    splitting.register_splitting_op("tessera_test::all_reduce")
+    _, pieces = splitting.split_graph(fx.symbolic_trace(layer), splitting.splitting_ops())
+    for piece in pieces[1:3]:  # attention, all-reduce: default kernel only
+        call = splitting.python_op_call(piece.module)
+        assert call is not None and call.__name__ == "call_splitting_op"
+    x = torch.ones(3)
+    assert splitting.python_op_call(pieces[2].module)(x) == () and x.tolist() == [2.0] * 3
+    # device-specific kernels, non-custom ops: through the dispatcher
+    assert splitting.python_implementation("tessera_test::cuda_kernel") is None
+    assert splitting.python_implementation("aten::add") is None
+    assert splitting.python_op_call(pieces[0].module) is None  # not a single op call
 
 
 def test_splitting_op_names_are_checked(registry):

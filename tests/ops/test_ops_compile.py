@@ -20,16 +20,21 @@ def _opcheck_cases(device: str):
     k = torch.randn(5, 2, 32, device=device)
     cache = torch.randn(16, 32, device=device)
     pos = torch.randint(0, 16, (5,), device=device)
+    qkv = torch.randn(5, 256, device=device, dtype=torch.bfloat16)
     return [
         (custom_ops.rms_norm, (x, w, 1e-6)),
         (custom_ops.fused_add_rms_norm, (x, torch.randn_like(x), w, 1e-6)),
         (custom_ops.silu_and_mul, (torch.randn(5, 96, device=device),)),
         (custom_ops.rotary_embedding, (pos, q, k, cache)),
         (custom_ops.per_token_group_quant_fp8, (x, 32, 1e-10)),
+        # strided views of a fused projection, fp32 norm weights on bf16 activations (promotes)
+        (custom_ops.qk_norm_rope, (pos, qkv[:, :128].view(5, 4, 32),
+                                   qkv[:, 128:192].view(5, 2, 32), torch.randn(32, device=device),
+                                   torch.randn(32, device=device), 1e-6, cache)),
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_custom_op_fake_kernels_match_real(device, case):
     op, args = _opcheck_cases(device)[case]
     # schema, fake-vs-real metadata (shapes, dtypes, strides), and AOT dispatch with dynamic shapes
@@ -63,8 +68,10 @@ def test_decoder_layer_compiles_without_graph_breaks(fast_ops, device, qk_norm):
         assert explained.graph_count == 1
         graph_ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes}
         # each fast op is one opaque node (its kernel is never traced into)
+        # Qwen3-style q/k norm: norm + rotary are one fused op instead of rotary alone
+        rope_op = "tessera.qk_norm_rope" if qk_norm else "tessera.rotary_embedding"
         for op in ("tessera.rms_norm", "tessera.fused_add_rms_norm", "tessera.silu_and_mul",
-                   "tessera.rotary_embedding", "tessera.attention"):
+                   rope_op, "tessera.attention"):
             assert op in graph_ops, op
 
         torch._dynamo.reset()

@@ -97,6 +97,7 @@ def _kept(probs_row: torch.Tensor, kept: list[int]) -> torch.Tensor:
 TIES = [0.25, 0.125, 0.125, 0.125, 0.125, 0.0625, 0.0625, 0.0625, 0.0625, 0.0]
 NUCLEUS = [0.5, 0.25, 0.125, 0.0625, 0.0625]
 ORDERS = [0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05]
+MIN_P_ORDERS = [0.4, 0.3, 0.2, 0.06, 0.04]  # min_p=0.2 cuts 0.06, 0.04: top_p=0.75 sees 0.9 left
 
 
 def _dominant(vocab: int = 64) -> list[float]:
@@ -149,6 +150,11 @@ STAT_CASES = {
     "joint": (ORDERS, ops.top_k_top_p_sampling_from_probs,
               {"top_k": 4, "top_p": 0.75, "filter_apply_order": "joint"}, [0, 1, 2, 3, 4]),
     "plain": (ORDERS, ops.sampling_from_probs, {}, list(range(7))),
+    "min_p_then_top_p": (MIN_P_ORDERS, ops.filtered_sampling_from_probs,
+                         {"top_p": 0.75, "min_p": 0.2, "filter_apply_order": "min_p_first"},
+                         [0, 1]),
+    "top_p_then_min_p": (MIN_P_ORDERS, ops.filtered_sampling_from_probs,
+                         {"top_p": 0.75, "min_p": 0.2}, [0, 1, 2]),
 }
 
 
@@ -171,6 +177,9 @@ TAIL_CASES = {
               {"top_k": 50, "top_p": 0.9, "filter_apply_order": "joint"}),
     "top_p": (ops.top_p_sampling_from_probs, {"top_p": 0.5}),
     "all_three": (ops.filtered_sampling_from_probs, {"top_k": 200, "top_p": 0.9, "min_p": 0.02}),
+    "all_three_vllm_order": (ops.filtered_sampling_from_probs,
+                             {"top_k": 200, "top_p": 0.9, "min_p": 0.02,
+                              "filter_apply_order": "min_p_first"}),
 }
 
 
@@ -194,8 +203,8 @@ def _check_long_tail(backend: str, case: str, device: str, vocab: int, samples: 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(TAIL_CASES))
 def test_long_tail_vocab(backend: str, case: str) -> None:
-    if backend == "triton" and case == "top_p" and not HAS_CUDA:
-        pytest.skip("interpreted Triton is slow; all_three covers top-p; the gpu tests run it")
+    if backend == "triton" and case in ("top_p", "all_three_vllm_order") and not HAS_CUDA:
+        pytest.skip("interpreted Triton is slow: covered by all_three here, the gpu tests run it")
     _check_long_tail(backend, case, DEVICE, TAIL_VOCAB[backend], TAIL_SAMPLES[backend])
 
 
@@ -213,7 +222,7 @@ def _check_no_fallback(device: str, vocab: int) -> None:
         kt = None if k is None else torch.tensor([k], dtype=torch.int32, device=device)
         pt = None if p is None else torch.tensor([p], device=device)
         triton_backend.sample(probs, None, kt, pt, None, first, rand, passes_out=passes)
-        assert (passes > 0).all() and (passes < 12).all(), (k, p, passes)
+        assert (passes > 0).all(), (k, p, first, passes)  # negative: the row fell back
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -221,7 +230,7 @@ def test_triton_rejection_never_falls_back() -> None:
     _check_no_fallback(DEVICE, TAIL_VOCAB["triton"])
 
 
-# ---- renorm against the reference ------------------------------------------------------------------
+# ---- renorm against the reference ----------------------------------------------------------------
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.parametrize("ties", [False, True])
 def test_triton_renorm_equals_reference(ties: bool) -> None:
@@ -242,7 +251,7 @@ def test_triton_renorm_equals_reference(ties: bool) -> None:
                        ops.top_k_mask_logits(logits, top_k, backend="torch"))
 
 
-# ---- seeds, batches, indices, NaN ------------------------------------------------------------------
+# ---- seeds, batches, indices, NaN ----------------------------------------------------------------
 def _batch(rows: int = 6, vocab: int = 500, device: str = DEVICE) -> torch.Tensor:
     gen = torch.Generator().manual_seed(5)
     return torch.softmax(torch.randn(rows, vocab, generator=gen) * 2, -1).to(device)
@@ -284,7 +293,7 @@ def _check_batch_independence(backend: str, order: str, device: str, vocab: int 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("order", ["top_k_first", "joint"])
+@pytest.mark.parametrize("order", ["top_k_first", "joint", "min_p_first"])
 def test_row_sample_does_not_depend_on_its_batch(backend: str, order: str) -> None:
     _check_batch_independence(backend, order, DEVICE)
 
@@ -343,7 +352,7 @@ def test_backend_registry() -> None:
             ops.sampling_from_probs(_batch(), backend="flashinfer")
 
 
-# ---- GPU: real sizes, CUDA graphs, FlashInfer ------------------------------------------------------
+# ---- GPU: real sizes, CUDA graphs, FlashInfer ----------------------------------------------------
 @gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("case", list(STAT_CASES))
@@ -359,7 +368,7 @@ def test_gpu_long_tail_vocab(backend: str, case: str) -> None:
 
 
 @gpu
-@pytest.mark.parametrize("order", ["top_k_first", "joint"])
+@pytest.mark.parametrize("order", ["top_k_first", "joint", "min_p_first"])
 def test_gpu_triton_row_sample_does_not_depend_on_its_batch(order: str) -> None:
     _check_batch_independence("triton", order, "cuda", vocab=151_936)
 

@@ -6,11 +6,14 @@ it must be set before the first import.
 """
 from tessera.attention.triton_ops.decode_attention import (
     decode_attention,
+    decode_counters_shape,
     decode_head_block,
+    decode_head_programs,
     decode_workspace_shape,
 )
 from tessera.attention.triton_ops.extend_attention import extend_attention, extend_config
 from tessera.attention.triton_ops.kv_store import store_kv
 
-__all__ = ["decode_attention", "decode_head_block", "decode_workspace_shape", "extend_attention",
-           "extend_config", "store_kv"]
+__all__ = ["decode_attention", "decode_counters_shape", "decode_head_block",
+           "decode_head_programs", "decode_workspace_shape", "extend_attention", "extend_config",
+           "store_kv"]

@@ -5,7 +5,8 @@ filter rules, ties included), plus `backend=`: None means the active default (se
 initially "auto": triton for tensors on an accelerator, torch on the CPU). Backends come from the
 SAMPLING_BACKENDS registry of lazy factories; available_backends() lists the usable ones.
 
-- probs: (rows, vocab) nonnegative weights (need not sum to 1; top_p is a fraction of the row's mass).
+- probs: (rows, vocab) nonnegative weights; they need not sum to 1 (top_p is a fraction of the
+  row's mass).
 - top_k / top_p / min_p: a Python scalar or a tensor with one value per *output* row.
 - indices: output row i samples from probs[indices[i]]; the output then has indices' dtype
   (int32 without indices).
@@ -26,6 +27,7 @@ import torch
 
 from tessera.sampling.ops.common import (
     FILTER_APPLY_ORDERS,
+    FILTERED_ORDERS,
     SamplingBackend,
     check_filter_apply_order,
     check_indices,
@@ -190,11 +192,14 @@ def filtered_sampling_from_probs(probs: torch.Tensor, top_k: int | torch.Tensor 
                                  backend: str | None = None) -> torch.Tensor:
     """top-k, top-p and min-p in one call (not in FlashInfer's API; made for a batch where every
     request has its own values). Per row, a neutral value turns a filter off: top_k <= 0 or
-    >= vocab, top_p >= 1, min_p <= 0. top_k / top_p combine as in
-    top_k_top_p_sampling_from_probs; min_p keeps prob >= min_p * (row max), which is the same
-    before or after renormalizing, so the result equals top_k_renorm -> top_p_renorm -> min_p
-    sampling (SGLang's order) in one kernel."""
-    check_filter_apply_order(filter_apply_order)
+    >= vocab, top_p >= 1, min_p <= 0.
+
+    filter_apply_order: "top_k_first" (default) is top-k, renormalize, top-p, then min-p: the same
+    as SGLang's top_k_renorm -> top_p_renorm -> min_p sampling. "min_p_first" is vLLM's order:
+    min-p and top-k, renormalize, then top-p (so top_p counts only what min-p kept). "joint":
+    every filter on the original probs. min_p always cuts at min_p * (row max).
+    """
+    check_filter_apply_order(filter_apply_order, FILTERED_ORDERS)
     return _sample(probs, indices, check_nan, backend, top_k=top_k, top_p=top_p, min_p=min_p,
                    filter_apply_order=filter_apply_order, generator=generator, seed=seed,
                    offset=offset)
@@ -223,6 +228,7 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: int | torch.Tensor, *,
 
 
 __all__ = [
+    "FILTERED_ORDERS",
     "FILTER_APPLY_ORDERS",
     "SAMPLING_BACKENDS",
     "SamplingBackend",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 FILTER_APPLY_ORDERS = ("top_k_first", "joint")
+# filtered_sampling_from_probs also takes vLLM's order: min-p and top-k, renormalize, then top-p
+FILTERED_ORDERS = (*FILTER_APPLY_ORDERS, "min_p_first")
 _INT64_MAX = 2**63 - 1
 
 
@@ -21,7 +23,7 @@ _INT64_MAX = 2**63 - 1
 class Randomness:
     """Where a sampling call's random numbers come from.
 
-    Row i of the output draws from the Philox stream keyed by seed[i or 0] at counter offset[i or 0].
+    Output row i draws from the random stream keyed by seed[i or 0] at counter offset[i or 0].
     When the seed is per row (length == batch) each row's stream id is 0, so a row's sample depends
     only on its own (seed, offset, probs, parameters), never on which other rows share the batch.
     With one shared seed the stream id is the output row index, so rows still differ.
@@ -108,7 +110,7 @@ def resolve_randomness(seed: int | torch.Tensor | None, offset: int | torch.Tens
 
     An explicit seed wins (offset defaults to 0). Otherwise one seed is drawn from `generator`, or
     from the device's default generator; torch.randint on the device's default generator is CUDA
-    graph safe (the graph replays advance its Philox offset), so the call can be captured either way.
+    graph safe (replays advance its Philox offset), so the call can be captured either way.
     """
     if seed is not None:
         seed_t = _as_int64(seed, batch, device, "seed")
@@ -124,9 +126,9 @@ def resolve_randomness(seed: int | torch.Tensor | None, offset: int | torch.Tens
     return Randomness(seed_t, offset_t)
 
 
-def check_filter_apply_order(order: str) -> None:
-    if order not in FILTER_APPLY_ORDERS:
-        raise ValueError(f"filter_apply_order={order!r}; choose one of {list(FILTER_APPLY_ORDERS)}")
+def check_filter_apply_order(order: str, allowed: tuple[str, ...] = FILTER_APPLY_ORDERS) -> None:
+    if order not in allowed:
+        raise ValueError(f"filter_apply_order={order!r}; choose one of {list(allowed)}")
 
 
 class SamplingBackend(ABC):
@@ -147,7 +149,8 @@ class SamplingBackend(ABC):
                offset: int | torch.Tensor | None) -> torch.Tensor: ...
 
     @abstractmethod
-    def top_k_renorm_probs(self, probs: torch.Tensor, top_k: int | torch.Tensor) -> torch.Tensor: ...
+    def top_k_renorm_probs(self, probs: torch.Tensor, top_k: int | torch.Tensor
+                           ) -> torch.Tensor: ...
 
     @abstractmethod
     def top_p_renorm_probs(self, probs: torch.Tensor, top_p: float | torch.Tensor
@@ -158,7 +161,7 @@ class SamplingBackend(ABC):
                           ) -> torch.Tensor: ...
 
 
-# ---- counter-based uniforms for the torch path ----------------------------------------------------
+# ---- counter-based uniforms for the torch path ---------------------------------------------
 # splitmix64 finalizer in int64 torch ops (multiplication wraps mod 2**64), so the torch backend can
 # turn device-resident seeds into uniforms without a host round trip or a torch.Generator per row.
 def _signed(x: int) -> int:

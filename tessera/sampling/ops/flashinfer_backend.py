@@ -22,12 +22,29 @@ class FlashInferSamplingBackend(SamplingBackend):
         fs = self._fs
         rng = {"generator": generator, **_seed_offset(seed, offset, probs.device)}
         probs = probs.float()
+        if min_p is not None and (top_k is not None or top_p is not None):
+            # FlashInfer has no fused min_p + other filters. Its renorms work on probs rows, our
+            # parameters are per output row: give every output its own row first.
+            if indices is not None:
+                out = self.sample(probs[indices.long()], indices=None, top_k=top_k, top_p=top_p,
+                                  min_p=min_p, filter_apply_order=filter_apply_order,
+                                  generator=generator, seed=seed, offset=offset)
+                return out.to(indices.dtype)
+            if filter_apply_order == "top_k_first":  # SGLang's chain
+                if top_k is not None:
+                    probs = fs.top_k_renorm_probs(probs, top_k)
+                if top_p is not None:
+                    probs = fs.top_p_renorm_probs(probs, top_p)
+                return fs.min_p_sampling_from_probs(probs, min_p, indices, **rng)
+            cut = torch.as_tensor(min_p, dtype=probs.dtype, device=probs.device)
+            probs = torch.where(probs >= cut.reshape(-1, 1) * probs.amax(1, keepdim=True),
+                                probs, 0.0)
+            if filter_apply_order == "min_p_first":  # top-p then counts only what min-p kept
+                probs = probs / probs.sum(1, keepdim=True)
+                filter_apply_order = "top_k_first"
+            # "joint": the cut changes no count or mass above a token that survives it
+            min_p = None
         if min_p is not None:
-            # FlashInfer has no fused min_p + other filters: apply those as renorms first
-            if top_k is not None:
-                probs = fs.top_k_renorm_probs(probs, top_k)
-            if top_p is not None:
-                probs = fs.top_p_renorm_probs(probs, top_p)
             return fs.min_p_sampling_from_probs(probs, min_p, indices, **rng)
         if top_k is not None and top_p is not None:
             return fs.top_k_top_p_sampling_from_probs(

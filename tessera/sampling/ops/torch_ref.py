@@ -12,7 +12,9 @@ here and in the sorting-free Triton kernels:
   (FlashInfer's pivot rule). top_p >= 1: no filtering; top_p <= 0 keeps the most likely token(s).
 - min_p: boundary = min_p * max prob.
 - "top_k_first": top-k, renormalize, then top-p on the renormalized probs. "joint": both filters on
-  the original probs (the intersection of the two kept sets).
+  the original probs (the intersection of the two kept sets). "min_p_first" (vLLM's order, only for
+  filtered_sampling_from_probs): min-p and top-k, renormalize, then top-p. Otherwise min-p is
+  measured against the max and never changes what top-p counts.
 
 Inputs need not sum to 1; they are treated as weights. The sample is drawn by inverse CDF with one
 uniform per row from common.counter_uniforms, so seeds behave as in the Triton backend (same seed,
@@ -68,15 +70,21 @@ def boundaries(probs: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Ten
     bound = torch.zeros(probs.shape[0], dtype=probs.dtype, device=probs.device)
     if top_k is not None:
         bound = torch.maximum(bound, top_k_boundary(sorted_desc, top_k))
+    if min_p is not None:
+        # a cut relative to the max: the same before or after renormalizing
+        mp = _expand(min_p, probs.shape[0]).to(probs.dtype)
+        min_p_bound = mp * sorted_desc[:, 0]
+        if order == "min_p_first":
+            bound = torch.maximum(bound, min_p_bound)
     if top_p is not None:
-        if top_k is not None and order == "top_k_first":
-            # Zeroing the tokens outside the top-k keeps the order descending, and top_p_boundary
-            # measures top_p against the row's remaining mass: that is top-p after renormalizing.
+        if order != "joint":
+            # Zeroing what the earlier filters dropped keeps the order descending, and
+            # top_p_boundary measures top_p against the row's remaining mass: top-p after
+            # renormalizing.
             sorted_desc = torch.where(sorted_desc >= bound[:, None], sorted_desc, 0.0)
         bound = torch.maximum(bound, top_p_boundary(sorted_desc, top_p))
     if min_p is not None:
-        mp = _expand(min_p, probs.shape[0]).to(probs.dtype)
-        bound = torch.maximum(bound, mp * probs.max(1).values)
+        bound = torch.maximum(bound, min_p_bound)
     return bound
 
 

@@ -5,6 +5,7 @@ a row uses, so a row's sample for a given seed must not change with the batch it
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -27,15 +28,15 @@ class KernelConfig:
     """Tunables. `block`/`candidates` change which random numbers a row uses (not the
     distribution); the rest only change speed."""
 
-    block: int = 2048  # vocab chunk per loop iteration of a sampling pass
-    search_block: int = 2048  # the same for threshold-search passes
+    block: int = 1024  # vocab chunk per loop iteration of a sampling pass
+    search_block: int = 1024  # the same for threshold-search passes
     candidates: int = 4  # NC: candidates drawn per rejection pass
-    search_edges: int = 16  # NB: predicate evaluations per search pass
+    search_edges: int = 8  # NB: predicate evaluations per search pass
     max_rounds: int = 32  # rejection passes before the argmax fallback
     num_warps: int = 8
     # Loads in flight per row: one program streams a whole row, so without pipelining each chunk
     # would wait out a full memory latency.
-    num_stages: int = 3
+    num_stages: int = 4
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -53,14 +54,21 @@ def _rows_per_program(batch: int, block: int) -> int:
     return max(1, min(1024, triton.next_power_of_2(max(batch, 1)), 65536 // block))
 
 
+def search_passes(edges: int) -> int:
+    """Passes that always settle the threshold search: each one divides the 2**32-wide key
+    interval by edges + 1."""
+    return math.ceil(32 / math.log2(edges + 1)) + 1
+
+
 def _block(cfg_block: int, vocab: int) -> int:
     return min(cfg_block, max(16, triton.next_power_of_2(vocab)))
 
 
 def _check_device(t: torch.Tensor) -> None:
     if t.device.type == "cpu" and not interpreting():
-        raise RuntimeError("the triton sampling backend needs tensors on a GPU (or TRITON_INTERPRET=1 "
-                           "to run its kernels on the CPU, slowly); use backend='torch' on the CPU")
+        raise RuntimeError("the triton sampling backend needs tensors on a GPU (or "
+                           "TRITON_INTERPRET=1 to run its kernels on the CPU, slowly); "
+                           "use backend='torch' on the CPU")
 
 
 def _param_args(t: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -70,7 +78,7 @@ def _param_args(t: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Tens
 
 
 def sample(probs: torch.Tensor, indices: torch.Tensor | None, top_k: torch.Tensor | None,
-           top_p: torch.Tensor | None, min_p: torch.Tensor | None, top_k_first: bool,
+           top_p: torch.Tensor | None, min_p: torch.Tensor | None, order: str,
            rand: Randomness, passes_out: torch.Tensor | None = None,
            cfg: KernelConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """Launch sample_kernel. Params are normalized device tensors (length 1 or batch) or None.
@@ -98,10 +106,12 @@ def sample(probs: torch.Tensor, indices: torch.Tensor | None, top_k: torch.Tenso
         k_t, k_s, p_t, p_s, m_t, m_s, rand.seed, seed_s, rand.offset, off_s,
         passes_out if passes_out is not None else out, V=vocab,
         HAS_INDICES=indices is not None, HAS_K=top_k is not None, HAS_P=top_p is not None,
-        HAS_MINP=min_p is not None, TOP_K_FIRST=top_k_first and top_k is not None
-        and top_p is not None, PER_ROW_SEED=rand.per_row_seed,
-        WRITE_PASSES=passes_out is not None, ROWS=rows, BLOCK=block,
-        NC=cfg.candidates, NB=cfg.search_edges, SEARCH_BLOCK=_block(cfg.search_block, vocab),
+        HAS_MINP=min_p is not None,
+        TOP_K_FIRST=order != "joint" and top_k is not None and top_p is not None,
+        MIN_P_FIRST=order == "min_p_first",
+        PER_ROW_SEED=rand.per_row_seed, WRITE_PASSES=passes_out is not None, ROWS=rows,
+        BLOCK=block, NC=cfg.candidates, NB=cfg.search_edges,
+        SEARCH_BLOCK=_block(cfg.search_block, vocab), SEARCH_PASSES=search_passes(cfg.search_edges),
         MAX_ROUNDS=cfg.max_rounds, STAGES=cfg.num_stages, num_warps=cfg.num_warps)
     return out
 
@@ -122,8 +132,8 @@ def threshold(x: torch.Tensor, param: torch.Tensor, mode: int, write: int, out_d
     K.threshold_kernel[(triton.cdiv(batch, rows),)](
         src, src.stride(0), out, out.stride(0), batch, param,
         0 if param.numel() == 1 else 1, V=vocab, MODE=mode, WRITE=write, OTHER=other, ROWS=rows,
-        BLOCK=block, NB=cfg.search_edges, MAX_PASSES=12, STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps)
+        BLOCK=block, NB=cfg.search_edges, MAX_PASSES=search_passes(cfg.search_edges),
+        STAGES=cfg.num_stages, num_warps=cfg.num_warps)
     return out
 
 
@@ -141,7 +151,7 @@ class TritonSamplingBackend(SamplingBackend):
         return sample(probs, indices, row_param(top_k, batch, device, torch.int32, "top_k"),
                       row_param(top_p, batch, device, torch.float32, "top_p"),
                       row_param(min_p, batch, device, torch.float32, "min_p"),
-                      filter_apply_order == "top_k_first", rand, cfg=self.cfg)
+                      filter_apply_order, rand, cfg=self.cfg)
 
     def top_k_renorm_probs(self, probs, top_k):
         k = row_param(top_k, probs.shape[0], probs.device, torch.int32, "top_k")

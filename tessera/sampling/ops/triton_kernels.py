@@ -17,17 +17,18 @@ proportion to p on a support that contains the whole kept set, so the accepted o
 exactly as p restricted to the kept set. Rows without a count/mass filter accept their first
 candidate after one pass.
 
-Drawing in one pass without knowing the row's mass up front: every chunk proposes a token by inverse
-CDF inside the chunk (one uniform, a cumsum), and the chunks race with keys mass_c / Exp(1) (a
-second uniform), so the winning chunk is chosen with probability mass_c / mass. Two uniforms per
-chunk per candidate, from Philox keyed by the row's seed with counter (chunk*NC+j, stream<<8|pass,
-offset): the draw for a row depends on its seed, offset and probs only.
+Drawing in one pass without knowing the row's mass up front: the chunks race with keys
+mass_c / Exp(1), so the winning chunk is chosen with probability mass_c / mass; after the pass the
+winning chunk (only it) is re-read and the token found by inverse CDF inside it. Both uniforms come
+from one Philox draw keyed by the row's seed with counter (chunk*NC+j, stream<<8|pass, offset), so a
+row's sample depends on its seed, offset and probs only, never on its neighbours in the batch.
 
 Exact thresholds (renorm, mask logits, and the top-k step of "top_k_first" sampling) come from a
 deterministic search on the float's order-preserving integer key: one pass finds the valid keys'
 range, then each pass evaluates the predicate at NB evenly spaced keys inside the current interval
 and keeps the sub-interval where it flips. The key range is 2**32 wide, so ceil(32 / log2(NB+1))
-passes always settle it; in practice it stops as soon as no token lies strictly inside.
+passes always settle it (the launcher's bound); in practice it stops as soon as no token lies
+strictly inside (top-k 50 of 151936: ~4 passes; top-p 0.9: ~10).
 """
 from __future__ import annotations
 
@@ -76,20 +77,26 @@ def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
     """
     cols = tl.arange(0, BLOCK)
     jj = tl.arange(0, NB)
-    cnt = tl.zeros([ROWS], tl.int32)
-    tot = tl.zeros([ROWS], tl.float32)
-    mn = tl.full([ROWS], INT32_MAX, tl.int32)
-    mx = tl.full([ROWS], INT32_MIN, tl.int32)
+    # Per-element accumulators, reduced once after each pass: no cross-thread reduction (and no
+    # barrier) inside the streaming loops.
+    acnt = tl.zeros([ROWS, BLOCK], tl.int32)
+    atot = tl.zeros([ROWS, BLOCK], tl.float32)
+    amin = tl.full([ROWS, BLOCK], INT32_MAX, tl.int32)
+    amax = tl.full([ROWS, BLOCK], INT32_MIN, tl.int32)
     for start in tl.range(0, V, BLOCK, num_stages=STAGES):
         offs = start + cols
         x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=OTHER)
         key = _to_key(x)
         valid = key > L0[:, None]
-        cnt += tl.sum(valid.to(tl.int32), 1)
+        acnt += valid.to(tl.int32)
         if MODE == 1:
-            tot += tl.sum(tl.where(valid, x, 0.0), 1)
-        mn = tl.minimum(mn, tl.min(tl.where(valid, key, INT32_MAX), 1))
-        mx = tl.maximum(mx, tl.max(tl.where(valid, key, INT32_MIN), 1))
+            atot += tl.where(valid, x, 0.0)
+        amin = tl.minimum(amin, tl.where(valid, key, INT32_MAX))
+        amax = tl.maximum(amax, tl.where(valid, key, INT32_MIN))
+    cnt = tl.sum(acnt, 1)
+    tot = tl.sum(atot, 1)
+    mn = tl.min(amin, 1)
+    mx = tl.max(amax, 1)
     # Invariant: tokens with key <= L are rejected, tokens with key > H are kept; the kept set is
     # settled once no token lies in (L, H] except ties at one key (which share one verdict: kept,
     # since everything strictly above them is above H).
@@ -107,19 +114,19 @@ def _search_threshold(row_ptr, V: tl.constexpr, k, top_p, active, L0,
         width = H.to(tl.int64) - L.to(tl.int64)  # int32 would overflow for logits
         edges = (L[:, None].to(tl.int64) + (width[:, None] * (jj[None, :] + 1)) // (NB + 1))
         edges = edges.to(tl.int32)
-        ecnt = tl.zeros([ROWS, NB], tl.int32)
-        esum = tl.zeros([ROWS, NB], tl.float32)
+        ecnt3 = tl.zeros([ROWS, NB, BLOCK], tl.int32)
+        esum3 = tl.zeros([ROWS, NB, BLOCK], tl.float32)
         for start in tl.range(0, V, BLOCK, num_stages=STAGES):
             offs = start + cols
             x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=OTHER)
-            key = _to_key(x)
-            # one edge at a time keeps a 2-D tile in registers instead of an NB-times larger one
-            for j in tl.static_range(NB):
-                on_j = jj[None, :] == j
-                gt = key > tl.sum(tl.where(on_j, edges, 0), 1)[:, None]
-                ecnt += tl.where(on_j, tl.sum(gt.to(tl.int32), 1)[:, None], 0)
-                if MODE == 1:
-                    esum += tl.where(on_j, tl.sum(tl.where(gt, x, 0.0), 1)[:, None], 0.0)
+            gt = _to_key(x)[:, None, :] > edges[:, :, None]
+            ecnt3 += gt.to(tl.int32)
+            if MODE == 1:
+                esum3 += tl.where(gt, x[:, None, :], 0.0)
+        ecnt = tl.sum(ecnt3, 2)
+        esum = tl.zeros([ROWS, NB], tl.float32)
+        if MODE == 1:
+            esum = tl.sum(esum3, 2)
         if MODE == 0:
             keep = ecnt < k[:, None]
         else:
@@ -192,13 +199,13 @@ def threshold_kernel(x_ptr, stride, out_ptr, out_stride, B, param_ptr, param_str
 @triton.jit
 def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
                CHECK: tl.constexpr, COUNT: tl.constexpr, MASS: tl.constexpr,
-               FLOORED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+               IGNORE_FLOOR: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
                NC: tl.constexpr, STAGES: tl.constexpr):
     """One pass: draw NC candidates from p restricted to (p > low) & (p >= floor), and, if CHECK,
     count/sum the probs strictly above each of the previous candidates `cand`.
 
-    Returns each new candidate's race key (0: the support was empty) and index, the mass of
-    p > low (floor ignored: top_p is measured against it), and the counts / sums above `cand`.
+    Returns each new candidate's race key (0: the support was empty) and index, the support's mass
+    (with IGNORE_FLOOR: of p > low only), and the counts / sums above `cand`.
     """
     cols = tl.arange(0, BLOCK)
     jj = tl.arange(0, NC)
@@ -206,14 +213,15 @@ def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
     best_key = tl.zeros([ROWS, NC], tl.float32)
     best_chunk = tl.zeros([ROWS, NC], tl.int32)
     mass = tl.zeros([ROWS], tl.float32)
-    ccnt = tl.zeros([ROWS, NC], tl.int32)
-    csum = tl.zeros([ROWS, NC], tl.float32)
+    # per-element accumulators for the checks, reduced after the loop (as in _search_threshold)
+    acnt = tl.zeros([ROWS, NC, BLOCK], tl.int32)
+    asum = tl.zeros([ROWS, NC, BLOCK], tl.float32)
     for start in tl.range(0, V, BLOCK, num_stages=STAGES):
         offs = start + cols
         x = tl.load(row_ptr[:, None] + offs[None, :], mask=(offs < V)[None, :], other=0.0)
         above = x > low[:, None]
         m = tl.sum(tl.where(above & (x >= floor[:, None]), x, 0.0), 1)
-        if FLOORED:
+        if IGNORE_FLOOR:
             mass += tl.sum(tl.where(above, x, 0.0), 1)
         else:
             mass += m
@@ -226,13 +234,15 @@ def _draw_pass(row_ptr, V: tl.constexpr, low, floor, cand, seed, c1, c2, c3,
         best_key = tl.where(better, key, best_key)
         best_chunk = tl.where(better, chunk, best_chunk)
         if CHECK:
-            for j in tl.static_range(NC):
-                on_j = jj[None, :] == j
-                gt = x > tl.sum(tl.where(on_j, cand, 0.0), 1)[:, None]
-                if COUNT:
-                    ccnt += tl.where(on_j, tl.sum(gt.to(tl.int32), 1)[:, None], 0)
-                if MASS:
-                    csum += tl.where(on_j, tl.sum(tl.where(gt, x, 0.0), 1)[:, None], 0.0)
+            gt = x[:, None, :] > cand[:, :, None]
+            if COUNT:
+                acnt += gt.to(tl.int32)
+            if MASS:
+                asum += tl.where(gt, x[:, None, :], 0.0)
+    ccnt = tl.sum(acnt, 2)
+    csum = tl.zeros([ROWS, NC], tl.float32)
+    if MASS:
+        csum = tl.sum(asum, 2)
     # Inverse CDF inside each winning chunk only (re-read: NC chunks, not the vocab), with the
     # other uniform of the same Philox draw: the first position whose running sum passes u * mass.
     r0, _, _, _ = philox(seed[:, None], zero + (best_chunk * NC + jj[None, :]).to(tl.uint32),
@@ -254,10 +264,11 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
                   minp_ptr, minp_stride, seed_ptr, seed_stride, off_ptr, off_stride, passes_ptr,
                   V: tl.constexpr,
                   HAS_INDICES: tl.constexpr, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
-                  HAS_MINP: tl.constexpr, TOP_K_FIRST: tl.constexpr,
+                  HAS_MINP: tl.constexpr, TOP_K_FIRST: tl.constexpr, MIN_P_FIRST: tl.constexpr,
                   PER_ROW_SEED: tl.constexpr, WRITE_PASSES: tl.constexpr, ROWS: tl.constexpr,
                   BLOCK: tl.constexpr, NC: tl.constexpr, NB: tl.constexpr,
-                  SEARCH_BLOCK: tl.constexpr, MAX_ROUNDS: tl.constexpr, STAGES: tl.constexpr):
+                  SEARCH_BLOCK: tl.constexpr, SEARCH_PASSES: tl.constexpr,
+                  MAX_ROUNDS: tl.constexpr, STAGES: tl.constexpr):
     """Every *_sampling_from_probs op: output row i samples from probs[indices[i] or i]."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
@@ -283,8 +294,8 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
     if TOP_K_FIRST:
         # top-k exactly first; the rejection loop then only has to apply top-p inside it
         lk, _cnt, _sum = _search_threshold(row_ptr, V, k, top_p, k_on.to(tl.int32),
-                                     tl.zeros([ROWS], tl.int32),
-                                     0, 0.0, ROWS, SEARCH_BLOCK, NB, 12, STAGES)
+                                           tl.zeros([ROWS], tl.int32), 0, 0.0, ROWS,
+                                           SEARCH_BLOCK, NB, SEARCH_PASSES, STAGES)
         low = _from_key(lk)
         k_on = rows < 0
     if HAS_MINP:
@@ -306,9 +317,11 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
         stream = (r.to(tl.uint32) << 8)
     COUNT: tl.constexpr = HAS_K and not TOP_K_FIRST
 
-    # pass 0: first candidates, and the mass that top_p is measured against
+    # pass 0: first candidates, and the mass that top_p is measured against (min-p's cut only
+    # shrinks that mass in vLLM's order)
+    IGNORE_FLOOR: tl.constexpr = HAS_MINP and not MIN_P_FIRST
     ckey, cidx, ref, _c0, _s0 = _draw_pass(row_ptr, V, low, floor, low, seed, stream, c2, c3,
-                                       False, False, False, HAS_MINP, ROWS, BLOCK, NC,
+                                           False, False, False, IGNORE_FLOOR, ROWS, BLOCK, NC,
                                            STAGES)
     budget = top_p * ref
     cval = tl.load(row_ptr[:, None] + cidx)
@@ -323,9 +336,9 @@ def sample_kernel(probs_ptr, stride, B, out_ptr, idx_ptr, k_ptr, k_stride, p_ptr
     while (it < MAX_ROUNDS) & (tl.min(done.to(tl.int32), 0) == 0):
         # if this pass rejects every candidate, everything up to the largest one is rejected too
         sup = tl.maximum(low, tl.max(tl.where(cvalid, cval, 0.0), 1))
-        nkey, nidx, _mass, ccnt, csum = _draw_pass(row_ptr, V, sup, floor, cval, seed, stream + it,
-                                               c2, c3, True, COUNT, HAS_P, False, ROWS, BLOCK,
-                                                   NC, STAGES)
+        nkey, nidx, _mass, ccnt, csum = _draw_pass(row_ptr, V, sup, floor, cval, seed,
+                                                   stream + it, c2, c3, True, COUNT, HAS_P, False,
+                                                   ROWS, BLOCK, NC, STAGES)
         acc = cvalid
         if COUNT:
             acc = acc & ((ccnt < k[:, None]) | (k_on[:, None] == 0))

@@ -1,0 +1,456 @@
+"""Decode-latency study (bs=1 focus) behind benchmarks/results/2026-11-23_h200_decode_opt_*.
+
+    python benchmarks/decode_opt/profile_decode.py gemv --out gemv.json
+    python benchmarks/decode_opt/profile_decode.py variants --model qwen3-0.6b --out v.json
+
+`gemv`: every linear shape of qwen3-0.6b and llama3-8b at one row: cuBLAS (F.linear) against the
+Triton GEMV (tessera/ops/triton/gemv.py) over a grid of tile configs. Each figure is the median
+time per call inside a replayed CUDA graph of many calls that rotate over enough weight copies to
+defeat the 60 MB L2 (as consecutive layers do), so launch gaps count as in a decode graph.
+
+`variants`: the model's backbone (embedding -> layers -> norm, what the decode graph holds) for
+one decode step, captured as a CUDA graph and replayed, under the code paths of each change:
+  baseline       the code before this work (old attention forward with v.contiguous(), separate
+                 q/k norm + rotary, store_kv + two-stage decode kernel; copied here)
+  no_v_copy      + q/k/v views go to attention as they are
+  qk_fused       + q/k RMSNorm and rotary as one op (Qwen3 only)
+  fused_decode   + one decode kernel (store + split-K + in-kernel merge): the new default
+  gemv           + one-row linears through the Triton GEMV (LinearBase patched here only)
+with a per-kernel profile (torch.profiler) of the first and last. `--cpu-smoke` runs the logic on
+a tiny model through Triton's interpreter without graphs (numbers meaningless).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+CUDA = torch.cuda.is_available()
+L2_BYTES = 60 << 20
+
+SHAPES = {  # name -> (N, K) of the weight
+    "qwen3-0.6b": {"qkv": (4096, 1024), "o_proj": (1024, 2048), "gate_up": (6144, 1024),
+                   "down": (1024, 3072), "lm_head": (151936, 1024)},
+    "llama3-8b": {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
+                  "down": (4096, 14336), "lm_head": (128256, 4096)},
+}
+SMOKE_SHAPES = {"tiny-qwen3": {"qkv": (128, 64), "o_proj": (64, 64), "gate_up": (256, 64),
+                               "down": (64, 128)}}
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+def graph_of(fn: Callable[[], Any]) -> Callable[[], None]:
+    """Capture fn into a CUDA graph (warmed up on a side stream); eager fn on CPU."""
+    if not CUDA:
+        return fn
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    graph._keep = fn  # noqa: SLF001  (keep the captured closures' tensors alive)
+    return graph.replay
+
+
+def time_ms(fn: Callable[[], Any], inner: int, reps: int) -> dict[str, float]:
+    """Median (and spread) of the per-call time of `inner` back-to-back calls, `reps` times."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(reps):
+        if CUDA:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(inner):
+                fn()
+            b.record()
+            b.synchronize()
+            samples.append(a.elapsed_time(b) / inner)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def kernel_profile(fn: Callable[[], Any], steps: int) -> list[dict[str, Any]]:
+    """Device time per step of every kernel name (torch.profiler over `steps` calls)."""
+    if not CUDA:
+        return []
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if total > 0:
+            rows.append({"kernel": e.key[:110], "calls_per_step": e.count / steps,
+                         "us_per_step": total / steps, "us_per_call": total / max(e.count, 1)})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows
+
+
+# ---- GEMV sweep -----------------------------------------------------------------------------------
+def gemv_configs(n: int, k: int, smoke: bool) -> list:
+    from tessera.ops.triton.gemv import GemvConfig
+
+    if smoke:
+        return [GemvConfig(4, 64), GemvConfig(8, 64, split_k=2)]
+    out = []
+    for bn in (2, 4, 8, 16):
+        for bk in (256, 512, 1024):
+            for warps in (4, 8):
+                if bk > k or bn * bk / (32 * warps) > 64:
+                    continue
+                for stages in (1, 3):
+                    out.append(GemvConfig(bn, bk, 1, warps, stages))
+    if n <= 8192:
+        for bn in (4, 8, 16):
+            for bk in (256, 512):
+                for split in (2, 4, 8):
+                    if k // split >= bk:
+                        out.append(GemvConfig(bn, bk, split, 4, 1))
+    return out
+
+
+def gemv_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from tessera.ops.triton.gemv import gemv
+
+    device = "cuda" if CUDA else "cpu"
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    shapes = SMOKE_SHAPES if args.cpu_smoke else SHAPES
+    result: dict[str, Any] = {}
+    for model, table in shapes.items():
+        for name, (n, k) in table.items():
+            nbytes = n * k * 2
+            copies = 2 if args.cpu_smoke else max(4, min(64, -(-3 * L2_BYTES // nbytes)))
+            gen = torch.Generator(device=device).manual_seed(0)
+            weights = [torch.randn(n, k, device=device, dtype=dtype, generator=gen) * 0.02
+                       for _ in range(copies)]
+            x = torch.randn(1, k, device=device, dtype=dtype, generator=gen)
+            ref = (x.double() @ weights[0].double().T)
+            entry: dict[str, Any] = {"N": n, "K": k, "weight_MB": nbytes / 1e6, "copies": copies,
+                                     "floor_us": nbytes / 4.26e6}
+
+            def run_all(call: Callable[[torch.Tensor], Any]) -> Callable[[], None]:
+                def fn() -> None:
+                    for w in weights:
+                        call(w)
+                return fn
+
+            inner, reps = (1, 2) if args.cpu_smoke else (3, 7)
+            t = time_ms(graph_of(run_all(lambda w: F.linear(x, w))), inner, reps)
+            entry["cublas_us"] = t["median"] * 1e3 / copies
+            rows = []
+            for cfg in gemv_configs(n, k, args.cpu_smoke):
+                try:
+                    y = gemv(x, weights[0], None, cfg)
+                    err = float((y.double() - ref).norm() / ref.norm())
+                    t = time_ms(graph_of(run_all(lambda w, c=cfg: gemv(x, w, None, c))),
+                                inner, reps)
+                except Exception as e:  # a config that does not compile is just skipped
+                    rows.append({"config": vars(cfg), "error": repr(e)[:200]})
+                    continue
+                rows.append({"config": vars(cfg), "us": t["median"] * 1e3 / copies,
+                             "rel_err": err})
+            ok = sorted((r for r in rows if "us" in r and r["rel_err"] < 1e-2),
+                        key=lambda r: r["us"])
+            entry["best"] = ok[0] if ok else None
+            entry["top5"] = ok[:5]
+            entry["failed"] = [r for r in rows if "error" in r or r.get("rel_err", 0) >= 1e-2]
+            result[f"{model}:{name}"] = entry
+            if args.out:  # after every shape: a run cut short still leaves what it measured
+                with open(args.out, "w") as f:
+                    json.dump(result, f, indent=2, default=str)
+            best = entry["best"]
+            print(f"gemv {model:<11} {name:<8} N={n:<7} K={k:<6} floor {entry['floor_us']:7.2f} us"
+                  f" | cuBLAS {entry['cublas_us']:7.2f} us | triton best "
+                  f"{best['us'] if best else float('nan'):7.2f} us {best['config'] if best else ''}",
+                  flush=True)
+            del weights
+            if CUDA:
+                torch.cuda.empty_cache()
+    return result
+
+
+# ---- code-path variants -----------------------------------------------------------------------
+def _old_attention_forward(self, positions, hidden):
+    """LlamaAttention.forward before this work (commit 699f99b)."""
+    t = hidden.shape[0]
+    q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    q = q.reshape(t, self.num_heads, self.head_dim)
+    k = k.reshape(t, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:
+        q, k = self.q_norm(q), self.k_norm(k)
+    q, k = self.rotary_emb(positions, q, k)
+    out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous())
+    return self.o_proj(out)
+
+
+def _unfused_attention_forward(self, positions, hidden):
+    """No v copy, but q/k norm and rotary still three ops."""
+    t = hidden.shape[0]
+    q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    q = q.view(t, self.num_heads, self.head_dim)
+    k = k.view(t, self.num_kv_heads, self.head_dim)
+    v = v.view(t, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:
+        q, k = self.q_norm(q), self.k_norm(k)
+    q, k = self.rotary_emb(positions, q, k)
+    return self.o_proj(self.attn(q, k, v))
+
+
+def _old_backend_forward(original):
+    import baseline_decode_attention as old
+
+    from tessera.attention.triton import _DecodeMetadata
+    from tessera.attention.triton_ops import store_kv
+
+    def forward(self, q, k, v, out, layer_id, scaling, forward_batch):
+        meta = self._metadata_for(forward_batch)
+        if not isinstance(meta, _DecodeMetadata):
+            return original(self, q, k, v, out, layer_id, scaling, forward_batch)
+        k_cache, v_cache = self.kv_pool.k_buffers[layer_id], self.kv_pool.v_buffers[layer_id]
+        loc, n = forward_batch.out_cache_loc, meta.batch_size
+        store_kv(k[:loc.shape[0]], v[:loc.shape[0]], k_cache, v_cache, loc)
+        old.decode_attention(q[:n], k_cache, v_cache, out[:n], self.req_to_token_pool.req_to_token,
+                             forward_batch.req_pool_indices, forward_batch.seq_lens, scaling,
+                             meta.part_out, meta.part_lse, min_split_len=128)
+        return None
+
+    return forward
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, original)
+
+
+def load_gemv_winners(path: str | None, any_winner: bool = False) -> dict[tuple[int, int], Any]:
+    """(N, K) -> GEMV config, for the shapes where the sweep's best beat cuBLAS by >= 5%."""
+    winners: dict[tuple[int, int], Any] = {}
+    if path and os.path.exists(path):
+        for entry in json.load(open(path)).values():
+            best = entry.get("best") if isinstance(entry, dict) else None
+            if best and (any_winner or best["us"] < 0.95 * entry["cublas_us"]):
+                winners[(entry["N"], entry["K"])] = best["config"]
+    return winners
+
+
+def _gemv_or_none(x: torch.Tensor, weight: torch.Tensor, bias, best: dict):
+    from tessera.ops.triton.gemv import GemvConfig, gemv
+
+    if x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.is_contiguous() \
+            and weight.stride(1) == 1:
+        cfg = best.get(tuple(weight.shape))
+        if cfg is not None:
+            return gemv(x, weight, bias, GemvConfig(**cfg))
+    return None
+
+
+@contextlib.contextmanager
+def gemv_patches(best: dict[tuple[int, int], Any]) -> Iterator[None]:
+    """One-row linears (and the LM head) through the Triton GEMV where it won the sweep."""
+    from tessera.layers.embedding import ParallelLMHead
+    from tessera.layers.linear import LinearBase
+
+    linear_forward, logits = LinearBase.forward, ParallelLMHead.compute_logits
+
+    def forward(self, x):
+        y = _gemv_or_none(x, self.weight, self.bias, best)
+        return linear_forward(self, x) if y is None else y
+
+    def compute_logits(self, hidden):
+        y = _gemv_or_none(hidden, self.weight, None, best)
+        return logits(self, hidden) if y is None else y[..., : self.vocab_size]
+
+    with patched(LinearBase, "forward", forward), \
+            patched(ParallelLMHead, "compute_logits", compute_logits):
+        yield
+
+
+@contextlib.contextmanager
+def variant(name: str, gemv_best: dict) -> Iterator[None]:
+    from tessera.attention.triton import TritonAttentionBackend
+    from tessera.models.llama import LlamaAttention
+
+    with contextlib.ExitStack() as stack:
+        if name == "baseline":
+            stack.enter_context(patched(LlamaAttention, "forward", _old_attention_forward))
+        if name == "no_v_copy":
+            stack.enter_context(patched(LlamaAttention, "forward", _unfused_attention_forward))
+        if name in ("baseline", "no_v_copy", "qk_fused"):
+            stack.enter_context(patched(TritonAttentionBackend, "forward",
+                                        _old_backend_forward(TritonAttentionBackend.forward)))
+        if name == "gemv":
+            stack.enter_context(gemv_patches(gemv_best))
+        yield
+
+
+def build_runner(model: str, max_bs: int, tokens: int):
+    from tessera.config import EngineConfig
+    from tessera.runner.model_runner import ModelRunner
+
+    config = EngineConfig.from_kwargs(
+        model_path=model, load_format="dummy", dtype="bfloat16" if CUDA else "float32",
+        device="cuda" if CUDA else "cpu", attention_backend="triton", kv_cache_tokens=tokens,
+        max_running_requests=max_bs, disable_cuda_graph=True, disable_piecewise_cuda_graph=True)
+    return ModelRunner(config)
+
+
+def decode_batch(runner, bs: int, ctx: int):
+    """Prefill bs requests of ctx - 1 tokens (eagerly), then the decode batch of their next
+    token: the step a decode graph would run at context length ctx."""
+    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+    gen = torch.Generator().manual_seed(ctx)
+    vocab = runner.model_config.vocab_size
+    rows = [runner.req_to_token_pool.alloc() for _ in range(bs)]
+    prompt = torch.randint(0, vocab, (bs * (ctx - 1),), generator=gen).tolist()
+    slots = runner.allocator.alloc(bs * (ctx - 1))
+    for i, row in enumerate(rows):
+        runner.req_to_token_pool.write(row, 0, slots[i * (ctx - 1):(i + 1) * (ctx - 1)])
+    fb = ForwardBatch.build(ForwardMode.EXTEND, prompt, rows, [0] * bs, [ctx - 1] * bs, slots,
+                            runner.device)
+    runner.forward(fb)
+    new = runner.allocator.alloc(bs)
+    for i, row in enumerate(rows):
+        runner.req_to_token_pool.write(row, ctx - 1, new[i:i + 1])
+    tokens = torch.randint(0, vocab, (bs,), generator=gen).tolist()
+    return ForwardBatch.build(ForwardMode.DECODE, tokens, rows, [ctx - 1] * bs, [1] * bs, new,
+                              runner.device), rows
+
+
+def backbone_fn(runner, fb) -> Callable[[], torch.Tensor]:
+    from tessera.attention.context import set_forward_context
+
+    backend = runner.attn_backend
+
+    def forward() -> torch.Tensor:
+        backend.init_forward_metadata(fb)
+        with set_forward_context(fb, backend):
+            return runner.model(fb.input_ids, fb.positions)
+
+    return forward
+
+
+def run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    from tessera.attention import triton as triton_backend
+
+    gemv_best = load_gemv_winners(args.gemv_json, any_winner=args.cpu_smoke)
+    model = args.model
+    cases = [(1, args.ctx), (1, args.long_ctx), (args.batch, args.ctx)]
+    tokens = sum(bs * (ctx + 8) for bs, ctx in cases) + 64
+    runner = build_runner(model, max(bs for bs, _ in cases), tokens)
+    qk_norm = runner.model.model.layers[0].self_attn.q_norm is not None
+    names = ["baseline", "no_v_copy"] + (["qk_fused"] if qk_norm else []) + ["fused_decode"]
+    if gemv_best:
+        names.append("gemv")
+    inner, reps = (1, 2) if args.cpu_smoke else (20, 15)
+    out: dict[str, Any] = {"model": model, "gemv_configs_used": {
+        f"{n}x{k}": c for (n, k), c in gemv_best.items()}, "cases": {}}
+    for bs, ctx in cases:
+        fb, rows = decode_batch(runner, bs, ctx)
+        key = f"bs{bs}_ctx{ctx}"
+        case_out: dict[str, Any] = {}
+        run_names = names if (bs, ctx) == (1, args.ctx) else ["baseline", "fused_decode"]
+        if (bs, ctx) == (1, args.ctx) and not args.cpu_smoke:
+            run_names = run_names + ["split64", "split32", "split256"]
+        reference = None
+        for name in run_names:
+            vname = name if not name.startswith("split") else "fused_decode"
+            min_keys = int(name[5:]) if name.startswith("split") else 128
+            with variant(vname, gemv_best), patched(triton_backend, "MIN_KEYS_PER_SPLIT",
+                                                     min_keys):
+                fn = backbone_fn(runner, fb)
+                replay = graph_of(fn)
+                hidden = fn().float()
+                if reference is None:
+                    reference = hidden
+                rel = float((hidden - reference).norm() / reference.norm())
+                t = time_ms(replay, inner, reps)
+                again = time_ms(replay, inner, reps)  # the same version twice: the noise
+                entry = {"ms": t, "ms_again": again, "rel_diff_vs_baseline": rel,
+                         "decode_splits": runner.attn_backend.decode_num_splits(bs)}
+                if name in ("baseline", "fused_decode", "gemv") and (bs, ctx) == (1, args.ctx):
+                    entry["kernels"] = kernel_profile(replay, 10)
+                case_out[name] = entry
+                print(f"{model:<11} {key:<14} {name:<13} {t['median'] * 1e3:8.1f} us "
+                      f"(again {again['median'] * 1e3:8.1f}) rel diff {rel:.2e}", flush=True)
+                del replay
+        out["cases"][key] = case_out
+        for row in rows:
+            runner.req_to_token_pool.free(row)
+        runner.allocator.clear()
+    # lm_head + float() as the runner does after the graph (bs=1)
+    hidden = torch.randn(1, runner.model_config.hidden_size, device=runner.device,
+                         dtype=next(runner.model.parameters()).dtype)
+    for name in ("fused_decode", "gemv") if gemv_best else ("fused_decode",):
+        with variant(name, gemv_best):
+            t = time_ms(graph_of(lambda: runner.model.compute_logits(hidden).float()),
+                        inner, reps)
+        out[f"lm_head_ms_{name}"] = t
+        print(f"{model:<11} lm_head+float bs=1 ({name}) {t['median'] * 1e3:8.1f} us")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["gemv", "variants"])
+    parser.add_argument("--model", default="qwen3-0.6b")
+    parser.add_argument("--ctx", type=int, default=160, help="context of the bs=1 step")
+    parser.add_argument("--long-ctx", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--gemv-json", default=None, help="gemv sweep result: use its winners")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cpu-smoke", action="store_true")
+    args = parser.parse_args()
+    if not CUDA and not args.cpu_smoke:
+        raise SystemExit("needs a GPU (or --cpu-smoke)")
+    if args.cpu_smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        # the interpreter needs the numpy >= 2.4 fix the attention tests install
+        sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "attention")]
+        import test_triton_attention  # noqa: F401
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        result = gemv_sweep(args) if args.what == "gemv" else run_variants(args)
+    result["device"] = torch.cuda.get_device_name() if CUDA else "cpu"
+    result["torch"] = torch.__version__
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
