@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from profile_decode import gemv_patches, load_gemv_winners  # noqa: E402
+from profile_decode import gemv_patches, load_gemv_winners
 
 
 def main() -> int:

@@ -67,7 +67,7 @@ def graph_of(fn: Callable[[], Any]) -> Callable[[], None]:
     with torch.cuda.graph(graph):
         fn()
     torch.cuda.synchronize()
-    graph._keep = fn  # noqa: SLF001  (keep the captured closures' tensors alive)
+    graph._keep = fn  # keep the captured closures' tensors alive
     return graph.replay
 
 
@@ -138,6 +138,13 @@ def gemv_configs(n: int, k: int, smoke: bool) -> list:
     return out
 
 
+def _over(weights: list[torch.Tensor], call: Callable[[torch.Tensor], Any]) -> Callable[[], None]:
+    def fn() -> None:
+        for w in weights:
+            call(w)
+    return fn
+
+
 def gemv_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from tessera.ops.triton.gemv import gemv
 
@@ -157,23 +164,17 @@ def gemv_sweep(args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {"N": n, "K": k, "weight_MB": nbytes / 1e6, "copies": copies,
                                      "floor_us": nbytes / 4.26e6}
 
-            def run_all(call: Callable[[torch.Tensor], Any]) -> Callable[[], None]:
-                def fn() -> None:
-                    for w in weights:
-                        call(w)
-                return fn
-
             inner, reps = (1, 2) if args.cpu_smoke else (3, 7)
-            t = time_ms(graph_of(run_all(lambda w: F.linear(x, w))), inner, reps)
+            t = time_ms(graph_of(_over(weights, lambda w, x=x: F.linear(x, w))), inner, reps)
             entry["cublas_us"] = t["median"] * 1e3 / copies
             rows = []
             for cfg in gemv_configs(n, k, args.cpu_smoke):
                 try:
                     y = gemv(x, weights[0], None, cfg)
                     err = float((y.double() - ref).norm() / ref.norm())
-                    t = time_ms(graph_of(run_all(lambda w, c=cfg: gemv(x, w, None, c))),
+                    t = time_ms(graph_of(_over(weights, lambda w, c=cfg, x=x: gemv(x, w, None, c))),
                                 inner, reps)
-                except Exception as e:  # a config that does not compile is just skipped
+                except Exception as e:  # noqa: BLE001  (a config that fails is reported, skipped)
                     rows.append({"config": vars(cfg), "error": repr(e)[:200]})
                     continue
                 rows.append({"config": vars(cfg), "us": t["median"] * 1e3 / copies,
@@ -195,7 +196,51 @@ def gemv_sweep(args: argparse.Namespace) -> dict[str, Any]:
             del weights
             if CUDA:
                 torch.cuda.empty_cache()
+            if name == "down" and CUDA and not args.cpu_smoke:  # before the big LM head
+                result[f"{model}:layer_chain"] = layer_chain(model, table, result)
     return result
+
+
+def layer_chain(model: str, table: dict[str, tuple[int, int]], sweep: dict) -> dict[str, Any]:
+    """The four linears of a decoder layer back to back (over enough layers' weight copies to
+    defeat L2): cuBLAS vs the best one-split GEMV configs with programmatic dependent launch
+    off / on (wait first) / on (first weight tile prefetched before the wait)."""
+    from tessera.ops.triton.gemv import GemvConfig, gemv
+
+    names = [n for n in ("qkv", "o_proj", "gate_up", "down") if n in table]
+    layer_bytes = sum(table[n][0] * table[n][1] * 2 for n in names)
+    layers = max(2, min(28, -(-3 * L2_BYTES // layer_bytes)))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    weights = {n: [torch.randn(*table[n], device="cuda", dtype=torch.bfloat16, generator=gen)
+                   for _ in range(layers)] for n in names}
+    xs = {n: torch.randn(1, table[n][1], device="cuda", dtype=torch.bfloat16, generator=gen)
+          for n in names}
+    configs = {}
+    for n in names:
+        ok = [r for r in sweep[f"{model}:{n}"]["top5"] if r["config"]["split_k"] == 1]
+        configs[n] = GemvConfig(**ok[0]["config"]) if ok else GemvConfig()
+    out: dict[str, Any] = {"layers": layers, "floor_us_per_layer": layer_bytes / 4.26e6,
+                           "configs": {n: vars(c) for n, c in configs.items()}}
+
+    def chain(call) -> Callable[[], None]:
+        def fn() -> None:
+            for i in range(layers):
+                for n in names:
+                    call(n, i)
+        return fn
+
+    t = time_ms(graph_of(chain(lambda n, i: F.linear(xs[n], weights[n][i]))), 3, 7)
+    out["cublas_us_per_layer"] = t["median"] * 1e3 / layers
+    for pdl in (0, 1, 2):
+        cfgs = {n: GemvConfig(**{**vars(c), "pdl": pdl}) for n, c in configs.items()}
+        try:
+            t = time_ms(graph_of(chain(lambda n, i, c=cfgs: gemv(xs[n], weights[n][i], None,
+                                                                 c[n]))), 3, 7)
+            out[f"gemv_pdl{pdl}_us_per_layer"] = t["median"] * 1e3 / layers
+        except Exception as e:  # noqa: BLE001  (PDL is an experiment: report, go on)
+            out[f"gemv_pdl{pdl}_error"] = repr(e)[:300]
+    print(f"chain {model:<11} {json.dumps(out)}", flush=True)
+    return out
 
 
 # ---- code-path variants -----------------------------------------------------------------------
@@ -260,7 +305,9 @@ def load_gemv_winners(path: str | None, any_winner: bool = False) -> dict[tuple[
     """(N, K) -> GEMV config, for the shapes where the sweep's best beat cuBLAS by >= 5%."""
     winners: dict[tuple[int, int], Any] = {}
     if path and os.path.exists(path):
-        for entry in json.load(open(path)).values():
+        with open(path) as f:
+            sweep = json.load(f)
+        for entry in sweep.values():
             best = entry.get("best") if isinstance(entry, dict) else None
             if best and (any_winner or best["us"] < 0.95 * entry["cublas_us"]):
                 winners[(entry["N"], entry["K"])] = best["config"]
@@ -376,7 +423,7 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
     names = ["baseline", "no_v_copy"] + (["qk_fused"] if qk_norm else []) + ["fused_decode"]
     if gemv_best:
         names.append("gemv")
-    inner, reps = (1, 2) if args.cpu_smoke else (20, 15)
+    inner, reps = (1, 2) if args.cpu_smoke else (10, 9)
     out: dict[str, Any] = {"model": model, "gemv_configs_used": {
         f"{n}x{k}": c for (n, k), c in gemv_best.items()}, "cases": {}}
     for bs, ctx in cases:

@@ -117,7 +117,13 @@ def bench_batch(batch_size: int, vocab: int, device: torch.device, warmup: int,
     for order in ORDERS:
         for backend in backends:
             fn = batch.call(backend, order)
-            figures.append(figure(backend, order, batch_size, time_ms(fn, warmup, repeat)))
+            try:
+                figures.append(figure(backend, order, batch_size, time_ms(fn, warmup, repeat)))
+            except (RuntimeError, TypeError, ValueError) as e:
+                if backend != "flashinfer":  # ours must work; an old flashinfer may not take
+                    raise                    # device seed tensors, which should not stop the run
+                print(f"skipping flashinfer {order} bs={batch_size}: {type(e).__name__}: {e}")
+                continue
             if backend == "triton":
                 replay = as_graph(fn)
                 if replay is not None:

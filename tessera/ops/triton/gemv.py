@@ -23,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, counter_ptr, N, K, stride_wn, k_per_split,
                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, EVEN: tl.constexpr):
+                 SPLIT_K: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -33,7 +33,22 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, counter_ptr, N, K, stride_w
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    first = k_start
+    if PDL > 0:
+        # programmatic dependent launch (experiment): let the next kernel launch early; with
+        # PDL == 2 the first weight tile (independent of the previous kernel) is loaded before
+        # waiting for the previous kernel's output x
+        tl.extra.cuda.gdc_launch_dependents()
+        if PDL == 2:
+            mask_k0 = offs_k < k_end - k_start
+            w0 = tl.load(w_ptrs + k_start, mask=mask_n[:, None] & mask_k0[None, :], other=0.0)
+            tl.extra.cuda.gdc_wait()
+            x0 = tl.load(x_ptr + k_start + offs_k, mask=mask_k0, other=0.0)
+            acc += w0.to(tl.float32) * x0.to(tl.float32)[None, :]
+            first = k_start + BLOCK_K
+        else:
+            tl.extra.cuda.gdc_wait()
+    for k0 in range(first, k_end, BLOCK_K):
         if EVEN:
             w = tl.load(w_ptrs + k0)
             x = tl.load(x_ptr + k0 + offs_k)
@@ -69,6 +84,7 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
+    pdl: int = 0  # programmatic dependent launch experiment: 0 off, 1 wait first, 2 prefetch
 
 
 _MAX_COUNTERS = 1 << 16
@@ -108,5 +124,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     _gemv_kernel[(blocks, split_k)](
         x, weight, bias if bias is not None else weight, y, ws, counters, n, k, weight.stride(0),
         k_per_split, HAS_BIAS=bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SPLIT_K=split_k, EVEN=even, num_warps=config.num_warps, num_stages=config.num_stages)
+        SPLIT_K=split_k, EVEN=even, PDL=config.pdl, num_warps=config.num_warps,
+        num_stages=config.num_stages, **({"launch_pdl": True} if config.pdl else {}))
     return y

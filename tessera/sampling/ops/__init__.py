@@ -17,6 +17,14 @@ SAMPLING_BACKENDS registry of lazy factories; available_backends() lists the usa
   generator), on the device. Bump `offset` (or the seed) between steps to get fresh numbers.
 - `deterministic` is accepted for compatibility; every backend here is deterministic.
 - check_nan=True raises ValueError when the input holds a NaN (this reads a flag back to the host).
+
+A batched sampler makes one call per step with per-row device tensors (no host sync, graph safe):
+
+    tokens = filtered_sampling_from_probs(probs, top_k=top_ks, top_p=top_ps, min_p=min_ps,
+                                          seed=seeds, offset=steps, filter_apply_order=...)
+
+with neutral values (top_k 0, top_p 1, min_p 0) where a request does not filter. Rows that must draw
+independently need different (seed, offset) pairs, e.g. n > 1 samples of one seeded request.
 """
 from __future__ import annotations
 
