@@ -198,24 +198,29 @@ def main(argv: list[str] | None = None) -> None:
     figures = [f for bs in args.batch_sizes
                for f in bench_batch(bs, args.vocab, device, args.warmup, args.repeat)]
     print_table(figures)
-    swept = sweep(args.sweep_batch, args.vocab, device, args.warmup, args.repeat) \
-        if args.sweep else []
-    if swept:
+    record = {
+        "device": platform.device_name(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "flashinfer": _version("flashinfer"),
+        "vocab": args.vocab, "top_k": TOP_K, "top_p": TOP_P,
+        "warmup": args.warmup, "repeat": args.repeat,
+        "figures": [dataclasses.asdict(f) for f in figures],
+        "sweep": [],
+    }
+    _write(args.out, record)  # now, so a sweep cut short still leaves the main figures
+    if args.sweep:
+        swept = sweep(args.sweep_batch, args.vocab, device, args.warmup, args.repeat)
         print_sweep(swept)
-    if args.out:
-        record = {
-            "device": platform.device_name(),
-            "torch": torch.__version__,
-            "triton": _version("triton"),
-            "flashinfer": _version("flashinfer"),
-            "vocab": args.vocab, "top_k": TOP_K, "top_p": TOP_P,
-            "warmup": args.warmup, "repeat": args.repeat,
-            "figures": [dataclasses.asdict(f) for f in figures],
-            "sweep": [dataclasses.asdict(f) for f in swept],
-        }
-        with open(args.out, "w") as fh:
+        record["sweep"] = [dataclasses.asdict(f) for f in swept]
+        _write(args.out, record)
+
+
+def _write(path: str | None, record: dict) -> None:
+    if path:
+        with open(path, "w") as fh:
             json.dump(record, fh, indent=2)
-        print(f"wrote {args.out}")
+        print(f"wrote {path}")
 
 
 def _version(package: str) -> str | None:
