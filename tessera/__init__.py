@@ -7,11 +7,11 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # lazy: `import tessera` stays cheap (the CLI imports torch only when it needs it)
     if name == "LLM":
-        from tessera.engine.llm import LLM  # noqa: PLC0415
+        from tessera.engine.llm import LLM
 
         return LLM
     if name == "SamplingParams":
-        from tessera.sampling.params import SamplingParams  # noqa: PLC0415
+        from tessera.sampling.params import SamplingParams
 
         return SamplingParams
     raise AttributeError(name)

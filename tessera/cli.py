@@ -27,7 +27,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_params_from_args(args: argparse.Namespace):
-    from tessera.sampling.params import SamplingParams  # noqa: PLC0415
+    from tessera.sampling.params import SamplingParams
 
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
@@ -38,8 +38,8 @@ def sampling_params_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tessera.config import EngineConfig  # noqa: PLC0415
-    from tessera.engine.llm import LLM  # noqa: PLC0415
+    from tessera.config import EngineConfig
+    from tessera.engine.llm import LLM
 
     config = EngineConfig.from_cli(args)
     flat = {k: v for k, v in config.flat().items() if k not in ("host", "port", "log_level",
@@ -66,7 +66,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tessera.config import EngineConfig  # noqa: PLC0415
+    from tessera.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,14 +101,14 @@ _BENCHES = {
 
 def _bench_runner(module: str):
     def run(args: argparse.Namespace, rest: list[str]) -> int:
-        import importlib  # noqa: PLC0415
+        import importlib
 
         return importlib.import_module(module).main(rest) or 0
     return run
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tessera.server.launch import serve  # noqa: PLC0415
+    from tessera.server.launch import serve
 
     return serve(args) or 0
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if len(argv) >= 2 and argv[0] == "bench":
         # bench sub-commands own their flags
-        args, rest = parser.parse_known_args(argv[:2])
+        args, _rest = parser.parse_known_args(argv[:2])
         _setup_logging()
         return args.func(args, argv[2:])
     args = parser.parse_args(argv)

@@ -5,9 +5,9 @@ import os
 
 import torch
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048,
-            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2}
 
 
 def make_config(kind: str, tied: bool = False):

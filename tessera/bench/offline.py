@@ -15,9 +15,9 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tessera.config import EngineConfig  # noqa: PLC0415
-    from tessera.engine.llm import LLM  # noqa: PLC0415
-    from tessera.sampling.params import SamplingParams  # noqa: PLC0415
+    from tessera.config import EngineConfig
+    from tessera.engine.llm import LLM
+    from tessera.sampling.params import SamplingParams
 
     parser = argparse.ArgumentParser(prog="tessera bench offline", description=__doc__)
     parser.add_argument("--num-prompts", type=int, default=256)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in llm.engine.config.flat().items()},
         "git_commit": _git_commit(),
     }
-    import torch  # noqa: PLC0415
+    import torch
 
     result["torch"] = torch.__version__
     print(f"{args.num_prompts} requests, {n_in} input + {n_out} output tokens in {elapsed:.2f} s: "

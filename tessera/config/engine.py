@@ -19,7 +19,7 @@ DEFAULT_MODEL = "tiny-qwen3"
 
 
 def _attention_choices() -> list[str]:
-    from tessera.attention import ATTENTION_BACKENDS  # noqa: PLC0415
+    from tessera.attention import ATTENTION_BACKENDS
 
     return ["auto", *sorted(ATTENTION_BACKENDS)]
 
@@ -145,6 +145,6 @@ class EngineConfig:
         return out
 
     def resolve(self) -> EngineConfig:
-        from tessera.config.resolve import resolve_engine_config  # noqa: PLC0415
+        from tessera.config.resolve import resolve_engine_config
 
         return self if self.resolved else resolve_engine_config(self)

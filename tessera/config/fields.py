@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def cfg(default: Any, help: str, choices: Callable[[], list[str]] | list[str] | None = None,

@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     load, backend, graph, sched = config.load, config.backend, config.graph, config.scheduler
-    from tessera.platforms import current_platform  # noqa: PLC0415
+    from tessera.platforms import current_platform
 
     model_path = load.model_path or DEFAULT_MODEL
     if load.model_path is None:

@@ -47,7 +47,7 @@ class Engine:
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.prefix_cache = None
         if not config.cache.disable_radix_cache:
-            from tessera.cache.radix import RadixCache  # noqa: PLC0415
+            from tessera.cache.radix import RadixCache
 
             self.prefix_cache = RadixCache(self.runner.allocator)
         else:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from tqdm import tqdm
+from typing_extensions import Self
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.engine import Engine
@@ -110,7 +111,7 @@ class LLM:
     def shutdown(self) -> None:
         self.engine = None
 
-    def __enter__(self) -> LLM:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

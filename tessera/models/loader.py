@@ -6,7 +6,7 @@ import glob
 import json
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -58,11 +58,11 @@ def safetensors_files(model_path: str) -> list[str]:
 
 
 def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors import safe_open
 
     for path in tqdm(files, desc="loading safetensors shards", unit="file"):
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():
+            for name in f:
                 yield name, f.get_tensor(name)
 
 

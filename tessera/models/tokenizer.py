@@ -66,7 +66,7 @@ class ByteTokenizer:
         return out.decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
-        import jinja2  # noqa: PLC0415
+        import jinja2
 
         return jinja2.Template(CHATML_TEMPLATE).render(messages=messages,
                                                         add_generation_prompt=True)
@@ -74,7 +74,7 @@ class ByteTokenizer:
 
 class HFTokenizer:
     def __init__(self, path: str) -> None:
-        from transformers import AutoTokenizer  # noqa: PLC0415
+        from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(path)
         self.vocab_size = len(self.tok)
@@ -91,7 +91,7 @@ class HFTokenizer:
         if getattr(self.tok, "chat_template", None):
             return self.tok.apply_chat_template(messages, tokenize=False,
                                                 add_generation_prompt=True)
-        import jinja2  # noqa: PLC0415
+        import jinja2
 
         return jinja2.Template(CHATML_TEMPLATE).render(messages=messages,
                                                         add_generation_prompt=True)
@@ -102,7 +102,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 def load_tokenizer(path: str | None, vocab_size: int, eos_token_ids: tuple[int, ...] = ()
                    ) -> Tokenizer:
-    from tessera.models.presets import is_preset  # noqa: PLC0415
+    from tessera.models.presets import is_preset
 
     if path is None or is_preset(path) or not any(
             os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):

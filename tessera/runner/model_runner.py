@@ -95,11 +95,11 @@ class ModelRunner:
         """Decode CUDA graphs (uniform decode batches) first, then piecewise graphs (extend)."""
         graph = self.config.graph
         if not graph.disable_cuda_graph:
-            from tessera.runner.cuda_graph_runner import DecodeGraphRunner  # noqa: PLC0415
+            from tessera.runner.cuda_graph_runner import DecodeGraphRunner
 
             self.graph_runners.append(DecodeGraphRunner(self))
         if not graph.disable_piecewise_cuda_graph:
-            from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner  # noqa: PLC0415
+            from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 
             self.graph_runners.append(PiecewiseGraphRunner(self))
 

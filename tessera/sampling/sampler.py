@@ -221,9 +221,30 @@ SampleFromProbs = Callable[[torch.Tensor, SamplingBatchInfo], torch.Tensor]
 
 # The single switch point for kernel libraries: a backend takes the temperature-scaled
 # probabilities and the batch info and returns token ids.
-SAMPLING_BACKENDS: dict[str, SampleFromProbs] = {"torch": torch_sample_from_probs}
-# Offered by the config but not registered yet: they run the torch path until their ops land.
-_PLANNED_BACKENDS = ("triton", "flashinfer")
+def _ops_sampler(backend: str) -> SampleFromProbs:
+    """A backend of the FlashInfer-compatible op library (tessera.sampling.ops): one fused,
+    sorting-free call per step. Same filter order as the torch path (min-p and top-k, renormalize,
+    top-p); ties at the top-k boundary are all kept (the torch path keeps the lower ids)."""
+
+    def sample(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+        from tessera.sampling import ops
+
+        return ops.filtered_sampling_from_probs(
+            probs,
+            top_k=info.top_ks if info.need_top_k else None,
+            top_p=info.top_ps if info.need_top_p else None,
+            min_p=info.min_ps if info.need_min_p else None,
+            seed=info.seeds, offset=info.steps,  # per-row RNG: independent of batch mates
+            filter_apply_order="min_p_first", backend=backend).long()
+
+    return sample
+
+
+SAMPLING_BACKENDS: dict[str, SampleFromProbs] = {
+    "torch": torch_sample_from_probs,
+    "triton": _ops_sampler("triton"),
+    "flashinfer": _ops_sampler("flashinfer"),
+}
 
 
 class Sampler:
@@ -233,11 +254,14 @@ class Sampler:
         if backend == "auto":
             backend = "torch"
         if backend not in SAMPLING_BACKENDS:
-            if backend not in _PLANNED_BACKENDS:
-                raise ValueError(f"unknown sampling backend {backend!r}; "
-                                 f"choose from {sorted(SAMPLING_BACKENDS)}")
-            logger.warning("sampling backend %r is not available yet; using 'torch'", backend)
-            backend = "torch"
+            raise ValueError(f"unknown sampling backend {backend!r}; "
+                             f"choose from {sorted(SAMPLING_BACKENDS)}")
+        if backend != "torch":
+            from tessera.sampling import ops
+
+            if backend not in ops.available_backends():
+                raise ValueError(f"sampling backend {backend!r} is not available here "
+                                 f"(available: {ops.available_backends()})")
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES}, got "
                              f"{logprobs_mode!r}")

@@ -23,7 +23,7 @@ def test_rope_forms_parse_the_same():
     assert parse_rope({"rope_theta": 1e6}) == (1e6, None)
     assert parse_rope({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) == (1e4, None)
     # old-style "type" key
-    theta, scaling = parse_rope({"rope_scaling": {"type": "linear", "factor": 2.0}})
+    _theta, scaling = parse_rope({"rope_scaling": {"type": "linear", "factor": 2.0}})
     assert scaling["rope_type"] == "linear"
 
 

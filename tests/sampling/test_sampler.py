@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 
 import numpy as np
 import pytest
@@ -27,11 +26,12 @@ def fixed_logits(vocab: int = V, seed: int = 0) -> torch.Tensor:
     return torch.randn(vocab, generator=g) * 1.5
 
 
-def build(params, seeds=None, steps=None, output_ids=None, prompt_ids=None, vocab=V, eos=()):
+def build(params, seeds=None, steps=None, output_ids=None, prompt_ids=None, vocab=V, eos=(),
+          device="cpu"):
     b = len(params)
     return SamplingBatchInfo.build(
         params, list(range(b)) if seeds is None else seeds,
-        [0] * b if steps is None else steps, output_ids, prompt_ids, vocab, "cpu",
+        [0] * b if steps is None else steps, output_ids, prompt_ids, vocab, device,
         eos_token_ids=eos)
 
 
@@ -263,12 +263,22 @@ def test_top_k_at_least_vocab_is_off():
     assert Sampler().sample(logits, info).token_ids.shape == (3,)
 
 
-def test_backend_choice(caplog):
+def test_backend_choice():
     assert Sampler("auto").backend == "torch"
-    with caplog.at_level(logging.WARNING):
-        assert Sampler("triton").backend == "torch"
-    assert "not available yet" in caplog.text
+    assert Sampler("triton").backend == "triton"  # triton is installed (runs on GPU tensors)
     with pytest.raises(ValueError, match="unknown sampling backend 'cuda'"):
         Sampler("cuda")
     with pytest.raises(ValueError, match="logprobs_mode"):
         Sampler(logprobs_mode="logits")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_triton_backend_distribution_on_gpu(case):
+    """The Sampler's triton backend (the sampling op library) samples the same filtered
+    distribution as the reference, with per-row seeds."""
+    params = CASES[case]
+    logits = fixed_logits()
+    info = build([params] * N, seeds=list(range(N)), device="cuda")
+    tokens = Sampler("triton").sample(logits.cuda().expand(N, V), info).token_ids
+    assert_matches(tokens.cpu(), reference_distribution(logits, params))
