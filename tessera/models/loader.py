@@ -62,7 +62,7 @@ def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
 
     for path in tqdm(files, desc="loading safetensors shards", unit="file"):
         with safe_open(path, framework="pt") as f:
-            for name in f:
+            for name in f.keys():  # noqa: SIM118  (safe_open is not iterable)
                 yield name, f.get_tensor(name)
 
 

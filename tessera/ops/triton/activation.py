@@ -5,11 +5,17 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.ops.triton.pdl import launch_options, use_pdl
+
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr):
+    if PDL:  # see tessera.ops.triton.pdl
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
@@ -33,6 +39,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out2 = out.view(-1, d)
     block = min(BLOCK, triton.next_power_of_2(d))
     grid = (n_rows, triton.cdiv(d, block))
-    _silu_and_mul_kernel[grid](x2, out2, x2.stride(0), out2.stride(0), d, BLOCK=block,
-                               num_warps=4)
+    pdl = use_pdl(x.device)
+    _silu_and_mul_kernel[grid](x2, out2, x2.stride(0), out2.stride(0), d, BLOCK=block, PDL=pdl,
+                               num_warps=4, **launch_options(pdl))
     return out

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.ops.triton.pdl import launch_options, use_pdl
+
 
 @triton.jit
 def _norm_rotate_block(x_ptr, w_ptr, out_ptr, x_row, out_row, x_head_stride, out_head_stride,
@@ -50,7 +52,11 @@ def _qk_norm_rope_kernel(pos_ptr, cache_ptr, q_ptr, k_ptr, q_w_ptr, k_w_ptr, q_o
                          q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
                          qo_tok_stride, qo_head_stride, ko_tok_stride, ko_head_stride,
                          cache_stride, n_q_heads, n_k_heads, n_q_blocks, eps,
-                         HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+                         HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+                         PDL: tl.constexpr):
+    if PDL:  # see tessera.ops.triton.pdl
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     tok = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
@@ -105,10 +111,12 @@ def qk_norm_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     block_h = min(8, triton.next_power_of_2(max(n_q_heads, n_k_heads)))
     n_q_blocks = triton.cdiv(n_q_heads, block_h)
     grid = (n_tokens, n_q_blocks + triton.cdiv(n_k_heads, block_h))
+    pdl = use_pdl(q.device)
     _qk_norm_rope_kernel[grid](
         positions, cache, q, k, q_weight, k_weight, q_out, k_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         cache.stride(0), n_q_heads, n_k_heads, n_q_blocks, eps,
-        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, num_warps=4)
+        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
+        **launch_options(pdl))
     return q_out, k_out

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.ops.triton.pdl import launch_options, use_pdl
+
 MAX_HIDDEN = 65536  # a row must fit in one program's registers
 
 
@@ -17,7 +19,10 @@ MAX_HIDDEN = 65536  # a row must fit in one program's registers
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
                      x_stride, res_stride, out_stride, res_out_stride,
                      n_cols, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see tessera.ops.triton.pdl
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -62,11 +67,13 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, eps: float,
         return out, res_out
     block = triton.next_power_of_2(hidden)
     num_warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
+    pdl = use_pdl(x.device)
     _rms_norm_kernel[(n_rows,)](
         x2, res2, weight, out2, res_out2,
         x2.stride(0), res2.stride(0), out2.stride(0), res_out2.stride(0),
         hidden, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps)
+        HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl, num_warps=num_warps,
+        **launch_options(pdl))
     return out, res_out
 
 

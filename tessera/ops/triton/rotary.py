@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.ops.triton.pdl import launch_options, use_pdl
+
 
 @triton.jit
 def _rotate_block(x_ptr, out_ptr, x_row, out_row, x_head_stride, out_head_stride, n_heads,
@@ -37,7 +39,11 @@ def _rotary_kernel(pos_ptr, cache_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr,
                    q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
                    qo_tok_stride, qo_head_stride, ko_tok_stride, ko_head_stride,
                    cache_stride, n_q_heads, n_k_heads, n_q_blocks,
-                   HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+                   HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+                   PDL: tl.constexpr):
+    if PDL:  # see tessera.ops.triton.pdl
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     tok = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
@@ -82,10 +88,12 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     block_h = min(8, triton.next_power_of_2(max(n_q_heads, n_k_heads)))
     n_q_blocks = triton.cdiv(n_q_heads, block_h)
     grid = (n_tokens, n_q_blocks + triton.cdiv(n_k_heads, block_h))
+    pdl = use_pdl(q.device)
     _rotary_kernel[grid](
         positions, cache, q, k, q_out, k_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         cache.stride(0), n_q_heads, n_k_heads, n_q_blocks,
-        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, num_warps=4)
+        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
+        **launch_options(pdl))
     return q_out, k_out

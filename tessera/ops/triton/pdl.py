@@ -1,0 +1,49 @@
+"""Programmatic dependent launch (PDL, Hopper and later) for the decode-path Triton kernels.
+
+At one decode token a layer is a chain of ~9 small dependent kernels; between two of them the GPU
+idles while the next one launches and ramps up. With PDL a kernel is launched with the
+programmatic-stream-serialization attribute, so it may start while its predecessor still runs:
+each of our kernels first signals `griddepcontrol.launch_dependents` (the next kernel may start)
+and then waits with `griddepcontrol.wait` until the previous kernel has completed and its memory
+is visible. Only work that reads nothing a predecessor writes may happen before the wait: the
+GEMV loads its first weight tile there; every other kernel waits first. Nothing is written before
+the wait. A kernel launched without PDL after one of ours (cuBLAS, torch ops) simply waits for it
+as usual, and ours after such a kernel start when it has completed: mixing is safe.
+
+Off unless TESSERA_PDL=1 (or `set_enabled(True)`), and only on CUDA devices of compute
+capability >= 9.0 with compiled Triton (never in the interpreter or on other platforms).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+_enabled = os.environ.get("TESSERA_PDL", "0") == "1"
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn PDL on or off for kernels launched from now on (benchmarks, tests)."""
+    global _enabled
+    _enabled = flag
+
+
+@functools.cache
+def _device_supports(index: int) -> bool:
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.version.cuda is None:
+        return False
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether kernels launched on `device` now use PDL."""
+    if not _enabled or device.type != "cuda":
+        return False
+    return _device_supports(device.index if device.index is not None
+                            else torch.cuda.current_device())
+
+
+def launch_options(enabled: bool) -> dict[str, bool]:
+    """Extra launch keyword arguments for a Triton kernel (its PDL constexpr set alike)."""
+    return {"launch_pdl": True} if enabled else {}
