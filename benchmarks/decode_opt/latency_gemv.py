@@ -1,31 +1,32 @@
-"""`tessera.bench.latency` with one-row linears (and the LM head) through the Triton GEMV.
+"""`tessera.bench.latency` with the proposed GEMV wiring (and optionally PDL).
 
-    python benchmarks/decode_opt/latency_gemv.py --gemv-json gemv.json <bench latency args>
+    python benchmarks/decode_opt/latency_gemv.py [--pdl] <tessera bench latency args>
 
-Patches tessera.layers.linear.LinearBase.forward and ParallelLMHead.compute_logits in this
-process only, for the (N, K) shapes where the sweep (profile_decode.py gemv) beat cuBLAS by >= 5%:
-it measures what wiring tessera.ops.triton.gemv into the linear layers would give.
+Patches tessera.layers.linear.LinearBase.forward and ParallelLMHead.compute_logits in this process
+to call tessera.ops.linear (one-row inputs on CUDA through the Triton GEMV, F.linear otherwise):
+what wiring it into those two files would give. `--pdl` also turns on programmatic dependent
+launch for tessera's Triton kernels (same as TESSERA_PDL=1).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from profile_decode import gemv_patches, load_gemv_winners
+from profile_decode import linear_patches, pdl_on
 
 
 def main() -> int:
     argv = sys.argv[1:]
-    i = argv.index("--gemv-json")
-    path = argv[i + 1]
-    del argv[i:i + 2]
-    winners = load_gemv_winners(path)
-    print(f"GEMV for {sorted(winners)}", flush=True)
+    use_pdl = "--pdl" in argv
+    argv = [a for a in argv if a != "--pdl"]
     from tessera.bench import latency
 
-    with gemv_patches(winners):
+    with linear_patches(), (pdl_on() if use_pdl else contextlib.nullcontext()):
+        print(f"[latency_gemv] linear -> tessera.ops.linear, PDL {'on' if use_pdl else 'off'}",
+              flush=True)
         return latency.main(argv)
 
 

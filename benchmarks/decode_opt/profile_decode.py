@@ -15,8 +15,11 @@ one decode step, captured as a CUDA graph and replayed, under the code paths of 
   no_v_copy      + q/k/v views go to attention as they are
   qk_fused       + q/k RMSNorm and rotary as one op (Qwen3 only)
   fused_decode   + one decode kernel (store + split-K + in-kernel merge): the new default
-  gemv           + one-row linears through the Triton GEMV (LinearBase patched here only)
-with a per-kernel profile (torch.profiler) of the first and last. `--cpu-smoke` runs the logic on
+  split128       fused_decode with the old 128 keys-per-split floor (default now 64)
+  gemv           + one-row linears and the LM head through tessera.ops.linear (the Triton
+                 GEMV; LinearBase / ParallelLMHead patched in this process only)
+  gemv_pdl       + programmatic dependent launch for our Triton kernels (TESSERA_PDL)
+with a per-kernel profile (torch.profiler) of baseline, fused_decode and gemv_pdl. `--cpu-smoke` runs the logic on
 a tiny model through Triton's interpreter without graphs (numbers meaningless).
 """
 from __future__ import annotations
@@ -120,7 +123,7 @@ def gemv_configs(n: int, k: int, smoke: bool) -> list:
     from tessera.ops.triton.gemv import GemvConfig
 
     if smoke:
-        return [GemvConfig(4, 64), GemvConfig(8, 64, split_k=2)]
+        return [GemvConfig(4, 64), GemvConfig(8, 32)]
     out = []
     for bn in (2, 4, 8, 16):
         for bk in (256, 512, 1024):
@@ -128,13 +131,7 @@ def gemv_configs(n: int, k: int, smoke: bool) -> list:
                 if bk > k or bn * bk / (32 * warps) > 64:
                     continue
                 for stages in (1, 3):
-                    out.append(GemvConfig(bn, bk, 1, warps, stages))
-    if n <= 8192:
-        for bn in (4, 8, 16):
-            for bk in (256, 512):
-                for split in (2, 4, 8):
-                    if k // split >= bk:
-                        out.append(GemvConfig(bn, bk, split, 4, 1))
+                    out.append(GemvConfig(bn, bk, warps, stages))
     return out
 
 
@@ -203,9 +200,10 @@ def gemv_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 def layer_chain(model: str, table: dict[str, tuple[int, int]], sweep: dict) -> dict[str, Any]:
     """The four linears of a decoder layer back to back (over enough layers' weight copies to
-    defeat L2): cuBLAS vs the best one-split GEMV configs with programmatic dependent launch
-    off / on (wait first) / on (first weight tile prefetched before the wait)."""
-    from tessera.ops.triton.gemv import GemvConfig, gemv
+    defeat L2): cuBLAS vs the GEMV with its default configs, without and with programmatic
+    dependent launch (first weight tile loaded before waiting for the previous kernel)."""
+    from tessera.ops.triton import pdl
+    from tessera.ops.triton.gemv import gemv
 
     names = [n for n in ("qkv", "o_proj", "gate_up", "down") if n in table]
     layer_bytes = sum(table[n][0] * table[n][1] * 2 for n in names)
@@ -215,12 +213,7 @@ def layer_chain(model: str, table: dict[str, tuple[int, int]], sweep: dict) -> d
                    for _ in range(layers)] for n in names}
     xs = {n: torch.randn(1, table[n][1], device="cuda", dtype=torch.bfloat16, generator=gen)
           for n in names}
-    configs = {}
-    for n in names:
-        ok = [r for r in sweep[f"{model}:{n}"]["top5"] if r["config"]["split_k"] == 1]
-        configs[n] = GemvConfig(**ok[0]["config"]) if ok else GemvConfig()
-    out: dict[str, Any] = {"layers": layers, "floor_us_per_layer": layer_bytes / 4.26e6,
-                           "configs": {n: vars(c) for n, c in configs.items()}}
+    out: dict[str, Any] = {"layers": layers, "floor_us_per_layer": layer_bytes / 4.26e6}
 
     def chain(call) -> Callable[[], None]:
         def fn() -> None:
@@ -231,14 +224,13 @@ def layer_chain(model: str, table: dict[str, tuple[int, int]], sweep: dict) -> d
 
     t = time_ms(graph_of(chain(lambda n, i: F.linear(xs[n], weights[n][i]))), 3, 7)
     out["cublas_us_per_layer"] = t["median"] * 1e3 / layers
-    for pdl in (0, 1, 2):
-        cfgs = {n: GemvConfig(**{**vars(c), "pdl": pdl}) for n, c in configs.items()}
+    for flag in (False, True):
+        pdl.set_enabled(flag)
         try:
-            t = time_ms(graph_of(chain(lambda n, i, c=cfgs: gemv(xs[n], weights[n][i], None,
-                                                                 c[n]))), 3, 7)
-            out[f"gemv_pdl{pdl}_us_per_layer"] = t["median"] * 1e3 / layers
-        except Exception as e:  # noqa: BLE001  (PDL is an experiment: report, go on)
-            out[f"gemv_pdl{pdl}_error"] = repr(e)[:300]
+            t = time_ms(graph_of(chain(lambda n, i: gemv(xs[n], weights[n][i]))), 3, 7)
+            out[f"gemv{'_pdl' if flag else ''}_us_per_layer"] = t["median"] * 1e3 / layers
+        finally:
+            pdl.set_enabled(False)
     print(f"chain {model:<11} {json.dumps(out)}", flush=True)
     return out
 
@@ -301,45 +293,19 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, original)
 
 
-def load_gemv_winners(path: str | None, any_winner: bool = False) -> dict[tuple[int, int], Any]:
-    """(N, K) -> GEMV config, for the shapes where the sweep's best beat cuBLAS by >= 5%."""
-    winners: dict[tuple[int, int], Any] = {}
-    if path and os.path.exists(path):
-        with open(path) as f:
-            sweep = json.load(f)
-        for entry in sweep.values():
-            best = entry.get("best") if isinstance(entry, dict) else None
-            if best and (any_winner or best["us"] < 0.95 * entry["cublas_us"]):
-                winners[(entry["N"], entry["K"])] = best["config"]
-    return winners
-
-
-def _gemv_or_none(x: torch.Tensor, weight: torch.Tensor, bias, best: dict):
-    from tessera.ops.triton.gemv import GemvConfig, gemv
-
-    if x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.is_contiguous() \
-            and weight.stride(1) == 1:
-        cfg = best.get(tuple(weight.shape))
-        if cfg is not None:
-            return gemv(x, weight, bias, GemvConfig(**cfg))
-    return None
-
-
 @contextlib.contextmanager
-def gemv_patches(best: dict[tuple[int, int], Any]) -> Iterator[None]:
-    """One-row linears (and the LM head) through the Triton GEMV where it won the sweep."""
+def linear_patches() -> Iterator[None]:
+    """The proposed wiring: LinearBase.forward and the LM head through tessera.ops.linear (the
+    Triton GEMV for one row on CUDA, F.linear otherwise). Patched in this process only."""
     from tessera.layers.embedding import ParallelLMHead
     from tessera.layers.linear import LinearBase
-
-    linear_forward, logits = LinearBase.forward, ParallelLMHead.compute_logits
+    from tessera.ops import linear
 
     def forward(self, x):
-        y = _gemv_or_none(x, self.weight, self.bias, best)
-        return linear_forward(self, x) if y is None else y
+        return linear(x, self.weight, self.bias)
 
     def compute_logits(self, hidden):
-        y = _gemv_or_none(hidden, self.weight, None, best)
-        return logits(self, hidden) if y is None else y[..., : self.vocab_size]
+        return linear(hidden, self.weight)[..., : self.vocab_size]
 
     with patched(LinearBase, "forward", forward), \
             patched(ParallelLMHead, "compute_logits", compute_logits):
@@ -347,7 +313,22 @@ def gemv_patches(best: dict[tuple[int, int], Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def variant(name: str, gemv_best: dict) -> Iterator[None]:
+def pdl_on() -> Iterator[None]:
+    from tessera.ops.triton import pdl
+
+    pdl.set_enabled(True)
+    try:
+        yield
+    finally:
+        pdl.set_enabled(False)
+
+
+VARIANTS = ["baseline", "no_v_copy", "qk_fused", "fused_decode", "split128", "gemv", "gemv_pdl"]
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    from tessera.attention import triton as triton_backend
     from tessera.attention.triton import TritonAttentionBackend
     from tessera.models.llama import LlamaAttention
 
@@ -359,8 +340,12 @@ def variant(name: str, gemv_best: dict) -> Iterator[None]:
         if name in ("baseline", "no_v_copy", "qk_fused"):
             stack.enter_context(patched(TritonAttentionBackend, "forward",
                                         _old_backend_forward(TritonAttentionBackend.forward)))
-        if name == "gemv":
-            stack.enter_context(gemv_patches(gemv_best))
+        if name.startswith("split"):
+            stack.enter_context(patched(triton_backend, "MIN_KEYS_PER_SPLIT", int(name[5:])))
+        if name.startswith("gemv"):
+            stack.enter_context(linear_patches())
+        if name.endswith("_pdl"):
+            stack.enter_context(pdl_on())
         yield
 
 
@@ -412,62 +397,58 @@ def backbone_fn(runner, fb) -> Callable[[], torch.Tensor]:
 
 
 def run_variants(args: argparse.Namespace) -> dict[str, Any]:
-    from tessera.attention import triton as triton_backend
-
-    gemv_best = load_gemv_winners(args.gemv_json, any_winner=args.cpu_smoke)
+    """Every variant timed first; the per-kernel profiles last (after a torch.profiler session
+    every later graph replay ran ~0.4 us per kernel slower in the first study run)."""
     model = args.model
-    cases = [(1, args.ctx), (1, args.long_ctx), (args.batch, args.ctx)]
+    cases = [(args.batch, args.ctx), (1, args.long_ctx), (1, args.ctx)]  # bs=1 ctx last
     tokens = sum(bs * (ctx + 8) for bs, ctx in cases) + 64
     runner = build_runner(model, max(bs for bs, _ in cases), tokens)
     qk_norm = runner.model.model.layers[0].self_attn.q_norm is not None
-    names = ["baseline", "no_v_copy"] + (["qk_fused"] if qk_norm else []) + ["fused_decode"]
-    if gemv_best:
-        names.append("gemv")
+    names = [n for n in VARIANTS if qk_norm or n != "qk_fused"]
+    if args.cpu_smoke:
+        names = [n for n in names if not n.endswith("_pdl")]
     inner, reps = (1, 2) if args.cpu_smoke else (10, 9)
-    out: dict[str, Any] = {"model": model, "gemv_configs_used": {
-        f"{n}x{k}": c for (n, k), c in gemv_best.items()}, "cases": {}}
+    out: dict[str, Any] = {"model": model, "cases": {}}
+    fb, rows = None, []
     for bs, ctx in cases:
+        runner.allocator.clear()
+        for row in rows:
+            runner.req_to_token_pool.free(row)
         fb, rows = decode_batch(runner, bs, ctx)
         key = f"bs{bs}_ctx{ctx}"
         case_out: dict[str, Any] = {}
-        run_names = names if (bs, ctx) == (1, args.ctx) else ["baseline", "fused_decode"]
-        if (bs, ctx) == (1, args.ctx) and not args.cpu_smoke:
-            run_names = run_names + ["split64", "split32", "split256"]
         reference = None
-        for name in run_names:
-            vname = name if not name.startswith("split") else "fused_decode"
-            min_keys = int(name[5:]) if name.startswith("split") else 128
-            with variant(vname, gemv_best), patched(triton_backend, "MIN_KEYS_PER_SPLIT",
-                                                     min_keys):
+        for name in names:
+            with variant(name):
                 fn = backbone_fn(runner, fb)
                 replay = graph_of(fn)
                 hidden = fn().float()
-                if reference is None:
-                    reference = hidden
+                reference = hidden if reference is None else reference
                 rel = float((hidden - reference).norm() / reference.norm())
                 t = time_ms(replay, inner, reps)
                 again = time_ms(replay, inner, reps)  # the same version twice: the noise
-                entry = {"ms": t, "ms_again": again, "rel_diff_vs_baseline": rel,
-                         "decode_splits": runner.attn_backend.decode_num_splits(bs)}
-                if name in ("baseline", "fused_decode", "gemv") and (bs, ctx) == (1, args.ctx):
-                    entry["kernels"] = kernel_profile(replay, 10)
-                case_out[name] = entry
-                print(f"{model:<11} {key:<14} {name:<13} {t['median'] * 1e3:8.1f} us "
-                      f"(again {again['median'] * 1e3:8.1f}) rel diff {rel:.2e}", flush=True)
                 del replay
+            case_out[name] = {"ms": t, "ms_again": again, "rel_diff_vs_baseline": rel,
+                              "decode_splits": runner.attn_backend.decode_num_splits(bs)}
+            print(f"{model:<11} {key:<14} {name:<13} {t['median'] * 1e3:8.1f} us "
+                  f"(again {again['median'] * 1e3:8.1f}) rel diff {rel:.2e}", flush=True)
         out["cases"][key] = case_out
-        for row in rows:
-            runner.req_to_token_pool.free(row)
-        runner.allocator.clear()
     # lm_head + float() as the runner does after the graph (bs=1)
     hidden = torch.randn(1, runner.model_config.hidden_size, device=runner.device,
                          dtype=next(runner.model.parameters()).dtype)
-    for name in ("fused_decode", "gemv") if gemv_best else ("fused_decode",):
-        with variant(name, gemv_best):
-            t = time_ms(graph_of(lambda: runner.model.compute_logits(hidden).float()),
-                        inner, reps)
-        out[f"lm_head_ms_{name}"] = t
-        print(f"{model:<11} lm_head+float bs=1 ({name}) {t['median'] * 1e3:8.1f} us")
+    for name in ("fused_decode", "gemv", "gemv_pdl"):
+        if name in names:
+            with variant(name):
+                t = time_ms(graph_of(lambda: runner.model.compute_logits(hidden).float()),
+                            inner, reps)
+            out[f"lm_head_ms_{name}"] = t
+            print(f"{model:<11} lm_head+float bs=1 ({name}) {t['median'] * 1e3:8.1f} us")
+    if CUDA and not args.cpu_smoke:  # last: the profiler slows later replays
+        for name in ("baseline", "fused_decode", "gemv_pdl"):
+            with variant(name):
+                replay = graph_of(backbone_fn(runner, fb))
+                out["cases"][f"bs1_ctx{args.ctx}"][name]["kernels"] = kernel_profile(replay, 10)
+                del replay
     return out
 
 
@@ -478,7 +459,6 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=160, help="context of the bs=1 step")
     parser.add_argument("--long-ctx", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--gemv-json", default=None, help="gemv sweep result: use its winners")
     parser.add_argument("--out", required=True)
     parser.add_argument("--cpu-smoke", action="store_true")
     args = parser.parse_args()

@@ -52,7 +52,7 @@ from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 # (unused splits return at once; a request that fits one split skips the merge).
 DECODE_WAVES = 2
 MAX_DECODE_SPLITS = 16
-MIN_KEYS_PER_SPLIT = 128
+MIN_KEYS_PER_SPLIT = 64
 
 
 def _multiprocessor_count(device: torch.device) -> int:

@@ -7,34 +7,60 @@ measured), a sizable share of a ~1 ms prefill whose kernels are already captured
 
 Here those inputs are fixed by construction: the runner's static buffers (same dtype, device and
 layout every time), the parameters and buffers (fixed objects; the captured graphs hold their
-addresses anyway) and the token count. So the backend records, at trace time, which flat graph
-input is which, and `DirectCall` rebuilds the argument list from that template and calls the split
-graph directly. The only checks left are the ones a caller could break (dtype, device, shape,
-inference mode); when one fails the caller goes through Dynamo, whose guards decide and whose
-recompiles the monitor refuses.
+addresses anyway) and the token count. So the trace call records what Dynamo really hands the
+compiled graph (`FlatCallRecorder`: the flat argument tuple and the graph's outputs, at run time,
+not the `example_inputs` of compile time, whose form differs between torch versions: real tensors
+on 2.13, not the call's own tensor objects on 2.11), and `build_direct_call` turns that into a
+template: each flat argument is classified as input_ids, positions, the token count (an int that
+Dynamo passes for a symbolic size, e.g. `s0`), or a parameter/buffer of the backbone (matched by
+identity, else by storage address and view against `named_parameters`/`named_buffers`). Anything
+else, or a graph output that is not the hidden states the call returned, leaves no DirectCall
+(with the reason logged) and every call goes through Dynamo: correct, a little slower.
+
+`DirectCall` rebuilds the argument list from that template and calls the split graph directly.
+The only checks left are the ones a caller could break (dtype, device, shape, inference mode);
+when one fails the caller goes through Dynamo, whose guards decide and whose recompiles the
+monitor refuses.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import fx
-from torch._subclasses.fake_tensor import is_fake
 
 from tessera.compilation.capture_sizes import MIN_TOKENS
 
 
+class FlatCallRecorder:
+    """Wraps the callable our backend hands Dynamo; while `armed`, keeps the flat arguments and
+    the outputs of the next call (the trace's own run)."""
+
+    def __init__(self, graph: Callable[..., Any]) -> None:
+        self.graph = graph
+        self.armed = False
+        self.calls: list[tuple[tuple, Any]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.graph(*args)
+        if self.armed:
+            self.calls.append((args, out))
+        return out
+
+
 class DirectCall:
-    """`graph(*flat_inputs)[0]` with the flat inputs rebuilt from a template."""
+    """`graph(*flat_inputs)[output_index]` with the flat inputs rebuilt from a template."""
 
     def __init__(self, graph: Callable[..., Any], template: list[Any], ids_slots: list[int],
-                 positions_slots: list[int], count_slots: list[int],
+                 positions_slots: list[int], count_slots: list[int], output_index: int,
                  input_ids: torch.Tensor, positions: torch.Tensor) -> None:
         self.graph = graph
         self.template = template  # static inputs in place, None where a per-call value goes
         self.ids_slots, self.positions_slots, self.count_slots = (
             ids_slots, positions_slots, count_slots)
+        self.output_index = output_index
         # what the trace saw of the per-call inputs (Dynamo's guards checked more; the rest is
         # fixed by the runner's static buffers)
         self._ids_meta = (input_ids.dtype, input_ids.device, input_ids.stride())
@@ -48,7 +74,7 @@ class DirectCall:
                 == self._positions_meta
                 and torch.is_inference_mode_enabled())
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def flat_args(self, input_ids: torch.Tensor, positions: torch.Tensor) -> list[Any]:
         args = self.template.copy()
         for i in self.ids_slots:
             args[i] = input_ids
@@ -57,47 +83,109 @@ class DirectCall:
         n = input_ids.shape[0]
         for i in self.count_slots:
             args[i] = n
-        return self.graph(*args)[0]
+        return args
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.graph(*self.flat_args(input_ids, positions))[self.output_index]
 
 
-def build_direct_call(gm: fx.GraphModule, example_inputs: Sequence[Any], token: Any,
-                      graph: Callable[..., Any], input_ids: torch.Tensor,
-                      positions: torch.Tensor) -> DirectCall | None:
-    """A DirectCall for Dynamo's graph `gm` compiled into `graph`, or None when some input is not
-    one of: input_ids, positions (the very tensors of the trace call), the token count, or a real
-    static tensor (a parameter or buffer); or when the graph does not return just the hidden
-    states. None keeps every call on the Dynamo path: correct, a little slower."""
+@dataclasses.dataclass
+class DirectCallResult:
+    direct: DirectCall | None
+    reason: str = ""  # why there is none
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.device == b.device and a.dtype == b.dtype and a.data_ptr() == b.data_ptr()
+            and a.shape == b.shape and a.stride() == b.stride())
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{type(value).__name__}{tuple(value.shape)} {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def static_tensors(modules: Iterable[torch.nn.Module]) -> list[torch.Tensor]:
+    """Every parameter and buffer of `modules` (shared ones once): the only tensors besides
+    input_ids and positions that the direct call may pass, fixed for the graph's lifetime."""
+    seen: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for tensor in (*module.parameters(remove_duplicate=False),
+                       *module.buffers(remove_duplicate=False)):
+            seen.setdefault(id(tensor), tensor)
+    return list(seen.values())
+
+
+def build_direct_call(gm: fx.GraphModule, graph: Callable[..., Any], flat_args: Sequence[Any],
+                      outputs: Any, hidden: torch.Tensor, input_ids: torch.Tensor,
+                      positions: torch.Tensor, statics: Sequence[torch.Tensor]
+                      ) -> DirectCallResult:
+    """A DirectCall for Dynamo's graph `gm` compiled into `graph`, from the trace call's run-time
+    flat arguments `flat_args` and graph `outputs` (see `FlatCallRecorder`); `hidden` is what the
+    compiled function returned, `statics` the parameters and buffers the graph may read."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(example_inputs):
-        return None
-    template: list[Any] = [None] * len(placeholders)
+    if len(placeholders) != len(flat_args):
+        return DirectCallResult(None, f"{len(flat_args)} run-time arguments for "
+                                      f"{len(placeholders)} graph inputs")
+    by_id = {id(t): t for t in statics}
+    by_ptr: dict[int, list[torch.Tensor]] = {}
+    for t in statics:
+        if t.device.type != "meta":
+            by_ptr.setdefault(t.data_ptr(), []).append(t)
+    n = input_ids.shape[0]
+    template: list[Any] = [None] * len(flat_args)
     ids_slots, positions_slots, count_slots = [], [], []
-    for i, (node, real) in enumerate(zip(placeholders, example_inputs)):
-        fake = node.meta.get("example_value", node.meta.get("val"))
-        if isinstance(fake, torch.SymInt):
-            if fake.node.expr != token:  # a size Dynamo made dynamic that we do not supply
-                return None
+    for i, (node, arg) in enumerate(zip(placeholders, flat_args)):
+        example = node.meta.get("example_value", node.meta.get("val"))
+        what = f"graph input {i} ({node.name}: {_describe(arg)})"
+        if isinstance(arg, torch.SymInt):
+            return DirectCallResult(None, f"{what} is symbolic at run time")
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            # a symbolic size Dynamo made a graph input (`s0`...): only the token count is dynamic
+            # (input_ids and positions share it), so its value must be the trace's token count
+            if arg != n or (example is not None and not isinstance(example, torch.SymInt)):
+                return DirectCallResult(None, f"{what} is an int other than the token count")
             count_slots.append(i)
-        elif not isinstance(fake, torch.Tensor) or not isinstance(real, torch.Tensor):
-            return None
-        elif real is input_ids:
+        elif not isinstance(arg, torch.Tensor):
+            return DirectCallResult(None, f"{what} is neither a tensor nor the token count")
+        elif arg is input_ids or (arg is not positions and _same_view(arg, input_ids)):
             ids_slots.append(i)
-        elif real is positions:
+        elif arg is positions or _same_view(arg, positions):
             positions_slots.append(i)
-        elif is_fake(real) or any(isinstance(s, torch.SymInt) for s in fake.shape):
-            return None
         else:
-            template[i] = real
+            static = by_id.get(id(arg))
+            if static is None:
+                static = next((t for t in by_ptr.get(arg.data_ptr(), ())
+                               if _same_view(t, arg)), None)
+            if static is None:
+                return DirectCallResult(None, f"{what} is not a parameter or buffer of the "
+                                              f"backbone, nor input_ids/positions")
+            if isinstance(example, torch.Tensor) and any(isinstance(s, torch.SymInt)
+                                                         for s in example.shape):
+                return DirectCallResult(None, f"{what} has a dynamic shape")
+            template[i] = arg
     if not ids_slots or not positions_slots:
-        return None
-    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
-    outs = output.args[0]
-    # the compiled function returns graph output 0 only if that is all the graph returns
-    if not (isinstance(outs, (tuple, list)) and len(outs) == 1 and isinstance(outs[0], fx.Node)
-            and outs[0].op != "placeholder"):
-        return None
-    return DirectCall(graph, template, ids_slots, positions_slots, count_slots, input_ids,
-                      positions)
+        return DirectCallResult(None, "input_ids or positions are not among the graph inputs")
+    if not isinstance(outputs, (tuple, list)):
+        return DirectCallResult(None, f"the graph returned {type(outputs).__name__}, not a tuple")
+    index = next((j for j, out in enumerate(outputs) if out is hidden), None)
+    if index is None:
+        index = next((j for j, out in enumerate(outputs)
+                      if isinstance(out, torch.Tensor) and _same_view(out, hidden)), None)
+    if index is None:
+        return DirectCallResult(None, "the hidden states are not one of the graph's outputs")
+    direct = DirectCall(graph, template, ids_slots, positions_slots, count_slots, index,
+                        input_ids, positions)
+    for i, (ours, dynamo) in enumerate(zip(direct.flat_args(input_ids, positions), flat_args)):
+        same = (ours is dynamo
+                or (isinstance(ours, torch.Tensor) and isinstance(dynamo, torch.Tensor)
+                    and _same_view(ours, dynamo))
+                or (type(ours) is int and type(dynamo) is int and ours == dynamo))
+        if not same:  # a bug in the classification above: never call the graph differently
+            return DirectCallResult(None, f"rebuilt graph input {i} differs from Dynamo's")
+    return DirectCallResult(direct)
 
 
-__all__ = ["DirectCall", "build_direct_call"]
+__all__ = ["DirectCall", "DirectCallResult", "FlatCallRecorder", "build_direct_call",
+           "static_tensors"]

@@ -110,8 +110,48 @@ class PieceGraphs:
                 f"last={self.is_last})")
 
 
+class ReplayPlan:
+    """One forward of one captured size as a flat list of zero-argument steps.
+
+    Once every piece has a graph for a size, a forward of that size is always the same sequence:
+    replay piece 0's graph, call the splitting op on tensors that piece returned (the same
+    objects every replay: weak references into the pool), replay piece 1's graph, ... and return
+    the last piece's output. The plan is that sequence, recorded from one forward after capture
+    (`PiecewiseBackend.build_replay_plan`): the graphs' `replay` methods and the splitting ops'
+    functions with their arguments bound. Running it skips the split graph's generated code, the
+    per-piece token-count lookups and the per-call argument lists.
+
+    Valid while the inputs the graphs read stay where they were captured: the runner's static
+    buffers (the runner checks it still holds the ones the plan was recorded with) and the
+    parameters (updated in place only, as for any CUDA graph).
+    """
+
+    def __init__(self, size: int, steps: list[Callable[[], Any]], output: Any,
+                 graph_calls: list[tuple[PieceGraphs, _Captured, tuple]],
+                 state: GraphCaptureState) -> None:
+        self.size = size
+        self.steps = steps
+        self.output = output
+        self.graph_calls = graph_calls  # (piece, its graph, the arguments it was recorded with)
+        self.state = state
+        self.replays = 0
+
+    def __call__(self) -> Any:
+        if self.state.check_addresses:
+            for piece, captured, args in self.graph_calls:
+                piece._check_addresses(captured, args, self.size)
+        for step in self.steps:
+            step()
+        self.replays += 1
+        return self.output
+
+    def __repr__(self) -> str:
+        return (f"ReplayPlan(size={self.size}, {len(self.graph_calls)} graphs, "
+                f"{len(self.steps) - len(self.graph_calls)} eager calls)")
+
+
 def _addresses(args: tuple) -> list[int]:
     return [a.data_ptr() if isinstance(a, torch.Tensor) else 0 for a in args]
 
 
-__all__ = ["GraphCaptureState", "PieceGraphs", "TokenCount"]
+__all__ = ["GraphCaptureState", "PieceGraphs", "ReplayPlan", "TokenCount"]

@@ -7,7 +7,8 @@ later NCCL all-reduce and MoE all-to-all register here the same way, by qualifie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -93,7 +94,19 @@ def python_op_call(module: fx.GraphModule) -> Callable[..., Any] | None:
         fn(*[args[v] if is_input else v for is_input, v in spec])
         return ()
 
+    def bind(args: Sequence[Any]) -> Callable[[], Any]:
+        """The call with these piece arguments as a zero-argument callable (replay plans)."""
+        return functools.partial(fn, *[args[v] if is_input else v for is_input, v in spec])
+
+    call_splitting_op.bind = bind  # type: ignore[attr-defined]
     return call_splitting_op
+
+
+def bind_call(entry: Callable[..., Any], args: Sequence[Any]) -> Callable[[], Any]:
+    """`entry(*args)` as a zero-argument callable: a splitting op's direct call with its
+    arguments resolved once (`python_op_call`), else a partial of `entry`."""
+    bind = getattr(entry, "bind", None)
+    return bind(args) if bind is not None else functools.partial(entry, *args)
 
 
 @dataclasses.dataclass
@@ -137,5 +150,5 @@ def split_graph(gm: fx.GraphModule, ops: Iterable[str]) -> tuple[fx.GraphModule,
     return split, pieces
 
 
-__all__ = ["Piece", "op_qualname", "python_implementation", "python_op_call",
+__all__ = ["Piece", "bind_call", "op_qualname", "python_implementation", "python_op_call",
            "register_splitting_op", "split_graph", "splitting_ops"]

@@ -84,6 +84,18 @@ def _qk_norm_rope_fake(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     return q.new_empty(q.shape, dtype=dtype), k.new_empty(k.shape, dtype=dtype)
 
 
+@torch.library.custom_op("tessera::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    from tessera.ops.triton.gemv import gemv as kernel
+
+    return kernel(x, weight, bias)
+
+
+@gemv.register_fake
+def _gemv_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 @torch.library.custom_op("tessera::per_token_group_quant_fp8", mutates_args=())
 def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,5 +112,5 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["fused_add_rms_norm", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
+__all__ = ["fused_add_rms_norm", "gemv", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
            "rotary_embedding", "silu_and_mul"]

@@ -304,8 +304,21 @@ def test_gpu_extend_bf16_mixes(group: int, head_dim: int) -> None:
 
 
 @gpu  # tests/conftest.py skips these without CUDA
-def test_gpu_decode_cuda_graph_replay_equals_eager() -> None:
-    """Capture with short contexts, replay with long ones: nothing about lengths is baked in."""
+@pytest.mark.parametrize("pdl", [False, True])
+def test_gpu_decode_cuda_graph_replay_equals_eager(pdl: bool) -> None:
+    """Capture with short contexts, replay with long ones: nothing about lengths is baked in.
+    With programmatic dependent launch (tessera.ops.triton.pdl) the kernel waits for its
+    predecessors and the results are the same."""
+    from tessera.ops.triton import pdl as pdl_switch
+
+    pdl_switch.set_enabled(pdl)
+    try:
+        _decode_graph_replay_equals_eager()
+    finally:
+        pdl_switch.set_enabled(False)
+
+
+def _decode_graph_replay_equals_eager() -> None:
     long_lens = [32768, 4096, 1000, 100, 7]
     padded = 8  # 3 padding requests: row 0, slot 0, seq_len 1
     case = Case([s - 1 for s in long_lens], [1] * 5, num_kv_heads=8, group=4, head_dim=128,

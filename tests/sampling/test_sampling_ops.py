@@ -62,7 +62,8 @@ def _assert_distribution(samples: torch.Tensor, expected: torch.Tensor) -> None:
     Tokens are merged, most likely first, into bins expecting >= 5 samples."""
     vocab = expected.numel()
     counts = torch.bincount(samples.long().cpu(), minlength=vocab).double()
-    expected = expected.double().cpu() / expected.sum()
+    expected = expected.double().cpu()
+    expected = expected / expected.sum()  # on the CPU: a CUDA 0-dim divisor would not mix
     never = expected == 0
     assert counts[never].sum() == 0, f"drew filtered-out tokens {never.nonzero().flatten()[:10]}"
     n = counts.sum()

@@ -12,7 +12,7 @@ be three launches (store the new K/V, split-K partial attention, merge of the sp
 * Split-K: a program covers one key range (split) of its request. The number of splits is a
   launch constant chosen from the batch size alone (graph-safe); how many of them a request
   actually uses is derived on the device from `seq_lens` (at least `MIN_SPLIT_LEN` keys each), and
-  the unused ones return at once. A request that fits one split writes its output directly.
+  the unused ones do no work. A request that fits one split writes its output directly.
 * New token: when `k_new`/`v_new`/`new_loc` are given, the program whose range holds position
   seq_len - 1 takes that key and value from `k_new`/`v_new` (registers) instead of the cache, and
   (for head block 0) stores them at `new_loc[b]`. No other program reads that slot, so the store
@@ -20,9 +20,12 @@ be three launches (store the new K/V, split-K partial attention, merge of the sp
   caller stored the new K/V beforehand).
 * Merge: with several splits, each writes its partial result (normalised output and base-2
   log-sum-exp) to the fp32 workspace, then counts itself in on a per-(request, head program)
-  counter with an acq_rel atomic; the program that arrives last merges all partials and writes
-  the output, then resets the counter to 0 for the next launch. So short contexts pay for one
-  launch and a long context still spreads over many programs.
+  counter with an acq_rel atomic; the program that arrives last merges all partials (one
+  [splits, D] tile per head) and writes the output, then resets the counter to 0 for the next
+  launch. So short contexts pay for one launch and a long context still spreads over many
+  programs.
+* The key loop sits at the kernel's top level (unused splits get an empty range, not an `if`):
+  under an `if` Triton did not pipeline its loads and the kernel ran ~1.5x slower (H200).
 
 Why this works inside a CUDA graph: nothing about lengths is known to, or synchronised with, the
 host; the workspace and the counters are persistent buffers (the counters always return to 0).
@@ -32,6 +35,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from tessera.ops.triton.pdl import launch_options, use_pdl
 
 # log2(e): the kernels work in base 2 (exp2/log2 are the native instructions)
 _LOG2E = 1.4426950408889634
@@ -52,14 +57,24 @@ def _decode_kernel(
     stride_plb, stride_plh,
     GROUP: tl.constexpr, HEAD_BLOCKS: tl.constexpr, NUM_SPLITS: tl.constexpr,
     MIN_SPLIT_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_NEW: tl.constexpr,
+    BLOCK_H: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_NEW: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # see tessera.ops.triton.pdl
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0)
     pid_h = tl.program_id(1)
     kv_head = pid_h // HEAD_BLOCKS
     head_block = pid_h % HEAD_BLOCKS
     split = tl.program_id(2)
+
+    offs_g = head_block * BLOCK_H + tl.arange(0, BLOCK_H)  # index within the GQA group
+    mask_h = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
 
     seq_len = tl.load(seq_lens_ptr + b)
     # Split length from the device-side seq_len: at least MIN_SPLIT_LEN keys per split (short
@@ -67,109 +82,108 @@ def _decode_kernel(
     split_len = tl.maximum(tl.cdiv(seq_len, NUM_SPLITS), MIN_SPLIT_LEN)
     split_len = tl.cdiv(split_len, BLOCK_N) * BLOCK_N
     num_active = tl.maximum(tl.cdiv(seq_len, split_len), 1)  # split 0 also serves seq_len 0
-    if split < num_active:
-        offs_g = head_block * BLOCK_H + tl.arange(0, BLOCK_H)  # index within the GQA group
-        mask_h = offs_g < GROUP
-        heads = kv_head * GROUP + offs_g
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < HEAD_DIM
-        row = tl.load(req_pool_indices_ptr + b).to(tl.int64)
-        start = split * split_len
-        end = tl.minimum(start + split_len, seq_len)
-        cache_end = end
-        if HAS_NEW:
-            # this program's range ends at the request's last key, the new token
-            holds_new = (b < num_new) & (end == seq_len) & (seq_len > 0)
-            cache_end = tl.where(holds_new, end - 1, end)
+    active = split < num_active
+    row = tl.load(req_pool_indices_ptr + b).to(tl.int64)
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)  # <= start for an unused split: no keys
+    cache_end = end
+    if HAS_NEW:
+        # this program's range ends at the request's last key, the new token
+        holds_new = active & (b < num_new) & (end == seq_len) & (seq_len > 0)
+        cache_end = tl.where(holds_new, end - 1, end)
 
-        q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                    mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-        for n in range(start, cache_end, BLOCK_N):
-            offs_n = n + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < cache_end
-            # int64 before scaling by the slot stride: slot * Hk * D overflows int32 in big pools
-            slots = tl.load(req_to_token_ptr + row * stride_table + offs_n, mask=mask_n,
-                            other=0).to(tl.int64)
-            kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
-                        + offs_d[None, :], mask=kv_mask, other=0.0)
-            qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-            qk = tl.where(mask_n[None, :], qk, float("-inf"))
-            # every iteration has >= 1 valid key, so m_new is finite and the rescale is safe
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.exp2(qk - m_new[:, None])
+    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_h[:, None] & mask_d[None, :] & active, other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    # top-level loop (not under an `if`): Triton software-pipelines its loads
+    for n in range(start, cache_end, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < cache_end
+        # int64 before scaling by the slot stride: slot * Hk * D overflows int32 in big pools
+        slots = tl.load(req_to_token_ptr + row * stride_table + offs_n, mask=mask_n,
+                        other=0).to(tl.int64)
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        qk = tl.where(mask_n[None, :], qk, float("-inf"))
+        # every iteration has >= 1 valid key, so m_new is finite and the rescale is safe
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
+                                            input_precision=DOT_PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
+        if holds_new:
+            # rounded to the cache dtype first: attention sees what the cache will hold
+            kn = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + offs_d,
+                         mask=mask_d, other=0.0).to(k_cache_ptr.dtype.element_ty)
+            vn = tl.load(v_new_ptr + b * stride_vnt + kv_head * stride_vnh + offs_d,
+                         mask=mask_d, other=0.0).to(v_cache_ptr.dtype.element_ty)
+            if head_block == 0:
+                slot = tl.load(new_loc_ptr + b).to(tl.int64)
+                tl.store(k_cache_ptr + slot * stride_ks + kv_head * stride_kh + offs_d, kn,
+                         mask=mask_d)
+                tl.store(v_cache_ptr + slot * stride_vs + kv_head * stride_vh + offs_d, vn,
+                         mask=mask_d)
+            qk_new = tl.sum(q.to(tl.float32) * kn.to(q.dtype).to(tl.float32)[None, :],
+                            1) * qk_scale
+            m_new = tl.maximum(m_i, qk_new)
+            p_new = tl.exp2(qk_new - m_new)
             alpha = tl.exp2(m_i - m_new)
-            v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
-                        + offs_d[None, :], mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
-                                                input_precision=DOT_PRECISION)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + p_new[:, None] * vn.to(q.dtype).to(tl.float32)[None, :]
+            l_i = l_i * alpha + p_new
             m_i = m_new
-        if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
-            if holds_new:
-                # rounded to the cache dtype first: attention sees what the cache will hold
-                kn = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + offs_d,
-                             mask=mask_d, other=0.0).to(k_cache_ptr.dtype.element_ty)
-                vn = tl.load(v_new_ptr + b * stride_vnt + kv_head * stride_vnh + offs_d,
-                             mask=mask_d, other=0.0).to(v_cache_ptr.dtype.element_ty)
-                if head_block == 0:
-                    slot = tl.load(new_loc_ptr + b).to(tl.int64)
-                    tl.store(k_cache_ptr + slot * stride_ks + kv_head * stride_kh + offs_d, kn,
-                             mask=mask_d)
-                    tl.store(v_cache_ptr + slot * stride_vs + kv_head * stride_vh + offs_d, vn,
-                             mask=mask_d)
-                qk_new = tl.sum(q.to(tl.float32) * kn.to(q.dtype).to(tl.float32)[None, :],
-                                1) * qk_scale
-                m_new = tl.maximum(m_i, qk_new)
-                p_new = tl.exp2(qk_new - m_new)
-                alpha = tl.exp2(m_i - m_new)
-                acc = acc * alpha[:, None] + (p_new[:, None]
-                                              * vn.to(q.dtype).to(tl.float32)[None, :])
-                l_i = l_i * alpha + p_new
-                m_i = m_new
 
-        # an empty range only happens for seq_len 0 (padding): its output is zeros
-        l_safe = tl.where(l_i > 0, l_i, 1.0)
-        o = acc / l_safe[:, None]
-        mask_o = mask_h[:, None] & mask_d[None, :]
-        out_ptrs = out_ptr + b * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-        if NUM_SPLITS == 1:
-            tl.store(out_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask_o)
-        else:
-            if num_active == 1:
-                tl.store(out_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask_o)
-            else:
-                lse = m_i + tl.log2(l_safe)  # finite: an active split has >= 1 key
-                po_base = part_out_ptr + b * stride_pob + heads[:, None] * stride_poh
-                pl_base = part_lse_ptr + b * stride_plb + heads * stride_plh
-                tl.store(po_base + split * stride_pos + offs_d[None, :], o, mask=mask_o)
-                tl.store(pl_base + split, lse, mask=mask_h)
-                # all of this program's stores happen before its release of the counter; the
-                # last to arrive acquires them all (L2 loads below: never a stale L1 line)
-                tl.debug_barrier()
-                counter = counter_ptr + b * tl.num_programs(1) + pid_h
-                arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-                if arrived == num_active - 1:
-                    m_all = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-                    l_all = tl.zeros([BLOCK_H], dtype=tl.float32)
-                    o_all = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-                    for s in range(num_active):
-                        lse_s = tl.load(pl_base + s, mask=mask_h, other=0.0,
-                                        cache_modifier=".cg")
-                        part = tl.load(po_base + s * stride_pos + offs_d[None, :], mask=mask_o,
-                                       other=0.0, cache_modifier=".cg")
-                        m_new = tl.maximum(m_all, lse_s)
-                        scale = tl.exp2(m_all - m_new)
-                        w = tl.exp2(lse_s - m_new)
-                        o_all = o_all * scale[:, None] + w[:, None] * part
-                        l_all = l_all * scale + w
-                        m_all = m_new
-                    tl.store(out_ptrs, (o_all / l_all[:, None]).to(out_ptr.dtype.element_ty),
-                             mask=mask_o)
-                    tl.atomic_xchg(counter, 0)  # ready for the next launch (graph replay)
+    # an empty range only happens for seq_len 0 (padding): its output is zeros
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    mask_o = mask_h[:, None] & mask_d[None, :]
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=mask_o)
+    else:
+        if num_active == 1:
+            tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=mask_o & active)
+        elif active:
+            lse = m_i + tl.log2(l_safe)  # finite: an active split has >= 1 key
+            tl.store(part_out_ptr + b * stride_pob + heads[:, None] * stride_poh
+                     + split * stride_pos + offs_d[None, :], o, mask=mask_o)
+            tl.store(part_lse_ptr + b * stride_plb + heads * stride_plh + split, lse, mask=mask_h)
+            # every thread's stores happen before this program's release of the counter; the
+            # last program to arrive acquires them all (L2 loads below: never a stale L1 line)
+            tl.debug_barrier()
+            counter = counter_ptr + b * tl.num_programs(1) + pid_h
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_active - 1:
+                # merge head by head, all splits of a head in one [BLOCK_S, D] tile (one round
+                # trip per head; the heads' loads are independent)
+                offs_s = tl.arange(0, BLOCK_S)
+                mask_s = offs_s < num_active
+                for i in tl.static_range(HEADS_PER_PROGRAM):
+                    g = head_block * BLOCK_H + i
+                    valid = g < GROUP
+                    h = kv_head * GROUP + g
+                    lse_s = tl.load(part_lse_ptr + b * stride_plb + h * stride_plh + offs_s,
+                                    mask=mask_s & valid, other=float("-inf"),
+                                    cache_modifier=".cg")
+                    m_s = tl.max(lse_s, 0)
+                    w = tl.exp2(lse_s - tl.where(valid, m_s, 0.0))
+                    part = tl.load(part_out_ptr + b * stride_pob + h * stride_poh
+                                   + offs_s[:, None] * stride_pos + offs_d[None, :],
+                                   mask=(mask_s & valid)[:, None] & mask_d[None, :], other=0.0,
+                                   cache_modifier=".cg")
+                    merged = tl.sum(w[:, None] * part, 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+                    tl.store(out_ptr + b * stride_ot + h * stride_oh + offs_d,
+                             merged.to(out_ptr.dtype.element_ty), mask=mask_d & valid)
+                tl.atomic_xchg(counter, 0)  # ready for the next launch (graph replay)
 
 
 def decode_head_block(group: int) -> int:
@@ -263,6 +277,7 @@ def decode_attention(
     if block_n is None:
         block_n = 64 if head_dim <= 128 else 32
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    pdl = use_pdl(q.device)
 
     _decode_kernel[(batch, num_kv_heads * head_blocks, num_splits)](
         q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
@@ -277,5 +292,6 @@ def decode_attention(
         *part_strides, *lse_strides,
         GROUP=group, HEAD_BLOCKS=head_blocks, NUM_SPLITS=num_splits,
         MIN_SPLIT_LEN=min_split_len, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=block_h,
-        BLOCK_N=block_n, DOT_PRECISION=precision, HAS_NEW=has_new, num_warps=4, num_stages=2,
+        HEADS_PER_PROGRAM=min(group, block_h), BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(num_splits), DOT_PRECISION=precision,
+        HAS_NEW=has_new, PDL=pdl, num_warps=4, num_stages=2, **launch_options(pdl),
     )
