@@ -11,7 +11,9 @@ one FX graph for every token count; the backend
 3. wraps each compiled piece in `PieceGraphs`, which captures and replays one graph per size;
 4. returns the split graph module's code. After the trace, forwards call it directly
    (`dispatch.DirectCall`: no guards, no argument gathering); through Dynamo only when a call
-   does not look like the trace's.
+   does not look like the trace's. Once every size is captured, the runner goes further and runs
+   a per-size `ReplayPlan` (`build_replay_plan`): the graph replays and splitting-op calls of one
+   forward as a flat list, without the split graph's code.
 
 Token counts 0 and 1: Dynamo specialises a dynamic size that is 0 or 1 when traced, and a trace
 at >= 2 tokens guards on `size >= 2` (and may add guards such as `size != 1` where a view of a
@@ -34,11 +36,17 @@ import torch
 from torch import fx, nn
 
 from tessera.compilation.capture_sizes import MIN_TOKENS
-from tessera.compilation.dispatch import DirectCall, build_direct_call
+from tessera.compilation.dispatch import (
+    DirectCall,
+    FlatCallRecorder,
+    build_direct_call,
+    static_tensors,
+)
 from tessera.compilation.monitor import CompileMonitor
-from tessera.compilation.piecewise import GraphCaptureState, PieceGraphs, TokenCount
+from tessera.compilation.piecewise import GraphCaptureState, PieceGraphs, ReplayPlan, TokenCount
 from tessera.compilation.splitting import (
     Piece,
+    bind_call,
     op_qualname,
     python_op_call,
     split_graph,
@@ -62,10 +70,12 @@ class PiecewiseBackend:
         self.split_module: fx.GraphModule | None = None
         self.pieces: list[Piece] = []
         self.graph_pieces: list[PieceGraphs] = []
-        # set by CompiledBackbone.trace: the tensors of the trace call, to recognise them among
-        # Dynamo's flat inputs; and the guard-free way to call the first compiled graph
-        self.trace_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.dynamo_graph: fx.GraphModule | None = None  # the graph Dynamo handed us
+        self.recorder: FlatCallRecorder | None = None    # what Dynamo calls: the split graph
+        # set by CompiledBackbone.trace: the guard-free way to call the first compiled graph, or
+        # why there is none
         self.direct: DirectCall | None = None
+        self.no_direct_reason = ""
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self.monitor.on_compile()
@@ -85,18 +95,71 @@ class PiecewiseBackend:
             # instance attributes shadow the submodule, so the split graph's code calls the wrapper
             split.__dict__[piece.name] = wrapper
             wrappers.append(wrapper)
-        self.split_module, self.pieces, self.graph_pieces = split, pieces, wrappers
+        first = self.recorder is None
         graph = _generated_forward(split)
-        if self.direct is None and self.trace_inputs is not None:
-            self.direct = build_direct_call(gm, example_inputs, token, graph, *self.trace_inputs)
-            if self.direct is None:
-                logger.warning("piecewise backend: unexpected graph inputs; every forward goes "
-                               "through Dynamo's guards (correct, ~0.1 ms slower)")
+        if first:  # a later graph (a recompile the monitor lets through) keeps the first's
+            self.split_module, self.pieces, self.graph_pieces = split, pieces, wrappers
+            self.dynamo_graph = gm
+            self.recorder = FlatCallRecorder(graph)
         logger.info("piecewise backend: %d graph pieces around %d splitting ops (%s), compiled "
                     "with %s in %.1f s", len(wrappers), len(pieces) - len(wrappers),
                     ", ".join(sorted({_splitting_op_name(p) for p in pieces if p.is_splitting})),
                     self.compiler, time.perf_counter() - start)
-        return graph
+        return self.recorder if first else graph
+
+    def build_direct(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                     positions: torch.Tensor, statics: list[torch.Tensor]) -> None:
+        """After the trace call (recorded by `self.recorder`): the DirectCall for later calls."""
+        recorder = self.recorder
+        if recorder is None or len(recorder.calls) != 1 or self.dynamo_graph is None:
+            self.no_direct_reason = "the trace did not call the compiled graph exactly once"
+        else:
+            (flat_args, outputs), = recorder.calls
+            result = build_direct_call(self.dynamo_graph, recorder.graph, flat_args, outputs,
+                                       hidden, input_ids, positions, statics)
+            self.direct, self.no_direct_reason = result.direct, result.reason
+        if recorder is not None:
+            recorder.calls.clear()
+        if self.direct is None:
+            logger.warning("piecewise backend: no direct call (%s); every forward goes through "
+                           "Dynamo's guards (correct, ~0.1 ms slower)", self.no_direct_reason)
+
+    def build_replay_plan(self, size: int, forward: Callable[[], Any]) -> ReplayPlan | None:
+        """Record one forward of `size` tokens (`forward()` runs it; every piece must have a
+        graph for `size`) as a ReplayPlan; None when some piece did not replay a graph."""
+        split = self.split_module
+        if split is None:
+            return None
+        recorded: list[tuple[Piece, Any, tuple]] = []
+        entries = {piece.name: split.__dict__[piece.name] for piece in self.pieces}
+
+        def recording(piece: Piece, entry: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any) -> Any:
+                recorded.append((piece, entry, args))
+                return entry(*args)
+            return call
+
+        for piece in self.pieces:
+            split.__dict__[piece.name] = recording(piece, entries[piece.name])
+        try:
+            output = forward()
+        finally:
+            split.__dict__.update(entries)
+        if [piece for piece, _, _ in recorded] != self.pieces:
+            return None
+        steps: list[Callable[[], Any]] = []
+        graph_calls = []
+        for piece, entry, args in recorded:
+            if not piece.is_splitting:
+                captured = (entry.graphs.get(entry.token_count(args))
+                            if entry.token_count is not None else None)
+                if captured is None:
+                    return None
+                steps.append(captured.graph.replay)
+                graph_calls.append((entry, captured, args))
+            else:
+                steps.append(bind_call(entry, args))
+        return ReplayPlan(size, steps, output, graph_calls, self.state)
 
     def _compile_piece(self, piece: Piece) -> Callable[..., Any]:
         if self.compiler == "eager":
@@ -121,6 +184,7 @@ class CompiledBackbone:
         self.dynamo_calls = 0  # forwards through Dynamo's guards
         forward = _private_forward(backbone, f"tessera_piecewise_forward_{next(self._ids)}")
         self._compiled = torch.compile(forward, fullgraph=True, dynamic=False, backend=backend)
+        self._backbone = backbone
 
     @property
     def traced(self) -> bool:
@@ -135,11 +199,10 @@ class CompiledBackbone:
                              f"specialises sizes 0 and 1")
         torch._dynamo.mark_dynamic(input_ids, 0)
         torch._dynamo.mark_dynamic(positions, 0)
-        self.backend.trace_inputs = (input_ids, positions)
-        try:
-            return self._compiled(input_ids, positions)
-        finally:
-            self.backend.trace_inputs = None
+        hidden = self._compiled(input_ids, positions)
+        # the backend compiled inside that call and recorded how Dynamo then called the graph
+        self.backend.build_direct(hidden, input_ids, positions, static_tensors([self._backbone]))
+        return hidden
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         """Hidden states, or None when Dynamo would have had to recompile (logged by the

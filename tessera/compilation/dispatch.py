@@ -35,17 +35,18 @@ from tessera.compilation.capture_sizes import MIN_TOKENS
 
 
 class FlatCallRecorder:
-    """Wraps the callable our backend hands Dynamo; while `armed`, keeps the flat arguments and
-    the outputs of the next call (the trace's own run)."""
+    """Wraps the callable our backend hands Dynamo and keeps the flat arguments and the outputs
+    of its first call: the trace's own run, right after the compile."""
 
     def __init__(self, graph: Callable[..., Any]) -> None:
         self.graph = graph
-        self.armed = False
+        self.armed = True
         self.calls: list[tuple[tuple, Any]] = []
 
     def __call__(self, *args: Any) -> Any:
         out = self.graph(*args)
         if self.armed:
+            self.armed = False
             self.calls.append((args, out))
         return out
 
@@ -111,8 +112,8 @@ def static_tensors(modules: Iterable[torch.nn.Module]) -> list[torch.Tensor]:
     input_ids and positions that the direct call may pass, fixed for the graph's lifetime."""
     seen: dict[int, torch.Tensor] = {}
     for module in modules:
-        for tensor in (*module.parameters(remove_duplicate=False),
-                       *module.buffers(remove_duplicate=False)):
+        for _, tensor in (*module.named_parameters(remove_duplicate=False),
+                          *module.named_buffers(remove_duplicate=False)):
             seen.setdefault(id(tensor), tensor)
     return list(seen.values())
 

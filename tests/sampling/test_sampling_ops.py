@@ -448,3 +448,22 @@ def test_gpu_triton_sampler_in_cuda_graph() -> None:
         assert keep[torch.arange(32, device="cuda"), replays[-1].long()].all()
         assert torch.equal(replays[-1], run()), "a replay must equal the eager call"
     assert not torch.equal(replays[0], replays[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_per_row_parameters(backend: str) -> None:
+    """Per-row parameters may be strided views (columns of one packed tensor, as the engine's
+    Sampler builds them); each row must read its own value."""
+    gen = torch.Generator().manual_seed(5)
+    probs = torch.softmax(torch.randn(6, 64, generator=gen) * 2, -1).to(DEVICE)
+    packed = torch.stack([torch.tensor([1, 2, 3, 64, 5, 1]), torch.arange(6) + 11,
+                          torch.zeros(6, dtype=torch.int64)], dim=1).to(DEVICE)  # [6, 3]
+    top_k, seed, offset = packed[:, 0], packed[:, 1], packed[:, 2]
+    assert not top_k.is_contiguous()
+    got = ops.top_k_sampling_from_probs(probs, top_k, seed=seed, offset=offset, backend=backend)
+    want = ops.top_k_sampling_from_probs(probs, top_k.contiguous(), seed=seed.contiguous(),
+                                         offset=offset.contiguous(), backend=backend)
+    assert torch.equal(got, want)
+    # top_k = 1 rows must give their argmax: fails if a row reads a neighbour's top_k
+    for row in (0, 5):
+        assert got[row].item() == probs[row].argmax().item()

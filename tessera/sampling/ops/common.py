@@ -78,7 +78,9 @@ def row_param(value: float | torch.Tensor | None, batch: int, device: torch.devi
         if value.dim() != 1 or value.shape[0] not in (1, batch):
             raise ValueError(f"{name} must be a scalar or a 1-D tensor of length {batch} "
                              f"(one per output row), got shape {tuple(value.shape)}")
-        return value.to(device=device, dtype=dtype, non_blocking=True)
+        # kernels index per-row parameters as row * 1: a strided view (e.g. a column of a packed
+        # [B, k] tensor) must be made contiguous, or rows would read their neighbours' values
+        return value.to(device=device, dtype=dtype, non_blocking=True).contiguous()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     if isinstance(value, float) and math.isnan(value):
@@ -95,7 +97,7 @@ def _as_int64(value: int | torch.Tensor, batch: int, device: torch.device, name:
         if value.dim() != 1 or value.shape[0] not in (1, batch):
             raise ValueError(f"{name} tensor must be 1-D of length 1 or {batch}, "
                              f"got shape {tuple(value.shape)}")
-        return value.to(device=device, dtype=torch.int64, non_blocking=True)
+        return value.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or an int64 tensor, got {type(value).__name__}")
     # Python ints beyond int64 wrap, like a uint64 seed would when viewed as int64.
