@@ -32,21 +32,27 @@ BENCH=($PY -m tessera.bench.latency --load-format dummy --dtype bfloat16
        --attention-backend triton --disable-piecewise-cuda-graph --warmup 1 --repeat 3
        --input-len 128 --output-len 64)
 case "${1:-study}" in
-study)
+study)  # first run: GEMV sweep + code-path variants
   run gemv 140 $PY $S gemv --out "$OUT/gemv.json"
-  run variants_qwen3-0.6b 75 $PY $S variants --model qwen3-0.6b --gemv-json "$OUT/gemv.json" \
-    --out "$OUT/variants_qwen3-0.6b.json"
-  run variants_llama3-8b 110 $PY $S variants --model llama3-8b --gemv-json "$OUT/gemv.json" \
-    --out "$OUT/variants_llama3-8b.json"
+  run variants_qwen3-0.6b 75 $PY $S variants --model qwen3-0.6b --out "$OUT/variants_qwen3-0.6b.json"
+  run variants_llama3-8b 110 $PY $S variants --model llama3-8b --out "$OUT/variants_llama3-8b.json"
   ;;
-verify)
-  GEMV_JSON=${GEMV_JSON:-benchmarks/decode_opt/gemv_winners.json}
+study2)  # second run: variants after the fixes, then the GPU tests
+  run variants_qwen3-0.6b 60 $PY $S variants --model qwen3-0.6b --out "$OUT/variants_qwen3-0.6b.json"
+  run variants_llama3-8b 90 $PY $S variants --model llama3-8b --out "$OUT/variants_llama3-8b.json"
+  run gpu_tests 240 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
+    tests/models -m gpu -x
+  ;;
+verify)  # final: bench latency as committed and with the proposed GEMV wiring (+ PDL)
   run latency_qwen3-0.6b 45 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 \
     --out "$OUT/latency_qwen3-0.6b.json"
   run latency_llama3-8b 60 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 \
     --out "$OUT/latency_llama3-8b.json"
-  run gpu_tests 200 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
-    tests/models -m gpu
+  G=(benchmarks/decode_opt/latency_gemv.py)
+  run latency_gemv_pdl_qwen3-0.6b 45 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path qwen3-0.6b \
+    --batch-size 1 32 --out "$OUT/latency_gemv_pdl_qwen3-0.6b.json"
+  run latency_gemv_pdl_llama3-8b 60 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path llama3-8b \
+    --batch-size 1 32 --out "$OUT/latency_gemv_pdl_llama3-8b.json"
   ;;
 esac
 echo "[run_h200] done at ${SECONDS}s"
