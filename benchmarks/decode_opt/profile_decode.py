@@ -323,7 +323,7 @@ def pdl_on() -> Iterator[None]:
         pdl.set_enabled(False)
 
 
-VARIANTS = ["baseline", "no_v_copy", "qk_fused", "fused_decode", "split128", "gemv", "gemv_pdl"]
+VARIANTS = ["baseline", "no_v_copy", "qk_fused", "fused_decode", "gemv", "gemv_pdl"]
 
 
 @contextlib.contextmanager
@@ -444,11 +444,19 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
             out[f"lm_head_ms_{name}"] = t
             print(f"{model:<11} lm_head+float bs=1 ({name}) {t['median'] * 1e3:8.1f} us")
     if CUDA and not args.cpu_smoke:  # last: the profiler slows later replays
-        for name in ("baseline", "fused_decode", "gemv_pdl"):
-            with variant(name):
-                replay = graph_of(backbone_fn(runner, fb))
-                out["cases"][f"bs1_ctx{args.ctx}"][name]["kernels"] = kernel_profile(replay, 10)
-                del replay
+        profiles = [(1, args.ctx, ("baseline", "fused_decode", "gemv_pdl")),
+                    (args.batch, args.ctx, ("baseline", "no_v_copy", "fused_decode"))]
+        for bs, ctx, which in profiles:
+            if bs != 1:
+                runner.allocator.clear()
+                for row in rows:
+                    runner.req_to_token_pool.free(row)
+                fb, rows = decode_batch(runner, bs, ctx)
+            for name in which:
+                with variant(name):
+                    replay = graph_of(backbone_fn(runner, fb))
+                    out["cases"][f"bs{bs}_ctx{ctx}"][name]["kernels"] = kernel_profile(replay, 10)
+                    del replay
     return out
 
 

@@ -43,16 +43,24 @@ study2)  # second run: variants after the fixes, then the GPU tests
   run gpu_tests 240 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
     tests/models -m gpu -x
   ;;
-verify)  # final: bench latency as committed and with the proposed GEMV wiring (+ PDL)
-  run latency_qwen3-0.6b 45 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 \
+verify)  # final: GPU tests, bench latency as committed and with the proposed GEMV wiring
+  run gpu_tests 110 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
+    tests/models -m gpu
+  run latency_qwen3-0.6b 40 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 \
     --out "$OUT/latency_qwen3-0.6b.json"
-  run latency_llama3-8b 60 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 \
+  run latency_llama3-8b 50 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 \
     --out "$OUT/latency_llama3-8b.json"
   G=(benchmarks/decode_opt/latency_gemv.py)
-  run latency_gemv_pdl_qwen3-0.6b 45 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path qwen3-0.6b \
-    --batch-size 1 32 --out "$OUT/latency_gemv_pdl_qwen3-0.6b.json"
-  run latency_gemv_pdl_llama3-8b 60 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path llama3-8b \
-    --batch-size 1 32 --out "$OUT/latency_gemv_pdl_llama3-8b.json"
+  run latency_gemv_qwen3-0.6b 35 $PY "${G[@]}" "${BENCH[@]:3}" --model-path qwen3-0.6b \
+    --batch-size 1 32 --out "$OUT/latency_gemv_qwen3-0.6b.json"
+  run latency_gemv_llama3-8b 45 $PY "${G[@]}" "${BENCH[@]:3}" --model-path llama3-8b \
+    --batch-size 1 32 --out "$OUT/latency_gemv_llama3-8b.json"
+  run latency_gemv_pdl_qwen3-0.6b 30 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path qwen3-0.6b \
+    --batch-size 1 --out "$OUT/latency_gemv_pdl_qwen3-0.6b.json"
+  run latency_gemv_pdl_llama3-8b 40 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path llama3-8b \
+    --batch-size 1 --out "$OUT/latency_gemv_pdl_llama3-8b.json"
+  run variants_qwen3-0.6b 35 $PY $S variants --model qwen3-0.6b --out "$OUT/variants_qwen3-0.6b.json"
+  run variants_llama3-8b 45 $PY $S variants --model llama3-8b --out "$OUT/variants_llama3-8b.json"
   ;;
 esac
 echo "[run_h200] done at ${SECONDS}s"

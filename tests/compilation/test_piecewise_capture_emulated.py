@@ -108,6 +108,35 @@ def test_replayed_logits_equal_eager_for_every_size(runner):
         assert [p.graphs[size].graph.replays for p in pcg.backend.graph_pieces] == [
             r + 1 for r in replays]
         batches.free()
+    # every forward ran its size's replay plan, past Dynamo and the split graph's code
+    assert sum(plan.replays for plan in pcg.plans.values()) >= pcg.max_tokens
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
+
+
+def test_every_size_has_a_replay_plan_of_all_graphs_and_attention_calls(runner):
+    pcg = pcg_of(runner)
+    layers = runner.model_config.num_hidden_layers
+    assert sorted(pcg.plans) == pcg.capture_sizes
+    for size, plan in pcg.plans.items():
+        assert len(plan.graph_calls) == layers + 1 and len(plan.steps) == 2 * layers + 1
+        assert [c for _, c, _ in plan.graph_calls] == [p.graphs[size]
+                                                       for p in pcg.backend.graph_pieces]
+
+
+def test_plan_direct_call_and_dynamo_give_the_same_logits(runner, monkeypatch):
+    pcg = pcg_of(runner)
+    batches = MixedBatches(runner)
+    for total in (1, 6, pcg.max_tokens):
+        batch = batches.mixed(total)
+        with torch.inference_mode():
+            plan = pcg.replay(batch).clone()
+            with monkeypatch.context() as m:
+                m.setattr(pcg, "plans", {})
+                direct = pcg.replay(batch).clone()
+                m.setattr(pcg.backend, "direct", None)
+                dynamo = pcg.replay(batch).clone()
+        assert torch.equal(plan, direct) and torch.equal(plan, dynamo)
+        batches.free()
     assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
 

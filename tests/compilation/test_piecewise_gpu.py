@@ -45,14 +45,44 @@ def test_every_size_is_captured_for_every_piece(runner):
 
 
 def test_forwards_bypass_dynamo(runner):
-    """After the trace, forwards call the compiled graph directly (no guard evaluation)."""
+    """After capture, forwards run the size's replay plan (no Dynamo, no split-graph code); the
+    split graph's direct call (no guard evaluation) is there for everything else."""
     pcg = pcg_of(runner)
-    assert pcg.backend.direct is not None, "Dynamo's flat inputs were not recognised"
-    calls = pcg.backbone.direct_calls
+    assert pcg.backend.direct is not None, pcg.backend.no_direct_reason
+    assert sorted(pcg.plans) == pcg.capture_sizes
+    direct, dynamo = pcg.backbone.direct_calls, pcg.backbone.dynamo_calls
     batches = MixedBatches(runner)
+    plan = pcg.plans[pcg.padded_size(9)]
+    replays = plan.replays
     pcg_and_eager_logits(runner, batches.mixed(9))
-    assert pcg.backbone.direct_calls == calls + 1
+    assert plan.replays == replays + 1
+    assert (pcg.backbone.direct_calls, pcg.backbone.dynamo_calls) == (direct, dynamo)
     batches.free()
+
+
+def test_plan_direct_call_and_dynamo_give_identical_hidden_states(runner, monkeypatch):
+    """The same batch through the replay plan, the direct call and Dynamo's guards: the same
+    graphs and attention calls, so bitwise the same hidden states."""
+    pcg = pcg_of(runner)
+    batches = MixedBatches(runner)
+    outs = {}
+    for total in (3, 16, 33):
+        batch = batches.mixed(total)
+        with torch.inference_mode():
+            outs["plan"] = pcg.replay(batch).clone()
+            with monkeypatch.context() as m:
+                m.setattr(pcg, "plans", {})
+                calls = pcg.backbone.direct_calls
+                outs["direct"] = pcg.replay(batch).clone()
+                assert pcg.backbone.direct_calls == calls + 1
+                m.setattr(pcg.backend, "direct", None)
+                calls = pcg.backbone.dynamo_calls
+                outs["dynamo"] = pcg.replay(batch).clone()
+                assert pcg.backbone.dynamo_calls == calls + 1
+        assert torch.equal(outs["plan"], outs["direct"]), f"{total} tokens"
+        assert torch.equal(outs["plan"], outs["dynamo"]), f"{total} tokens"
+        batches.free()
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
 
 def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
