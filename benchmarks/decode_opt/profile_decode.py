@@ -10,17 +10,17 @@ defeat the 60 MB L2 (as consecutive layers do), so launch gaps count as in a dec
 
 `variants`: the model's backbone (embedding -> layers -> norm, what the decode graph holds) for
 one decode step, captured as a CUDA graph and replayed, under the code paths of each change:
-  baseline       the code before this work (old attention forward with v.contiguous(), separate
-                 q/k norm + rotary, store_kv + two-stage decode kernel; copied here)
-  no_v_copy      + q/k/v views go to attention as they are
-  qk_fused       + q/k RMSNorm and rotary as one op (Qwen3 only)
-  fused_decode   + one decode kernel (store + split-K + in-kernel merge): the new default
-  split128       fused_decode with the old 128 keys-per-split floor (default now 64)
-  gemv           + one-row linears and the LM head through tessera.ops.linear (the Triton
-                 GEMV; LinearBase / ParallelLMHead patched in this process only)
-  gemv_pdl       + programmatic dependent launch for our Triton kernels (TESSERA_PDL)
-with a per-kernel profile (torch.profiler) of baseline, fused_decode and gemv_pdl. `--cpu-smoke` runs the logic on
-a tiny model through Triton's interpreter without graphs (numbers meaningless).
+  fused_decode   one-row linears through F.linear (`--linear-backend torch`); attention as
+                 shipped: one decode kernel (store + split-K + in-kernel merge), fused q/k
+                 RMSNorm + rotary (Qwen3)
+  split128       fused_decode with a 128 keys-per-split floor (default 64)
+  gemv           + one-row linears and the LM head through the Triton GEMV (the default on
+                 CUDA: `--linear-backend triton`)
+  gemv_pdl       + programmatic dependent launch for our Triton kernels (`--enable-pdl`)
+with a per-kernel profile (torch.profiler) of fused_decode and gemv_pdl. The first study also
+timed the code before this work (a copy of the old two-stage decode kernel, since removed):
+benchmarks/results/2026-11-23_h200_s2_decode_variants.txt. `--cpu-smoke` runs the logic on a
+tiny model through Triton's interpreter without graphs (numbers meaningless).
 """
 from __future__ import annotations
 
@@ -236,53 +236,6 @@ def layer_chain(model: str, table: dict[str, tuple[int, int]], sweep: dict) -> d
 
 
 # ---- code-path variants -----------------------------------------------------------------------
-def _old_attention_forward(self, positions, hidden):
-    """LlamaAttention.forward before this work (commit 699f99b)."""
-    t = hidden.shape[0]
-    q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-    q = q.reshape(t, self.num_heads, self.head_dim)
-    k = k.reshape(t, self.num_kv_heads, self.head_dim)
-    if self.q_norm is not None:
-        q, k = self.q_norm(q), self.k_norm(k)
-    q, k = self.rotary_emb(positions, q, k)
-    out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous())
-    return self.o_proj(out)
-
-
-def _unfused_attention_forward(self, positions, hidden):
-    """No v copy, but q/k norm and rotary still three ops."""
-    t = hidden.shape[0]
-    q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-    q = q.view(t, self.num_heads, self.head_dim)
-    k = k.view(t, self.num_kv_heads, self.head_dim)
-    v = v.view(t, self.num_kv_heads, self.head_dim)
-    if self.q_norm is not None:
-        q, k = self.q_norm(q), self.k_norm(k)
-    q, k = self.rotary_emb(positions, q, k)
-    return self.o_proj(self.attn(q, k, v))
-
-
-def _old_backend_forward(original):
-    import baseline_decode_attention as old
-
-    from tessera.attention.triton import _DecodeMetadata
-    from tessera.attention.triton_ops import store_kv
-
-    def forward(self, q, k, v, out, layer_id, scaling, forward_batch):
-        meta = self._metadata_for(forward_batch)
-        if not isinstance(meta, _DecodeMetadata):
-            return original(self, q, k, v, out, layer_id, scaling, forward_batch)
-        k_cache, v_cache = self.kv_pool.k_buffers[layer_id], self.kv_pool.v_buffers[layer_id]
-        loc, n = forward_batch.out_cache_loc, meta.batch_size
-        store_kv(k[:loc.shape[0]], v[:loc.shape[0]], k_cache, v_cache, loc)
-        old.decode_attention(q[:n], k_cache, v_cache, out[:n], self.req_to_token_pool.req_to_token,
-                             forward_batch.req_pool_indices, forward_batch.seq_lens, scaling,
-                             meta.part_out, meta.part_lse, min_split_len=128)
-        return None
-
-    return forward
-
-
 @contextlib.contextmanager
 def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
     original = getattr(obj, name)
@@ -294,58 +247,42 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def linear_patches() -> Iterator[None]:
-    """The proposed wiring: LinearBase.forward and the LM head through tessera.ops.linear (the
-    Triton GEMV for one row on CUDA, F.linear otherwise). Patched in this process only."""
-    from tessera.layers.embedding import ParallelLMHead
-    from tessera.layers.linear import LinearBase
-    from tessera.ops import linear
+def one_row_linear(backend: str) -> Iterator[None]:
+    """One-row linears (and the LM head) through `backend` ("triton": the GEMV, "torch")."""
+    from tessera.ops.linear import one_row_backend, set_one_row_backend
 
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-    def compute_logits(self, hidden):
-        return linear(hidden, self.weight)[..., : self.vocab_size]
-
-    with patched(LinearBase, "forward", forward), \
-            patched(ParallelLMHead, "compute_logits", compute_logits):
-        yield
-
-
-@contextlib.contextmanager
-def pdl_on() -> Iterator[None]:
-    from tessera.ops.triton import pdl
-
-    pdl.set_enabled(True)
+    previous = one_row_backend()
+    set_one_row_backend(backend)
     try:
         yield
     finally:
-        pdl.set_enabled(False)
+        set_one_row_backend(previous)
 
 
-VARIANTS = ["baseline", "no_v_copy", "qk_fused", "fused_decode", "gemv", "gemv_pdl"]
+@contextlib.contextmanager
+def pdl_enabled(flag: bool) -> Iterator[None]:
+    from tessera.ops.triton import pdl
+
+    previous = pdl.enabled()
+    pdl.set_enabled(flag)
+    try:
+        yield
+    finally:
+        pdl.set_enabled(previous)
+
+
+VARIANTS = ["fused_decode", "split128", "gemv", "gemv_pdl"]
 
 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     from tessera.attention import triton as triton_backend
-    from tessera.attention.triton import TritonAttentionBackend
-    from tessera.models.llama import LlamaAttention
 
     with contextlib.ExitStack() as stack:
-        if name == "baseline":
-            stack.enter_context(patched(LlamaAttention, "forward", _old_attention_forward))
-        if name == "no_v_copy":
-            stack.enter_context(patched(LlamaAttention, "forward", _unfused_attention_forward))
-        if name in ("baseline", "no_v_copy", "qk_fused"):
-            stack.enter_context(patched(TritonAttentionBackend, "forward",
-                                        _old_backend_forward(TritonAttentionBackend.forward)))
         if name.startswith("split"):
             stack.enter_context(patched(triton_backend, "MIN_KEYS_PER_SPLIT", int(name[5:])))
-        if name.startswith("gemv"):
-            stack.enter_context(linear_patches())
-        if name.endswith("_pdl"):
-            stack.enter_context(pdl_on())
+        stack.enter_context(one_row_linear("triton" if name.startswith("gemv") else "torch"))
+        stack.enter_context(pdl_enabled(name.endswith("_pdl")))
         yield
 
 
@@ -403,8 +340,7 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
     cases = [(args.batch, args.ctx), (1, args.long_ctx), (1, args.ctx)]  # bs=1 ctx last
     tokens = sum(bs * (ctx + 8) for bs, ctx in cases) + 64
     runner = build_runner(model, max(bs for bs, _ in cases), tokens)
-    qk_norm = runner.model.model.layers[0].self_attn.q_norm is not None
-    names = [n for n in VARIANTS if qk_norm or n != "qk_fused"]
+    names = list(VARIANTS)
     if args.cpu_smoke:
         names = [n for n in names if not n.endswith("_pdl")]
     inner, reps = (1, 2) if args.cpu_smoke else (10, 9)
@@ -428,7 +364,7 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
                 t = time_ms(replay, inner, reps)
                 again = time_ms(replay, inner, reps)  # the same version twice: the noise
                 del replay
-            case_out[name] = {"ms": t, "ms_again": again, "rel_diff_vs_baseline": rel,
+            case_out[name] = {"ms": t, "ms_again": again, "rel_diff_vs_first": rel,
                               "decode_splits": runner.attn_backend.decode_num_splits(bs)}
             print(f"{model:<11} {key:<14} {name:<13} {t['median'] * 1e3:8.1f} us "
                   f"(again {again['median'] * 1e3:8.1f}) rel diff {rel:.2e}", flush=True)
@@ -444,8 +380,8 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
             out[f"lm_head_ms_{name}"] = t
             print(f"{model:<11} lm_head+float bs=1 ({name}) {t['median'] * 1e3:8.1f} us")
     if CUDA and not args.cpu_smoke:  # last: the profiler slows later replays
-        profiles = [(1, args.ctx, ("baseline", "fused_decode", "gemv_pdl")),
-                    (args.batch, args.ctx, ("baseline", "no_v_copy", "fused_decode"))]
+        profiles = [(1, args.ctx, ("fused_decode", "gemv_pdl")),
+                    (args.batch, args.ctx, ("fused_decode",))]
         for bs, ctx, which in profiles:
             if bs != 1:
                 runner.allocator.clear()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device-machine driver for the decode_opt study (one H200). Usage:
 #   OUT=/dir bash benchmarks/decode_opt/run_h200.sh study   # GEMV sweep + code-path variants
-#   OUT=/dir bash benchmarks/decode_opt/run_h200.sh verify  # GPU tests + bench latency
+#   OUT=/dir bash benchmarks/decode_opt/run_h200.sh verify  # bench latency variants
 # Every step gets at most what is left of BUDGET seconds (default 330) and logs under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,22 +43,19 @@ study2)  # second run: variants after the fixes, then the GPU tests
   run gpu_tests 240 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
     tests/models -m gpu -x
   ;;
-verify)  # final: GPU tests, bench latency as committed and with the proposed GEMV wiring
-  run gpu_tests 110 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
-    tests/models -m gpu
+verify)  # bench latency as shipped (GEMV), with torch linears, and with PDL
   run latency_qwen3-0.6b 40 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 \
     --out "$OUT/latency_qwen3-0.6b.json"
   run latency_llama3-8b 50 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 \
     --out "$OUT/latency_llama3-8b.json"
-  G=(benchmarks/decode_opt/latency_gemv.py)
-  run latency_gemv_qwen3-0.6b 35 $PY "${G[@]}" "${BENCH[@]:3}" --model-path qwen3-0.6b \
-    --batch-size 1 32 --out "$OUT/latency_gemv_qwen3-0.6b.json"
-  run latency_gemv_llama3-8b 45 $PY "${G[@]}" "${BENCH[@]:3}" --model-path llama3-8b \
-    --batch-size 1 32 --out "$OUT/latency_gemv_llama3-8b.json"
-  run latency_gemv_pdl_qwen3-0.6b 30 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path qwen3-0.6b \
-    --batch-size 1 --out "$OUT/latency_gemv_pdl_qwen3-0.6b.json"
-  run latency_gemv_pdl_llama3-8b 40 $PY "${G[@]}" --pdl "${BENCH[@]:3}" --model-path llama3-8b \
-    --batch-size 1 --out "$OUT/latency_gemv_pdl_llama3-8b.json"
+  run latency_torch_linear_qwen3-0.6b 35 "${BENCH[@]}" --linear-backend torch \
+    --model-path qwen3-0.6b --batch-size 1 32 --out "$OUT/latency_torch_linear_qwen3-0.6b.json"
+  run latency_torch_linear_llama3-8b 45 "${BENCH[@]}" --linear-backend torch \
+    --model-path llama3-8b --batch-size 1 32 --out "$OUT/latency_torch_linear_llama3-8b.json"
+  run latency_pdl_qwen3-0.6b 30 "${BENCH[@]}" --enable-pdl --model-path qwen3-0.6b \
+    --batch-size 1 --out "$OUT/latency_pdl_qwen3-0.6b.json"
+  run latency_pdl_llama3-8b 40 "${BENCH[@]}" --enable-pdl --model-path llama3-8b \
+    --batch-size 1 --out "$OUT/latency_pdl_llama3-8b.json"
   run variants_qwen3-0.6b 35 $PY $S variants --model qwen3-0.6b --out "$OUT/variants_qwen3-0.6b.json"
   run variants_llama3-8b 45 $PY $S variants --model llama3-8b --out "$OUT/variants_llama3-8b.json"
   ;;

@@ -1,7 +1,9 @@
 import sys; sys.path.insert(0, "tests/sampling")
-import numpy as np, torch
+import numpy as np
 from test_sampler import CASES, N, V, build, fixed_logits, reference_distribution
+
 from tessera.sampling.sampler import Sampler
+
 logits = fixed_logits()
 for name, params in CASES.items():
     exp = reference_distribution(logits, params)

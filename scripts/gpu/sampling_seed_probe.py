@@ -1,5 +1,8 @@
-import torch, numpy as np
+import numpy as np
+import torch
+
 from tessera.sampling import ops
+
 V=32; N=20000
 g=torch.Generator().manual_seed(0)
 p=torch.softmax(torch.randn(V,generator=g)*1.5,-1).cuda()

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.null_attention:
         original = type(attn).forward
         type(attn).forward = lambda self, *a, **k: None
-        restore = lambda: setattr(type(attn), "forward", original)  # noqa: E731
+        restore = lambda: setattr(type(attn), "forward", original)
     timings = result["us"]
     w, r = args.warmup, args.repeat
     try:

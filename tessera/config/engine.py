@@ -65,6 +65,11 @@ class SchedulerConfig:
 class BackendConfig:
     attention_backend: str = cfg("auto", "attention kernels", choices=_attention_choices)
     sampling_backend: str = cfg("auto", "sampling ops", choices=_sampling_choices)
+    linear_backend: str = cfg("auto", "one-row linear layers (bs=1 decode, LM head): the Triton "
+                              "GEMV or torch's F.linear; auto: triton on CUDA with Triton",
+                              choices=["auto", "triton", "torch"])
+    enable_pdl: bool = cfg(False, "programmatic dependent launch for tessera's Triton kernels "
+                           "(compute capability >= 9.0; see tessera/ops/triton/pdl.py)")
 
 
 @dataclasses.dataclass(frozen=True)

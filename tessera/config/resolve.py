@@ -33,8 +33,19 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     sampling = backend.sampling_backend
     if sampling == "auto":
         sampling = platform.default_sampling_backend
-    logger.info("attention backend: %s; sampling backend: %s", attention, sampling)
-    backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling)
+    from tessera.ops.base import triton_available
+
+    gemv_ok = platform.device_type == "cuda" and platform.supports_triton and triton_available()
+    linear = backend.linear_backend
+    if linear == "auto":
+        linear = "triton" if gemv_ok else "torch"
+    elif linear == "triton" and not gemv_ok:
+        raise ValueError(f"--linear-backend triton needs a CUDA device with Triton; platform "
+                         f"{platform.kind.value} has none (use torch or auto)")
+    logger.info("attention backend: %s; sampling backend: %s; one-row linear: %s%s", attention,
+                sampling, linear, "; PDL on" if backend.enable_pdl else "")
+    backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling,
+                                  linear_backend=linear)
 
     if sched.chunked_prefill_size == 0 or sched.chunked_prefill_size < -1:
         raise ValueError("--chunked-prefill-size must be a positive token count or -1 (off)")

@@ -6,6 +6,7 @@ from torch import nn
 
 from tessera.distributed import get_tp_rank, get_tp_size
 from tessera.layers.linear import default_weight_loader
+from tessera.ops.linear import linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -39,5 +40,5 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Output projection to vocab logits; shares its weight with the embedding when tied."""
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight)  # the GEMV for one row on CUDA
         return logits[..., : self.vocab_size]

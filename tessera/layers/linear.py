@@ -6,10 +6,10 @@ layers (QKV, gate/up) hold several checkpoint tensors side by side; `shard_id` s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed import get_tp_rank, get_tp_size
+from tessera.ops.linear import linear
 
 
 def _set_loader(param: nn.Parameter, loader) -> nn.Parameter:
@@ -36,7 +36,8 @@ class LinearBase(nn.Module):
                                                  requires_grad=False), self.weight_loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        # F.linear, except one-row CUDA inputs take the Triton GEMV (tessera.ops.linear)
+        return linear(x, self.weight, self.bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         default_weight_loader(param, loaded)

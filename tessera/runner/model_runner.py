@@ -17,6 +17,8 @@ from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
 from tessera.models.loader import load_model, load_model_config
+from tessera.ops.linear import set_one_row_backend
+from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
@@ -40,6 +42,9 @@ class ModelRunner:
         self.dtype = parse_dtype(config.load.dtype)
         self.model_config = load_model_config(config.load.model_path)
         self.platform.manual_seed(config.load.seed)
+        # process-wide kernel choices, before anything is captured (decode graphs hold them)
+        set_one_row_backend(config.backend.linear_backend)
+        pdl.set_enabled(config.backend.enable_pdl or pdl.ENV_ENABLED)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)
         mc = self.model_config

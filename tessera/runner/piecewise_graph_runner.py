@@ -178,7 +178,8 @@ class PiecewiseGraphRunner:
         self.plans.clear()
         for size in sizes:
             batch = self._dummy_batch(size)
-            plan = self.backend.build_replay_plan(size, lambda: self._run(batch, size, False))
+            plan = self.backend.build_replay_plan(
+                size, lambda batch=batch, size=size: self._run(batch, size, False))
             if plan is None:
                 logger.warning("piecewise graph: no replay plan for %d tokens (a piece did not "
                                "replay a graph); that size runs through the split graph", size)

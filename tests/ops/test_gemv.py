@@ -12,12 +12,21 @@ import torch
 import torch.nn.functional as F
 
 from tessera.ops import custom_ops, linear
-from tessera.ops.linear import use_gemv
+from tessera.ops.linear import one_row_backend, set_one_row_backend, use_gemv
 
 
 def _rel_err(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> float:
     ref = x.double() @ w.double().T + (0 if b is None else b.double())
     return float((got.double() - ref).norm() / ref.norm())
+
+
+@pytest.fixture(autouse=True)
+def gemv_backend():
+    """Every test starts from the GEMV backend (a ModelRunner elsewhere may have set torch)."""
+    previous = one_row_backend()
+    set_one_row_backend("triton")
+    yield
+    set_one_row_backend(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +67,7 @@ def test_gemv_one_dimensional_input(device):
 def test_gemv_config_covers_the_decode_shapes():
     from tessera.ops.triton.gemv import gemv_config
 
-    # the sweep's winners (benchmarks/results/2026-11-23_h200_decode_opt_gemv.json)
+    # the H200 sweep's winners (benchmarks/decode_opt/profile_decode.py gemv)
     assert (gemv_config(1024, 2048).block_n, gemv_config(1024, 2048).block_k) == (2, 1024)
     assert gemv_config(4096, 14336).num_warps == 8
     assert gemv_config(151936, 1024).block_n == 16
@@ -72,6 +81,15 @@ def test_linear_dispatch_rules():
     meta = dict(device="meta", dtype=torch.bfloat16)
     cuda_like = torch.empty(1, 32, **meta)
     assert not use_gemv(cuda_like, torch.empty(8, 32, **meta))  # not a CUDA tensor
+
+
+def test_one_row_backend_switch():
+    with pytest.raises(ValueError, match="one of"):
+        set_one_row_backend("cublas")
+    set_one_row_backend("torch")
+    assert one_row_backend() == "torch"
+    x, w = torch.randn(1, 32), torch.randn(8, 32)
+    assert not use_gemv(x, w) and torch.equal(linear(x, w), F.linear(x, w))
 
 
 def test_gemv_custom_op_fake_matches_real(device):
@@ -100,6 +118,8 @@ def test_gpu_linear_one_row_takes_the_gemv(n, k):
     # two rows, fp32, strided: plain F.linear
     assert not use_gemv(torch.randn(2, k, device="cuda", dtype=torch.bfloat16), w)
     assert not use_gemv(x.float(), w.float())
+    set_one_row_backend("torch")  # --linear-backend torch: cuBLAS for one row too
+    assert not use_gemv(x, w, b) and torch.equal(linear(x, w, b), F.linear(x, w, b))
 
 
 @pytest.mark.gpu

@@ -6,10 +6,11 @@ owns BLOCK_N output features: it streams its [BLOCK_N, K] strip of W in [BLOCK_N
 (contiguous along K: 16-byte loads), multiplies by the matching slice of x and accumulates in a
 float32 [BLOCK_N, BLOCK_K] tile, reduced across K once at the end (no per-tile shuffles).
 
-Measured on the H200 (benchmarks/results/2026-11-23_h200_decode_opt_gemv.json, bf16, weights
-rotated past L2, inside a CUDA graph): against cuBLAS 1.1-3.8x faster on the qwen3-0.6b shapes
-(o_proj 12.5 -> 3.3 us) and 1.03-1.27x on llama3-8b's, 4-5% on the LM heads. Splitting K across
-programs never won there, so there is none. `gemv_config` encodes the sweep's winners.
+Measured on the H200 (`benchmarks/decode_opt/profile_decode.py gemv`, bf16, weights rotated past
+L2, inside a CUDA graph; that sweep's JSON was not kept): against cuBLAS 1.1-3.8x faster on the
+qwen3-0.6b shapes (o_proj 12.5 -> 3.3 us) and 1.03-1.27x on llama3-8b's, 4-5% on the LM heads.
+Splitting K across programs never won there, so there is none. `gemv_config` encodes the sweep's
+winners. End to end: benchmarks/results/2026-11-23_h200_s2_decode_variants.txt.
 
 With PDL (tessera.ops.triton.pdl) the program loads its first weight tile before waiting for the
 previous kernel: the weight stream starts while the previous kernel drains.

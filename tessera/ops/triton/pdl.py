@@ -10,8 +10,11 @@ GEMV loads its first weight tile there; every other kernel waits first. Nothing 
 the wait. A kernel launched without PDL after one of ours (cuBLAS, torch ops) simply waits for it
 as usual, and ours after such a kernel start when it has completed: mixing is safe.
 
-Off unless TESSERA_PDL=1 (or `set_enabled(True)`), and only on CUDA devices of compute
-capability >= 9.0 with compiled Triton (never in the interpreter or on other platforms).
+Off unless `--enable-pdl` (the ModelRunner calls `set_enabled`) or TESSERA_PDL=1, and only on CUDA
+devices of compute capability >= 9.0 with compiled Triton (never in the interpreter or on other
+platforms). Why off: on the H200 (bench latency, decode graphs, bs=1, with the GEMV) it took
+qwen3-0.6b from 1.37 to 1.22 ms a step but llama3-8b from 4.66 to 4.86 ms
+(benchmarks/results/2026-11-23_h200_s2_decode_gemv_*); it is not yet a win everywhere.
 """
 from __future__ import annotations
 
@@ -20,7 +23,13 @@ import os
 
 import torch
 
-_enabled = os.environ.get("TESSERA_PDL", "0") == "1"
+ENV_ENABLED = os.environ.get("TESSERA_PDL", "0") == "1"
+_enabled = ENV_ENABLED
+
+
+def enabled() -> bool:
+    """Whether PDL is requested (use_pdl also checks the device)."""
+    return _enabled
 
 
 def set_enabled(flag: bool) -> None:
