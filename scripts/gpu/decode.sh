@@ -9,32 +9,9 @@
 # decode_summary.txt (the figures next to their targets).
 # Usage: OUT=/some/dir bash scripts/gpu/decode.sh    (~5 min on an H200; hard stop at ~8 min)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET  # compiled kernels here, never the interpreter
-DEADLINE=$((SECONDS + 470))  # every step below gets at most what is left of ~8 minutes
+source "$(dirname "$0")/common.sh"
+run_setup decode.sh 470 decode_summary.txt  # each step: at most what is left of ~8 minutes
 status=0
-
-# run NAME LIMIT_S CMD...: at most LIMIT_S seconds (less if the deadline is nearer), output to
-# $OUT/NAME.log; skipped when under 30 s are left
-run() {
-  local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
-  shift 2
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 30 ]; then
-    echo "[decode.sh] skipped $name: time budget spent" | tee -a "$OUT/decode_summary.txt"
-    status=1
-    return
-  fi
-  echo "[decode.sh] $name (limit ${limit}s): $*"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
-  echo "[decode.sh] $name rc=$rc after ${SECONDS}s"
-  [ "$rc" -eq 0 ] || status=1
-}
 
 "$PY" -c 'import torch, triton, transformers; print("torch", torch.__version__, "cuda",
 torch.version.cuda, "triton", triton.__version__, "transformers", transformers.__version__,

@@ -5,12 +5,7 @@
 # Writes $OUT/ops_tests.log, $OUT/ops_bench.json (+ ops_bench.log).
 # Usage: OUT=/some/dir bash scripts/gpu/ops.sh
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET  # compiled kernels here, never the interpreter
+source "$(dirname "$0")/common.sh"
 
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "triton", triton.__version__, "device", torch.cuda.get_device_name())' | tee "$OUT/ops_tests.log"

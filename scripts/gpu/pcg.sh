@@ -12,32 +12,9 @@
 # latency_pcg_<model>.json + .log, pcg_summary.txt (figures next to their targets).
 # Usage: OUT=/some/dir bash scripts/gpu/pcg.sh    (hard stop at ~9 min)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET  # compiled kernels here, never the interpreter
-DEADLINE=$((SECONDS + 530))  # every step below gets at most what is left of ~9 minutes
+source "$(dirname "$0")/common.sh"
+run_setup pcg.sh 530 pcg_summary.txt 1  # each step: at most what is left of ~9 minutes
 status=0
-
-# run NAME LIMIT_S CMD...: at most LIMIT_S seconds (less if the deadline is nearer), output to
-# $OUT/NAME.log; skipped when under 30 s are left
-run() {
-  local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
-  shift 2
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 30 ]; then
-    echo "[pcg.sh] skipped $name: time budget spent" | tee -a "$OUT/pcg_summary.txt"
-    status=1
-    return
-  fi
-  echo "[pcg.sh] $name (limit ${limit}s): $*"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
-  echo "[pcg.sh] $name rc=$rc after ${SECONDS}s" | tee -a "$OUT/pcg_summary.txt"
-  [ "$rc" -eq 0 ] || status=1
-}
 
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "triton", triton.__version__, "device", torch.cuda.get_device_name())' | tee "$OUT/environment.log"

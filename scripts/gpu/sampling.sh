@@ -8,12 +8,7 @@
 # Usage: OUT=/some/dir bash scripts/gpu/sampling.sh    (~4-6 min on an H200 with compiles; hard
 # stops keep it under 10 min)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET  # compiled kernels here, never the interpreter
+source "$(dirname "$0")/common.sh"
 
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "triton", triton.__version__, "device", torch.cuda.get_device_name())' | tee "$OUT/sampling_tests.log"

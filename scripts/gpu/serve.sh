@@ -15,12 +15,7 @@
 # Usage: OUT=/some/dir bash scripts/gpu/serve.sh    (~4 min on an H200; hard stop at ~8 min)
 #        SMOKE=1 bash scripts/gpu/serve.sh           (tiny model and counts: checks the script on a CPU)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET
+source "$(dirname "$0")/common.sh"
 DEADLINE=$((SECONDS + 460))
 if [ "${SMOKE:-0}" = 1 ]; then
   MODEL=(--model-path tiny-qwen3 --kv-cache-tokens 16384); N=8; IN=64; OUT_LEN=8; GSM_N=8
@@ -93,7 +88,8 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# run NAME LIMIT_S CMD...: at most LIMIT_S seconds (less if the deadline is nearer)
+# run NAME LIMIT_S CMD...: at most LIMIT_S seconds (less if the deadline is nearer). Replaces
+# common.sh's run: output goes to serve_bench.log, lines through say, skipped under 20 s left
 run() {
   local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
   shift 2

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from tessera.attention import get_attention_backend_class
 from tessera.attention.base import AttentionBackend
 from tessera.attention.triton_ops import store_kv
+from tessera.bench.timing import time_ms
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.platforms import current_platform
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
@@ -46,29 +46,6 @@ class Figure:
     median_ms: float
     min_ms: float
     max_ms: float
-
-
-def time_ms(fn: Callable[[], None], warmup: int, repeat: int) -> list[float]:
-    """Per-call times in ms: device events where the platform has them, else a synchronised
-    wall clock."""
-    platform = current_platform()
-    for _ in range(warmup):
-        fn()
-    platform.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = platform.event(enable_timing=True), platform.event(enable_timing=True)
-        if start is None:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            continue
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 class Setup:

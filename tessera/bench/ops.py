@@ -14,19 +14,19 @@ Median of device-event timings after warm-up; one timing covers `inner` back-to-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from tessera.attention.context import set_forward_context
+from tessera.bench.timing import time_ms
 from tessera.config.model import ModelConfig
+from tessera.models.loader import default_dtype
 from tessera.ops import (
     PerTokenGroupQuantFP8,
     RMSNorm,
@@ -69,26 +69,7 @@ class CopyAttention:
 
 
 def median_ms(fn: Callable[[], Any], warmup: int, repeat: int, inner: int) -> float:
-    platform = current_platform()
-    for _ in range(warmup):
-        fn()
-    platform.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = platform.event(enable_timing=True), platform.event(enable_timing=True)
-        if start is None:  # CPU (smoke): synchronised wall clock
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times.append((time.perf_counter() - t0) * 1e3 / inner)
-            continue
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
+    return statistics.median(time_ms(fn, warmup, repeat, inner))
 
 
 def as_graph(fn: Callable[[], Any]) -> Callable[[], Any] | None:
@@ -104,16 +85,6 @@ def as_graph(fn: Callable[[], Any]) -> Callable[[], Any] | None:
     with platform.graph_context(graph, pool=platform.graph_pool_handle()):
         fn()
     return graph.replay
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_layers(config: ModelConfig, dtype: torch.dtype, device: torch.device):

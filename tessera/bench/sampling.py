@@ -16,12 +16,12 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tessera.bench.timing import time_ms
 from tessera.platforms import current_platform
 from tessera.sampling import ops
 
@@ -40,28 +40,6 @@ class Figure:
     median_ms: float
     min_ms: float
     max_ms: float
-
-
-def time_ms(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
-    """Per-call times in ms: device events where the platform has them, else a wall clock."""
-    platform = current_platform()
-    for _ in range(warmup):
-        fn()
-    platform.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = platform.event(enable_timing=True), platform.event(enable_timing=True)
-        if start is None:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            continue
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 def as_graph(fn: Callable[[], Any]) -> Callable[[], Any] | None:

@@ -116,19 +116,8 @@ class RadixCache:
         key = _as_key(token_ids)
         if self.disable or not key:
             return MatchResult(self._empty(), self.root, 0)
-        now = next(self._clock)
-        node, pos, values = self.root, 0, []
-        while pos < len(key):
-            child = node.children.get(key[pos])
-            if child is None:
-                break
-            n = _common_len(child.key, key, pos)
-            if n < len(child.key):
-                child = self._split(child, n)
-            child.last_access_time = now
-            values.append(child.value)
-            node, pos = child, pos + n  # after a split, key[pos] has no child here: loop ends
-        slots = torch.cat(values) if values else self._empty()
+        node, pos, path = self._descend(key, next(self._clock))
+        slots = torch.cat([n.value for n in path]) if path else self._empty()
         return MatchResult(slots, node, pos)
 
     def insert(self, token_ids: TokenIds, slots: torch.Tensor) -> int:
@@ -142,16 +131,7 @@ class RadixCache:
         if self.disable or not key:
             return 0
         now = next(self._clock)
-        node, pos = self.root, 0
-        while pos < len(key):
-            child = node.children.get(key[pos])
-            if child is None:
-                break
-            n = _common_len(child.key, key, pos)
-            if n < len(child.key):
-                child = self._split(child, n)
-            child.last_access_time = now
-            node, pos = child, pos + n
+        node, pos, _ = self._descend(key, now)
         if pos < len(key):
             value = slots[pos:].to(device=self.device, dtype=torch.int64, copy=True)
             leaf = TreeNode(key[pos:], value, node)
@@ -161,6 +141,24 @@ class RadixCache:
             self._refresh_leaf(leaf)
             self._refresh_leaf(node)  # it has a child now
         return pos
+
+    def _descend(self, key: tuple[int, ...], now: int) -> tuple[TreeNode, int, list[TreeNode]]:
+        """Walk down from the root as far as the tree holds key: (node reached, tokens matched,
+        nodes passed below the root). A match ending inside a node's key splits that node, so the
+        node reached covers exactly the matched prefix; every node passed gets LRU time `now`.
+        The one walk of match_prefix and insert, so both split and refresh the same way."""
+        node, pos, path = self.root, 0, []
+        while pos < len(key):
+            child = node.children.get(key[pos])
+            if child is None:
+                break
+            n = _common_len(child.key, key, pos)
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access_time = now
+            path.append(child)
+            node, pos = child, pos + n  # after a split, key[pos] has no child here: loop ends
+        return node, pos, path
 
     def _split(self, child: TreeNode, n: int) -> TreeNode:
         """Cut child's key after n tokens; returns the new upper node. The original node object

@@ -67,7 +67,9 @@ def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Parameters made inside without an explicit dtype take `dtype`: how models are built here
+    (benchmarks and tests that build layers on their own use it to match)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -96,7 +98,7 @@ def load_model(model_path: str, model_config: ModelConfig, load_format: str, dty
         load_format = "dummy" if is_preset(model_path) else "safetensors"
     if load_format == "safetensors" and is_preset(model_path):
         raise ValueError(f"preset {model_path!r} has no weight files; use --load-format dummy")
-    with torch.device(device), _default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         model = model_cls(model_config, dtype)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
@@ -115,4 +117,4 @@ def load_model(model_path: str, model_config: ModelConfig, load_format: str, dty
     return model.eval()
 
 
-__all__ = ["load_model", "load_model_config", "supported_architectures"]
+__all__ = ["default_dtype", "load_model", "load_model_config", "supported_architectures"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tessera.attention.context import set_forward_context
 from tessera.config.model import ModelConfig
+from tessera.models.loader import default_dtype
 from tessera.ops import native_ops
 
 
@@ -41,17 +42,6 @@ class CausalSdpaBackend:
 
 def attention_context() -> contextlib.AbstractContextManager:
     return set_forward_context(None, CausalSdpaBackend())  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """As the model loader builds models: parameters without an explicit dtype take this one."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_layer_pair(config: ModelConfig, dtype: torch.dtype, device: str | torch.device,

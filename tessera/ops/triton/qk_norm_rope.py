@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from tessera.ops.triton.pdl import launch_options, use_pdl
+from tessera.ops.triton.rotary import rope_cos_sin, rope_store
 
 
 @triton.jit
@@ -40,10 +41,7 @@ def _norm_rotate_block(x_ptr, w_ptr, out_ptr, x_row, out_row, x_head_stride, out
     y1 = (w1 * (x1 * rstd).to(in_dtype).to(tl.float32)).to(dtype).to(tl.float32)
     y2 = (w2 * (x2 * rstd).to(in_dtype).to(tl.float32)).to(dtype).to(tl.float32)
     # rotary: y * cos + rotate_half(y) * sin, each product rounded where native rounds
-    o1 = (y1 * cos).to(dtype).to(tl.float32) + (-y2 * sin).to(dtype).to(tl.float32)
-    o2 = (y2 * cos).to(dtype).to(tl.float32) + (y1 * sin).to(dtype).to(tl.float32)
-    tl.store(dst, o1.to(dtype), mask=mask)
-    tl.store(dst + HALF, o2.to(dtype), mask=mask)
+    rope_store(dst, y1, y2, cos, sin, mask, HALF)
 
 
 @triton.jit
@@ -62,12 +60,8 @@ def _qk_norm_rope_kernel(pos_ptr, cache_ptr, q_ptr, k_ptr, q_w_ptr, k_w_ptr, q_o
     pos = tl.load(pos_ptr + tok).to(tl.int64)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < HALF
-    dtype = q_out_ptr.dtype.element_ty
-    # native casts cos/sin to the activation dtype (here: the normalized q's) before multiplying
-    cos = tl.load(cache_ptr + pos * cache_stride + dims, mask=dim_mask, other=0.0)
-    sin = tl.load(cache_ptr + pos * cache_stride + HALF + dims, mask=dim_mask, other=0.0)
-    cos = cos.to(tl.float32).to(dtype).to(tl.float32)[None, :]
-    sin = sin.to(tl.float32).to(dtype).to(tl.float32)[None, :]
+    # rounded to the output dtype: the activation dtype of native rotary (the normalized q's)
+    cos, sin = rope_cos_sin(cache_ptr, cache_stride, pos, dims, dim_mask, q_out_ptr, HALF)
     if block < n_q_blocks:
         _norm_rotate_block(q_ptr, q_w_ptr, q_out_ptr, tok * q_tok_stride, tok * qo_tok_stride,
                            q_head_stride, qo_head_stride, n_q_heads, block * BLOCK_H, cos, sin,

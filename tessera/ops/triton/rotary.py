@@ -16,6 +16,32 @@ from tessera.ops.triton.pdl import launch_options, use_pdl
 
 
 @triton.jit
+def rope_cos_sin(cache_ptr, cache_stride, pos, dims, dim_mask, out_ptr, HALF: tl.constexpr):
+    """cos and sin ([1, BLOCK_D] float32) of one position from the float32 cache, rounded to the
+    output dtype first as native casts them to the activation dtype before multiplying. Shared with
+    qk_norm_rope so both kernels round exactly as the native rotary does."""
+    dtype = out_ptr.dtype.element_ty
+    cos = tl.load(cache_ptr + pos * cache_stride + dims, mask=dim_mask, other=0.0)
+    sin = tl.load(cache_ptr + pos * cache_stride + HALF + dims, mask=dim_mask, other=0.0)
+    cos = cos.to(tl.float32).to(dtype).to(tl.float32)[None, :]
+    sin = sin.to(tl.float32).to(dtype).to(tl.float32)[None, :]
+    return cos, sin
+
+
+@triton.jit
+def rope_store(dst, x1, x2, cos, sin, mask, HALF: tl.constexpr):
+    """Stores the rotated halves (float32 x1 | x2) at dst / dst + HALF in dst's dtype.
+
+    native: x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1); each product is
+    rounded to the activation dtype where native rounds, keeping both paths bit-compatible."""
+    dtype = dst.dtype.element_ty
+    o1 = (x1 * cos).to(dtype).to(tl.float32) + (-x2 * sin).to(dtype).to(tl.float32)
+    o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
+    tl.store(dst, o1.to(dtype), mask=mask)
+    tl.store(dst + HALF, o2.to(dtype), mask=mask)
+
+
+@triton.jit
 def _rotate_block(x_ptr, out_ptr, x_row, out_row, x_head_stride, out_head_stride, n_heads,
                   head0, cos, sin, dims, dim_mask,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -23,15 +49,9 @@ def _rotate_block(x_ptr, out_ptr, x_row, out_row, x_head_stride, out_head_stride
     mask = (heads < n_heads)[:, None] & dim_mask[None, :]
     src = x_ptr + x_row + heads[:, None] * x_head_stride + dims[None, :]
     dst = out_ptr + out_row + heads[:, None] * out_head_stride + dims[None, :]
-    dtype = out_ptr.dtype.element_ty
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
-    # native: x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1); each product is
-    # rounded to the activation dtype where native rounds, keeping both paths bit-compatible
-    o1 = (x1 * cos).to(dtype).to(tl.float32) + (-x2 * sin).to(dtype).to(tl.float32)
-    o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
-    tl.store(dst, o1.to(dtype), mask=mask)
-    tl.store(dst + HALF, o2.to(dtype), mask=mask)
+    rope_store(dst, x1, x2, cos, sin, mask, HALF)
 
 
 @triton.jit
@@ -49,12 +69,7 @@ def _rotary_kernel(pos_ptr, cache_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr,
     pos = tl.load(pos_ptr + tok).to(tl.int64)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < HALF
-    dtype = q_out_ptr.dtype.element_ty
-    # native casts cos/sin to the activation dtype before multiplying
-    cos = tl.load(cache_ptr + pos * cache_stride + dims, mask=dim_mask, other=0.0)
-    sin = tl.load(cache_ptr + pos * cache_stride + HALF + dims, mask=dim_mask, other=0.0)
-    cos = cos.to(tl.float32).to(dtype).to(tl.float32)[None, :]
-    sin = sin.to(tl.float32).to(dtype).to(tl.float32)[None, :]
+    cos, sin = rope_cos_sin(cache_ptr, cache_stride, pos, dims, dim_mask, q_out_ptr, HALF)
     if block < n_q_blocks:
         _rotate_block(q_ptr, q_out_ptr, tok * q_tok_stride, tok * qo_tok_stride, q_head_stride,
                       qo_head_stride, n_q_heads, block * BLOCK_H, cos, sin, dims, dim_mask,
