@@ -88,10 +88,10 @@ def build_runner(args: argparse.Namespace) -> Any:
     from tessera.models.presets import PRESETS
     from tessera.runner.model_runner import ModelRunner
 
-    common = dict(load_format="dummy", disable_cuda_graph=True, max_running_requests=4,
-                  kv_cache_tokens=max(4096, 2 * args.max_tokens),
-                  piecewise_cuda_graph_max_tokens=args.max_tokens,
-                  piecewise_cuda_graph_compiler=args.compiler)
+    common = {"load_format": "dummy", "disable_cuda_graph": True, "max_running_requests": 4,
+              "kv_cache_tokens": max(4096, 2 * args.max_tokens),
+              "piecewise_cuda_graph_max_tokens": args.max_tokens,
+              "piecewise_cuda_graph_compiler": args.compiler}
     if args.device == "cpu":
         path = tempfile.mkdtemp(prefix="tessera_bench_host_")
         config = {**PRESETS["tiny-qwen3"], "num_hidden_layers": args.layers}

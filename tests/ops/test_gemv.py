@@ -78,7 +78,7 @@ def test_linear_dispatch_rules():
     x, w = torch.randn(1, 32), torch.randn(8, 32)
     assert not use_gemv(x, w)  # CPU: always F.linear
     assert torch.equal(linear(x, w), F.linear(x, w))
-    meta = dict(device="meta", dtype=torch.bfloat16)
+    meta = {"device": "meta", "dtype": torch.bfloat16}
     cuda_like = torch.empty(1, 32, **meta)
     assert not use_gemv(cuda_like, torch.empty(8, 32, **meta))  # not a CUDA tensor
 
