@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 from tqdm import tqdm
 from typing_extensions import Self
@@ -60,10 +61,13 @@ class LLM:
             raise ValueError("pass exactly one of prompts or prompt_token_ids")
         texts: list[str | None]
         if prompts is not None:
-            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            texts = [prompts] if isinstance(prompts, str) else list(_sequence(prompts, "prompts"))
+            if not all(isinstance(t, str) for t in texts):
+                raise TypeError("prompts must be a str or a list of str (token ids go in "
+                                "prompt_token_ids=)")
             ids = [self.tokenizer.encode(t) for t in texts]
         else:
-            ids = [list(p) for p in prompt_token_ids]
+            ids = [_token_ids(p) for p in _sequence(prompt_token_ids, "prompt_token_ids")]
             texts = [None] * len(ids)
         if sampling_params is None:
             params = [SamplingParams()] * len(ids)
@@ -116,3 +120,18 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _sequence(value, name: str) -> Iterable:
+    """A list-like of prompts (any iterable but a string, which is one prompt, not many)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _token_ids(prompt) -> list[int]:
+    """One prompt's ids as Python ints (lists, tuples, numpy arrays, int tensors)."""
+    try:
+        return [operator.index(t) for t in _sequence(prompt, "each prompt of prompt_token_ids")]
+    except TypeError as e:
+        raise TypeError(f"prompt_token_ids must be lists of int token ids: {e}") from None
