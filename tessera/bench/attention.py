@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = platform.device()
     backends = args.backends.split(",")
     if args.smoke:
+        from tessera.ops.triton.interpreter import patch_for_numpy_2_4
+
+        patch_for_numpy_2_4()  # on a CPU the kernels run interpreted (TRITON_INTERPRET=1)
         shape = Shape(num_heads=4, num_kv_heads=2, head_dim=64, dtype=torch.float16)
         decode_grid, extend_grid, repeat = [(1, 16), (2, 40)], [(20, 0), (20, 16)], 2
     else:

@@ -29,6 +29,7 @@ from tessera.attention.triton_ops import (
     store_kv,
 )
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.ops.triton.interpreter import patch_for_numpy_2_4
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 HAS_CUDA = torch.cuda.is_available()
@@ -36,26 +37,8 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 gpu = pytest.mark.gpu
 
 
-def _patch_interpreter_for_numpy_2_4() -> None:
-    """Triton 3.6's interpreter turns a loaded scalar (a 1-element array) into a loop bound with
-    int(array), which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed upstream after 3.6)."""
-    if HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1":
-        return
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "tessera_numpy_fix", False):
-        return
-
-    def patched(tensor, scope) -> None:
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched.tessera_numpy_fix = True
-    interpreter._patch_lang_tensor = patched
-
-
-_patch_interpreter_for_numpy_2_4()
+if not HAS_CUDA:
+    patch_for_numpy_2_4()  # Triton 3.6's interpreter vs numpy >= 2.4 (see that module)
 
 
 class Case:

@@ -31,14 +31,10 @@ def gemv_backend():
 
 @pytest.fixture(autouse=True)
 def _numpy_2_4_interpreter_fix():
-    """Loop bounds computed from arguments need the interpreter fix of the attention tests."""
-    import os
+    """Loop bounds computed from arguments need the interpreter fix (a no-op when compiled)."""
+    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
 
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        import sys
-
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "attention"))
-        import test_triton_attention  # noqa: F401  (installs the fix on import)
+    patch_for_numpy_2_4()
     yield
 
 

@@ -122,8 +122,9 @@ def _interpreted_triton_runner(**kw) -> ModelRunner:
     pytest.importorskip("triton")
     if HAS_CUDA:
         pytest.skip("interpreter test; the GPU tests cover real graphs")
-    # Triton 3.6's interpreter vs numpy >= 2.4 (see that module); applied on import
-    from attention.test_triton_attention import _patch_interpreter_for_numpy_2_4  # noqa: F401
+    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
+
+    patch_for_numpy_2_4()  # Triton 3.6's interpreter vs numpy >= 2.4
 
     return make_runner("triton", disable_cuda_graph=True, **kw)
 
