@@ -49,7 +49,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    llm = LLM(model=flat.pop("model_path"), **flat)
+    try:
+        llm = LLM(model=flat.pop("model_path"), **flat)
+    except (FileNotFoundError, ValueError) as e:  # a bad model path or engine flag
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     prompts = args.prompt or ["Hello, my name is"]
     if args.chat:
         prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}])

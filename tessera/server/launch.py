@@ -51,11 +51,15 @@ async def _serve(config: EngineConfig) -> int:
 
     host, port = config.server.host, config.server.port
     # Bind before loading the model: a busy port should fail in a second, not after minutes.
+    if not 0 <= port <= 65535:
+        logger.error("--port must be in 0..65535 (0: any free port), got %d", port)
+        return 2
     try:
         sock = _bind(host, port)
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         logger.error("cannot bind %s:%d: %s; pick another --port or --host", host, port, e)
         return 1
+    port = sock.getsockname()[1]  # the port actually bound (--port 0 picks a free one)
     try:
         client = await EngineClient.start(config, config.server.log_level)
     except EngineStartError as e:
