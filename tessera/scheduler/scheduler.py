@@ -243,7 +243,8 @@ class Scheduler:
             if req.seq_len - req.kv_len != 1:
                 continue
             slots = self._alloc_slots(1)
-            while slots is None and self._retract_one(keep={id(r) for r in in_prefill} | {id(req)}):
+            # never retract a request this batch already prefills (its item would dangle)
+            while slots is None and self._retract_one(keep=in_prefill | {id(req)}):
                 slots = self._alloc_slots(1)
             if slots is None:
                 # nothing left to retract: this request alone cannot proceed (admission control
