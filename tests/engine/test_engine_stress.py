@@ -13,13 +13,18 @@ from tessera.engine.engine import Engine
 from tessera.sampling.params import SamplingParams
 
 
-@pytest.mark.parametrize("seed,radix", [(0, True), (1, True), (2, False)])
-def test_random_workload_with_aborts_keeps_the_pool_whole(seed, radix):
+@pytest.mark.parametrize("seed,radix,extra", [
+    (0, True, {}), (1, True, {}), (2, False, {}),
+    (3, True, {"schedule_policy": "lpm", "max_running_requests": 4}),
+    # extend batches through the split, compiled backbone (the piecewise path without capture)
+    (4, True, {"enforce_piecewise_cuda_graph": True, "piecewise_cuda_graph_max_tokens": 64}),
+])
+def test_random_workload_with_aborts_keeps_the_pool_whole(seed, radix, extra):
     rng = random.Random(seed)
-    engine = Engine(EngineConfig.from_kwargs(
-        model_path="tiny-llama", device="cpu", load_format="dummy", seed=seed,
-        kv_cache_tokens=900, chunked_prefill_size=48, max_running_requests=12,
-        disable_radix_cache=not radix))
+    engine = Engine(EngineConfig.from_kwargs(**{
+        "model_path": "tiny-llama", "device": "cpu", "load_format": "dummy", "seed": seed,
+        "kv_cache_tokens": 900, "chunked_prefill_size": 48, "max_running_requests": 12,
+        "disable_radix_cache": not radix, **extra}))
     vocab = engine.vocab_size
     prefixes = [[rng.randrange(vocab) for _ in range(rng.randint(20, 120))] for _ in range(3)]
 
