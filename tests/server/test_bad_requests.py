@@ -125,3 +125,47 @@ def test_server_is_healthy_after_bad_requests(base_url):
     assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
     ok = httpx.post(base_url + C, json=P, headers=AUTH, timeout=30)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+
+
+# ---- fuzz: random values in random fields -----------------------------------------------------
+_JUNK = [None, True, False, 0, 1, -1, 2, 3.5, 1e308, -1e308, "", "x", "1", [], [1], ["a"], [[1]],
+         {}, {"a": 1}, 10**20, -10**20, 0.5, 128, 4097, [0, 1, 2], ["stop", ""], [None]]
+_COMPLETION_FIELDS = [
+    "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stream", "stop",
+    "logprobs", "echo", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty",
+    "min_tokens", "ignore_eos", "stream_options", "model", "user", "logit_bias", "best_of",
+    "suffix", "skip_special_tokens", "stop_token_ids", "max_completion_tokens"]
+_CHAT_FIELDS = [
+    "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream",
+    "stop", "logprobs", "top_logprobs", "seed", "stream_options", "model", "tools",
+    "response_format", "tool_choice", "frequency_penalty", "presence_penalty"]
+_ODD_MESSAGES = [
+    [{"role": "user"}], [{"role": "system", "content": "s"}], [{"content": "x"}], ["hi"],
+    [{"role": "assistant", "content": "a"}, {"role": "user", "content": [{"type": "text",
+                                                                          "text": "t"}]}],
+    [{"role": "user", "content": None}], [{"role": "tool", "content": "x"}]]
+
+
+def test_random_bodies_are_answered_200_or_400_never_500(base_url):
+    """Valid bodies spoiled with 1-3 random values in random fields (seeded): every answer is a
+    200 or a 400 in the error shape, and nothing is left running afterwards."""
+    import json
+    import random
+
+    rng = random.Random(1234)
+    with httpx.Client(timeout=60, headers=AUTH) as client:
+        for _ in range(150):
+            chat = rng.random() < 0.4
+            body = dict(M if chat else P)
+            for _ in range(rng.randint(1, 3)):
+                body[rng.choice(_CHAT_FIELDS if chat else _COMPLETION_FIELDS)] = rng.choice(_JUNK)
+            if chat and rng.random() < 0.3:
+                body["messages"] = rng.choice(_ODD_MESSAGES)
+            r = client.post(base_url + (CHAT if chat else C), content=json.dumps(body),
+                            headers={"content-type": "application/json"})
+            assert r.status_code in (200, 400), (body, r.status_code, r.text[:300])
+            if r.status_code == 400:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}, body
+        stats = client.get(base_url + "/get_server_info").json()["engine"]
+    assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
+    assert stats["kv_used_tokens"] == 0
