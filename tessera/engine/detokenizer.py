@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from typing import Protocol
 
 _REPLACEMENT = "\ufffd"
-# A UTF-8 character is at most 4 bytes, so when more tokens than this were already held before an
-# `add` and the text still ends in U+FFFD, the output is genuinely invalid (or special tokens that
-# decode to nothing): release it rather than re-decoding an ever-growing window.
+# A UTF-8 character is at most 4 bytes. When more tokens than this were already held before an
+# `add` and the text still ends in U+FFFD, the held tokens are either complete characters followed
+# by an unfinished one (tokens that straddle character boundaries, as byte-level BPE's do, can keep
+# every `add` ending mid-character) or genuinely invalid bytes: the complete characters are
+# released and only the unfinished tail is held; with no complete character at all, everything is
+# released as a full decode would show it, rather than re-decoding an ever-growing window.
 _MAX_HELD_TOKENS = 6
 
 
@@ -60,7 +63,7 @@ class IncrementalDetokenizer:
         stale = len(self.token_ids) - self._read_offset > _MAX_HELD_TOKENS
         self.token_ids.extend(token_ids)
         searched = len(self._decoded)
-        self._decoded += self._decode_new(force=stale)
+        self._decoded += self._decode_new(final=False, stale=stale)
         return self._release(searched, final=False)
 
     def flush(self) -> str:
@@ -69,7 +72,7 @@ class IncrementalDetokenizer:
         if self.stopped:
             return ""
         searched = len(self._decoded)
-        self._decoded += self._decode_new(force=True)
+        self._decoded += self._decode_new(final=True, stale=True)
         return self._release(searched, final=True)
 
     # ---- internals -------------------------------------------------------------------------------
@@ -77,19 +80,30 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
-    def _decode_new(self, force: bool) -> str:
-        """Text the tokens after the read offset add; "" while they end mid-character (unless
-        forced), and then they stay held for the next call."""
+    def _decode_new(self, final: bool, stale: bool) -> str:
+        """Text the tokens after the read offset add; "" while they end mid-character, and then
+        they stay held for the next call. `final`: release everything; `stale` (held too long):
+        release the complete characters (see _MAX_HELD_TOKENS)."""
         ids = self.token_ids
         if self._read_offset >= len(ids):
             return ""
         context = self._decode(ids[self._prefix_offset:self._read_offset])
         window = self._decode(ids[self._prefix_offset:])
-        complete = len(window) > len(context) and not window.endswith(_REPLACEMENT)
-        if not (complete or force):
-            return ""
+        if not (final or self._complete(window, context)):
+            if not stale:
+                return ""
+            # the longest run of held tokens that ends on a complete character, if any
+            for end in range(len(ids) - 1, self._read_offset, -1):
+                part = self._decode(ids[self._prefix_offset:end])
+                if self._complete(part, context):
+                    self._prefix_offset, self._read_offset = self._read_offset, end
+                    return part[len(context):]
         self._prefix_offset, self._read_offset = self._read_offset, len(ids)
         return window[len(context):]
+
+    @staticmethod
+    def _complete(window: str, context: str) -> bool:
+        return len(window) > len(context) and not window.endswith(_REPLACEMENT)
 
     def _release(self, searched: int, final: bool) -> str:
         """Emit up to the first stop string, or up to what could still start one.

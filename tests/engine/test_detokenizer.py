@@ -156,3 +156,44 @@ def test_hf_byte_level_bpe(tmp_path):
     detok = IncrementalDetokenizer(tok, ["answer"], True)
     assert "".join(stream(detok, ids)) == "hello wörld, 你好 🙂 the "
     assert detok.stop_reason == "answer"
+
+
+def test_adds_that_keep_ending_mid_character_lose_nothing():
+    """Regression: chunks that each end inside a character ("你a" "é" "🙂" here) held more than
+    _MAX_HELD_TOKENS tokens; the forced release then broke the unfinished emoji into U+FFFD."""
+    tok = ByteTokenizer()
+    detok = IncrementalDetokenizer(tok, [], True)
+    chunks = [[228, 189], [160, 97, 195], [169, 240], [159], [153, 130], [62]]
+    deltas = [detok.add(c) for c in chunks] + [detok.flush()]
+    assert all("\ufffd" not in d for d in deltas), deltas
+    assert "".join(deltas) == "你aé🙂>"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_streams_equal_the_full_decode_cut_at_the_first_stop(seed):
+    """Random text over multi-byte characters and stop-string pieces, sometimes with an invalid
+    byte, streamed in random chunks: the deltas add up to the full decode cut before the earliest
+    stop string, and `stopped` says whether one occurred."""
+    import random
+
+    rng = random.Random(seed)
+    tok = ByteTokenizer()
+    alphabet = ["a", "b", "<", "/", ">", "é", "你", "🙂", " ", "\n", "ab", "</a>"]
+    for _ in range(300):
+        ids = tok.encode("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))))
+        if ids and rng.random() < 0.2:
+            ids.insert(rng.randrange(len(ids)), 0xFF)  # never valid in UTF-8
+        stops = ["".join(rng.choice(alphabet[:6]) for _ in range(rng.randint(1, 3)))
+                 for _ in range(rng.randint(0, 2))]
+        full = tok.decode(ids)
+        hits = [full.find(s) for s in stops if full.find(s) >= 0]
+        expected = full[:min(hits)] if hits else full
+        detok = IncrementalDetokenizer(tok, stops, True)
+        deltas, i = [], 0
+        while i < len(ids):
+            n = rng.randint(1, 4)
+            deltas.append(detok.add(ids[i:i + n]))
+            i += n
+        deltas.append(detok.flush())
+        assert "".join(deltas) == detok.text == expected, (ids, stops)
+        assert detok.stopped == bool(hits)
