@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import numbers
+import os
 from typing import Any
 
-from tessera.config.fields import add_dataclass_args, cfg, dataclass_kwargs
+from tessera.config.fields import add_dataclass_args, cfg, check_kwarg, dataclass_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,15 @@ class ServerConfig:
     api_key: str | None = cfg(None, "require this bearer token on /v1 requests")
 
 
+def _plain(value: Any) -> Any:
+    """pathlib paths -> str, numpy-style integers -> int (what the fields hold)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        return int(value)
+    return value
+
+
 _CONCERNS = {
     "load": LoadConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
     "backend": BackendConfig, "graph": GraphConfig, "parallel": ParallelConfig,
@@ -129,6 +140,12 @@ class EngineConfig:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown engine argument(s) {unknown}; known: {sorted(known)}")
+        # paths may come as pathlib objects; everything else must have its field's type
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
+        for c in _CONCERNS.values():
+            for f in dataclasses.fields(c):
+                if f.name in kwargs:
+                    check_kwarg(f, kwargs[f.name])
         return cls(**{name: c(**dataclass_kwargs(c, kwargs)) for name, c in _CONCERNS.items()})
 
     @classmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,32 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -
         type_ = f.metadata.get("type") or (type(default) if default is not None else str)
         group.add_argument(flag, type=type_, default=default, choices=choices,
                            nargs=f.metadata.get("nargs"), help=f.metadata["help"])
+
+
+def check_kwarg(f: dataclasses.Field, value: Any) -> None:
+    """Type and choices of one field set from Python (the CLI has argparse check them): a wrong
+    value is a clear error naming the argument, not a failure deep in the engine later."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if value is None and default is None:
+        return
+    expected = bool if isinstance(default, bool) else (
+        f.metadata.get("type") or (type(default) if default is not None else str))
+    values = value if f.metadata.get("nargs") and isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if expected is float:
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        elif expected is int:
+            ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, expected)
+        if not ok:
+            raise TypeError(f"engine argument {f.name}={value!r}: expected "
+                            f"{'a list of ' if f.metadata.get('nargs') else ''}{expected.__name__}")
+    choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    if choices is not None and value not in choices:
+        raise ValueError(f"engine argument {f.name}={value!r}: choose one of {list(choices)}")
 
 
 def dataclass_kwargs(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,19 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
         raise ValueError("--chunked-prefill-size must be a positive token count or -1 (off)")
     if sched.max_running_requests < 1:
         raise ValueError("--max-running-requests must be >= 1")
+    if sched.max_prefill_tokens < 1:
+        raise ValueError("--max-prefill-tokens must be >= 1")
+    if load.context_length is not None and load.context_length < 1:
+        raise ValueError(f"--context-length must be >= 1 (or left out for the model's), got "
+                         f"{load.context_length}")
+    if graph.cuda_graph_max_bs < 1:
+        raise ValueError("--cuda-graph-max-bs must be >= 1")
+    if graph.cuda_graph_bs is not None and min(graph.cuda_graph_bs, default=0) < 1:
+        raise ValueError(f"--cuda-graph-bs sizes must be >= 1, got {graph.cuda_graph_bs}")
+    parallel = config.parallel
+    if parallel.tp_size < 1 or (parallel.moe_dense_tp_size is not None
+                                and parallel.moe_dense_tp_size < 1):
+        raise ValueError("--tp-size and --moe-dense-tp-size must be >= 1")
 
     disable_cuda_graph = graph.disable_cuda_graph
     if not disable_cuda_graph and not platform.supports_full_graph:

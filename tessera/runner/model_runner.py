@@ -36,6 +36,9 @@ class LogitsOutput:
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         config = config.resolve()
+        if config.parallel.tp_size != 1:
+            raise ValueError(f"--tp-size {config.parallel.tp_size}: tensor parallelism is not "
+                             f"implemented yet (the config rules for it are); use --tp-size 1")
         self.config = config
         self.device = torch.device(config.load.device)
         self.platform = platform_for_device(config.load.device)
@@ -49,6 +52,9 @@ class ModelRunner:
                                 self.dtype, self.device, config.load.seed)
         mc = self.model_config
         self.context_length = config.load.context_length or mc.max_position_embeddings
+        if self.context_length > mc.max_position_embeddings:
+            raise ValueError(f"--context-length {self.context_length} exceeds the model's "
+                             f"max_position_embeddings {mc.max_position_embeddings}")
         self.max_running_requests = config.scheduler.max_running_requests
         self.kv_cache_tokens = self._kv_cache_tokens()
         attn = self.model.model.layers[0].self_attn

@@ -68,3 +68,32 @@ def test_shutdown_is_final():
     engine.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         engine.generate("hi", GREEDY)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"kv_cache_tokens": "100"}, TypeError, "kv_cache_tokens='100': expected int"),
+    ({"seed": 1.5}, TypeError, "seed=1.5: expected int"),
+    ({"disable_radix_cache": "yes"}, TypeError, "expected bool"),
+    ({"schedule_policy": "random"}, ValueError, r"choose one of \['fcfs', 'lpm'\]"),
+    ({"dtype": "float8"}, ValueError, "dtype='float8'"),
+    ({"attention_backend": "flash"}, ValueError, "attention_backend='flash'"),
+    ({"context_length": 0}, ValueError, "--context-length must be >= 1"),
+    ({"context_length": 10**9}, ValueError, "exceeds the model's max_position_embeddings"),
+    ({"max_prefill_tokens": 0}, ValueError, "--max-prefill-tokens"),
+    ({"cuda_graph_max_bs": 0}, ValueError, "--cuda-graph-max-bs"),
+    ({"tp_size": 0}, ValueError, "--tp-size"),
+    ({"tp_size": 2}, ValueError, "tensor parallelism is not implemented yet"),
+    ({"no_such_flag": 1}, TypeError, "unknown engine argument"),
+])
+def test_bad_engine_arguments_are_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LLM(model="tiny-qwen3", kv_cache_tokens=kwargs.pop("kv_cache_tokens", 1024), **kwargs)
+
+
+def test_engine_arguments_accept_paths_and_numpy_integers(tmp_path):
+    import pathlib
+
+    with LLM(model=pathlib.Path("tiny-qwen3"), kv_cache_tokens=np.int64(1024),
+             mem_fraction_static=1 - 0.5) as engine:
+        assert engine.config.load.model_path == "tiny-qwen3"
+        assert type(engine.config.cache.kv_cache_tokens) is int
