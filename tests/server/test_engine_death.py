@@ -1,0 +1,57 @@
+"""If the engine process dies (OOM killer, a crash), in-flight streams end with an error event
+instead of hanging, and the server exits with status 1 so a supervisor can restart it."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tessera.server.testing import ServerProcess
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
+                kids.append(int(entry))
+    return kids
+
+
+def test_killed_engine_ends_streams_with_an_error_and_stops_the_server():
+    server = ServerProcess(["--kv-cache-tokens", "8192"]).start()
+    try:
+        lines: list[str] = []
+
+        def stream() -> None:
+            with httpx.stream("POST", server.base_url + "/v1/completions", timeout=60, json={
+                    "prompt": "hi", "max_tokens": 3000, "ignore_eos": True, "stream": True}) as r:
+                lines.extend(r.iter_lines())
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        time.sleep(1.0)  # the request is running
+        engines = _children(server.proc.pid)
+        assert engines, "the server should have an engine child process"
+        for pid in engines:
+            os.kill(pid, signal.SIGKILL)
+        reader.join(30)
+        assert not reader.is_alive(), "the stream hung after the engine died"
+        events = [line for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert "the engine stopped" in events[-2] and '"error"' in events[-2]
+        assert server.proc.wait(30) == 1
+    finally:
+        server.stop()
