@@ -103,7 +103,8 @@ class ServerConfig:
     host: str = cfg("127.0.0.1", "address to bind (127.0.0.1 unless told otherwise)")
     port: int = cfg(30000, "port to bind")
     log_level: str = cfg("info", "logging level", choices=["debug", "info", "warning", "error"])
-    api_key: str | None = cfg(None, "require this bearer token on /v1 requests")
+    api_key: str | None = cfg(None, "require this bearer token on every route but /health* and "
+                               "/metrics")
 
 
 def _plain(value: Any) -> Any:

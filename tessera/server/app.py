@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -48,11 +49,15 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next: Any) -> Response:
+        # every route needs the key (the native /generate, aborts and cache flushes included),
+        # except liveness and Prometheus scraping
         key = state.api_key
-        if key and request.url.path.startswith("/v1/") and (
-                request.headers.get("authorization") != f"Bearer {key}"):
-            return error_response(401, "missing or wrong API key (Authorization: Bearer ...)",
-                                  None, "invalid_api_key")
+        path = request.url.path
+        if key and not (path.startswith("/health") or path == "/metrics"):
+            given = request.headers.get("authorization") or ""
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                return error_response(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                      None, "invalid_api_key")
         return await call_next(request)
 
     return app

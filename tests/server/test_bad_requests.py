@@ -107,6 +107,25 @@ def test_api_key_is_required_on_v1(base_url):
     assert httpx.get(base_url + "/v1/models", headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("method,path,body,authorized", [
+    ("post", GEN, {"text": "x", "sampling_params": {"max_new_tokens": 2}}, 200),
+    ("post", "/abort_request", {"rid": "someone-elses"}, 404),  # no such request: not a 401
+    ("post", "/flush_cache", None, 200),
+    ("get", "/get_server_info", None, 200),
+])
+def test_api_key_is_required_on_native_and_admin_routes(base_url, method, path, body, authorized):
+    kw = {"json": body} if body is not None else {}
+    r = getattr(httpx, method)(base_url + path, timeout=30, **kw)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = getattr(httpx, method)(base_url + path, headers=AUTH, timeout=30, **kw)
+    assert r.status_code == authorized, r.text
+
+
+def test_liveness_and_metrics_stay_open(base_url):
+    for path in ("/health", "/metrics"):
+        assert httpx.get(base_url + path).status_code == 200
+
+
 def test_unknown_model_uses_openais_code(base_url):
     r = httpx.post(base_url + C, json={**P, "model": "gpt-4"}, headers=AUTH)
     assert r.json()["error"]["code"] == "model_not_found"
@@ -121,7 +140,7 @@ def test_other_errors_keep_the_shape(base_url):
 
 def test_server_is_healthy_after_bad_requests(base_url):
     assert httpx.get(base_url + "/health_generate", timeout=30).status_code == 200
-    stats = httpx.get(base_url + "/get_server_info").json()["engine"]
+    stats = httpx.get(base_url + "/get_server_info", headers=AUTH).json()["engine"]
     assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
     ok = httpx.post(base_url + C, json=P, headers=AUTH, timeout=30)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
