@@ -114,9 +114,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Largest request body read: far above any real prompt (a 128k-token prompt is ~1 MB of JSON), far
+# below what would hurt the server's memory.
+MAX_BODY_BYTES = 32 << 20
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 once it passes MAX_BODY_BYTES (by its Content-Length, or while
+    reading a chunked one) instead of buffering whatever a client sends."""
+    too_large = APIError(413, f"request body larger than {MAX_BODY_BYTES >> 20} MiB", None,
+                         "request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def parse_body(request: Request, model: type[BaseModel]) -> Any:
     """Validate the raw body (any content-type) against `model`; errors become APIError 400."""
-    body = await request.body()
+    body = await read_body(request)
     if not body:
         raise bad_request("the request body is empty; send a JSON object")
     try:

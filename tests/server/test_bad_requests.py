@@ -188,3 +188,22 @@ def test_random_bodies_are_answered_200_or_400_never_500(base_url):
         stats = client.get(base_url + "/get_server_info").json()["engine"]
     assert stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0
     assert stats["kv_used_tokens"] == 0
+
+
+def test_oversized_bodies_are_refused_with_413(base_url):
+    """Declared (Content-Length) or streamed (chunked) bodies past the limit are refused without
+    being buffered whole; the server stays healthy."""
+    from tessera.server.errors import MAX_BODY_BYTES
+
+    big = b'{"prompt": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}'
+    headers = {"content-type": "application/json", **AUTH}
+    r = httpx.post(base_url + C, content=big, headers=headers, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked():
+        for i in range(0, len(big), 1 << 20):
+            yield big[i:i + (1 << 20)]
+
+    r = httpx.post(base_url + C, content=chunked(), headers=headers, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert httpx.post(base_url + C, json=P, headers=AUTH, timeout=30).status_code == 200
