@@ -16,20 +16,29 @@ def cfg(default: Any, help: str, choices: Callable[[], list[str]] | list[str] | 
     return dataclasses.field(default=default, metadata=meta)
 
 
+def field_spec(f: dataclasses.Field) -> tuple[Any, type, list[str] | None]:
+    """(default, element type, choices) of a cfg() field: what the CLI flag and the Python-side
+    check both enforce."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    if isinstance(default, bool):
+        return default, bool, choices
+    type_ = f.metadata.get("type") or (type(default) if default is not None else str)
+    return default, type_, choices
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if not f.init or "help" not in f.metadata:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
-        if callable(choices):
-            choices = choices()
-        if isinstance(default, bool):
+        default, type_, choices = field_spec(f)
+        if type_ is bool:
             group.add_argument(flag, action="store_true", default=default, help=f.metadata["help"])
             continue
-        type_ = f.metadata.get("type") or (type(default) if default is not None else str)
         group.add_argument(flag, type=type_, default=default, choices=choices,
                            nargs=f.metadata.get("nargs"), help=f.metadata["help"])
 
@@ -37,11 +46,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -
 def check_kwarg(f: dataclasses.Field, value: Any) -> None:
     """Type and choices of one field set from Python (the CLI has argparse check them): a wrong
     value is a clear error naming the argument, not a failure deep in the engine later."""
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default, expected, choices = field_spec(f)
     if value is None and default is None:
         return
-    expected = bool if isinstance(default, bool) else (
-        f.metadata.get("type") or (type(default) if default is not None else str))
     values = value if f.metadata.get("nargs") and isinstance(value, (list, tuple)) else [value]
     for v in values:
         if expected is float:
@@ -53,9 +60,6 @@ def check_kwarg(f: dataclasses.Field, value: Any) -> None:
         if not ok:
             raise TypeError(f"engine argument {f.name}={value!r}: expected "
                             f"{'a list of ' if f.metadata.get('nargs') else ''}{expected.__name__}")
-    choices = f.metadata.get("choices")
-    if callable(choices):
-        choices = choices()
     if choices is not None and value not in choices:
         raise ValueError(f"engine argument {f.name}={value!r}: choose one of {list(choices)}")
 

@@ -44,17 +44,18 @@ class ModelRunner:
         self.platform = platform_for_device(config.load.device)
         self.dtype = parse_dtype(config.load.dtype)
         self.model_config = load_model_config(config.load.model_path)
+        mc = self.model_config
+        # checked before the weights load: a bad value should fail in a second, not minutes
+        self.context_length = config.load.context_length or mc.max_position_embeddings
+        if self.context_length > mc.max_position_embeddings:
+            raise ValueError(f"--context-length {self.context_length} exceeds the model's "
+                             f"max_position_embeddings {mc.max_position_embeddings}")
         self.platform.manual_seed(config.load.seed)
         # process-wide kernel choices, before anything is captured (decode graphs hold them)
         set_one_row_backend(config.backend.linear_backend)
         pdl.set_enabled(config.backend.enable_pdl or pdl.ENV_ENABLED)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)
-        mc = self.model_config
-        self.context_length = config.load.context_length or mc.max_position_embeddings
-        if self.context_length > mc.max_position_embeddings:
-            raise ValueError(f"--context-length {self.context_length} exceeds the model's "
-                             f"max_position_embeddings {mc.max_position_embeddings}")
         self.max_running_requests = config.scheduler.max_running_requests
         self.kv_cache_tokens = self._kv_cache_tokens()
         attn = self.model.model.layers[0].self_attn
