@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from tessera.ops.triton.pdl import launch_options, use_pdl
-from tessera.ops.triton.rotary import rope_cos_sin, rope_store
+from tessera.ops.triton.rotary import last_dim_contiguous, rope_cos_sin, rope_launch, rope_store
 
 
 @triton.jit
@@ -89,28 +89,20 @@ def qk_norm_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     assert head_dim % 2 == 0 and k.shape[-1] == head_dim and cos_sin_cache.shape[-1] == head_dim
     assert q_weight.shape == (head_dim,) and k_weight.shape == (head_dim,)
     assert q.dtype == k.dtype and q_weight.dtype == k_weight.dtype, "q/k and weights share dtypes"
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    q, k, cache = (last_dim_contiguous(t) for t in (q, k, cos_sin_cache))
     dtype = output_dtype(q, q_weight)
     q_out = torch.empty(q.shape, dtype=dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=dtype, device=k.device)
     n_tokens, n_q_heads, n_k_heads = q.shape[0], q.shape[1], k.shape[1]
     if n_tokens == 0:
         return q_out, k_out
-    half = head_dim // 2
-    block_d = triton.next_power_of_2(half)
-    block_h = min(8, triton.next_power_of_2(max(n_q_heads, n_k_heads)))
-    n_q_blocks = triton.cdiv(n_q_heads, block_h)
-    grid = (n_tokens, n_q_blocks + triton.cdiv(n_k_heads, block_h))
+    grid, block_d, block_h, n_q_blocks = rope_launch(n_tokens, n_q_heads, n_k_heads, head_dim)
     pdl = use_pdl(q.device)
     _qk_norm_rope_kernel[grid](
         positions, cache, q, k, q_weight, k_weight, q_out, k_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         cache.stride(0), n_q_heads, n_k_heads, n_q_blocks, eps,
-        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
+        HALF=head_dim // 2, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
         **launch_options(pdl))
     return q_out, k_out

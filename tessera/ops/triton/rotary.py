@@ -80,8 +80,19 @@ def _rotary_kernel(pos_ptr, cache_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr,
                       dim_mask, HALF, BLOCK_H)
 
 
-def _heads_view(x: torch.Tensor) -> torch.Tensor:
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its last dimension is contiguous (the kernels take any other strides)."""
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rope_launch(n_tokens: int, n_q_heads: int, n_k_heads: int, head_dim: int
+                ) -> tuple[tuple[int, int], int, int, int]:
+    """(grid, BLOCK_D, BLOCK_H, q head blocks) of the rotary-style kernels: one program per
+    token and block of up to 8 heads, q's blocks first, then k's."""
+    block_d = triton.next_power_of_2(head_dim // 2)
+    block_h = min(8, triton.next_power_of_2(max(n_q_heads, n_k_heads)))
+    n_q_blocks = triton.cdiv(n_q_heads, block_h)
+    return (n_tokens, n_q_blocks + triton.cdiv(n_k_heads, block_h)), block_d, block_h, n_q_blocks
 
 
 def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -91,24 +102,19 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     head_dim = q.shape[-1]
     assert head_dim % 2 == 0 and k.shape[-1] == head_dim and cos_sin_cache.shape[-1] == head_dim
     assert q.dtype == k.dtype, "q and k must share a dtype"
-    q, k = _heads_view(q), _heads_view(k)
-    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    q, k, cache = (last_dim_contiguous(t) for t in (q, k, cos_sin_cache))
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     n_tokens, n_q_heads, n_k_heads = q.shape[0], q.shape[1], k.shape[1]
     if n_tokens == 0:
         return q_out, k_out
-    half = head_dim // 2
-    block_d = triton.next_power_of_2(half)
-    block_h = min(8, triton.next_power_of_2(max(n_q_heads, n_k_heads)))
-    n_q_blocks = triton.cdiv(n_q_heads, block_h)
-    grid = (n_tokens, n_q_blocks + triton.cdiv(n_k_heads, block_h))
+    grid, block_d, block_h, n_q_blocks = rope_launch(n_tokens, n_q_heads, n_k_heads, head_dim)
     pdl = use_pdl(q.device)
     _rotary_kernel[grid](
         positions, cache, q, k, q_out, k_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         cache.stride(0), n_q_heads, n_k_heads, n_q_blocks,
-        HALF=half, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
+        HALF=head_dim // 2, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
         **launch_options(pdl))
     return q_out, k_out
