@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.attention.triton_ops.extend_attention import attend_tile
 from tessera.ops.triton.pdl import launch_options, use_pdl
 
 # log2(e): the kernels work in base 2 (exp2/log2 are the native instructions)
@@ -96,28 +97,12 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    # top-level loop (not under an `if`): Triton software-pipelines its loads
-    for n in range(start, cache_end, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < cache_end
-        # int64 before scaling by the slot stride: slot * Hk * D overflows int32 in big pools
-        slots = tl.load(req_to_token_ptr + row * stride_table + offs_n, mask=mask_n,
-                        other=0).to(tl.int64)
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
-                    + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-        qk = tl.where(mask_n[None, :], qk, float("-inf"))
-        # every iteration has >= 1 valid key, so m_new is finite and the rescale is safe
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
-                    + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
-                                            input_precision=DOT_PRECISION)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+    # the cached keys [start, cache_end), every tile with >= 1 valid key; the loop stays at the
+    # kernel's top level (not under an `if`, where Triton did not pipeline its loads)
+    acc, l_i, m_i = attend_tile(
+        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, req_to_token_ptr + row * stride_table,
+        kv_head, start, cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d,
+        mask_d, CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
     if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
         if holds_new:
             # rounded to the cache dtype first: attention sees what the cache will hold

@@ -23,7 +23,7 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_tile(
+def attend_tile(
     q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, key_start, key_end,
     qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -97,11 +97,11 @@ def _extend_kernel(
     table_row_ptr = req_to_token_ptr + row * stride_table
     shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
     diagonal_end = prefix + tl.minimum(m_start + BLOCK_M, extend_len)
-    acc, l_i, m_i = _attend_tile(
+    acc, l_i, m_i = attend_tile(
         q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, shared_end,
         qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
         CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
-    acc, l_i, m_i = _attend_tile(
+    acc, l_i, m_i = attend_tile(
         q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, shared_end,
         diagonal_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
         CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
