@@ -15,6 +15,7 @@ from tessera.config.model import ModelConfig
 from tessera.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tessera.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from tessera.ops import QKNormRotary, RMSNorm, SiluAndMul, get_rope
+from tessera.ops.linear import norm_linear, silu_mul_linear
 
 
 class LlamaMLP(nn.Module):
@@ -27,7 +28,11 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate) * up): one GEMV kernel for a bs=1 decode row on CUDA."""
+        return silu_mul_linear(gate_up, self.act_fn, self.down_proj)
 
 
 class LlamaAttention(nn.Module):
@@ -54,8 +59,12 @@ class LlamaAttention(nn.Module):
                               self.head_dim ** -0.5, layer_id)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        t = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return self.attend(positions, self.qkv_proj(hidden))
+
+    def attend(self, positions: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """Everything after the q/k/v projection: rotary (+ q/k norm), attention, o_proj."""
+        t = qkv.shape[0]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         # [T, H, D] views of the fused projection: no copies (kernels take the strides)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
@@ -78,14 +87,14 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # Each norm feeds the projection after it through norm_linear: at a bs=1 decode row on
+        # CUDA that is one GEMV kernel (the norm is its input stage), elsewhere norm then linear.
+        qkv, residual = norm_linear(hidden, residual, self.input_layernorm,
+                                    self.self_attn.qkv_proj)
+        hidden = self.self_attn.attend(positions, qkv)
+        gate_up, residual = norm_linear(hidden, residual, self.post_attention_layernorm,
+                                        self.mlp.gate_up_proj)
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaModel(nn.Module):

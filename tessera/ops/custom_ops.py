@@ -96,6 +96,36 @@ def _gemv_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op("tessera::gemv_rms_norm", mutates_args=())
+def gemv_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                  eps: float, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.ops.triton.gemv import gemv_rms_norm as kernel
+
+    return kernel(x, residual, norm_weight, eps, weight, bias)
+
+
+@gemv_rms_norm.register_fake
+def _gemv_rms_norm_fake(x: torch.Tensor, residual: torch.Tensor | None,
+                        norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+                        bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("tessera::gemv_silu_mul", mutates_args=())
+def gemv_silu_mul(gate_up: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    from tessera.ops.triton.gemv import gemv_silu_mul as kernel
+
+    return kernel(gate_up, weight, bias)
+
+
+@gemv_silu_mul.register_fake
+def _gemv_silu_mul_fake(gate_up: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    return gate_up.new_empty((*gate_up.shape[:-1], weight.shape[0]))
+
+
 @torch.library.custom_op("tessera::per_token_group_quant_fp8", mutates_args=())
 def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,5 +142,6 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["fused_add_rms_norm", "gemv", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
-           "rotary_embedding", "silu_and_mul"]
+__all__ = ["fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
+           "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm", "rotary_embedding",
+           "silu_and_mul"]

@@ -1,5 +1,10 @@
 """linear(x, weight, bias): F.linear, except a one-row input on CUDA runs the Triton GEMV.
 
+Also here, for the decoder layers: `norm_linear` (an RMSNorm, with the residual add, feeding a
+linear layer) and `silu_mul_linear` (SiLU·mul feeding a linear layer). For a one-row input that
+takes the GEMV, each is ONE kernel (the GEMV's input stage does the norm or the activation:
+tessera.ops.triton.gemv); otherwise they are exactly the two modules called one after the other.
+
 A bs=1 decode step is ~4 linear layers per decoder layer at M = 1, each a pure weight stream.
 cuBLAS's M = 1 kernels were measured 1.1-3.8x slower than that stream on qwen3-0.6b's shapes and
 1.03-1.27x on llama3-8b's (H200, tessera.ops.triton.gemv), so one-row inputs take the GEMV.
@@ -18,11 +23,18 @@ this is exactly F.linear:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from tessera.ops import custom_ops  # noqa: F401  (registers tessera::gemv)
 from tessera.ops.base import triton_available
+
+if TYPE_CHECKING:
+    from tessera.layers.linear import LinearBase
+    from tessera.ops.activation import SiluAndMul
+    from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 _BACKENDS = ("triton", "torch")
@@ -57,4 +69,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return F.linear(x, weight, bias)
 
 
-__all__ = ["linear", "one_row_backend", "set_one_row_backend", "use_gemv"]
+def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
+                layer: LinearBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """(layer(norm(x + residual)), x + residual); without a residual, (layer(norm(x)), x).
+
+    One kernel (tessera::gemv_rms_norm) when the layer would run the GEMV on x and the norm is
+    bound to its Triton path; otherwise the norm module, then the layer.
+    """
+    if (use_gemv(x, layer.weight, layer.bias) and norm.bound_forward == "forward_cuda"
+            and norm.weight.dtype == x.dtype
+            and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                      and residual.is_contiguous()))):
+        return torch.ops.tessera.gemv_rms_norm(x, residual, norm.weight, norm.variance_epsilon,
+                                               layer.weight, layer.bias)
+    if residual is None:
+        return layer(norm(x)), x
+    normed, residual = norm(x, residual)
+    return layer(normed), residual
+
+
+def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -> torch.Tensor:
+    """layer(act(gate_up)) with act = SiLU·mul over the [gate | up] halves; one kernel
+    (tessera::gemv_silu_mul) when the layer would run the GEMV and act is bound to Triton."""
+    if (use_gemv(gate_up, layer.weight, layer.bias) and act.bound_forward == "forward_cuda"
+            and gate_up.shape[-1] == 2 * layer.weight.shape[1]):
+        return torch.ops.tessera.gemv_silu_mul(gate_up, layer.weight, layer.bias)
+    return layer(act(gate_up))
+
+
+__all__ = ["linear", "norm_linear", "one_row_backend", "set_one_row_backend", "silu_mul_linear",
+           "use_gemv"]

@@ -14,6 +14,8 @@ How it works:
   * Attention reads its metadata from the forward context, so the backend must be able to run a
     DECODE batch inside a capture: no allocation, no host sync, no host-side length. Backends say
     so with `supports_decode_graph` (torch_native cannot: it loops over host lengths).
+  * The LM head is part of the graph: each replay also leaves the float32 next-token logits of
+    its rows in one static buffer (`logits`), so nothing but sampling runs after the replay.
   * All graphs share one memory pool (`model_runner.graph_pool`, also used by the piecewise
     runner) and are captured largest first, so the smaller captures reuse the larger one's blocks.
 """
@@ -87,6 +89,8 @@ def padded_batch_size(batch_size: int, captured: list[int]) -> int:
 class DecodeGraphRunner:
     """Replays whole-backbone graphs for DECODE batches of up to `max_bs` requests."""
 
+    captures_logits = True  # a replay also computes the logits (ModelRunner.forward reads them)
+
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
         self.platform = model_runner.platform
@@ -128,6 +132,9 @@ class DecodeGraphRunner:
         self.req_pool_indices = torch.full((n,), self.padding_req_row, dtype=torch.int64,
                                            device=device)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        # next-token logits of every row, written by each replay (one buffer for all sizes)
+        self.logits = torch.empty((n, self.model_runner.model_config.vocab_size),
+                                  dtype=torch.float32, device=device)
         # Extend fields of a decode batch are constants (one new token per request); kept so the
         # static batch is a complete ForwardBatch. Decode backends read only the five above.
         self._extend_seq_lens = torch.ones(n, dtype=torch.int32, device=device)
@@ -179,7 +186,10 @@ class DecodeGraphRunner:
             # (at capture time) is all they need
             backend.init_forward_metadata(batch)
             with set_forward_context(batch, backend):
-                return model(batch.input_ids, batch.positions)
+                hidden = model(batch.input_ids, batch.positions)
+            # the LM head, and the float32 cast fused into the copy to the static buffer
+            self.logits[:bs].copy_(model.compute_logits(hidden))
+            return hidden
 
         return forward
 
@@ -226,10 +236,10 @@ class DecodeGraphRunner:
                 and forward_batch.batch_size <= self.max_bs)
 
     def replay(self, forward_batch: ForwardBatch) -> torch.Tensor:
-        """Hidden states [bs, hidden] of the real rows.
+        """Hidden states [bs, hidden] of the real rows; their logits are in `self.logits[:bs]`.
 
-        The result is a view of the graph's output buffer: the next replay overwrites it, so use
-        it (compute logits) before replaying again."""
+        Both are views of the graphs' static buffers: the next replay overwrites them, so use
+        them (sample) before replaying again."""
         bs = forward_batch.batch_size
         graph_bs = padded_batch_size(bs, self.batch_sizes)
         self._load_inputs(forward_batch)

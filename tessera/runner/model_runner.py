@@ -120,6 +120,10 @@ class ModelRunner:
         for runner in self.graph_runners:
             if runner.can_run(forward_batch):
                 hidden = runner.replay(forward_batch)
+                if runner.captures_logits:  # decode graphs end with the LM head
+                    logits = runner.logits[: forward_batch.batch_size]
+                    return LogitsOutput(logits, logits if forward_batch.return_all_logits
+                                        else None)
                 break
         else:
             hidden = self.forward_eager(forward_batch)

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 class PiecewiseGraphRunner:
     """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
 
+    captures_logits = False  # replay gives hidden states; ModelRunner computes the logits
+
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
         self.platform = model_runner.platform

@@ -71,6 +71,15 @@ def check_parity(path: str, device: str, dtype: torch.dtype, atol: float, **runn
         ref = torch.stack([hf_logits(hf, s, device)[-1] for s in seqs])
         torch.testing.assert_close(next_logits, ref, atol=atol, rtol=0)
 
+    # 4. the longest request alone for four more steps: a one-row batch, which on CUDA runs the
+    # one-row GEMV path with the norms and SiLU·mul folded into it (tessera.ops.linear)
+    row, seq = rows[-1], seqs[-1]
+    logits = next_logits[-1:]
+    for _ in range(4):
+        seq.append(int(logits.argmax(-1)))
+        logits, _ = drv.step([(row, [seq[-1]])], ForwardMode.DECODE, all_logits=False)
+        torch.testing.assert_close(logits[0], hf_logits(hf, seq, device)[-1], atol=atol, rtol=0)
+
 
 @pytest.mark.parametrize("kind,tied", CASES)
 def test_logits_match_hf_cpu_fp32(tmp_path, kind, tied):

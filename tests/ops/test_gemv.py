@@ -95,6 +95,106 @@ def test_gemv_custom_op_fake_matches_real(device):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def _rms_norm_ref(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return w.double() * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize("n,k", [(64, 128), (70, 200), (9, 1000)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_rms_norm_matches_reference(device, n, k, with_residual, with_bias):
+    from tessera.ops.triton.gemv import GemvConfig, gemv_config, gemv_rms_norm
+
+    x, r = torch.randn(1, k, device=device), torch.randn(1, k, device=device)
+    norm_w = torch.rand(k, device=device) + 0.5
+    w = torch.randn(n, k, device=device)
+    b = torch.randn(n, device=device) if with_bias else None
+    residual = r if with_residual else None
+    total = x + r if with_residual else x
+    want = _rms_norm_ref(total, norm_w, 1e-6) @ w.double().T + (0 if b is None else b.double())
+    for config in (gemv_config(n, k), GemvConfig(2, 64, 4, 1), GemvConfig(16, 32, 4, 1)):
+        y, new_residual = gemv_rms_norm(x, residual, norm_w, 1e-6, w, b, config)
+        assert torch.equal(new_residual, total), "program 0 writes x + residual (or x)"
+        assert float((y.double() - want).norm() / want.norm()) < 1e-5, config
+
+
+def test_gemv_rms_norm_bf16_matches_the_unfused_kernels(device):
+    """bf16: rounded where rms_norm and gemv round, so the fused kernel agrees with the two."""
+    from tessera.ops.triton.gemv import gemv, gemv_rms_norm
+    from tessera.ops.triton.rmsnorm import fused_add_rms_norm
+
+    dt = torch.bfloat16
+    x, r = torch.randn(1, 256, device=device, dtype=dt), torch.randn(1, 256, device=device, dtype=dt)
+    norm_w = (torch.rand(256, device=device) + 0.5).to(dt)
+    w = torch.randn(96, 256, device=device, dtype=dt)
+    normed, total = fused_add_rms_norm(x, r, norm_w, 1e-6)
+    y, new_residual = gemv_rms_norm(x, r, norm_w, 1e-6, w)
+    assert torch.equal(new_residual, total)
+    want = gemv(normed, w).float()
+    assert float((y.float() - want).norm() / want.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("n,k", [(64, 128), (33, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemv_silu_mul_matches_the_unfused_kernels(device, n, k, dtype):
+    from tessera.ops.triton.activation import silu_and_mul
+    from tessera.ops.triton.gemv import GemvConfig, gemv, gemv_silu_mul
+
+    gate_up = torch.randn(1, 2 * k, device=device, dtype=dtype)
+    w = torch.randn(n, k, device=device, dtype=dtype)
+    b = torch.randn(n, device=device, dtype=dtype)
+    act = silu_and_mul(gate_up)
+    for config in (None, GemvConfig(2, 64, 4, 1)):
+        y = gemv_silu_mul(gate_up, w, b, config)
+        # same input values, same accumulation order: identical to the two kernels
+        assert torch.equal(y, gemv(act, w, b, config)), config
+    ref = F.silu(gate_up[:, :k].double()) * gate_up[:, k:].double() @ w.double().T + b.double()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert float((y.double() - ref).norm() / ref.norm()) < tol
+
+
+def test_fused_custom_ops_fake_match_real(device):
+    dt = torch.bfloat16
+    x, r = torch.randn(1, 64, device=device, dtype=dt), torch.randn(1, 64, device=device, dtype=dt)
+    norm_w, w = torch.ones(64, device=device, dtype=dt), torch.randn(24, 64, device=device, dtype=dt)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(custom_ops.gemv_rms_norm, (x, r, norm_w, 1e-6, w, None), test_utils=checks)
+    torch.library.opcheck(custom_ops.gemv_rms_norm, (x, None, norm_w, 1e-6, w, None),
+                          test_utils=checks)
+    gate_up = torch.randn(1, 128, device=device, dtype=dt)
+    torch.library.opcheck(custom_ops.gemv_silu_mul, (gate_up, w, None), test_utils=checks)
+
+
+def _layers(k: int, n: int, dtype: torch.dtype, device: str):
+    from tessera.layers.linear import LinearBase
+    from tessera.ops import RMSNorm
+
+    norm = RMSNorm(k).to(device, dtype)
+    norm.weight.data.uniform_(0.5, 1.5)
+    layer = LinearBase(k, n, bias=True, dtype=dtype).to(device)
+    layer.weight.data.normal_(0, 0.05)
+    layer.bias.data.normal_()
+    return norm, layer
+
+
+def test_norm_linear_falls_back_to_the_two_modules():
+    """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x."""
+    from tessera.ops.linear import norm_linear, silu_mul_linear
+    from tessera.ops import SiluAndMul
+
+    norm, layer = _layers(32, 8, torch.float32, "cpu")
+    x, r = torch.randn(1, 32), torch.randn(1, 32)
+    y, res = norm_linear(x, r, norm, layer)
+    normed, want_res = norm(x, r)
+    assert torch.equal(y, layer(normed)) and torch.equal(res, want_res)
+    y, res = norm_linear(x, None, norm, layer)
+    assert torch.equal(y, layer(norm(x))) and res is x
+    act, down = SiluAndMul(), _layers(16, 8, torch.float32, "cpu")[1]
+    gate_up = torch.randn(3, 32)
+    assert torch.equal(silu_mul_linear(gate_up, act, down), down(act(gate_up)))
+
+
 # ---- GPU ----------------------------------------------------------------------------------------
 DECODE_SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072), (6144, 4096),
                  (4096, 4096), (28672, 4096), (4096, 14336), (151936, 1024)]
@@ -116,6 +216,39 @@ def test_gpu_linear_one_row_takes_the_gemv(n, k):
     assert not use_gemv(x.float(), w.float())
     set_one_row_backend("torch")  # --linear-backend torch: cuBLAS for one row too
     assert not use_gemv(x, w, b) and torch.equal(linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,n,inter", [(1024, 4096, 3072), (4096, 6144, 14336)])
+def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, inter):
+    """qwen3-0.6b / llama3-8b shapes, bf16, one row: the fused kernels against the unfused modules
+    (norm, F.linear / SiluAndMul, F.linear): the same residual, outputs within bf16 rounding."""
+    from tessera.ops import SiluAndMul
+    from tessera.ops.linear import norm_linear, silu_mul_linear
+
+    torch.manual_seed(0)
+    dt = torch.bfloat16
+    norm, layer = _layers(k, n, dt, "cuda")
+    x = torch.randn(1, k, device="cuda", dtype=dt)
+    r = torch.randn(1, k, device="cuda", dtype=dt)
+    for residual in (r, None):
+        y, res = norm_linear(x, residual, norm, layer)
+        if residual is None:
+            want_res, normed = x, norm(x)
+        else:
+            normed, want_res = norm(x, residual)
+        want = F.linear(normed, layer.weight, layer.bias)
+        assert torch.equal(res, want_res)
+        assert float((y.float() - want.float()).norm() / want.float().norm()) < 1e-2
+    act, down = SiluAndMul(), _layers(inter, k, dt, "cuda")[1]
+    gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=dt)
+    want = F.linear(act(gate_up), down.weight, down.bias).float()
+    got = silu_mul_linear(gate_up, act, down).float()
+    assert float((got - want).norm() / want.norm()) < 1e-2
+    # two rows: the modules, unchanged
+    two = torch.randn(2, k, device="cuda", dtype=dt)
+    y2, _ = norm_linear(two, None, norm, layer)
+    assert torch.equal(y2, layer(norm(two)))
 
 
 @pytest.mark.gpu
@@ -144,7 +277,11 @@ def test_gpu_pdl_chain_in_a_graph_matches_pdl_off(fast_ops):
         qkv = linear(x, w_qkv)
         q, k = qk(positions, qkv[:, :2048].view(1, 16, 128), qkv[:, 2048:3072].view(1, 8, 128))
         up = linear(torch.cat([q.flatten(1), k.flatten(1)], 1)[:, :2048].contiguous(), w_up)
-        return linear(act(up), w_down), res
+        down = linear(act(up), w_down)
+        # the fused input stages: norm + GEMV, SiLU·mul + GEMV
+        qkv2, res2 = torch.ops.tessera.gemv_rms_norm(down, res, norm.weight, 1e-6, w_qkv, None)
+        fused = torch.ops.tessera.gemv_silu_mul(up, w_down, None)
+        return down, res, qkv2, res2, fused
 
     def captured():
         side = torch.cuda.Stream()

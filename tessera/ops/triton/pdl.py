@@ -25,6 +25,12 @@ import torch
 
 ENV_ENABLED = os.environ.get("TESSERA_PDL", "0") == "1"
 _enabled = ENV_ENABLED
+# When a GEMV lets its dependent launch: "early" (its first instruction) or "late" (after its
+# weight loop). A dependent launched early takes SM slots while it waits, which a GEMV of several
+# waves of programs (llama3-8b's gate_up: 1792) still needs; late keeps them for it.
+GEMV_TRIGGER = os.environ.get("TESSERA_PDL_GEMV_TRIGGER", "early")
+if GEMV_TRIGGER not in ("early", "late"):
+    raise ValueError(f"TESSERA_PDL_GEMV_TRIGGER must be early or late, got {GEMV_TRIGGER!r}")
 
 
 def enabled() -> bool:
