@@ -33,9 +33,9 @@ from tessera.ops.triton.pdl import launch_options, use_pdl
 
 
 # What the GEMV multiplies W by (its "input stage"), a constexpr of the kernel:
-PLAIN = 0         # x as given
-ADD_RMS_NORM = 1  # rms_norm(x + residual) * norm_weight: the layer's norm folded into the GEMV
-SILU_MUL = 2      # silu(x[:K]) * x[K:]: the MLP's activation folded into down_proj
+PLAIN = tl.constexpr(0)         # x as given
+ADD_RMS_NORM = tl.constexpr(1)  # rms_norm(x + residual) * norm_weight: the norm folded in
+SILU_MUL = tl.constexpr(2)      # silu(x[:K]) * x[K:]: the MLP's activation folded into down_proj
 
 
 @triton.jit
@@ -162,7 +162,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         HAS_BIAS=bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         EVEN=n % config.block_n == 0 and k % config.block_k == 0, PDL=pdl, INPUT=input_stage,
         HAS_RESIDUAL=residual is not None,
-        NORM_BLOCK=triton.next_power_of_2(k) if input_stage == ADD_RMS_NORM else 1,
+        NORM_BLOCK=triton.next_power_of_2(k) if input_stage == ADD_RMS_NORM.value else 1,
         PDL_LATE=pdl and pdl_module.GEMV_TRIGGER == "late",
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl))
     return y
@@ -173,7 +173,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     """x [1, K] or [K] (contiguous), weight [N, K] (contiguous rows), bias [N] -> y [1, N] / [N]
     in x's dtype, accumulated in float32."""
     assert x.shape[-1] == weight.shape[1] and x.numel() == weight.shape[1], "gemv takes a single row"
-    return _launch(x, weight, bias, config, PLAIN)
+    return _launch(x, weight, bias, config, PLAIN.value)
 
 
 MAX_NORM_HIDDEN = 65536  # the norm's row is held in one program's registers, as in rmsnorm.py
@@ -195,7 +195,7 @@ def gemv_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: t
     residual_out = torch.empty_like(x)
     if weight.shape[0] == 0 or k == 0:  # no program would run: the residual still is x + r
         residual_out.copy_(x if residual is None else x + residual)
-    y = _launch(x, weight, bias, config, ADD_RMS_NORM, residual, norm_weight, eps, residual_out)
+    y = _launch(x, weight, bias, config, ADD_RMS_NORM.value, residual, norm_weight, eps, residual_out)
     return y, residual_out
 
 
@@ -206,4 +206,4 @@ def gemv_silu_mul(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     k = weight.shape[1]
     assert gate_up.shape[-1] == 2 * k and gate_up.numel() == 2 * k, \
         "gemv_silu_mul takes one row of gate and up halves"
-    return _launch(gate_up, weight, bias, config, SILU_MUL)
+    return _launch(gate_up, weight, bias, config, SILU_MUL.value)
