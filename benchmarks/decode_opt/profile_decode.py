@@ -16,7 +16,8 @@ one decode step, captured as a CUDA graph and replayed, under the code paths of 
   split128       fused_decode with a 128 keys-per-split floor (default 64)
   gemv           + one-row linears and the LM head through the Triton GEMV (the default on
                  CUDA: `--linear-backend triton`)
-  gemv_pdl       + programmatic dependent launch for our Triton kernels (`--enable-pdl`)
+  gemv_pdl       + programmatic dependent launch for our Triton kernels (the engine's default
+                 since session 3; `--disable-pdl` turns it off)
 with a per-kernel profile (torch.profiler) of fused_decode and gemv_pdl. The first study also
 timed the code before this work (a copy of the old two-stage decode kernel, since removed):
 benchmarks/results/2026-11-23_h200_s2_decode_variants.txt. `--cpu-smoke` runs the logic on a

@@ -43,7 +43,7 @@ study2)  # second run: variants after the fixes, then the GPU tests
   run gpu_tests 240 $PY -m pytest -q -p no:cacheprovider tests/ops tests/attention tests/runner \
     tests/models -m gpu -x
   ;;
-verify)  # bench latency as shipped (GEMV), with torch linears, and with PDL
+verify)  # bench latency as shipped (GEMV, PDL), with torch linears, and without PDL
   run latency_qwen3-0.6b 40 "${BENCH[@]}" --model-path qwen3-0.6b --batch-size 1 32 \
     --out "$OUT/latency_qwen3-0.6b.json"
   run latency_llama3-8b 50 "${BENCH[@]}" --model-path llama3-8b --batch-size 1 32 \
@@ -52,10 +52,10 @@ verify)  # bench latency as shipped (GEMV), with torch linears, and with PDL
     --model-path qwen3-0.6b --batch-size 1 32 --out "$OUT/latency_torch_linear_qwen3-0.6b.json"
   run latency_torch_linear_llama3-8b 45 "${BENCH[@]}" --linear-backend torch \
     --model-path llama3-8b --batch-size 1 32 --out "$OUT/latency_torch_linear_llama3-8b.json"
-  run latency_pdl_qwen3-0.6b 30 "${BENCH[@]}" --enable-pdl --model-path qwen3-0.6b \
-    --batch-size 1 --out "$OUT/latency_pdl_qwen3-0.6b.json"
-  run latency_pdl_llama3-8b 40 "${BENCH[@]}" --enable-pdl --model-path llama3-8b \
-    --batch-size 1 --out "$OUT/latency_pdl_llama3-8b.json"
+  run latency_nopdl_qwen3-0.6b 30 "${BENCH[@]}" --disable-pdl --model-path qwen3-0.6b \
+    --batch-size 1 --out "$OUT/latency_nopdl_qwen3-0.6b.json"
+  run latency_nopdl_llama3-8b 40 "${BENCH[@]}" --disable-pdl --model-path llama3-8b \
+    --batch-size 1 --out "$OUT/latency_nopdl_llama3-8b.json"
   run variants_qwen3-0.6b 35 $PY $S variants --model qwen3-0.6b --out "$OUT/variants_qwen3-0.6b.json"
   run variants_llama3-8b 45 $PY $S variants --model llama3-8b --out "$OUT/variants_llama3-8b.json"
   ;;

@@ -70,8 +70,9 @@ class BackendConfig:
     linear_backend: str = cfg("auto", "one-row linear layers (bs=1 decode, LM head): the Triton "
                               "GEMV or torch's F.linear; auto: triton on CUDA with Triton",
                               choices=["auto", "triton", "torch"])
-    enable_pdl: bool = cfg(False, "programmatic dependent launch for tessera's Triton kernels "
-                           "(compute capability >= 9.0; see tessera/ops/triton/pdl.py)")
+    disable_pdl: bool = cfg(False, "no programmatic dependent launch for tessera's Triton "
+                            "kernels (on by default where the GPU has it, compute capability "
+                            ">= 9.0; see tessera/ops/triton/pdl.py)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,8 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
         raise ValueError(f"--linear-backend triton needs a CUDA device with Triton; platform "
                          f"{platform.kind.value} has none (use torch or auto)")
     logger.info("attention backend: %s; sampling backend: %s; one-row linear: %s%s", attention,
-                sampling, linear, "; PDL on" if backend.enable_pdl else "")
+                sampling, linear, "; PDL off (--disable-pdl)" if backend.disable_pdl
+                else "; PDL on where the GPU supports it (compute capability >= 9.0)")
     backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling,
                                   linear_backend=linear)
 

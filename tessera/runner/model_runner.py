@@ -53,7 +53,7 @@ class ModelRunner:
         self.platform.manual_seed(config.load.seed)
         # process-wide kernel choices, before anything is captured (decode graphs hold them)
         set_one_row_backend(config.backend.linear_backend)
-        pdl.set_enabled(config.backend.enable_pdl or pdl.ENV_ENABLED)
+        pdl.set_enabled(not config.backend.disable_pdl)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)
         self.max_running_requests = config.scheduler.max_running_requests

@@ -1,5 +1,5 @@
 """Process-wide kernel choices made from the engine config: the one-row linear backend
-(`--linear-backend`: the Triton GEMV or F.linear) and PDL (`--enable-pdl`)."""
+(`--linear-backend`: the Triton GEMV or F.linear) and PDL (on unless `--disable-pdl`)."""
 from __future__ import annotations
 
 import logging
@@ -41,9 +41,10 @@ def test_cli_flags_reach_the_config():
 
     parser = argparse.ArgumentParser()
     EngineConfig.add_cli_args(parser)
-    args = parser.parse_args(["--linear-backend", "torch", "--enable-pdl"])
+    args = parser.parse_args(["--linear-backend", "torch", "--disable-pdl"])
     cfg = EngineConfig.from_cli(args)
-    assert cfg.backend.linear_backend == "torch" and cfg.backend.enable_pdl
+    assert cfg.backend.linear_backend == "torch" and cfg.backend.disable_pdl
+    assert not EngineConfig.from_cli(parser.parse_args([])).backend.disable_pdl
     with pytest.raises(SystemExit):
         parser.parse_args(["--linear-backend", "cublas"])
 
@@ -52,11 +53,11 @@ def test_model_runner_applies_the_choices():
     from tessera.runner.model_runner import ModelRunner
 
     set_one_row_backend("triton")
-    ModelRunner(config(enable_pdl=True))
+    ModelRunner(config())
     assert one_row_backend() == "torch"  # resolved for the CPU
-    assert pdl.enabled()
+    assert pdl.enabled()  # the default
     import torch
 
     assert not pdl.use_pdl(torch.device("cpu"))  # requested, but never off CUDA
-    ModelRunner(config())
-    assert pdl.enabled() == pdl.ENV_ENABLED
+    ModelRunner(config(disable_pdl=True))
+    assert not pdl.enabled()
