@@ -171,6 +171,7 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
     from tessera.ops import RMSNorm
 
     norm = RMSNorm(k).to(device, dtype)
+    norm.weight.requires_grad_(False)  # inference weights, as the model loader leaves them
     norm.weight.data.uniform_(0.5, 1.5)
     layer = LinearBase(k, n, bias=True, dtype=dtype).to(device)
     layer.weight.data.normal_(0, 0.05)
