@@ -18,7 +18,8 @@ launches fewer per layer at bs=1): ADD_RMS_NORM computes rms_norm(x + residual) 
 silu(gate) * up from the gate/up projection's output. Their rounding follows the unfused kernels.
 
 With PDL (tessera.ops.triton.pdl) the program loads its first weight tile before waiting for the
-previous kernel: the weight stream starts while the previous kernel drains.
+previous kernel: the weight stream starts while the previous kernel drains. It lets its own
+dependent launch only after its weight loop (pdl.GEMV_TRIGGER, measured there).
 """
 from __future__ import annotations
 
