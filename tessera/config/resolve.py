@@ -42,9 +42,14 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     elif linear == "triton" and not gemv_ok:
         raise ValueError(f"--linear-backend triton needs a CUDA device with Triton; platform "
                          f"{platform.kind.value} has none (use torch or auto)")
-    logger.info("attention backend: %s; sampling backend: %s; one-row linear: %s%s", attention,
-                sampling, linear, "; PDL off (--disable-pdl)" if backend.disable_pdl
-                else "; PDL on where the GPU supports it (compute capability >= 9.0)")
+    if backend.disable_pdl:
+        pdl = "off (--disable-pdl)"
+    elif gemv_ok:
+        pdl = "on if the GPU has it (compute capability >= 9.0)"
+    else:
+        pdl = f"off (no CUDA Triton kernels on {platform.kind.value})"
+    logger.info("attention backend: %s; sampling backend: %s; one-row linear: %s; PDL %s",
+                attention, sampling, linear, pdl)
     backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling,
                                   linear_backend=linear)
 

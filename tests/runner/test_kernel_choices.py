@@ -29,6 +29,7 @@ def test_auto_is_torch_on_cpu_and_logged(caplog):
         resolved = config().resolve()
     assert resolved.backend.linear_backend == "torch"
     assert "one-row linear: torch" in caplog.text
+    assert "PDL off (no CUDA Triton kernels on cpu)" in caplog.text
 
 
 def test_triton_gemv_without_cuda_is_a_clear_error():
