@@ -41,7 +41,6 @@ from tessera.attention.triton_ops import (
     decode_head_programs,
     decode_workspace_shape,
     extend_attention,
-    store_kv,
 )
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
@@ -169,10 +168,11 @@ class TritonAttentionBackend(AttentionBackend):
                              v_new=v[:loc.shape[0]], new_loc=loc)
         else:
             num_rows = meta.num_real_tokens
-            store_kv(k[:num_rows], v[:num_rows], k_cache, v_cache,
-                     forward_batch.out_cache_loc[:num_rows])
+            # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
+            # read from k/v, the cached prefix through req_to_token)
             extend_attention(q, k_cache, v_cache, out, table, forward_batch.req_pool_indices,
                              forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens,
-                             forward_batch.extend_start_loc, meta.max_extend_len, scaling)
+                             forward_batch.extend_start_loc, meta.max_extend_len, scaling,
+                             k_new=k, v_new=v, new_loc=forward_batch.out_cache_loc)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()

@@ -206,19 +206,41 @@ def test_decode_new_key_from_strided_views() -> None:
 
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16)])
-def test_extend_kernel_small_tiles(block_m: int, block_n: int) -> None:
-    """Many query and key tiles per request: the shared-prefix and diagonal loops both iterate."""
-    case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=1, group=8, head_dim=64,
-                dtype=torch.float32, mode=ForwardMode.EXTEND)
+@pytest.mark.parametrize("fused_store", [False, True])
+def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool) -> None:
+    """Many query and key tiles per request: the shared-prefix and diagonal loops both iterate;
+    the new K/V stored before the launch (store_kv) or by it (k_new/v_new/new_loc)."""
+    case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=2, group=4, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=5)
     want = case.run(case.reference)
     kv, fb = case.triton.kv_pool, case.batch
     out = torch.zeros_like(case.q)
-    store_kv(case.k, case.v, kv.k_buffers[0], kv.v_buffers[0], fb.out_cache_loc)
+    loc = torch.cat([fb.out_cache_loc, torch.zeros(5, dtype=torch.int64, device=DEVICE)])
+    new_kv = {}
+    if fused_store:
+        new_kv = {"k_new": case.k, "v_new": case.v, "new_loc": loc}  # padding rows: not stored
+    else:
+        store_kv(case.k[:case.num_real], case.v[:case.num_real], kv.k_buffers[0],
+                 kv.v_buffers[0], fb.out_cache_loc)
     extend_attention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
                      fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens,
                      fb.extend_start_loc, fb.max_extend_len, case.scaling, block_m=block_m,
-                     block_n=block_n)
-    torch.testing.assert_close(out, want, atol=2e-5, rtol=0)
+                     block_n=block_n, **new_kv)
+    torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
+    for name in ("k_buffers", "v_buffers"):  # the same cache either way (slot 0 untouched)
+        assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
+
+
+def test_extend_new_kv_from_strided_views() -> None:
+    """The backend's extend path with K/V as strided views of a fused QKV projection."""
+    case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=2)
+    qkv = torch.cat([case.q.flatten(1), case.k.flatten(1), case.v.flatten(1)], dim=1)
+    q_size, kv_size = case.q[0].numel(), case.k[0].numel()
+    case.k = qkv[:, q_size:q_size + kv_size].view(case.k.shape)
+    case.v = qkv[:, q_size + kv_size:].view(case.v.shape)
+    assert not case.k.is_contiguous() and not case.v.is_contiguous()
+    case.check(_tol(torch.float32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,13 +1,17 @@
 """Extend (prefill) attention on top of a cached prefix, flash-attention style.
 
-Request b has `prefix` keys already in the cache and `extend` new tokens whose K/V have just been
-written there too; new token i (position prefix + i) attends to keys 0..prefix + i. All keys are
-read through `req_to_token`, so a cached prefix and the new tokens are one contiguous range of
-positions and no separate new-K/V pass is needed.
+Request b has `prefix` keys already in the cache and `extend` new tokens; new token i (position
+prefix + i) attends to keys 0..prefix + i. Two ways to get the new tokens' K/V:
+  * already stored (store_kv before): every key is read through `req_to_token`, the prefix and
+    the new tokens being one contiguous range of positions;
+  * passed as k_new/v_new (what the backend does: one launch a layer instead of two): the prefix
+    is read through `req_to_token`, the new keys from k_new/v_new, and the same launch stores
+    them into the cache (nothing in it reads them back from there).
 
 Grid (q_heads, query_blocks, batch): a program owns BLOCK_M new tokens of one request and one query
 head, and walks the key positions in BLOCK_N tiles with an online softmax (running max, running
-denominator, fp32 accumulator). The key range splits in two loops:
+denominator, fp32 accumulator). The key range splits in two loops (three with k_new: the cached
+prefix and the new keys before the tile read from different places):
   * positions < prefix + first query of the tile: visible to every row of the tile, no causal mask;
   * the diagonal stretch up to the tile's last query: causal mask kpos <= qpos.
 Heads are the fastest grid axis so the programs of one GQA group run together and reuse the same
@@ -27,15 +31,26 @@ def attend_tile(
     q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, key_start, key_end,
     qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FROM_TABLE: tl.constexpr = True, row_offset=0, cache_ptr=None,
 ):
-    """Online-softmax update of (acc, l_i, m_i) with the keys at positions [key_start, key_end)."""
+    """Online-softmax update of (acc, l_i, m_i) with the keys at positions [key_start, key_end).
+
+    FROM_TABLE: key position n is row table_row_ptr[n] of the cache (k_cache_ptr, v_cache_ptr).
+    Otherwise the keys are the batch's new K/V tensors themselves: position n is their row
+    n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it.
+    """
     for n in range(key_start, key_end, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < key_end
-        slots = tl.load(table_row_ptr + offs_n, mask=mask_n, other=0).to(tl.int64)
+        if FROM_TABLE:
+            slots = tl.load(table_row_ptr + offs_n, mask=mask_n, other=0).to(tl.int64)
+        else:
+            slots = (offs_n + row_offset).to(tl.int64)
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
                     + offs_d[None, :], mask=kv_mask, other=0.0)
+        if not FROM_TABLE:
+            k = k.to(cache_ptr.dtype.element_ty)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         if CAUSAL:
             visible = mask_n[None, :] & (offs_n[None, :] <= qpos[:, None])
@@ -50,6 +65,8 @@ def attend_tile(
         alpha = tl.exp2(m_i - m_new)
         v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
                     + offs_d[None, :], mask=kv_mask, other=0.0)
+        if not FROM_TABLE:
+            v = v.to(cache_ptr.dtype.element_ty)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
                                             input_precision=DOT_PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -64,10 +81,15 @@ def _extend_kernel(
     qk_scale,  # softmax scale * log2(e)
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
+    k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
 ):
-    """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request."""
+    """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
+
+    NEW_KV: the new tokens' K/V are not in the cache yet. They are read from k_new/v_new (token
+    rows, like q), and the first query head of each KV head stores its tile's rows into the cache
+    at new_loc: no program of this launch reads them from the cache, so no ordering is needed."""
     head = tl.program_id(0)
     # last query tiles first: under the causal mask they see the most keys, so starting them
     # early shortens the tail of the launch
@@ -97,14 +119,44 @@ def _extend_kernel(
     table_row_ptr = req_to_token_ptr + row * stride_table
     shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
     diagonal_end = prefix + tl.minimum(m_start + BLOCK_M, extend_len)
-    acc, l_i, m_i = attend_tile(
-        q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, shared_end,
-        qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
-        CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
-    acc, l_i, m_i = attend_tile(
-        q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, shared_end,
-        diagonal_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
-        CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+    if NEW_KV:
+        kv_rows = mask_m[:, None] & mask_d[None, :]
+        if head % GROUP == 0:  # one program per (KV head, tile) stores the tile's new K/V
+            slots = tl.load(new_loc_ptr + tokens, mask=mask_m, other=0).to(tl.int64)
+            kn = tl.load(k_new_ptr + tokens[:, None] * stride_knt + kv_head * stride_knh
+                         + offs_d[None, :], mask=kv_rows, other=0.0)
+            vn = tl.load(v_new_ptr + tokens[:, None] * stride_vnt + kv_head * stride_vnh
+                         + offs_d[None, :], mask=kv_rows, other=0.0)
+            tl.store(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
+                     + offs_d[None, :], kn.to(k_cache_ptr.dtype.element_ty), mask=kv_rows)
+            tl.store(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
+                     + offs_d[None, :], vn.to(v_cache_ptr.dtype.element_ty), mask=kv_rows)
+        # the cached prefix, then the new tokens before the tile (no mask), then the diagonal;
+        # new token j of the request (position prefix + j) is row first_token + j of k_new/v_new
+        new_row = first_token - prefix
+        acc, l_i, m_i = attend_tile(
+            q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, prefix,
+            qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+        acc, l_i, m_i = attend_tile(
+            q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
+            shared_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
+            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
+            row_offset=new_row, cache_ptr=k_cache_ptr)
+        acc, l_i, m_i = attend_tile(
+            q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, shared_end,
+            diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
+            CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
+            row_offset=new_row, cache_ptr=k_cache_ptr)
+    else:
+        acc, l_i, m_i = attend_tile(
+            q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0,
+            shared_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+        acc, l_i, m_i = attend_tile(
+            q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, shared_end,
+            diagonal_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+            CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)  # rows past extend_len are masked out of the store
     tl.store(out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -126,7 +178,8 @@ def extend_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
     extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
-    block_m: int | None = None, block_n: int | None = None,
+    block_m: int | None = None, block_n: int | None = None, k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
 ) -> None:
     """Causal attention of the new tokens of a batch over their cached prefix and themselves.
 
@@ -135,13 +188,22 @@ def extend_attention(
     (only the real rows are written); req_to_token [rows, max_ctx] int32; req_pool_indices [B]
     int64; prefix_lens, extend_lens, extend_starts [B] int32; max_extend_len: host-side max of
     extend_lens (sizes the grid). The last dimension of every tensor must be contiguous.
+
+    With k_new/v_new [T, Hk, D] (any token/head strides) and new_loc [T]: the new tokens' K/V are
+    NOT in the cache yet; this one launch stores them at new_loc (the real rows only) and attends
+    to them, instead of a store_kv launch before it.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[1]
     batch = req_pool_indices.shape[0]
     assert num_heads % num_kv_heads == 0, (num_heads, num_kv_heads)
-    for t in (q, k_cache, v_cache, out, req_to_token):
+    new_kv = k_new is not None
+    assert new_kv == (v_new is not None) == (new_loc is not None), "k_new, v_new, new_loc together"
+    for t in (q, k_cache, v_cache, out, req_to_token, *((k_new, v_new) if new_kv else ())):
         assert t.stride(-1) == 1, "the last dimension must be contiguous"
+    if not new_kv:  # placeholders the kernel never reads (NEW_KV=False)
+        k_new = v_new = k_cache
+        new_loc = req_pool_indices
     if batch == 0 or max_extend_len == 0:
         return
     cfg_m, cfg_n, num_warps, num_stages = extend_config(head_dim)
@@ -156,7 +218,8 @@ def extend_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         req_to_token.stride(0),
+        k_new, v_new, new_loc, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=precision, NEW_KV=new_kv, num_warps=num_warps, num_stages=num_stages,
     )
