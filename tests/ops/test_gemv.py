@@ -181,8 +181,8 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
 
 def test_norm_linear_falls_back_to_the_two_modules():
     """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x."""
-    from tessera.ops.linear import norm_linear, silu_mul_linear
     from tessera.ops import SiluAndMul
+    from tessera.ops.linear import norm_linear, silu_mul_linear
 
     norm, layer = _layers(32, 8, torch.float32, "cpu")
     x, r = torch.randn(1, 32), torch.randn(1, 32)

@@ -32,7 +32,6 @@ import triton.language as tl
 from tessera.ops.triton import pdl as pdl_module
 from tessera.ops.triton.pdl import launch_options, use_pdl
 
-
 # What the GEMV multiplies W by (its "input stage"), a constexpr of the kernel:
 PLAIN = tl.constexpr(0)         # x as given
 ADD_RMS_NORM = tl.constexpr(1)  # rms_norm(x + residual) * norm_weight: the norm folded in
