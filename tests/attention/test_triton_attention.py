@@ -193,15 +193,20 @@ def test_decode_kernel_splits_and_empty_rows(num_splits: int, fused_store: bool)
         assert torch.equal(got[loc[:4]], ref[loc[:4]]) and torch.equal(got[loc[5]], ref[loc[5]])
 
 
-def test_decode_new_key_from_strided_views() -> None:
-    """The backend hands decode the k/v views of a fused QKV projection (no copies)."""
-    case = Case([0, 9, 200], [1] * 3, num_kv_heads=2, group=2, head_dim=32,
-                dtype=torch.float32, mode=ForwardMode.DECODE, seed=3)
+def _use_fused_qkv_views(case: Case) -> None:
+    """Make the case's k/v strided views of one fused QKV tensor, as the model hands them over."""
     qkv = torch.cat([case.q.flatten(1), case.k.flatten(1), case.v.flatten(1)], dim=1)
     q_size, kv_size = case.q[0].numel(), case.k[0].numel()
     case.k = qkv[:, q_size:q_size + kv_size].view(case.k.shape)
     case.v = qkv[:, q_size + kv_size:].view(case.v.shape)
     assert not case.k.is_contiguous() and not case.v.is_contiguous()
+
+
+def test_decode_new_key_from_strided_views() -> None:
+    """The backend hands decode the k/v views of a fused QKV projection (no copies)."""
+    case = Case([0, 9, 200], [1] * 3, num_kv_heads=2, group=2, head_dim=32,
+                dtype=torch.float32, mode=ForwardMode.DECODE, seed=3)
+    _use_fused_qkv_views(case)
     case.check(_tol(torch.float32))
 
 
@@ -235,11 +240,7 @@ def test_extend_new_kv_from_strided_views() -> None:
     """The backend's extend path with K/V as strided views of a fused QKV projection."""
     case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,
                 dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=2)
-    qkv = torch.cat([case.q.flatten(1), case.k.flatten(1), case.v.flatten(1)], dim=1)
-    q_size, kv_size = case.q[0].numel(), case.k[0].numel()
-    case.k = qkv[:, q_size:q_size + kv_size].view(case.k.shape)
-    case.v = qkv[:, q_size + kv_size:].view(case.v.shape)
-    assert not case.k.is_contiguous() and not case.v.is_contiguous()
+    _use_fused_qkv_views(case)
     case.check(_tol(torch.float32))
 
 
