@@ -16,6 +16,10 @@ class AttentionBackend(ABC):
     new contents in the same tensors: it allocates nothing, never syncs with the host, reads no
     host-side list (seq_lens_cpu, extend_*_cpu: placeholders in a graph's static batch) and no
     extend_* tensor, and its init_forward_metadata depends only on the batch's shapes."""
+    fuses_decode_rope: bool = False
+    """True when forward() of a DECODE batch takes `rope=(positions, cos_sin_cache)`: q and k
+    arrive un-rotated and the backend applies the NeoX rotary embedding (with the native op's
+    rounding) in its own kernel. Other backends are never passed `rope`."""
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:
@@ -28,9 +32,11 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                layer_id: int, scaling: float, forward_batch: ForwardBatch) -> None:
+                layer_id: int, scaling: float, forward_batch: ForwardBatch,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """q [T, Hq, D], k/v [T, Hk, D]; write K/V at forward_batch.out_cache_loc, then attention
-        output into out[:real_tokens]; zero out[real_tokens:] (padding)."""
+        output into out[:real_tokens]; zero out[real_tokens:] (padding). `rope`: see
+        fuses_decode_rope."""
 
     @staticmethod
     def real_tokens(forward_batch: ForwardBatch) -> int:

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from tessera.attention import context  # noqa: F401  (registers tessera::attention)
+from tessera.attention import context  # registers tessera::attention
+from tessera.runner.forward_batch import ForwardMode
+
+if TYPE_CHECKING:
+    from tessera.ops.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -27,3 +33,25 @@ class Attention(nn.Module):
             v.view(t, self.num_kv_heads, self.head_dim),
             out, self.layer_id, self.scaling)
         return out.view(t, self.num_heads * self.head_dim)
+
+    def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, rotary: RotaryEmbedding) -> torch.Tensor:
+        """attention(rotary(positions, q, k), v), as forward() takes them.
+
+        A DECODE batch on a backend that fuses the rotary embedding into its decode kernel
+        (`fuses_decode_rope`: one launch instead of two per layer) passes q and k un-rotated, when
+        run eagerly or captured into a decode graph. Under torch.compile (the piecewise graphs,
+        which only run extend batches) the rotary stays a separate op in the traced graph.
+        """
+        if not torch.compiler.is_compiling():
+            ctx = context.get_forward_context()
+            backend, batch = ctx.attn_backend, ctx.forward_batch
+            if backend.fuses_decode_rope and batch.mode is ForwardMode.DECODE:
+                t = q.shape[0]
+                out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype,
+                                  device=q.device)
+                backend.forward(q, k, v, out, self.layer_id, self.scaling, batch,
+                                rope=(positions, rotary.cos_sin_cache))
+                return out.view(t, self.num_heads * self.head_dim)
+        q, k = rotary(positions, q, k)
+        return self(q, k, v)

@@ -83,6 +83,7 @@ class _ExtendMetadata:
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     supports_decode_graph = True  # see the module docstring
+    fuses_decode_rope = True  # the decode kernel rotates q and the new k itself
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:
@@ -152,7 +153,8 @@ class TritonAttentionBackend(AttentionBackend):
         return meta
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                layer_id: int, scaling: float, forward_batch: ForwardBatch) -> None:
+                layer_id: int, scaling: float, forward_batch: ForwardBatch,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         meta = self._metadata_for(forward_batch)
         k_cache = self.kv_pool.k_buffers[layer_id]
         v_cache = self.kv_pool.v_buffers[layer_id]
@@ -160,13 +162,18 @@ class TritonAttentionBackend(AttentionBackend):
         if isinstance(meta, _DecodeMetadata):
             num_rows = meta.batch_size
             loc = forward_batch.out_cache_loc
-            # one launch: stores the new K/V at loc and attends (new key from registers)
+            positions, cos_sin_cache = rope if rope is not None else (None, None)
+            # one launch: (rotates q and the new k,) stores the new K/V at loc and attends (new
+            # key from registers)
             decode_attention(q[:num_rows], k_cache, v_cache, out[:num_rows], table,
                              forward_batch.req_pool_indices, forward_batch.seq_lens, scaling,
                              meta.part_out, meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT,
                              counters=meta.counters, k_new=k[:loc.shape[0]],
-                             v_new=v[:loc.shape[0]], new_loc=loc)
+                             v_new=v[:loc.shape[0]], new_loc=loc,
+                             positions=None if positions is None else positions[:num_rows],
+                             cos_sin_cache=cos_sin_cache)
         else:
+            assert rope is None, "the rotary embedding is fused into decode only"
             num_rows = meta.num_real_tokens
             # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
             # read from k/v, the cached prefix through req_to_token)

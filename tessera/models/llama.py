@@ -71,9 +71,9 @@ class LlamaAttention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm_rope is not None:
             q, k = self.qk_norm_rope(positions, q, k)
-        else:
-            q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+            return self.o_proj(self.attn(q, k, v))
+        # decode on the triton backend: the rotary runs inside the attention kernel
+        return self.o_proj(self.attn.forward_rope(positions, q, k, v, self.rotary_emb))
 
 
 class LlamaDecoderLayer(nn.Module):

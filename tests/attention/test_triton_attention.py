@@ -210,6 +210,38 @@ def test_decode_new_key_from_strided_views() -> None:
     case.check(_tol(torch.float32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group,head_dim,fused_qkv", [(4, 64, True), (1, 32, False),
+                                                     (8, 128, False)])
+def test_decode_fused_rope_equals_rotary_then_attention(group: int, head_dim: int,
+                                                        fused_qkv: bool, dtype: torch.dtype
+                                                        ) -> None:
+    """rope=(positions, cos_sin_cache): the decode kernel rotates q and the new k itself. Same
+    output as the native rotary followed by the reference attention, and the cache receives the
+    rotated k bit for bit (the kernel rounds as the native op does)."""
+    from tessera.ops.rotary import RotaryEmbedding
+
+    case = Case([0, 9, 200, 70, 1], [1] * 5, num_kv_heads=2, group=group, head_dim=head_dim,
+                dtype=dtype, mode=ForwardMode.DECODE, seed=head_dim)
+    if fused_qkv:
+        _use_fused_qkv_views(case)
+    rotary = RotaryEmbedding(head_dim, 4096, 10000.0, force_native=True).to(DEVICE)
+    positions = case.batch.positions
+    q, k = case.q, case.k
+    case.q, case.k = rotary(positions, q, k)  # the reference gets rotated inputs
+    want = case.run(case.reference)
+    case.q, case.k = q, k
+    out = torch.full_like(q, float("nan"))
+    case.triton.init_forward_metadata(case.batch)
+    case.triton.forward(q, k, case.v, out, 0, case.scaling, case.batch,
+                        rope=(positions, rotary.cos_sin_cache))
+    torch.testing.assert_close(out[:case.num_real].float(), want[:case.num_real].float(),
+                               atol=_tol(dtype), rtol=0)
+    for name in ("k_buffers", "v_buffers"):
+        assert torch.equal(getattr(case.triton.kv_pool, name)[0],
+                           getattr(case.reference.kv_pool, name)[0]), name
+
+
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16)])
 @pytest.mark.parametrize("fused_store", [False, True])
 def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool) -> None:

@@ -1,8 +1,14 @@
 """tessera logits equal HF transformers' on the same random weights (CPU, float32)."""
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
+
+import pytest
 from hf_models import load_hf, save_tiny_model
 from runner_driver import RunnerDriver
 
@@ -85,6 +91,20 @@ def check_parity(path: str, device: str, dtype: torch.dtype, atol: float, **runn
 def test_logits_match_hf_cpu_fp32(tmp_path, kind, tied):
     path = save_tiny_model(str(tmp_path / f"{kind}-{tied}"), kind, tied)
     check_parity(path, "cpu", torch.float32, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_logits_match_hf_cpu_fp32_triton_attention(tmp_path, kind):
+    """The triton backend in Triton's interpreter: extend kernel, and decode with the rotary
+    embedding inside the attention kernel (Attention.forward_rope)."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; test_logits_match_hf_gpu_bf16 covers the compiled kernels")
+    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
+
+    patch_for_numpy_2_4()  # Triton 3.6's interpreter vs numpy >= 2.4
+    path = save_tiny_model(str(tmp_path / kind), kind, False)
+    check_parity(path, "cpu", torch.float32, atol=1e-4, attention_backend="triton")
 
 
 @pytest.mark.gpu

@@ -24,8 +24,18 @@ be three launches (store the new K/V, split-K partial attention, merge of the sp
   [splits, D] tile per head) and writes the output, then resets the counter to 0 for the next
   launch. So short contexts pay for one launch and a long context still spreads over many
   programs.
+* Rotary (optional: `positions` + `cos_sin_cache`): q and the new K arrive un-rotated and the
+  kernel rotates them (NeoX layout, the native op's rounding) right after loading them, so a
+  decode layer needs no separate rotary launch. Only the new token's K is rotated here: the
+  cached keys were rotated when they were stored.
 * The key loop sits at the kernel's top level (unused splits get an empty range, not an `if`),
   where Triton software-pipelines its loads as in the two-kernel version.
+* With PDL (tessera.ops.triton.pdl), a program reads before its `griddepcontrol.wait` what no
+  kernel of the same forward writes: seq_lens, req_pool_indices, positions, req_to_token, the
+  cos/sin cache, and its first tile of cached keys other than the newest one. For a short context
+  that is the whole table -> K/V chain of dependent loads, done while the previous kernel
+  finishes. Callers must write those inputs with ordinary (non-PDL) launches before the forward;
+  the newest key, when read from the cache (no k_new), is loaded only after the wait.
 
 Why this works inside a CUDA graph: nothing about lengths is known to, or synchronised with, the
 host; the workspace and the counters are persistent buffers (the counters always return to 0).
@@ -36,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.attention.triton_ops.extend_attention import attend_tile
+from tessera.attention.triton_ops.extend_attention import attend_tile, softmax_update
 from tessera.ops.triton.pdl import launch_options, use_pdl
 
 # log2(e): the kernels work in base 2 (exp2/log2 are the native instructions)
@@ -44,10 +54,20 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _rope(x, x_partner, cos, sin, sign, dtype):
+    """NeoX rotary of rows x ([rows, D] float32; x_partner: x with its halves swapped) rounded as
+    the native op rounds: each product in the activation dtype, then their sum
+    (tessera.ops.triton.rotary.rope_store)."""
+    return ((x * cos).to(dtype).to(tl.float32)
+            + (sign * x_partner * sin).to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, req_to_token_ptr, req_pool_indices_ptr, seq_lens_ptr,
     k_new_ptr, v_new_ptr, new_loc_ptr, num_new,
     out_ptr, part_out_ptr, part_lse_ptr, counter_ptr,
+    pos_ptr, cos_sin_ptr,
     qk_scale,  # softmax scale * log2(e)
     stride_qt, stride_qh,
     stride_ks, stride_kh, stride_vs, stride_vh,
@@ -56,14 +76,13 @@ def _decode_kernel(
     stride_ot, stride_oh,
     stride_pob, stride_poh, stride_pos,
     stride_plb, stride_plh,
+    stride_cs,
     GROUP: tl.constexpr, HEAD_BLOCKS: tl.constexpr, NUM_SPLITS: tl.constexpr,
     MIN_SPLIT_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_NEW: tl.constexpr,
-    PDL: tl.constexpr,
+    ROPE: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:  # see tessera.ops.triton.pdl; the dependents are released after the key loop
-        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0)
     pid_h = tl.program_id(1)
     kv_head = pid_h // HEAD_BLOCKS
@@ -76,6 +95,9 @@ def _decode_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
+    # Up to the PDL wait, only what no kernel of this forward writes: the batch metadata and the
+    # cached keys before the newest (see the module docstring). That is the whole dependent
+    # chain of loads for a short split (table -> K/V slots), overlapped with the predecessor.
     seq_len = tl.load(seq_lens_ptr + b)
     # Split length from the device-side seq_len: at least MIN_SPLIT_LEN keys per split (short
     # contexts use fewer splits instead of many tiny ones), a whole number of key blocks.
@@ -84,32 +106,81 @@ def _decode_kernel(
     num_active = tl.maximum(tl.cdiv(seq_len, split_len), 1)  # split 0 also serves seq_len 0
     active = split < num_active
     row = tl.load(req_pool_indices_ptr + b).to(tl.int64)
+    table_row = req_to_token_ptr + row * stride_table
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)  # <= start for an unused split: no keys
     cache_end = end
+    holds_new = seq_len < 0  # False
     if HAS_NEW:
         # this program's range ends at the request's last key, the new token
         holds_new = active & (b < num_new) & (end == seq_len) & (seq_len > 0)
         cache_end = tl.where(holds_new, end - 1, end)
+    # the first tile of cached keys [start, min(start + BLOCK_N, cache_end))
+    offs_n = start + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < cache_end
+    kv_mask = mask_n[:, None] & mask_d[None, :]
+    # a range that reads the newest key from the cache (its K/V stored by a kernel just before)
+    # loads after the wait
+    early = holds_new | (end < seq_len)
+    slots = tl.load(table_row + offs_n, mask=mask_n, other=0).to(tl.int64)
+    k_ptrs = k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :]
+    v_ptrs = v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :]
+    k0 = tl.load(k_ptrs, mask=kv_mask & early, other=0.0)
+    v0 = tl.load(v_ptrs, mask=kv_mask & early, other=0.0)
+    if ROPE:
+        half_d = HEAD_DIM // 2
+        pos = tl.load(pos_ptr + b).to(tl.int64)
+        lower = offs_d < half_d
+        partner = tl.where(lower, offs_d + half_d, offs_d - half_d)
+        freq = tl.where(lower, offs_d, offs_d - half_d)
+        # cos/sin rounded to the activation dtype first, as the native op casts them
+        dtype = q_ptr.dtype.element_ty
+        cos = tl.load(cos_sin_ptr + pos * stride_cs + freq, mask=mask_d, other=0.0)
+        sin = tl.load(cos_sin_ptr + pos * stride_cs + half_d + freq, mask=mask_d, other=0.0)
+        cos = cos.to(dtype).to(tl.float32)
+        sin = sin.to(dtype).to(tl.float32)
+        sign = tl.where(lower, -1.0, 1.0)
 
-    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mask_h[:, None] & mask_d[None, :] & active, other=0.0)
+    if PDL:  # see tessera.ops.triton.pdl; the dependents are released after the key loop
+        tl.extra.cuda.gdc_wait()
+    if not early:
+        k0 = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v0 = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    q_ptrs = q_ptr + b * stride_qt + heads[:, None] * stride_qh
+    q_mask = mask_h[:, None] & mask_d[None, :] & active
+    q = tl.load(q_ptrs + offs_d[None, :], mask=q_mask, other=0.0)
+    if HAS_NEW:
+        # the new token's K/V (read by the program holding it), loaded with q
+        new_mask = mask_d & holds_new
+        kn = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + offs_d, mask=new_mask,
+                     other=0.0)
+        vn = tl.load(v_new_ptr + b * stride_vnt + kv_head * stride_vnh + offs_d, mask=new_mask,
+                     other=0.0)
+        if ROPE:
+            kn_partner = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + partner,
+                                 mask=new_mask, other=0.0)
+            kn = _rope(kn.to(tl.float32), kn_partner.to(tl.float32), cos, sin, sign, dtype)
+        # rounded to the cache dtype first: attention sees what the cache will hold
+        kn = kn.to(k_cache_ptr.dtype.element_ty)
+        vn = vn.to(v_cache_ptr.dtype.element_ty)
+    if ROPE:
+        q_partner = tl.load(q_ptrs + partner[None, :], mask=q_mask, other=0.0)
+        q = _rope(q.to(tl.float32), q_partner.to(tl.float32), cos[None, :], sin[None, :],
+                  sign[None, :], dtype)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    # the cached keys [start, cache_end), every tile with >= 1 valid key; the loop stays at the
+    if start < cache_end:  # the first tile, loaded above; it holds >= 1 key
+        acc, l_i, m_i = softmax_update(q, k0, v0, mask_n[None, :], acc, l_i, m_i, qk_scale,
+                                       DOT_PRECISION)
+    # the rest of the cached keys, every tile with >= 1 valid key; the loop stays at the
     # kernel's top level (not under an `if`, where Triton did not pipeline its loads)
     acc, l_i, m_i = attend_tile(
-        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, req_to_token_ptr + row * stride_table,
-        kv_head, start, cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d,
-        mask_d, CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, table_row, kv_head, start + BLOCK_N,
+        cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+        CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
     if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
         if holds_new:
-            # rounded to the cache dtype first: attention sees what the cache will hold
-            kn = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + offs_d,
-                         mask=mask_d, other=0.0).to(k_cache_ptr.dtype.element_ty)
-            vn = tl.load(v_new_ptr + b * stride_vnt + kv_head * stride_vnh + offs_d,
-                         mask=mask_d, other=0.0).to(v_cache_ptr.dtype.element_ty)
             if head_block == 0:
                 slot = tl.load(new_loc_ptr + b).to(tl.int64)
                 tl.store(k_cache_ptr + slot * stride_ks + kv_head * stride_kh + offs_d, kn,
@@ -212,6 +283,7 @@ def decode_attention(
     min_split_len: int = 128, block_n: int | None = None, *,
     counters: torch.Tensor | None = None, k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None, cos_sin_cache: torch.Tensor | None = None,
 ) -> None:
     """Decode attention, one query token per request, in one launch; no host synchronisation.
 
@@ -224,6 +296,9 @@ def decode_attention(
     k_new/v_new [N, Hk, D] (any token/head strides) and new_loc [N], N <= B: the new tokens' K/V
     and their slots; the kernel stores them and attends to them from registers. Rows b >= N (or
     all rows, when these are None) read every key, the new one included, from the cache.
+    positions [B] and cos_sin_cache [max_position, D] (float32, cos | sin halves, as
+    tessera.ops.rotary keeps it): q and k_new arrive un-rotated and the kernel applies the NeoX
+    rotary embedding at `positions` itself (rounding as the native op); needs k_new for all B rows.
     `min_split_len` is the fewest keys a split takes before a request uses fewer splits.
     The last dimension of every tensor must be contiguous.
     """
@@ -262,6 +337,15 @@ def decode_attention(
     else:
         k_new, v_new, new_loc, num_new = k_cache, v_cache, seq_lens, 0  # unused
         new_strides = (0, 0, 0, 0)
+    rope = positions is not None
+    assert rope == (cos_sin_cache is not None), "pass positions and cos_sin_cache together"
+    if rope:
+        assert num_new == batch, "the rotary embedding needs every row's new K (k_new)"
+        assert positions.shape == (batch,) and cos_sin_cache.shape[1] == head_dim
+        assert cos_sin_cache.stride(-1) == 1 and head_dim % 2 == 0
+        cs_stride = cos_sin_cache.stride(0)
+    else:
+        positions, cos_sin_cache, cs_stride = seq_lens, q, 0  # unused
     if batch == 0:
         return
     group = num_heads // num_kv_heads
@@ -277,6 +361,7 @@ def decode_attention(
         q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
         k_new, v_new, new_loc, num_new,
         out, part_out, part_lse, counters,
+        positions, cos_sin_cache,
         scaling * _LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
@@ -284,8 +369,9 @@ def decode_attention(
         req_to_token.stride(0),
         out.stride(0), out.stride(1),
         *part_strides, *lse_strides,
+        cs_stride,
         GROUP=group, HEAD_BLOCKS=head_blocks, NUM_SPLITS=num_splits,
         MIN_SPLIT_LEN=min_split_len, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=block_h,
         HEADS_PER_PROGRAM=min(group, block_h), BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(num_splits), DOT_PRECISION=precision,
-        HAS_NEW=has_new, PDL=pdl, num_warps=4, num_stages=2, **launch_options(pdl),
+        HAS_NEW=has_new, ROPE=rope, PDL=pdl, num_warps=4, num_stages=2, **launch_options(pdl),
     )

@@ -27,6 +27,24 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step: (acc, l_i, m_i) updated with one tile of keys k / values v
+    ([BLOCK_N, D]) of which `visible` ([rows, BLOCK_N]) says what each query row sees.
+
+    The first tile any row sees must hold a visible key for that row (callers guarantee it), so
+    m_new is finite from the first update on and exp2(-inf - m_new) = 0 is safe."""
+    qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+    qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
+                                        input_precision=DOT_PRECISION)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def attend_tile(
     q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, key_start, key_end,
     qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
@@ -38,6 +56,8 @@ def attend_tile(
     FROM_TABLE: key position n is row table_row_ptr[n] of the cache (k_cache_ptr, v_cache_ptr).
     Otherwise the keys are the batch's new K/V tensors themselves: position n is their row
     n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it.
+    The first tile any row sees always holds a visible key (the non-causal loop only runs on keys
+    every row sees; the causal loop starts at the tile's first query position).
     """
     for n in range(key_start, key_end, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
@@ -49,28 +69,16 @@ def attend_tile(
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
                     + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
         if not FROM_TABLE:
             k = k.to(cache_ptr.dtype.element_ty)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+            v = v.to(cache_ptr.dtype.element_ty)
         if CAUSAL:
             visible = mask_n[None, :] & (offs_n[None, :] <= qpos[:, None])
         else:
             visible = mask_n[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        # The first tile any row sees always holds a visible key (the non-causal loop only runs
-        # on keys every row sees; the causal loop starts at the tile's first query position), so
-        # m_new is finite from the first update on and exp2(-inf - m_new) = 0 is safe.
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
-                    + offs_d[None, :], mask=kv_mask, other=0.0)
-        if not FROM_TABLE:
-            v = v.to(cache_ptr.dtype.element_ty)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
-                                            input_precision=DOT_PRECISION)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        acc, l_i, m_i = softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION)
     return acc, l_i, m_i
 
 
