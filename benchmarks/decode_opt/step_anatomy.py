@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-from profile_decode import (  # noqa: E402
+from profile_decode import (
     backbone_fn,
     decode_batch,
     graph_of,
