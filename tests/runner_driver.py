@@ -23,7 +23,7 @@ class RunnerDriver:
         for row, new in items:
             slots = self.runner.allocator.alloc(len(new))
             assert slots is not None, "KV pool exhausted in test"
-            self.runner.req_to_token_pool.write(row, self.lens[row], slots)
+            # req_to_token is written by runner.forward (ModelRunner.record_slots)
             rows.append(row)
             prefix.append(self.lens[row])
             extend.append(len(new))

@@ -10,8 +10,9 @@ the engine's defaults otherwise):
             replay from events. Pieces before the replay are time the GPU sits idle.
   kernels   torch.profiler over the replayed backbone graph without PDL: device us per step by
             kernel name (their sum vs the graph's time = the gaps between kernels).
-  ablate    the backbone graph (with PDL) timed with one kernel kind removed at a time (rotary,
-            attention): an upper bound of what fusing that kind away can save.
+  ablate    the backbone graph timed with and without PDL under variants: attention removed (an
+            upper bound of what a faster attention kernel can save), one split per request up
+            to 256 keys, the GEMV's early PDL trigger.
 """
 from __future__ import annotations
 
@@ -72,8 +73,7 @@ def host_pieces(runner, ctx: int, steps: int) -> dict:
         fb = ForwardBatch.build(ForwardMode.DECODE, tokens, [row], [seq_len], [1], slots,
                                 runner.device)
         t2 = time.perf_counter()
-        lat._record_slots(fb, 1)
-        t3 = time.perf_counter()
+        t3 = time.perf_counter()  # (recording the slots is part of the graph now)
         before.record()
         logits = runner.forward(fb).next_token_logits
         after.record()
@@ -119,6 +119,8 @@ def host_micro(runner, reps: int = 300) -> dict:
     def build():
         ForwardBatch.build(ForwardMode.DECODE, [7], [0], [160], [1], slots, dev)
 
+    decode_fb = ForwardBatch.build(ForwardMode.DECODE, [7], [0], [160], [1], slots, dev)
+
     def staged():
         pinned_np[:7] = host
         return dev_buf[:7].copy_(pinned[:7], non_blocking=True)
@@ -135,6 +137,8 @@ def host_micro(runner, reps: int = 300) -> dict:
         "index_put": lambda: table.__setitem__((rows, pos), loc.to(table.dtype)),
         "build": build,
         "graph_replay": lambda: graph_runner.graphs[1].replay(),
+        "load_inputs": lambda: graph_runner._load_inputs(decode_fb),
+        "runner_forward": lambda: runner.forward(decode_fb),
         "argmax": lambda: torch.argmax(graph_runner.logits[:1], dim=-1),
     }
     out = {}
@@ -147,7 +151,7 @@ def host_micro(runner, reps: int = 300) -> dict:
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e6)
-            if name == "graph_replay":
+            if name in ("graph_replay", "runner_forward"):
                 torch.cuda.synchronize()
         torch.cuda.synchronize()
         out[name] = statistics.median(samples)
@@ -157,21 +161,16 @@ def host_micro(runner, reps: int = 300) -> dict:
 
 def ablations(runner, fb) -> dict:
     from tessera.attention import triton as triton_backend
-
-    def passthrough(positions, q, k):
-        return q, k
+    from tessera.ops.triton import pdl as pdl_module
 
     def no_attention(*args, **kwargs):
         return None
 
     out = {}
-    # MultiPlatformOp binds its forward at construction: patch each instance's bound method
-    rotaries = {id(m): m for m in runner.model.modules() if type(m).__name__ == "RotaryEmbedding"}
     cases = {"as_is": [],
-             "no_rotary": [(m, "_forward_method", passthrough) for m in rotaries.values()],
              "no_attention": [(triton_backend, "decode_attention", no_attention)],
-             "min_split_128": [(triton_backend, "MIN_KEYS_PER_SPLIT", 128)],
-             "min_split_256": [(triton_backend, "MIN_KEYS_PER_SPLIT", 256)]}
+             "min_split_256": [(triton_backend, "MIN_KEYS_PER_SPLIT", 256)],
+             "gemv_trigger_early": [(pdl_module, "GEMV_TRIGGER", "early")]}
     for pdl in (True, False):
         for name, patches in cases.items():
             with pdl_enabled(pdl):

@@ -46,7 +46,7 @@ class Attention(nn.Module):
         if not torch.compiler.is_compiling():
             ctx = context.get_forward_context()
             backend, batch = ctx.attn_backend, ctx.forward_batch
-            if backend.fuses_decode_rope and batch.mode is ForwardMode.DECODE:
+            if getattr(backend, "fuses_decode_rope", False) and batch.mode is ForwardMode.DECODE:
                 t = q.shape[0]
                 out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype,
                                   device=q.device)

@@ -4,8 +4,9 @@ For each (batch size B, input length I, output length O): B requests of I random
 prefilled as one extend batch, then decoded greedily (EOS ignored) for O - 1 steps: the prefill
 produces the first of the O output tokens, as in SGLang's bench_one_batch. ModelRunner + Sampler
 are driven directly (no scheduler, tokenizer or detokenizer), so the figures are the engine's
-forward cost plus what every engine step pays around it: building the ForwardBatch, recording the
-new KV slots, sampling and reading the tokens back to the host. Each timed region ends with that
+forward cost plus what every engine step pays around it: allocating the new KV slots, building
+the ForwardBatch, sampling and reading the tokens back to the host (the forward itself records
+the slots in req_to_token, as in the engine). Each timed region ends with that
 read (the step's one device->host sync) and a platform synchronize before the clock is read.
 
 `--compare hf` builds an HF transformers model of the same shape holding the SAME weights (copied
@@ -114,15 +115,6 @@ class TesseraLatency:
                                        vocab_size=self.runner.model_config.vocab_size,
                                        device=self.runner.device)
 
-    def _record_slots(self, fb: ForwardBatch, tokens_per_request: int) -> None:
-        """req_to_token[row, position] = slot for every new token: one scatter on the device
-        (per-request writes would cost a kernel launch per request and step)."""
-        rows = fb.req_pool_indices
-        if tokens_per_request > 1:
-            rows = rows.repeat_interleave(tokens_per_request)  # int repeats: no host sync
-        table = self.runner.req_to_token_pool.req_to_token
-        table[rows, fb.positions] = fb.out_cache_loc.to(table.dtype)
-
     def _path(self, fb: ForwardBatch) -> str:
         for graph_runner in self.runner.graph_runners:
             if graph_runner.can_run(fb):
@@ -147,7 +139,6 @@ class TesseraLatency:
             assert slots is not None, "the bench sizes the KV pool to the largest case"
             fb = ForwardBatch.build(ForwardMode.EXTEND, flat, rows, [0] * bs, [input_len] * bs,
                                     slots, runner.device)
-            self._record_slots(fb, input_len)
             logits = runner.forward(fb).next_token_logits
             tokens = self.sampler.sample(logits, info).token_ids.tolist()
             sync()
@@ -159,7 +150,6 @@ class TesseraLatency:
                 slots = runner.allocator.alloc(bs)
                 fb = ForwardBatch.build(ForwardMode.DECODE, tokens, rows, [seq_len] * bs,
                                         [1] * bs, slots, runner.device)
-                self._record_slots(fb, 1)
                 if before is not None:
                     before.record()
                 logits = runner.forward(fb).next_token_logits

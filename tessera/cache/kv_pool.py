@@ -49,13 +49,5 @@ class ReqToTokenPool:
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         self.req_to_token[row, start:start + slots.numel()] = slots.to(torch.int32)
 
-    def write_tokens(self, rows: list[int], cols: list[int], slots: torch.Tensor) -> None:
-        """req_to_token[rows[i], cols[i]] = slots[i] as one scatter: one host->device copy of the
-        flat indices and one kernel, whatever the number of requests."""
-        flat = [r * self.max_context_len + c for r, c in zip(rows, cols)]
-        device = self.req_to_token.device
-        index = torch.tensor(flat, dtype=torch.int64, pin_memory=device.type != "cpu")
-        self.req_to_token.view(-1)[index.to(device, non_blocking=True)] = slots.to(torch.int32)
-
     def read(self, row: int, start: int, end: int) -> torch.Tensor:
         return self.req_to_token[row, start:end].to(torch.int64)

@@ -5,9 +5,13 @@ backbone (embedding -> layers -> final norm) can run as one graph replay instead
 kernel launches issued from Python. At bs=1 the launches, not the GPU, would set the step time.
 
 How it works:
-  * Static buffers hold the batch inputs (input_ids, positions, out_cache_loc, req_pool_indices,
-    seq_lens) for the largest captured size; each graph reads their leading `bs` rows. `replay()`
-    copies the real batch into them and replays the smallest captured size >= the real one.
+  * One static int64 buffer holds the batch inputs (positions, req_pool_indices, input_ids,
+    out_cache_loc: one row each) for the largest captured size; each graph reads the leading `bs`
+    columns. `replay()` copies the real batch into it (two copies: ForwardBatch.decode_inputs
+    holds the first three rows as one tensor) and replays the smallest captured size >= the real
+    one. The rest of the step's input preparation is captured in the graph: seq_lens =
+    positions + 1, and the req_to_token entries of the new tokens (`records_slots`), so the host
+    issues three operations per step before the GPU runs.
   * Padded rows (between the real and the captured batch size) look like a request of one token
     that writes its K/V to the dump slot 0 and reads it back through `padding_req_row` (a row of
     zeros): harmless to the real requests, finite, and sliced off the output.
@@ -90,6 +94,7 @@ class DecodeGraphRunner:
     """Replays whole-backbone graphs for DECODE batches of up to `max_bs` requests."""
 
     captures_logits = True  # a replay also computes the logits (ModelRunner.forward reads them)
+    records_slots = True  # a replay also writes req_to_token (ModelRunner.record_slots)
 
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
@@ -125,12 +130,13 @@ class DecodeGraphRunner:
     def _allocate_static_buffers(self) -> None:
         n, device = self.max_bs, self.model_runner.device
         self.padding_req_row = self.model_runner.padding_req_row
-        # rows: input_ids, positions, out_cache_loc; their padding is zero (token 0 at position 0
-        # writing the dump slot 0), so one buffer resets with one zero_()
-        self._zero_padded = torch.zeros((3, n), dtype=torch.int64, device=device)
-        self.input_ids, self.positions, self.out_cache_loc = self._zero_padded.unbind(0)
-        self.req_pool_indices = torch.full((n,), self.padding_req_row, dtype=torch.int64,
-                                           device=device)
+        # rows: positions, req_pool_indices, input_ids, out_cache_loc (decode_inputs' order, then
+        # the slots); padding is token 0 at position 0 of the padding row, writing dump slot 0
+        self._inputs = torch.zeros((4, n), dtype=torch.int64, device=device)
+        self.positions, self.req_pool_indices, self.input_ids, self.out_cache_loc = (
+            self._inputs.unbind(0))
+        self.req_pool_indices.fill_(self.padding_req_row)
+        # written by the graph itself from positions (a decode token's seq_len is position + 1)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         # next-token logits of every row, written by each replay (one buffer for all sizes)
         self.logits = torch.empty((n, self.model_runner.model_config.vocab_size),
@@ -140,7 +146,7 @@ class DecodeGraphRunner:
         self._extend_seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self._extend_prefix_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self._extend_start_loc = torch.arange(n, dtype=torch.int32, device=device)
-        # rows [_real_rows:] hold padding values; replay() keeps that true
+        # columns [_real_rows:] hold padding values; replay() keeps that true
         self._real_rows = 0
 
     def _static_batch(self, bs: int) -> ForwardBatch:
@@ -158,9 +164,9 @@ class DecodeGraphRunner:
             seq_lens_cpu=ones, extend_prefix_lens_cpu=[0] * bs, extend_seq_lens_cpu=ones)
 
     def _fill_padding(self, start: int, end: int) -> None:
-        self._zero_padded[:, start:end].zero_()
+        self._inputs[:, start:end].zero_()
         self.req_pool_indices[start:end].fill_(self.padding_req_row)
-        self.seq_lens[start:end].fill_(1)
+        self.seq_lens[start:end].fill_(1)  # what a graph of this size would compute for them
 
     def _load_inputs(self, forward_batch: ForwardBatch) -> None:
         bs = forward_batch.batch_size
@@ -170,18 +176,27 @@ class DecodeGraphRunner:
             self._fill_padding(bs, self._real_rows)
         self._real_rows = bs
         # device-to-device copies into fixed addresses; no sync, no allocation
-        self.input_ids[:bs].copy_(forward_batch.input_ids)
-        self.positions[:bs].copy_(forward_batch.positions)
+        if forward_batch.decode_inputs is not None:
+            self._inputs[:3, :bs].copy_(forward_batch.decode_inputs)
+        else:
+            self.positions[:bs].copy_(forward_batch.positions)
+            self.req_pool_indices[:bs].copy_(forward_batch.req_pool_indices)
+            self.input_ids[:bs].copy_(forward_batch.input_ids)
         self.out_cache_loc[:bs].copy_(forward_batch.out_cache_loc)
-        self.req_pool_indices[:bs].copy_(forward_batch.req_pool_indices)
-        self.seq_lens[:bs].copy_(forward_batch.seq_lens)
 
     # ---- capture -------------------------------------------------------------------------------
     def _forward_fn(self, bs: int) -> Callable[[], torch.Tensor]:
         batch = self._static_batch(bs)
         model, backend = self.model_runner.model, self.attn_backend
 
+        table = self.model_runner.req_to_token_pool.req_to_token
+
         def forward() -> torch.Tensor:
+            # the step's input preparation, on the device: seq_lens, and the new tokens' slots
+            # in req_to_token (padding rows write slot 0 at position 0 of the all-zero padding
+            # row: it stays all zeros)
+            batch.seq_lens.copy_(batch.positions + 1)
+            table[batch.req_pool_indices, batch.positions] = batch.out_cache_loc.to(table.dtype)
             # metadata depends only on the batch shape for graph-safe backends: computing it here
             # (at capture time) is all they need
             backend.init_forward_metadata(batch)

@@ -32,6 +32,10 @@ class ForwardBatch:
     extend_prefix_lens_cpu: list[int]
     extend_seq_lens_cpu: list[int]
     return_all_logits: bool = False
+    # DECODE batches built from host token ids: [3, B] int64 rows positions | req_pool_indices |
+    # input_ids, one tensor (the fields above are views of it), so a decode graph loads all
+    # three with one copy
+    decode_inputs: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -78,17 +82,22 @@ class ForwardBatch:
             starts.append(len(positions))
             positions.extend(range(p, p + e))
         t, b = len(positions), len(req_pool_indices)
-        # layout: positions [t] | req_pool_indices [b] | 4 x [b] lengths | input_ids [t] (host)
-        host = [*positions, *req_pool_indices, *seq_lens, *prefix_lens, *extend_lens, *starts]
+        # layout: positions [t] | req_pool_indices [b] | input_ids [t] (if on the host) |
+        # 4 x [b] lengths
         ids_on_host = not isinstance(input_ids, torch.Tensor)
+        host = [*positions, *req_pool_indices]
         if ids_on_host:
             assert len(input_ids) == t, "one input id per new token"
             host.extend(input_ids)
+        host += [*seq_lens, *prefix_lens, *extend_lens, *starts]
         packed = torch.tensor(host, dtype=torch.int64, pin_memory=device.type != "cpu")
         packed = packed.to(device, non_blocking=True)
-        lens = packed[t + b:t + 5 * b].to(torch.int32).view(4, b)  # one cast for all four
-        ids = packed[t + 5 * b:] if ids_on_host else input_ids.to(device=device,
-                                                                  dtype=torch.int64)
+        n_ids = t if ids_on_host else 0
+        lens = packed[t + b + n_ids:].to(torch.int32).view(4, b)  # one cast for all four
+        ids = packed[t + b:t + b + t] if ids_on_host else input_ids.to(device=device,
+                                                                       dtype=torch.int64)
+        decode_inputs = (packed[:3 * b].view(3, b)
+                         if mode is ForwardMode.DECODE and ids_on_host else None)
         return cls(
             mode=mode,
             input_ids=ids,
@@ -103,4 +112,5 @@ class ForwardBatch:
             extend_prefix_lens_cpu=list(prefix_lens),
             extend_seq_lens_cpu=list(extend_lens),
             return_all_logits=return_all_logits,
+            decode_inputs=decode_inputs,
         )

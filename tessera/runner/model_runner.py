@@ -117,8 +117,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
+        """Records the new tokens' KV slots in req_to_token (see record_slots), then runs the
+        batch on the first graph runner that can take it, else eagerly."""
         for runner in self.graph_runners:
             if runner.can_run(forward_batch):
+                if not runner.records_slots:
+                    self.record_slots(forward_batch)
                 hidden = runner.replay(forward_batch)
                 if runner.captures_logits:  # decode graphs end with the LM head
                     logits = runner.logits[: forward_batch.batch_size]
@@ -126,8 +130,22 @@ class ModelRunner:
                                         else None)
                 break
         else:
+            self.record_slots(forward_batch)
             hidden = self.forward_eager(forward_batch)
         return self.compute_logits(hidden, forward_batch)
+
+    def record_slots(self, forward_batch: ForwardBatch) -> None:
+        """req_to_token[row, position] = out_cache_loc for every new token of the batch, as one
+        scatter on the device (no host sync: the per-token rows come from repeat_interleave
+        with the known total). The scheduler only allocates slots; this is where they are
+        written down, right before the forward that fills them (decode graphs do it inside the
+        graph: DecodeGraphRunner.records_slots)."""
+        table = self.req_to_token_pool.req_to_token
+        rows = forward_batch.req_pool_indices
+        if forward_batch.mode is not ForwardMode.DECODE:
+            rows = torch.repeat_interleave(rows, forward_batch.extend_seq_lens,
+                                           output_size=forward_batch.num_tokens)
+        table[rows, forward_batch.positions] = forward_batch.out_cache_loc.to(table.dtype)
 
     def forward_eager(self, forward_batch: ForwardBatch) -> torch.Tensor:
         self.attn_backend.init_forward_metadata(forward_batch)

@@ -44,6 +44,7 @@ class PiecewiseGraphRunner:
     """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
 
     captures_logits = False  # replay gives hidden states; ModelRunner computes the logits
+    records_slots = False  # ModelRunner.record_slots writes req_to_token before the replay
 
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner

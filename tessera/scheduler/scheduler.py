@@ -172,19 +172,18 @@ class Scheduler:
         return free - n >= reserve
 
     def _extend_item(self, req: Request, n: int, slots: torch.Tensor) -> BatchItem:
-        self.req_pool.write(req.req_row, req.kv_len, slots)
+        # req_to_token gets these slots from the forward (ModelRunner.record_slots)
         item = BatchItem(req, req.kv_len, n, slots)
         req.kv_len += n  # KV for these tokens is written by this step's forward
         return item
 
     def _decode_items(self, reqs: list[Request]) -> list[BatchItem] | None:
-        """One token for each of `reqs` with one allocation and one req_to_token scatter (a
-        launch per request would dominate a large decode step); None when the pool is short and
-        the per-request path (with retraction) must decide."""
+        """One token for each of `reqs` with one allocation (per-request work would dominate a
+        large decode step); None when the pool is short and the per-request path (with
+        retraction) must decide."""
         slots = self._alloc_slots(len(reqs))
         if slots is None:
             return None
-        self.req_pool.write_tokens([r.req_row for r in reqs], [r.kv_len for r in reqs], slots)
         items = []
         for i, req in enumerate(reqs):
             items.append(BatchItem(req, req.kv_len, 1, slots[i:i + 1]))

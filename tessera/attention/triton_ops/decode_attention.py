@@ -30,12 +30,11 @@ be three launches (store the new K/V, split-K partial attention, merge of the sp
   cached keys were rotated when they were stored.
 * The key loop sits at the kernel's top level (unused splits get an empty range, not an `if`),
   where Triton software-pipelines its loads as in the two-kernel version.
-* With PDL (tessera.ops.triton.pdl), a program reads before its `griddepcontrol.wait` what no
-  kernel of the same forward writes: seq_lens, req_pool_indices, positions, req_to_token, the
-  cos/sin cache, and its first tile of cached keys other than the newest one. For a short context
-  that is the whole table -> K/V chain of dependent loads, done while the previous kernel
-  finishes. Callers must write those inputs with ordinary (non-PDL) launches before the forward;
-  the newest key, when read from the cache (no k_new), is loaded only after the wait.
+* With PDL (tessera.ops.triton.pdl), a program reads before its `griddepcontrol.wait` only what
+  no kernel of the same forward writes: seq_lens, req_pool_indices, positions and the cos/sin
+  cache (callers write them with ordinary launches before the forward). Prefetching the first
+  K/V tile there too was tried (H200, session 4): no gain at bs=1 and, holding two tiles in
+  registers across the wait, slower decode at bs=128 (llama3-8b 6.65 -> 6.92 ms/step).
 
 Why this works inside a CUDA graph: nothing about lengths is known to, or synchronised with, the
 host; the workspace and the counters are persistent buffers (the counters always return to 0).
@@ -46,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.attention.triton_ops.extend_attention import attend_tile, softmax_update
+from tessera.attention.triton_ops.extend_attention import attend_tile
 from tessera.ops.triton.pdl import launch_options, use_pdl
 
 # log2(e): the kernels work in base 2 (exp2/log2 are the native instructions)
@@ -96,8 +95,7 @@ def _decode_kernel(
     mask_d = offs_d < HEAD_DIM
 
     # Up to the PDL wait, only what no kernel of this forward writes: the batch metadata and the
-    # cached keys before the newest (see the module docstring). That is the whole dependent
-    # chain of loads for a short split (table -> K/V slots), overlapped with the predecessor.
+    # cos/sin cache (see the module docstring).
     seq_len = tl.load(seq_lens_ptr + b)
     # Split length from the device-side seq_len: at least MIN_SPLIT_LEN keys per split (short
     # contexts use fewer splits instead of many tiny ones), a whole number of key blocks.
@@ -115,18 +113,6 @@ def _decode_kernel(
         # this program's range ends at the request's last key, the new token
         holds_new = active & (b < num_new) & (end == seq_len) & (seq_len > 0)
         cache_end = tl.where(holds_new, end - 1, end)
-    # the first tile of cached keys [start, min(start + BLOCK_N, cache_end))
-    offs_n = start + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < cache_end
-    kv_mask = mask_n[:, None] & mask_d[None, :]
-    # a range that reads the newest key from the cache (its K/V stored by a kernel just before)
-    # loads after the wait
-    early = holds_new | (end < seq_len)
-    slots = tl.load(table_row + offs_n, mask=mask_n, other=0).to(tl.int64)
-    k_ptrs = k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :]
-    v_ptrs = v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :]
-    k0 = tl.load(k_ptrs, mask=kv_mask & early, other=0.0)
-    v0 = tl.load(v_ptrs, mask=kv_mask & early, other=0.0)
     if ROPE:
         half_d = HEAD_DIM // 2
         pos = tl.load(pos_ptr + b).to(tl.int64)
@@ -143,9 +129,6 @@ def _decode_kernel(
 
     if PDL:  # see tessera.ops.triton.pdl; the dependents are released after the key loop
         tl.extra.cuda.gdc_wait()
-    if not early:
-        k0 = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        v0 = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     q_ptrs = q_ptr + b * stride_qt + heads[:, None] * stride_qh
     q_mask = mask_h[:, None] & mask_d[None, :] & active
     q = tl.load(q_ptrs + offs_d[None, :], mask=q_mask, other=0.0)
@@ -170,14 +153,10 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    if start < cache_end:  # the first tile, loaded above; it holds >= 1 key
-        acc, l_i, m_i = softmax_update(q, k0, v0, mask_n[None, :], acc, l_i, m_i, qk_scale,
-                                       DOT_PRECISION)
-    # the rest of the cached keys, every tile with >= 1 valid key; the loop stays at the
+    # the cached keys [start, cache_end), every tile with >= 1 valid key; the loop stays at the
     # kernel's top level (not under an `if`, where Triton did not pipeline its loads)
     acc, l_i, m_i = attend_tile(
-        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, table_row, kv_head, start + BLOCK_N,
-        cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, table_row, kv_head, start, cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
         CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
     if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
         if holds_new:

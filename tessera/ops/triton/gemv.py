@@ -133,6 +133,8 @@ def gemv_config(n: int, k: int) -> GemvConfig:
         cfg = GemvConfig(16, 1024, 8, 3)
     elif n <= 4096:
         cfg = GemvConfig(4, 512, 4, 3)
+    elif k >= 4096 and n <= 8192:  # llama3-8b's qkv: chosen in the layer chain with PDL
+        cfg = GemvConfig(16, 512, 8, 3)
     elif n <= 8192:
         cfg = GemvConfig(8, 512, 4, 3)
     else:  # LM heads, wide MLP projections
