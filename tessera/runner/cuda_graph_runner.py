@@ -189,14 +189,12 @@ class DecodeGraphRunner:
         batch = self._static_batch(bs)
         model, backend = self.model_runner.model, self.attn_backend
 
-        table = self.model_runner.req_to_token_pool.req_to_token
-
         def forward() -> torch.Tensor:
             # the step's input preparation, on the device: seq_lens, and the new tokens' slots
             # in req_to_token (padding rows write slot 0 at position 0 of the all-zero padding
             # row: it stays all zeros)
             batch.seq_lens.copy_(batch.positions + 1)
-            table[batch.req_pool_indices, batch.positions] = batch.out_cache_loc.to(table.dtype)
+            self.model_runner.record_slots(batch)
             # metadata depends only on the batch shape for graph-safe backends: computing it here
             # (at capture time) is all they need
             backend.init_forward_metadata(batch)

@@ -108,7 +108,6 @@ def _decode_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)  # <= start for an unused split: no keys
     cache_end = end
-    holds_new = seq_len < 0  # False
     if HAS_NEW:
         # this program's range ends at the request's last key, the new token
         holds_new = active & (b < num_new) & (end == seq_len) & (seq_len > 0)
@@ -156,7 +155,8 @@ def _decode_kernel(
     # the cached keys [start, cache_end), every tile with >= 1 valid key; the loop stays at the
     # kernel's top level (not under an `if`, where Triton did not pipeline its loads)
     acc, l_i, m_i = attend_tile(
-        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, table_row, kv_head, start, cache_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
+        q, acc, l_i, m_i, 0, k_cache_ptr, v_cache_ptr, table_row, kv_head, start, cache_end,
+        qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
         CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
     if HAS_NEW:  # noqa: SIM102  (a constexpr if cannot merge with a run-time one)
         if holds_new:
