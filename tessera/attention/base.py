@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -37,6 +38,14 @@ class AttentionBackend(ABC):
         """q [T, Hq, D], k/v [T, Hk, D]; write K/V at forward_batch.out_cache_loc, then attention
         output into out[:real_tokens]; zero out[real_tokens:] (padding). `rope`: see
         fuses_decode_rope."""
+
+    def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                layer_id: int, scaling: float) -> Callable[[ForwardBatch], None] | None:
+        """`batch -> forward(q, k, v, out, layer_id, scaling, batch)` for tensors that stay put
+        across many forwards (a piecewise graph's replay plan: one per layer and size), with
+        whatever does not depend on the batch worked out once. None: nothing to gain, the caller
+        calls forward."""
+        return None
 
     @staticmethod
     def real_tokens(forward_batch: ForwardBatch) -> int:

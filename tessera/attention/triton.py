@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -40,9 +41,10 @@ from tessera.attention.triton_ops import (
     decode_counters_shape,
     decode_head_programs,
     decode_workspace_shape,
-    extend_attention,
 )
+from tessera.attention.triton_ops.extend_attention import ExtendAttention
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.ops.triton.launch import metadata_variant
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 # Split-K policy for decode: enough (request, kv-head, split) programs for this many waves of the
@@ -77,7 +79,10 @@ class _DecodeMetadata:
 class _ExtendMetadata:
     batch: ForwardBatch
     num_real_tokens: int
-    max_extend_len: int
+    # ExtendAttention's per-batch arguments: req_pool_indices, prefix/extend lens, starts,
+    # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer)
+    launch_args: tuple
+    variant: tuple
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -140,9 +145,13 @@ class TritonAttentionBackend(AttentionBackend):
             self._metadata = _DecodeMetadata(forward_batch, batch, splits, part_out, part_lse,
                                              counters)
         else:
+            b = forward_batch
+            tensors = (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
+                       b.extend_start_loc, b.out_cache_loc)
             self._metadata = _ExtendMetadata(
-                batch=forward_batch, num_real_tokens=self.real_tokens(forward_batch),
-                max_extend_len=forward_batch.max_extend_len)
+                batch=b, num_real_tokens=self.real_tokens(b),
+                launch_args=(*tensors[:4], b.max_extend_len, tensors[4]),
+                variant=metadata_variant(*tensors))
 
     def _metadata_for(self, forward_batch: ForwardBatch) -> _DecodeMetadata | _ExtendMetadata:
         meta = self._metadata
@@ -177,9 +186,28 @@ class TritonAttentionBackend(AttentionBackend):
             num_rows = meta.num_real_tokens
             # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
             # read from k/v, the cached prefix through req_to_token)
-            extend_attention(q, k_cache, v_cache, out, table, forward_batch.req_pool_indices,
-                             forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens,
-                             forward_batch.extend_start_loc, meta.max_extend_len, scaling,
-                             k_new=k, v_new=v, new_loc=forward_batch.out_cache_loc)
+            ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v)(
+                *meta.launch_args, variant=meta.variant)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
+
+    def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                layer_id: int, scaling: float) -> Callable[[ForwardBatch], None]:
+        """Extend batches: the layer's ExtendAttention built once, so a call is the kernel's
+        launcher call (see tessera.ops.triton.launch); decode batches go through forward."""
+        launch = ExtendAttention(q, self.kv_pool.k_buffers[layer_id],
+                                 self.kv_pool.v_buffers[layer_id], out,
+                                 self.req_to_token_pool.req_to_token, scaling, k_new=k, v_new=v)
+        rows = out.shape[0]
+
+        def run(forward_batch: ForwardBatch) -> None:
+            meta = self._metadata_for(forward_batch)
+            if not isinstance(meta, _ExtendMetadata):
+                self.forward(q, k, v, out, layer_id, scaling, forward_batch)
+                return
+            launch(*meta.launch_args, variant=meta.variant)
+            if rows > meta.num_real_tokens:
+                out[meta.num_real_tokens:].zero_()
+
+        run.launch = launch  # type: ignore[attr-defined]  (tests look at its launch counts)
+        return run

@@ -6,6 +6,7 @@ times each layer of that path separately, as medians of single calls after a syn
 queue is empty and nothing waits on the device):
 
 * `forward`: ModelRunner.forward (runner + backbone + last-token logits);
+* `record_slots` / `compute_logits`: the two steps of ModelRunner.forward around the replay;
 * `replay`: PiecewiseGraphRunner.replay (copies into the static buffers, padding, metadata,
   forward context, the backbone);
 * `plan`: the per-size ReplayPlan alone (graph replays + attention calls);
@@ -169,6 +170,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with torch.inference_mode():
             timings["forward"] = host_us(lambda: runner.forward(batch), sync, w, r)
             timings["replay"] = host_us(lambda: pcg.replay(batch), sync, w, r)
+            timings["record_slots"] = host_us(lambda: runner.record_slots(batch), sync, w, r)
+            hidden = pcg.replay(batch)
+            timings["compute_logits"] = host_us(lambda: runner.compute_logits(hidden, batch),
+                                                sync, w, r)
             padded = pcg._padded_batch(batch, size)
             attn.init_forward_metadata(padded)
             ids_view, positions_view = padded.input_ids, padded.positions

@@ -95,8 +95,13 @@ def python_op_call(module: fx.GraphModule) -> Callable[..., Any] | None:
         return ()
 
     def bind(args: Sequence[Any]) -> Callable[[], Any]:
-        """The call with these piece arguments as a zero-argument callable (replay plans)."""
-        return functools.partial(fn, *[args[v] if is_input else v for is_input, v in spec])
+        """The call with these piece arguments as a zero-argument callable (replay plans). An op
+        whose function has a `prepare(*args)` makes it (see tessera.attention.context): the
+        plan calls it with the same tensors every time, so batch-independent work is done
+        once."""
+        resolved = [args[v] if is_input else v for is_input, v in spec]
+        prepare = getattr(fn, "prepare", None)
+        return prepare(*resolved) if prepare is not None else functools.partial(fn, *resolved)
 
     call_splitting_op.bind = bind  # type: ignore[attr-defined]
     return call_splitting_op

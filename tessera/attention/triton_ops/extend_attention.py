@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.ops.triton.launch import KernelLauncher, metadata_variant
+
 _LOG2E = 1.4426950408889634
 
 
@@ -182,6 +184,68 @@ def extend_config(head_dim: int) -> tuple[int, int, int, int]:
     return 64, 32, 8, 2
 
 
+class ExtendAttention:
+    """The extend kernel for fixed q/out/cache/table tensors: one layer's call site.
+
+    Everything about the launch that does not depend on the batch (pointers, strides, tile
+    config) is worked out once here; a call passes the batch's metadata. The piecewise graph's
+    replay plan keeps one per layer and size (its q/k/v/out are the graph's static buffers), so a
+    launch is the compiled kernel's launcher call and nothing else (`KernelLauncher`).
+    Arguments: see `extend_attention`.
+    """
+
+    def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 out: torch.Tensor, req_to_token: torch.Tensor, scaling: float,
+                 k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
+                 block_m: int | None = None, block_n: int | None = None,
+                 num_warps: int | None = None) -> None:
+        self.num_heads, head_dim = q.shape[1], q.shape[2]
+        num_kv_heads = k_cache.shape[1]
+        assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
+        self.new_kv = k_new is not None
+        assert self.new_kv == (v_new is not None), "k_new and v_new together"
+        for t in (q, k_cache, v_cache, out, req_to_token, *((k_new, v_new) if self.new_kv else ())):
+            assert t.stride(-1) == 1, "the last dimension must be contiguous"
+        if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
+            k_new = v_new = k_cache
+        cfg_m, cfg_n, cfg_warps, num_stages = extend_config(head_dim)
+        self.block_m = block_m or cfg_m
+        self._head = (q, k_cache, v_cache, out, req_to_token)
+        self._scale_strides = (
+            scaling * _LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+            v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
+            req_to_token.stride(0))
+        self._new = (k_new, v_new)
+        self._new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
+        self._kwargs = {
+            "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
+            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": self.block_m,
+            "BLOCK_N": block_n or cfg_n,
+            "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+            "NEW_KV": self.new_kv, "num_warps": num_warps or cfg_warps,
+            "num_stages": num_stages}
+        self.launcher = KernelLauncher(_extend_kernel)
+
+    def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
+                 extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int,
+                 new_loc: torch.Tensor | None = None, variant: tuple | None = None) -> None:
+        """`variant`: `metadata_variant(...)` of the metadata tensors, when the caller has it."""
+        assert self.new_kv == (new_loc is not None), "new_loc goes with k_new/v_new"
+        batch = req_pool_indices.shape[0]
+        if batch == 0 or max_extend_len == 0:
+            return
+        if new_loc is None:
+            new_loc = req_pool_indices
+        if variant is None:
+            variant = metadata_variant(req_pool_indices, prefix_lens, extend_lens, extend_starts,
+                                       new_loc)
+        grid = (self.num_heads, triton.cdiv(max_extend_len, self.block_m), batch)
+        self.launcher(variant, grid,
+                      (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
+                       *self._scale_strides, *self._new, new_loc, *self._new_strides),
+                      self._kwargs)
+
+
 def extend_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
@@ -201,33 +265,8 @@ def extend_attention(
     NOT in the cache yet; this one launch stores them at new_loc (the real rows only) and attends
     to them, instead of a store_kv launch before it.
     """
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = k_cache.shape[1]
-    batch = req_pool_indices.shape[0]
-    assert num_heads % num_kv_heads == 0, (num_heads, num_kv_heads)
-    new_kv = k_new is not None
-    assert new_kv == (v_new is not None) == (new_loc is not None), "k_new, v_new, new_loc together"
-    for t in (q, k_cache, v_cache, out, req_to_token, *((k_new, v_new) if new_kv else ())):
-        assert t.stride(-1) == 1, "the last dimension must be contiguous"
-    if not new_kv:  # placeholders the kernel never reads (NEW_KV=False)
-        k_new = v_new = k_cache
-        new_loc = req_pool_indices
-    if batch == 0 or max_extend_len == 0:
-        return
-    cfg_m, cfg_n, num_warps, num_stages = extend_config(head_dim)
-    block_m = block_m or cfg_m
-    block_n = block_n or cfg_n
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (num_heads, triton.cdiv(max_extend_len, block_m), batch)
-    _extend_kernel[grid](
-        q, k_cache, v_cache, out,
-        req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_starts,
-        scaling * _LOG2E,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
-        req_to_token.stride(0),
-        k_new, v_new, new_loc, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION=precision, NEW_KV=new_kv, num_warps=num_warps, num_stages=num_stages,
-    )
+    assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
+        "k_new, v_new, new_loc together")
+    ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new, block_m,
+                    block_n)(req_pool_indices, prefix_lens, extend_lens, extend_starts,
+                             max_extend_len, new_loc)

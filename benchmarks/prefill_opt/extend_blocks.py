@@ -1,0 +1,76 @@
+"""Extend attention kernel time by query tile size (GPU): which BLOCK_M for which grid.
+
+One request of N new tokens (no prefix), bf16, the fused K/V store on; device time per launch
+from CUDA events over 50 launches, median of 7 rounds. Cases are the prefill shapes of the
+benchmarks: qwen3-0.6b (16 q heads, 8 kv heads, d 128) and llama3-8b (32 / 8 / 128).
+
+    python benchmarks/prefill_opt/extend_blocks.py --out extend_blocks.json
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+
+import torch
+
+
+def time_us(fn, calls: int = 50, rounds: int = 7) -> float:
+    fn()
+    samples = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / calls)
+    return round(statistics.median(samples), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    from tessera.attention.triton_ops.extend_attention import ExtendAttention
+
+    dev = torch.device("cuda")
+    rows = []
+    for model, hq, hk, d, sizes in (("qwen3-0.6b", 16, 8, 128, (16, 256, 1024)),
+                                    ("llama3-8b", 32, 8, 128, (16, 256, 1024))):
+        for n in sizes:
+            k_cache = torch.zeros(n + 1, hk, d, dtype=torch.bfloat16, device=dev)
+            v_cache = torch.zeros_like(k_cache)
+            table = torch.arange(1, n + 1, dtype=torch.int32, device=dev).view(1, n)
+            qkv = torch.randn(n, (hq + 2 * hk) * d, dtype=torch.bfloat16, device=dev)
+            q = qkv[:, :hq * d].view(n, hq, d)
+            k = qkv[:, hq * d:(hq + hk) * d].view(n, hk, d)
+            v = qkv[:, (hq + hk) * d:].view(n, hk, d)
+            out = torch.empty(n, hq, d, dtype=torch.bfloat16, device=dev)
+            meta = [torch.tensor(x, dtype=dt, device=dev) for x, dt in
+                    (([0], torch.int64), ([0], torch.int32), ([n], torch.int32),
+                     ([0], torch.int32))]
+            loc = torch.arange(1, n + 1, dtype=torch.int64, device=dev)
+            row = {"model": model, "tokens": n, "us": {}}
+            for block_m in (16, 32, 64, 128):
+                for warps in (4, 8):
+                    launch = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5,
+                                             k_new=k, v_new=v, block_m=block_m,
+                                             num_warps=warps)
+                    row["us"][f"m{block_m}_w{warps}"] = time_us(
+                        functools.partial(launch, *meta, n, loc))
+            default = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5, k_new=k,
+                                      v_new=v)
+            row["us"]["default"] = time_us(functools.partial(default, *meta, n, loc))
+            best = min(row["us"], key=row["us"].get)
+            print(model, n, "best", best, row["us"][best], json.dumps(row["us"]), flush=True)
+            rows.append(row)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Where a piecewise-graph prefill spends its device time (GPU).
+
+One request of N new tokens through ModelRunner.forward with the piecewise graph (bf16, dummy
+weights, real shapes): the forward's device time (events) and host time, then torch.profiler's
+device time per forward of every kernel name, largest first.
+
+    python benchmarks/prefill_opt/profile_prefill.py --model qwen3-0.6b --tokens 256 --out p.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from benchmarks.decode_opt.profile_decode import kernel_profile
+from tessera.compilation.bench_pcg import build_runner, time_prefill
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="qwen3-0.6b")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[256])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+    runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
+    result: dict = {"model": args.model, "device": torch.cuda.get_device_name(), "cases": []}
+    for n in args.tokens:
+        timed = time_prefill(runner, n, warmup=5, repeat=20)
+        row = runner.req_to_token_pool.alloc()
+        slots = runner.allocator.alloc(n)
+        batch = ForwardBatch.build(ForwardMode.EXTEND, [5] * n, [row], [0], [n], slots,
+                                   runner.device)
+        with torch.inference_mode():
+            kernels = kernel_profile(lambda b=batch: runner.forward(b), 10)
+        total = sum(k["us_per_step"] for k in kernels)
+        case = {"tokens": n, "device_ms": timed["ms"], "host_ms": timed["host_ms"],
+                "path": timed["path"], "kernel_sum_us": total, "kernels": kernels}
+        result["cases"].append(case)
+        print(f"{args.model} N={n}: device {timed['ms']['median']:.3f} ms, host "
+              f"{timed['host_ms']['median']:.3f} ms, kernels sum {total:.1f} us", flush=True)
+        for k in kernels[:25]:
+            print(f"  {k['us_per_step']:8.1f} us {k['calls_per_step']:5.0f} calls "
+                  f"{k['us_per_call']:7.2f} us/call  {k['kernel']}", flush=True)
+        runner.req_to_token_pool.free(row)
+        runner.allocator.free(slots)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
