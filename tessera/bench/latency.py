@@ -8,6 +8,9 @@ forward cost plus what every engine step pays around it: allocating the new KV s
 the ForwardBatch, sampling and reading the tokens back to the host (the forward itself records
 the slots in req_to_token, as in the engine). Each timed region ends with that
 read (the step's one device->host sync) and a platform synchronize before the clock is read.
+Decode runs as the engine's schedule does: by default overlapped (step n + 1 launched, its input
+ids taken on the device, before step n's tokens are read; a step's time is then the interval
+between two token reads), with `--disable-overlap-schedule` one step after the other.
 
 `--compare hf` builds an HF transformers model of the same shape holding the SAME weights (copied
 from tessera's model, q/k/v and gate/up un-merged; built on the meta device so nothing is
@@ -65,6 +68,8 @@ class RunTimes:
     # device time of runner.forward per decode step (device events; empty where there are none):
     # the step's wall time minus this is host work the device waited for
     decode_forward_ms: list[float] = dataclasses.field(default_factory=list)
+    # the tokens each decode step sampled, as read back ([B] per step)
+    decode_tokens: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 def measure(run: Callable[[list[list[int]], int], RunTimes], prompts: list[list[int]],
@@ -98,10 +103,66 @@ class TesseraLatency:
 
         self.runner = runner
         self.platform = runner.platform
+        # mirror the engine: with its overlap schedule, decode step n + 1 is launched before
+        # step n's tokens are read (--disable-overlap-schedule: every step read first)
+        self.overlap = not runner.config.scheduler.disable_overlap_schedule
         self.sampler = Sampler(backend=runner.config.backend.sampling_backend)
         # two timing events, reused every step (None on platforms without device events)
         self.events = (self.platform.event(enable_timing=True),
                        self.platform.event(enable_timing=True))
+
+    def _decode_overlapped(self, times: RunTimes, rows: list[int], tokens: torch.Tensor,
+                           seq_len: int, steps: int, info: Any) -> None:
+        """The decode steps as the engine's overlap schedule runs them: step n + 1 is launched
+        (its input ids taken on the device from step n's sampled tokens) before step n's tokens
+        are read. A step's time is the interval between two consecutive token reads."""
+        from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+        runner, platform = self.runner, self.platform
+        bs = len(rows)
+        order = list(range(bs))
+        # per step in flight: (host tokens, copy-done event, forward start/end events)
+        in_flight: list[tuple[torch.Tensor, Any, Any, Any]] = []
+        last_read = time.perf_counter()
+
+        def read_oldest() -> None:
+            nonlocal last_read
+            host, copied, before, after = in_flight.pop(0)
+            if copied is not None:
+                copied.synchronize()
+            times.decode_tokens.append(host.tolist())
+            now = time.perf_counter()
+            times.decode_ms.append((now - last_read) * 1e3)
+            last_read = now
+            if before is not None and after is not None:
+                times.decode_forward_ms.append(before.elapsed_time(after))
+
+        for step in range(steps):
+            slots = runner.allocator.alloc(bs)
+            fb = ForwardBatch.build(ForwardMode.DECODE, [0] * bs, rows, [seq_len] * bs, [1] * bs,
+                                    slots, runner.device)
+            fb.fill_input_ids(order, tokens, order)
+            before, after = (platform.event(enable_timing=True),
+                             platform.event(enable_timing=True))
+            if before is not None:
+                before.record()
+            logits = runner.forward(fb).next_token_logits
+            if after is not None:
+                after.record()
+            tokens = self.sampler.sample(logits, info).token_ids
+            host = tokens.to("cpu", non_blocking=True) if tokens.device.type != "cpu" else tokens
+            copied = platform.event()
+            if copied is not None:
+                copied.record()
+            in_flight.append((host, copied, before, after))
+            if step == 0:
+                times.decode_path = self._path(fb)
+            if len(in_flight) > 1:
+                read_oldest()
+            seq_len += 1
+        while in_flight:
+            read_oldest()
+        platform.synchronize()
 
     def _greedy_info(self, bs: int):
         # Built once per run, outside the clock: greedy needs no per-step sampling state, and the
@@ -140,11 +201,15 @@ class TesseraLatency:
             fb = ForwardBatch.build(ForwardMode.EXTEND, flat, rows, [0] * bs, [input_len] * bs,
                                     slots, runner.device)
             logits = runner.forward(fb).next_token_logits
-            tokens = self.sampler.sample(logits, info).token_ids.tolist()
+            tokens_dev = self.sampler.sample(logits, info).token_ids
+            tokens = tokens_dev.tolist()
             sync()
             prefill_ms = (time.perf_counter() - start) * 1e3
             times = RunTimes(prefill_ms, [], logits, prefill_path=self._path(fb))
             seq_len = input_len
+            if self.overlap and output_len > 1:
+                self._decode_overlapped(times, rows, tokens_dev, seq_len, output_len - 1, info)
+                return times
             for step in range(output_len - 1):
                 start = time.perf_counter()
                 slots = runner.allocator.alloc(bs)
@@ -157,6 +222,7 @@ class TesseraLatency:
                     after.record()
                 tokens = self.sampler.sample(logits, info).token_ids.tolist()  # the one sync
                 sync()
+                times.decode_tokens.append(tokens)
                 times.decode_ms.append((time.perf_counter() - start) * 1e3)
                 if before is not None and after is not None:
                     times.decode_forward_ms.append(before.elapsed_time(after))

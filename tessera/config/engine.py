@@ -61,6 +61,9 @@ class SchedulerConfig:
     max_prefill_tokens: int = cfg(16384, "max tokens prefilled in one batch")
     schedule_policy: str = cfg("fcfs", "queue order: fcfs, or lpm (longest prefix match first)",
                                choices=["fcfs", "lpm"])
+    disable_overlap_schedule: bool = cfg(False, "read each step's tokens before scheduling the "
+                                         "next (default: the next step is launched first, so "
+                                         "host work overlaps the device's; see Engine.step)")
 
 
 @dataclasses.dataclass(frozen=True)

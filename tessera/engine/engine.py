@@ -8,6 +8,9 @@ import dataclasses
 import logging
 import random
 import time
+from typing import Any
+
+import torch
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
@@ -16,7 +19,7 @@ from tessera.models.tokenizer import load_tokenizer
 from tessera.runner.model_runner import ModelRunner
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
-from tessera.scheduler.scheduler import Scheduler
+from tessera.scheduler.scheduler import ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,31 @@ class StepOutput:
     new_logprobs: list[float] = dataclasses.field(default_factory=list)
     new_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
     stop_str: str | None = None
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A launched step's sampled tokens, on their way to the host."""
+    reqs: list[Request]               # the requests that sampled, in row order
+    tokens: torch.Tensor              # [n] int64 on the host (filled when `event` completes)
+    logprobs: torch.Tensor | None
+    top_logprobs: tuple[torch.Tensor, torch.Tensor] | None
+    event: Any                        # recorded after the copies; None on the CPU
+    needs_history: bool               # some request samples from its output history (penalties)
+
+
+def _uses_history(params: SamplingParams) -> bool:
+    """Penalties read the output so far: such a request's next step waits for its last token."""
+    return (params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0)
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Start a device->host copy without waiting (pinned destination); read after the step's
+    event. On the CPU the tensor itself."""
+    if t is None or t.device.type == "cpu":
+        return t
+    return t.to("cpu", non_blocking=True)
 
 
 class Engine:
@@ -63,6 +91,10 @@ class Engine:
         self.num_generated_tokens_total = 0
         self.num_cached_tokens_total = 0
         self._pending_finished: list[Request] = []
+        self.overlap = not config.scheduler.disable_overlap_schedule
+        self._in_flight: _InFlight | None = None  # launched, tokens not read yet (overlap)
+        logger.info("overlap schedule %s", "on: the next step is launched before the last one's "
+                    "tokens are read" if self.overlap else "off (--disable-overlap-schedule)")
 
     # ---- requests -----------------------------------------------------------------------------
     def new_rid(self) -> str:
@@ -116,41 +148,96 @@ class Engine:
         return True
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._pending_finished)
+        return (self.scheduler.has_work() or bool(self._pending_finished)
+                or self._in_flight is not None)
 
     # ---- one step -----------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """Run one batch and return what it (or, with the overlap schedule, the batch before it)
+        produced.
+
+        Overlap schedule (default; `--disable-overlap-schedule` turns it off): the next batch is
+        scheduled and launched BEFORE the previous one's sampled tokens are read, so the host's
+        work for a step (scheduling, building the batch, launching) runs while the device still
+        computes the step before. A decoding request's next input is its pending token, taken on
+        the device (`Scheduler._forward_batch`). Finish checks (EOS, stop strings) then run one
+        step late: a request that finished still ran one more step, whose token is dropped.
+        Length limits are known ahead and never cost the extra step. Batches whose sampling needs
+        the exact output history (penalties) read the step before first.
+        """
         outputs = [self._output(req, [], [], []) for req in self._pending_finished]
         self._pending_finished = []
+        previous = self._in_flight
+        self._in_flight = None
+        if previous is not None and (not self.overlap or previous.needs_history):
+            outputs += self._process(previous)
+            previous = None
         batch = self.scheduler.schedule()
-        if batch is None:
-            return outputs
+        launched = self._launch(batch) if batch is not None else None
+        if previous is not None:
+            outputs += self._process(previous)
+        if launched is not None:
+            if self.overlap:
+                self._in_flight = launched
+            else:
+                outputs += self._process(launched)
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch) -> _InFlight | None:
+        """Forward and sample `batch`; the tokens are copied to the host without waiting."""
         logits = self.runner.forward(batch.forward_batch).next_token_logits
         sampling_items = [(i, it) for i, it in enumerate(batch.items) if it.samples]
         for it in batch.items:
             if not it.samples:
                 self.scheduler.cache_chunk(it.req)
         if not sampling_items:
-            return outputs
+            return None
         reqs = [it.req for _, it in sampling_items]
         rows = [i for i, _ in sampling_items]
         if len(rows) != logits.shape[0]:
             logits = logits[rows]
+        needs_history = any(_uses_history(r.params) for r in reqs)
         info = SamplingBatchInfo.build(
             params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
-            step_ids=[len(r.output_ids) for r in reqs],
-            output_ids=[r.output_ids for r in reqs], prompt_ids=[r.prompt_ids for r in reqs],
+            step_ids=[len(r.output_ids) + r.pending_tokens for r in reqs],
+            output_ids=[r.output_ids for r in reqs] if needs_history else None,
+            prompt_ids=[r.prompt_ids for r in reqs] if needs_history else None,
             vocab_size=logits.shape[-1], device=logits.device,
             eos_token_ids=sorted(self.eos_token_ids))
         result = self.sampler.sample(logits, info)
-        tokens = result.token_ids.tolist()  # the one device->host sync of the step
-        logprobs = result.logprobs.tolist() if result.logprobs is not None else None
+        for j, req in enumerate(reqs):
+            req.pending_tokens += 1
+            req.pending_source = (result.token_ids, j)
+        return _InFlight(reqs, _to_host(result.token_ids), _to_host(result.logprobs),
+                         None if result.top_logprobs is None
+                         else tuple(_to_host(t) for t in result.top_logprobs),
+                         self._copied_event(), needs_history)
+
+    def _copied_event(self) -> Any:
+        event = self.runner.platform.event()
+        if event is not None:
+            event.record()
+        return event
+
+    def _process(self, step: _InFlight) -> list[StepOutput]:
+        """Read a launched step's tokens (the step's one wait for the device) and advance its
+        requests: append, check finish, stream."""
+        if step.event is not None:
+            step.event.synchronize()
+        tokens = step.tokens.tolist()
+        logprobs = step.logprobs.tolist() if step.logprobs is not None else None
         top = None
-        if result.top_logprobs is not None:
-            vals, ids = result.top_logprobs
+        if step.top_logprobs is not None:
+            vals, ids = step.top_logprobs
             top = (vals.tolist(), ids.tolist())
         now = time.monotonic()
-        for j, (req, tok) in enumerate(zip(reqs, tokens)):
+        outputs = []
+        for j, (req, tok) in enumerate(zip(step.reqs, tokens)):
+            req.pending_tokens -= 1
+            if req.pending_tokens == 0:
+                req.pending_source = None
+            if req.finished:  # stopped (or aborted) while this step ran: its token is dropped
+                continue
             req.output_ids.append(tok)
             self.num_generated_tokens_total += 1
             if req.first_token_time is None:
@@ -188,7 +275,7 @@ class Engine:
     # ---- maintenance --------------------------------------------------------------------------
     def flush_cache(self) -> bool:
         """Empty the prefix cache; only when nothing is running (returns False otherwise)."""
-        if self.scheduler.has_work():
+        if self.scheduler.has_work() or self._in_flight is not None:
             return False
         if self.prefix_cache is not None:
             self.prefix_cache.reset()

@@ -39,11 +39,21 @@ class Request:
     output_logprobs: list[float] = dataclasses.field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
     first_token_time: float | None = None
+    # overlap schedule: tokens sampled on the device by a step whose result the engine has not
+    # read yet. They count in seq_len (the next step decodes from them) but are not in
+    # output_ids; pending_source is (token tensor on the device, row) of the newest one.
+    pending_tokens: int = 0
+    pending_source: Any = None
 
     @property
     def fill_ids(self) -> list[int]:
-        """Every token known so far; the KV of all but (while decoding) the last is cached."""
+        """Every token known on the host; the KV of all but (while decoding) the last is cached."""
         return self.prompt_ids + self.output_ids
+
+    @property
+    def known_len(self) -> int:
+        """Tokens known on the host (prompt + output_ids): seq_len without the pending ones."""
+        return len(self.prompt_ids) + len(self.output_ids)
 
     def token_at(self, index: int) -> int:
         """fill_ids[index] without building fill_ids (the decode hot path reads one token)."""
@@ -52,7 +62,18 @@ class Request:
 
     @property
     def seq_len(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        """Tokens of the sequence, pending ones included (what the scheduler runs)."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.pending_tokens
+
+    @property
+    def may_decode(self) -> bool:
+        """Another token is allowed: always while nothing is pending (a request at its limit is
+        finished); with a pending token, only when that token does not reach max_new_tokens or
+        the context length (it would finish the request, and a step past the context would
+        write past its req_to_token row)."""
+        return self.pending_tokens == 0 or (
+            len(self.output_ids) + self.pending_tokens < self.params.max_new_tokens
+            and self.seq_len < self.max_total_len)
 
     @property
     def finished(self) -> bool:
@@ -69,5 +90,5 @@ class Request:
             if p.stop_token_ids and token in p.stop_token_ids:
                 self.finish_reason = FinishReason.STOP
                 return
-        if n >= p.max_new_tokens or self.seq_len >= self.max_total_len:
+        if n >= p.max_new_tokens or self.known_len >= self.max_total_len:
             self.finish_reason = FinishReason.LENGTH

@@ -37,6 +37,21 @@ class ForwardBatch:
     # three with one copy
     decode_inputs: torch.Tensor | None = None
 
+    def fill_input_ids(self, positions: list[int], source: torch.Tensor, rows: list[int]) -> None:
+        """input_ids[positions[i]] = source[rows[i]] on the device: the tokens a step sampled,
+        fed to the next step before the host has read them (overlap schedule). In place, so a
+        decode batch's `decode_inputs` (which views the same memory) sees them too. The usual
+        decode step (every row from the step before, in order) is one copy."""
+        n = len(positions)
+        first, row0 = positions[0], rows[0]
+        if positions == list(range(first, first + n)) and rows == list(range(row0, row0 + n)):
+            self.input_ids[first:first + n].copy_(source[row0:row0 + n])
+            return
+        device = self.input_ids.device
+        index = torch.tensor(positions + rows, dtype=torch.int64, pin_memory=device.type != "cpu")
+        index = index.to(device, non_blocking=True)
+        self.input_ids[index[:n]] = source[index[n:]]
+
     @property
     def batch_size(self) -> int:
         return len(self.seq_lens_cpu)

@@ -85,6 +85,17 @@ def exponential_noise(seeds: torch.Tensor, steps: torch.Tensor, num_cols: int) -
 # ---- per-batch tensors --------------------------------------------------------------------------
 
 
+def _to_device(data: list, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A host list as a device tensor without waiting for the device: staged in pinned memory and
+    copied asynchronously. (`torch.tensor(data, device=...)` copies synchronously: with the
+    overlap schedule the next step's sampling state is built while a forward still runs, and
+    that copy would wait for it.)"""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.tensor(data, dtype=dtype)
+    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
 @dataclasses.dataclass
 class SamplingBatchInfo:
     """Everything the sampler needs for one batch, as device tensors plus host-side flags.
@@ -143,8 +154,8 @@ class SamplingBatchInfo:
             top_k = vocab_size if g or p.top_k < 0 else min(p.top_k, vocab_size)
             floats.append((1.0, 1.0, 0.0) if g else (p.temperature, p.top_p, p.min_p))
             ints.append((top_k, to_int64(seed), step))
-        f = torch.tensor(floats, dtype=torch.float32, device=device).view(batch, 3)
-        i = torch.tensor(ints, dtype=torch.int64, device=device).view(batch, 3)
+        f = _to_device(floats, torch.float32, device).view(batch, 3)
+        i = _to_device(ints, torch.int64, device).view(batch, 3)
 
         eos = set(eos_token_ids)
         rows: list[int] = []
@@ -159,10 +170,10 @@ class SamplingBatchInfo:
         return cls(
             vocab_size=vocab_size, temperatures=f[:, 0:1], top_ps=f[:, 1], min_ps=f[:, 2],
             top_ks=i[:, 0], seeds=i[:, 1], steps=i[:, 2],
-            is_greedy=torch.tensor(greedy, dtype=torch.bool, device=device) if mixed else None,
+            is_greedy=_to_device(greedy, torch.bool, device) if mixed else None,
             penalties=PenaltyInfo.build(params, output_ids, prompt_ids, vocab_size, device),
-            min_tokens_rows=torch.tensor(rows, dtype=torch.int64, device=device) if rows else None,
-            min_tokens_ids=torch.tensor(ids, dtype=torch.int64, device=device) if rows else None,
+            min_tokens_rows=_to_device(rows, torch.int64, device) if rows else None,
+            min_tokens_ids=_to_device(ids, torch.int64, device) if rows else None,
             all_greedy=all(greedy),
             need_top_k=any(0 < p.top_k < vocab_size for p in sampled),
             need_top_p=any(p.top_p < 1.0 for p in sampled),

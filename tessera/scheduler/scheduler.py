@@ -127,6 +127,8 @@ class Scheduler:
     def finish(self, req: Request) -> None:
         if req in self.running:
             self.running.remove(req)
+        elif req in self.waiting:  # retracted while its last token was still pending
+            self.waiting.remove(req)
         self._release_kv(req, keep_in_cache=req.finish_reason is not FinishReason.ABORT)
 
     def retract(self, req: Request) -> None:
@@ -220,6 +222,8 @@ class Scheduler:
         reserve = int(num_decoding * self.decode_reserve)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
             req = self.waiting[0]
+            if req.pending_tokens:
+                break  # retracted with a token still on the device: admitted once it is read
             if chunk <= 0 and prefill and req.seq_len > budget:
                 break  # without chunking a prompt runs whole; the next batch takes it
             item = self._admit(req, budget if chunk > 0 else req.seq_len, reserve)
@@ -232,18 +236,20 @@ class Scheduler:
         # 3. every decoding request advances by one token; retract if KV runs out
         in_prefill = {id(it.req) for it in prefill}
         decoding = [r for r in self.running
-                    if id(r) not in in_prefill and r.seq_len - r.kv_len == 1]
+                    if id(r) not in in_prefill and r.seq_len - r.kv_len == 1 and r.may_decode]
         batched = self._decode_items(decoding) if decoding else []
         decode: list[BatchItem] = batched or []
         retractions_before = self.num_retractions
         for req in list(self.running) if batched is None else []:
             if id(req) in in_prefill or req not in self.running:
                 continue
-            if req.seq_len - req.kv_len != 1:
+            if req.seq_len - req.kv_len != 1 or not req.may_decode:
                 continue
             slots = self._alloc_slots(1)
-            # never retract a request this batch already prefills (its item would dangle)
-            while slots is None and self._retract_one(keep=in_prefill | {id(req)}):
+            # never retract a request this batch already runs: its item would dangle, and its
+            # kv_len already counts a token whose KV this batch has not written yet
+            keep = in_prefill | {id(it.req) for it in decode} | {id(req)}
+            while slots is None and self._retract_one(keep=keep):
                 slots = self._alloc_slots(1)
             if slots is None:
                 # nothing left to retract: this request alone cannot proceed (admission control
@@ -272,16 +278,32 @@ class Scheduler:
 
     def _forward_batch(self, mode: ForwardMode, items: list[BatchItem]) -> ForwardBatch:
         ids: list[int] = []
+        # tokens still on the device (overlap schedule): where they go, where they come from
+        pending_at: list[int] = []
+        pending_rows: list[int] = []
+        source = None
         for it in items:
-            if it.num_tokens == 1:  # decoding: one token, without copying the whole history
-                ids.append(it.req.token_at(it.start))
+            req = it.req
+            if it.num_tokens == 1 and it.start >= req.known_len:
+                tokens, row = req.pending_source
+                assert source is None or tokens is source, "pending tokens of one step only"
+                source = tokens
+                pending_at.append(len(ids))
+                pending_rows.append(row)
+                ids.append(0)  # placeholder, overwritten on the device
+            elif it.num_tokens == 1:  # decoding: one token, without copying the whole history
+                ids.append(req.token_at(it.start))
             else:
-                ids.extend(it.req.fill_ids[it.start:it.start + it.num_tokens])
+                assert it.start + it.num_tokens <= req.known_len, "prefill of unknown tokens"
+                ids.extend(req.fill_ids[it.start:it.start + it.num_tokens])
         rows = [it.req.req_row for it in items]
         # the slots each item was given this step (no read-back of req_to_token per request)
         locs = items[0].slots if len(items) == 1 else torch.cat([it.slots for it in items])
-        return ForwardBatch.build(mode, ids, rows, [it.start for it in items],
-                                  [it.num_tokens for it in items], locs, self.runner.device)
+        batch = ForwardBatch.build(mode, ids, rows, [it.start for it in items],
+                                   [it.num_tokens for it in items], locs, self.runner.device)
+        if source is not None:
+            batch.fill_input_ids(pending_at, source, pending_rows)
+        return batch
 
     # ---- accounting ---------------------------------------------------------------------------
     def kv_tokens_in_use(self) -> int:

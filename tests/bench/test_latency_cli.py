@@ -83,3 +83,23 @@ def test_bad_flags_exit_2_with_a_message(tmp_path, capsys, args, message) -> Non
     rc, report = run_bench(tmp_path, "--model-path", "tiny-llama", *args)
     assert rc == 2 and report is None
     assert message in capsys.readouterr().err
+
+
+def test_overlapped_decode_samples_what_step_by_step_decode_samples() -> None:
+    """The bench's overlapped decode loop (the engine's default schedule) feeds each step the
+    tokens the last one sampled, on the device: the same tokens as reading every step first."""
+    from tessera.bench.latency import TesseraLatency
+    from tessera.config import EngineConfig
+    from tessera.runner.model_runner import ModelRunner
+
+    config = EngineConfig.from_kwargs(model_path="tiny-llama", device="cpu",
+                                      load_format="dummy", kv_cache_tokens=256,
+                                      max_running_requests=3).resolve()
+    bench = TesseraLatency(ModelRunner(config))
+    prompts = [[5, 9, 3, 7], [11, 2, 8, 6], [4, 4, 4, 4]]
+    runs = {}
+    for overlap in (True, False):
+        bench.overlap = overlap
+        runs[overlap] = bench.run(prompts, 9)
+    assert len(runs[True].decode_tokens) == 8 and len(runs[True].decode_ms) == 8
+    assert runs[True].decode_tokens == runs[False].decode_tokens

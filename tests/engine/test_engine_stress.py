@@ -18,6 +18,8 @@ from tessera.sampling.params import SamplingParams
     (3, True, {"schedule_policy": "lpm", "max_running_requests": 4}),
     # extend batches through the split, compiled backbone (the piecewise path without capture)
     (4, True, {"enforce_piecewise_cuda_graph": True, "piecewise_cuda_graph_max_tokens": 64}),
+    # every step read before the next is scheduled (the others run the overlap schedule)
+    (5, True, {"disable_overlap_schedule": True}),
 ])
 def test_random_workload_with_aborts_keeps_the_pool_whole(seed, radix, extra):
     rng = random.Random(seed)
