@@ -146,10 +146,10 @@ class TesseraLatency:
                              platform.event(enable_timing=True))
             if before is not None:
                 before.record()
-            logits = runner.forward(fb).next_token_logits
+            out = runner.forward(fb)
             if after is not None:
                 after.record()
-            tokens = self.sampler.sample(logits, info).token_ids
+            tokens = self.sampler.sample(out.next_token_logits, info, out.greedy_tokens).token_ids
             host = tokens.to("cpu", non_blocking=True) if tokens.device.type != "cpu" else tokens
             copied = platform.event()
             if copied is not None:
@@ -217,10 +217,11 @@ class TesseraLatency:
                                         [1] * bs, slots, runner.device)
                 if before is not None:
                     before.record()
-                logits = runner.forward(fb).next_token_logits
+                out = runner.forward(fb)
                 if after is not None:
                     after.record()
-                tokens = self.sampler.sample(logits, info).token_ids.tolist()  # the one sync
+                tokens = self.sampler.sample(out.next_token_logits, info,
+                                             out.greedy_tokens).token_ids.tolist()  # the one sync
                 sync()
                 times.decode_tokens.append(tokens)
                 times.decode_ms.append((time.perf_counter() - start) * 1e3)

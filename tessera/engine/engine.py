@@ -185,7 +185,8 @@ class Engine:
 
     def _launch(self, batch: ScheduledBatch) -> _InFlight | None:
         """Forward and sample `batch`; the tokens are copied to the host without waiting."""
-        logits = self.runner.forward(batch.forward_batch).next_token_logits
+        out = self.runner.forward(batch.forward_batch)
+        logits, greedy = out.next_token_logits, out.greedy_tokens
         sampling_items = [(i, it) for i, it in enumerate(batch.items) if it.samples]
         for it in batch.items:
             if not it.samples:
@@ -196,6 +197,7 @@ class Engine:
         rows = [i for i, _ in sampling_items]
         if len(rows) != logits.shape[0]:
             logits = logits[rows]
+            greedy = greedy[rows] if greedy is not None else None
         needs_history = any(_uses_history(r.params) for r in reqs)
         info = SamplingBatchInfo.build(
             params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
@@ -204,7 +206,7 @@ class Engine:
             prompt_ids=[r.prompt_ids for r in reqs] if needs_history else None,
             vocab_size=logits.shape[-1], device=logits.device,
             eos_token_ids=sorted(self.eos_token_ids))
-        result = self.sampler.sample(logits, info)
+        result = self.sampler.sample(logits, info, greedy_tokens=greedy)
         for j, req in enumerate(reqs):
             req.pending_tokens += 1
             req.pending_source = (result.token_ids, j)

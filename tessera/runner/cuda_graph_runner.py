@@ -141,6 +141,9 @@ class DecodeGraphRunner:
         # next-token logits of every row, written by each replay (one buffer for all sizes)
         self.logits = torch.empty((n, self.model_runner.model_config.vocab_size),
                                   dtype=torch.float32, device=device)
+        # argmax of each row's logits, also written by each replay: a greedy batch's tokens
+        # without a sampling launch after the graph (Sampler.sample(greedy_tokens=...))
+        self.greedy_tokens = torch.zeros(n, dtype=torch.int64, device=device)
         # Extend fields of a decode batch are constants (one new token per request); kept so the
         # static batch is a complete ForwardBatch. Decode backends read only the five above.
         self._extend_seq_lens = torch.ones(n, dtype=torch.int32, device=device)
@@ -202,6 +205,7 @@ class DecodeGraphRunner:
                 hidden = model(batch.input_ids, batch.positions)
             # the LM head, and the float32 cast fused into the copy to the static buffer
             self.logits[:bs].copy_(model.compute_logits(hidden))
+            self.greedy_tokens[:bs].copy_(self.logits[:bs].argmax(dim=-1))
             return hidden
 
         return forward

@@ -31,6 +31,9 @@ CPU_MAX_KV_BYTES = 1 << 30  # CPU RAM is shared with everything else: keep the p
 class LogitsOutput:
     next_token_logits: torch.Tensor          # [B, V] float32, last new token of each request
     all_logits: torch.Tensor | None = None   # [T, V] when forward_batch.return_all_logits
+    # [B] argmax of next_token_logits when the forward computed it (decode graphs do, inside
+    # the graph); valid until the next forward, like the logits
+    greedy_tokens: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -124,10 +127,11 @@ class ModelRunner:
                 if not runner.records_slots:
                     self.record_slots(forward_batch)
                 hidden = runner.replay(forward_batch)
-                if runner.captures_logits:  # decode graphs end with the LM head
-                    logits = runner.logits[: forward_batch.batch_size]
+                if runner.captures_logits:  # decode graphs end with the LM head (+ argmax)
+                    bs = forward_batch.batch_size
+                    logits = runner.logits[:bs]
                     return LogitsOutput(logits, logits if forward_batch.return_all_logits
-                                        else None)
+                                        else None, runner.greedy_tokens[:bs])
                 break
         else:
             self.record_slots(forward_batch)

@@ -280,8 +280,13 @@ class Sampler:
         self.logprobs_mode = logprobs_mode
         self._sample_from_probs = SAMPLING_BACKENDS[backend]  # bound once, not looked up per step
 
-    def sample(self, logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
-        """logits [B, V] (any float dtype; left unmodified) -> SampleOutput."""
+    def sample(self, logits: torch.Tensor, info: SamplingBatchInfo,
+               greedy_tokens: torch.Tensor | None = None) -> SampleOutput:
+        """logits [B, V] (any float dtype; left unmodified) -> SampleOutput.
+
+        greedy_tokens: logits.argmax(-1) when the forward already computed it (a decode graph
+        does): an all-greedy batch without penalties or min_new_tokens masking then takes it
+        as is instead of launching its own argmax."""
         assert logits.dim() == 2 and logits.shape[0] == info.batch_size, \
             f"logits {tuple(logits.shape)} for a batch of {info.batch_size}"
         assert logits.shape[1] == info.vocab_size, "info built for another vocab size"
@@ -294,7 +299,9 @@ class Sampler:
             processed = processed.index_put((info.min_tokens_rows, info.min_tokens_ids),
                                             processed.new_full((1,), float("-inf")))
         scaled = processed
-        if info.all_greedy:
+        if info.all_greedy and greedy_tokens is not None and processed is raw:
+            token_ids = greedy_tokens  # argmax of these very logits, done by the forward
+        elif info.all_greedy:
             token_ids = processed.argmax(dim=-1)  # no softmax, no RNG
         else:
             scaled = processed / info.temperatures

@@ -107,6 +107,23 @@ def test_greedy_is_argmax_and_needs_no_rng():
     assert torch.equal(out[:3], logits[:3].argmax(-1))
 
 
+def test_greedy_takes_the_forwards_argmax_only_when_nothing_changes_the_logits():
+    """A decode graph hands its in-graph argmax (greedy_tokens): used for all-greedy batches on
+    the raw logits, ignored when penalties or min_new_tokens change them, or when any row
+    samples."""
+    logits = torch.randn(3, V)
+    marker = torch.full((3,), -1)  # no token id: shows which path ran
+    plain = build([SP(temperature=0)] * 3)
+    assert Sampler().sample(logits, plain, greedy_tokens=marker).token_ids is marker
+    penalised = build([SP(temperature=0, frequency_penalty=1.0)] * 3, output_ids=[[1], [2], []],
+                      prompt_ids=[[0]] * 3)
+    masked = build([SP(temperature=0, min_new_tokens=2)] * 3, eos=(5,))
+    sampled = build([SP(temperature=0)] * 2 + [SP(temperature=1.0)])
+    for info in (penalised, masked, sampled):
+        out = Sampler().sample(logits, info, greedy_tokens=marker).token_ids
+        assert not torch.equal(out, marker)
+
+
 def test_same_seed_same_tokens_regardless_of_batch():
     torch.manual_seed(0)
     rows = 64
