@@ -116,6 +116,7 @@ class TesseraLatency:
         """The decode steps as the engine's overlap schedule runs them: step n + 1 is launched
         (its input ids taken on the device from step n's sampled tokens) before step n's tokens
         are read. A step's time is the interval between two consecutive token reads."""
+        from tessera.platforms.transfer import to_host_async
         from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
         runner, platform = self.runner, self.platform
@@ -150,10 +151,7 @@ class TesseraLatency:
             if after is not None:
                 after.record()
             tokens = self.sampler.sample(out.next_token_logits, info, out.greedy_tokens).token_ids
-            host = tokens.to("cpu", non_blocking=True) if tokens.device.type != "cpu" else tokens
-            copied = platform.event()
-            if copied is not None:
-                copied.record()
+            (host,), copied = to_host_async(platform, tokens)
             in_flight.append((host, copied, before, after))
             if step == 0:
                 times.decode_path = self._path(fb)

@@ -16,6 +16,7 @@ from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
 from tessera.engine.request import FinishReason, Request
 from tessera.models.tokenizer import load_tokenizer
+from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
@@ -55,14 +56,6 @@ def _uses_history(params: SamplingParams) -> bool:
     """Penalties read the output so far: such a request's next step waits for its last token."""
     return (params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
             or params.presence_penalty != 0.0)
-
-
-def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
-    """Start a device->host copy without waiting (pinned destination); read after the step's
-    event. On the CPU the tensor itself."""
-    if t is None or t.device.type == "cpu":
-        return t
-    return t.to("cpu", non_blocking=True)
 
 
 class Engine:
@@ -210,16 +203,12 @@ class Engine:
         for j, req in enumerate(reqs):
             req.pending_tokens += 1
             req.pending_source = (result.token_ids, j)
-        return _InFlight(reqs, _to_host(result.token_ids), _to_host(result.logprobs),
-                         None if result.top_logprobs is None
-                         else tuple(_to_host(t) for t in result.top_logprobs),
-                         self._copied_event(), needs_history)
-
-    def _copied_event(self) -> Any:
-        event = self.runner.platform.event()
-        if event is not None:
-            event.record()
-        return event
+        top = result.top_logprobs or (None, None)
+        (tokens, logprobs, top_vals, top_ids), copied = to_host_async(
+            self.runner.platform, result.token_ids, result.logprobs, *top)
+        return _InFlight(reqs, tokens, logprobs,
+                         None if result.top_logprobs is None else (top_vals, top_ids),
+                         copied, needs_history)
 
     def _process(self, step: _InFlight) -> list[StepOutput]:
         """Read a launched step's tokens (the step's one wait for the device) and advance its

@@ -63,7 +63,7 @@ class Request:
     @property
     def seq_len(self) -> int:
         """Tokens of the sequence, pending ones included (what the scheduler runs)."""
-        return len(self.prompt_ids) + len(self.output_ids) + self.pending_tokens
+        return self.known_len + self.pending_tokens
 
     @property
     def may_decode(self) -> bool:

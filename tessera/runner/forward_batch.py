@@ -11,6 +11,8 @@ import enum
 
 import torch
 
+from tessera.platforms.transfer import to_device_async
+
 
 class ForwardMode(enum.Enum):
     EXTEND = "extend"
@@ -47,9 +49,7 @@ class ForwardBatch:
         if positions == list(range(first, first + n)) and rows == list(range(row0, row0 + n)):
             self.input_ids[first:first + n].copy_(source[row0:row0 + n])
             return
-        device = self.input_ids.device
-        index = torch.tensor(positions + rows, dtype=torch.int64, pin_memory=device.type != "cpu")
-        index = index.to(device, non_blocking=True)
+        index = to_device_async(positions + rows, torch.int64, self.input_ids.device)
         self.input_ids[index[:n]] = source[index[n:]]
 
     @property

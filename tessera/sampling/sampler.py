@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from tessera.platforms.transfer import to_device_async
 from tessera.sampling.logprobs import LOGPROBS_MODES, LogprobsMode, gather_logprobs
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.penalties import PenaltyInfo, apply_penalties
@@ -83,17 +84,6 @@ def exponential_noise(seeds: torch.Tensor, steps: torch.Tensor, num_cols: int) -
 
 
 # ---- per-batch tensors --------------------------------------------------------------------------
-
-
-def _to_device(data: list, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """A host list as a device tensor without waiting for the device: staged in pinned memory and
-    copied asynchronously. (`torch.tensor(data, device=...)` copies synchronously: with the
-    overlap schedule the next step's sampling state is built while a forward still runs, and
-    that copy would wait for it.)"""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return torch.tensor(data, dtype=dtype)
-    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 @dataclasses.dataclass
@@ -154,8 +144,8 @@ class SamplingBatchInfo:
             top_k = vocab_size if g or p.top_k < 0 else min(p.top_k, vocab_size)
             floats.append((1.0, 1.0, 0.0) if g else (p.temperature, p.top_p, p.min_p))
             ints.append((top_k, to_int64(seed), step))
-        f = _to_device(floats, torch.float32, device).view(batch, 3)
-        i = _to_device(ints, torch.int64, device).view(batch, 3)
+        f = to_device_async(floats, torch.float32, device).view(batch, 3)
+        i = to_device_async(ints, torch.int64, device).view(batch, 3)
 
         eos = set(eos_token_ids)
         rows: list[int] = []
@@ -170,10 +160,10 @@ class SamplingBatchInfo:
         return cls(
             vocab_size=vocab_size, temperatures=f[:, 0:1], top_ps=f[:, 1], min_ps=f[:, 2],
             top_ks=i[:, 0], seeds=i[:, 1], steps=i[:, 2],
-            is_greedy=_to_device(greedy, torch.bool, device) if mixed else None,
+            is_greedy=to_device_async(greedy, torch.bool, device) if mixed else None,
             penalties=PenaltyInfo.build(params, output_ids, prompt_ids, vocab_size, device),
-            min_tokens_rows=_to_device(rows, torch.int64, device) if rows else None,
-            min_tokens_ids=_to_device(ids, torch.int64, device) if rows else None,
+            min_tokens_rows=to_device_async(rows, torch.int64, device) if rows else None,
+            min_tokens_ids=to_device_async(ids, torch.int64, device) if rows else None,
             all_greedy=all(greedy),
             need_top_k=any(0 < p.top_k < vocab_size for p in sampled),
             need_top_p=any(p.top_p < 1.0 for p in sampled),
