@@ -1,8 +1,10 @@
 """Extend attention kernel time by query tile size (GPU): which BLOCK_M for which grid.
 
 One request of N new tokens (no prefix), bf16, the fused K/V store on; device time per launch
-from CUDA events over 50 launches, median of 7 rounds. Cases are the prefill shapes of the
-benchmarks: qwen3-0.6b (16 q heads, 8 kv heads, d 128) and llama3-8b (32 / 8 / 128).
+inside a replayed CUDA graph of 20 launches (as in a piecewise graph's replay: no host time in
+the figure; the first version timed eager launches and hit a ~13 us host floor), median of 7
+replays. Cases are the prefill shapes of the benchmarks: qwen3-0.6b (16 q heads, 8 kv heads,
+d 128) and llama3-8b (32 / 8 / 128). "auto" is the tile `choose_tile` picks.
 
     python benchmarks/prefill_opt/extend_blocks.py --out extend_blocks.json
 """
@@ -11,23 +13,25 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
+import os
+import sys
 
 import torch
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks", "decode_opt"))
 
-def time_us(fn, calls: int = 50, rounds: int = 7) -> float:
-    fn()
-    samples = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+from profile_decode import graph_of, time_ms
+
+
+def time_us(fn, calls: int = 20) -> float:
+    """Per-launch device time of `fn` inside a CUDA graph of `calls` launches."""
+    def many() -> None:
         for _ in range(calls):
             fn()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3 / calls)
-    return round(statistics.median(samples), 2)
+    return round(time_ms(graph_of(many), 3, 7)["median"] * 1e3 / calls, 2)
 
 
 def main() -> None:
@@ -38,8 +42,8 @@ def main() -> None:
 
     dev = torch.device("cuda")
     rows = []
-    for model, hq, hk, d, sizes in (("qwen3-0.6b", 16, 8, 128, (16, 256, 1024)),
-                                    ("llama3-8b", 32, 8, 128, (16, 256, 1024))):
+    for model, hq, hk, d, sizes in (("qwen3-0.6b", 16, 8, 128, (16, 64, 256, 1024)),
+                                    ("llama3-8b", 32, 8, 128, (16, 64, 256, 1024))):
         for n in sizes:
             k_cache = torch.zeros(n + 1, hk, d, dtype=torch.bfloat16, device=dev)
             v_cache = torch.zeros_like(k_cache)
@@ -63,7 +67,8 @@ def main() -> None:
                         functools.partial(launch, *meta, n, loc))
             default = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5, k_new=k,
                                       v_new=v)
-            row["us"]["default"] = time_us(functools.partial(default, *meta, n, loc))
+            row["us"]["auto"] = time_us(functools.partial(default, *meta, n, loc))
+            row["auto_tile"] = default.tile(n, 1)[0]
             best = min(row["us"], key=row["us"].get)
             print(model, n, "best", best, row["us"][best], json.dumps(row["us"]), flush=True)
             rows.append(row)

@@ -273,6 +273,44 @@ def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool
         assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
 
 
+def test_extend_tile_choice() -> None:
+    """The largest query tile that still gives a wave of programs; else the smallest."""
+    from tessera.attention.triton_ops.extend_attention import choose_tile, extend_tiles
+
+    assert extend_tiles(128) == [(128, 8), (64, 4), (32, 4), (16, 4)]
+    assert extend_tiles(256)[0] == (64, 8) and extend_tiles(64)[0] == (128, 4)
+    # llama3-8b (32 heads) on 132 SMs: 1024 tokens keep 128 rows; 256 -> 32; 16 -> 16
+    assert choose_tile(128, 32, 1024, 1, 132) == (128, 8)
+    assert choose_tile(128, 32, 256, 1, 132) == (32, 4)
+    assert choose_tile(128, 32, 16, 1, 132) == (16, 4)
+    # many requests fill the GPU with big tiles
+    assert choose_tile(128, 32, 100, 8, 132) == (128, 8)
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens", [([0], [16]), ([5], [60]), ([0, 45, 3], [70, 33, 1])])
+def test_extend_auto_tile_matches_reference(prefix_lens: list[int], extend_lens: list[int]) -> None:
+    """Whatever tile the grid picks (16 rows for one short request, bigger for more work), the
+    output and the stored K/V equal the reference; one ExtendAttention keeps a tile per shape."""
+    from tessera.attention.triton_ops.extend_attention import ExtendAttention
+
+    case = Case(prefix_lens, extend_lens, num_kv_heads=2, group=4, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=3)
+    want = case.run(case.reference)
+    kv, fb = case.triton.kv_pool, case.batch
+    out = torch.zeros_like(case.q)
+    loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
+    launch = ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], out,
+                             case.table.req_to_token, case.scaling, k_new=case.k, v_new=case.v)
+    launch.sm_count = 64  # a small GPU: the tile changes with the batch here
+    launch(fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
+           fb.max_extend_len, loc)
+    block_m, _ = launch.tile(fb.max_extend_len, len(extend_lens))
+    assert block_m == (16 if len(extend_lens) == 1 else 32), block_m
+    torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
+    for name in ("k_buffers", "v_buffers"):
+        assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
+
+
 def test_extend_new_kv_from_strided_views() -> None:
     """The backend's extend path with K/V as strided views of a fused QKV projection."""
     case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,

@@ -15,9 +15,13 @@ prefix and the new keys before the tile read from different places):
   * positions < prefix + first query of the tile: visible to every row of the tile, no causal mask;
   * the diagonal stretch up to the tile's last query: causal mask kpos <= qpos.
 Heads are the fastest grid axis so the programs of one GQA group run together and reuse the same
-K/V tiles from L2.
+K/V tiles from L2. BLOCK_M is chosen per launch from the grid it gives (`choose_tile`): 128 rows
+where that still makes a wave of programs, smaller tiles for short prefills (a 16-token prefill
+of llama3-8b is 32 programs whatever the tile, so 16 rows of work each rather than 128).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -175,13 +179,50 @@ def _extend_kernel(
 
 
 def extend_config(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size; sized for H100/H200-class shared
-    memory (the K and V tiles of every pipeline stage plus the Q tile must fit)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size when the grid is large enough;
+    sized for H100/H200-class shared memory (the K and V tiles of every pipeline stage plus the Q
+    tile must fit)."""
     if head_dim <= 64:
         return 128, 64, 4, 3
     if head_dim <= 128:
         return 128, 64, 8, 3
     return 64, 32, 8, 2
+
+
+# A grid of fewer programs than this times the SM count leaves SMs idle: smaller query tiles
+# then (more programs, and under the causal mask less wasted work per program).
+MIN_PROGRAMS_PER_SM = 1.0
+
+
+def extend_tiles(head_dim: int) -> list[tuple[int, int]]:
+    """The (BLOCK_M, num_warps) choices for a head size, largest tile first."""
+    block_m, _, warps, _ = extend_config(head_dim)
+    tiles = [(block_m, warps)]
+    while block_m > 16:
+        block_m //= 2
+        tiles.append((block_m, 4))
+    return tiles
+
+
+def choose_tile(head_dim: int, num_heads: int, max_extend_len: int, batch: int,
+                sm_count: int) -> tuple[int, int]:
+    """(BLOCK_M, num_warps) for one launch: the largest query tile whose grid still fills the
+    GPU (MIN_PROGRAMS_PER_SM), else the smallest (a 16-token prefill of one request has 1 tile
+    per head whatever its size: 16 rows is the least work). H200 sweep, inside CUDA graphs:
+    benchmarks/prefill_opt/extend_blocks.py."""
+    tiles = extend_tiles(head_dim)
+    for block_m, warps in tiles:
+        programs = num_heads * triton.cdiv(max_extend_len, block_m) * batch
+        if programs >= MIN_PROGRAMS_PER_SM * sm_count:
+            return block_m, warps
+    return tiles[-1]
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # interpreter/CPU runs: an H100/H200-sized GPU, so tests take the same paths
 
 
 class ExtendAttention:
@@ -208,8 +249,11 @@ class ExtendAttention:
             assert t.stride(-1) == 1, "the last dimension must be contiguous"
         if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
             k_new = v_new = k_cache
-        cfg_m, cfg_n, cfg_warps, num_stages = extend_config(head_dim)
-        self.block_m = block_m or cfg_m
+        _, cfg_n, _, num_stages = extend_config(head_dim)
+        self.head_dim = head_dim
+        # block_m / num_warps given: that tile for every launch (tests, sweeps); else by grid
+        self.block_m, self.num_warps = block_m, num_warps
+        self.sm_count = _sm_count(q.device)
         self._head = (q, k_cache, v_cache, out, req_to_token)
         self._scale_strides = (
             scaling * _LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -217,14 +261,29 @@ class ExtendAttention:
             req_to_token.stride(0))
         self._new = (k_new, v_new)
         self._new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
-        self._kwargs = {
+        self._base_kwargs = {
             "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
-            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": self.block_m,
-            "BLOCK_N": block_n or cfg_n,
+            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": block_n or cfg_n,
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "NEW_KV": self.new_kv, "num_warps": num_warps or cfg_warps,
-            "num_stages": num_stages}
+            "NEW_KV": self.new_kv, "num_stages": num_stages}
+        # (max_extend_len, batch) -> (BLOCK_M, launch kwargs): the tile choice, once per shape
+        self._tiles: dict[tuple[int, int], tuple[int, dict]] = {}
         self.launcher = KernelLauncher(_extend_kernel)
+
+    def tile(self, max_extend_len: int, batch: int) -> tuple[int, dict]:
+        """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
+        key = (max_extend_len, batch)
+        chosen = self._tiles.get(key)
+        if chosen is None:
+            block_m, warps = choose_tile(self.head_dim, self.num_heads, max_extend_len, batch,
+                                         self.sm_count)
+            if self.block_m is not None:
+                block_m, warps = self.block_m, dict(extend_tiles(self.head_dim)).get(
+                    self.block_m, 4)
+            warps = self.num_warps or warps
+            chosen = (block_m, {**self._base_kwargs, "BLOCK_M": block_m, "num_warps": warps})
+            self._tiles[key] = chosen
+        return chosen
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
                  extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int,
@@ -239,11 +298,12 @@ class ExtendAttention:
         if variant is None:
             variant = metadata_variant(req_pool_indices, prefix_lens, extend_lens, extend_starts,
                                        new_loc)
-        grid = (self.num_heads, triton.cdiv(max_extend_len, self.block_m), batch)
-        self.launcher(variant, grid,
+        block_m, kwargs = self.tile(max_extend_len, batch)
+        grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
+        self.launcher((variant, block_m), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
                        *self._scale_strides, *self._new, new_loc, *self._new_strides),
-                      self._kwargs)
+                      kwargs)
 
 
 def extend_attention(
