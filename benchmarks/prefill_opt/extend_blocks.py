@@ -68,7 +68,7 @@ def main() -> None:
             default = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5, k_new=k,
                                       v_new=v)
             row["us"]["auto"] = time_us(functools.partial(default, *meta, n, loc))
-            row["auto_tile"] = default.tile(n, 1)[0]
+            row["auto_tile"] = default.tile(n)[0]
             best = min(row["us"], key=row["us"].get)
             print(model, n, "best", best, row["us"][best], json.dumps(row["us"]), flush=True)
             rows.append(row)

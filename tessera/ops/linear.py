@@ -11,8 +11,8 @@ cuBLAS's M = 1 kernels were measured 1.1-3.8x slower than that stream on qwen3-0
 H200, bench latency, decode graphs, bf16 (benchmarks/results/2026-11-23_h200_s2_decode_gemv_*): a
 bs=1 step of qwen3-0.6b 1.53 -> 1.37 ms, llama3-8b 4.79 -> 4.66 ms; bs=32 unchanged (F.linear).
 At 2..16 rows (short prefills, small decode batches) the weights are still streamed once, and
-cuBLAS splits K with an extra reduction kernel for the narrow projections; those inputs take the
-skinny GEMM (tessera.ops.triton.skinny_gemm, figures there).
+cuBLAS splits K with an extra reduction kernel for the narrow projections (N <= 4096); those take
+the skinny GEMM (tessera.ops.triton.skinny_gemm, figures there).
 
 The engine picks the backend once (`--linear-backend`, auto: triton on CUDA with Triton; the
 ModelRunner calls `set_one_row_backend`). Our kernels are used only when all of these hold,
@@ -20,7 +20,7 @@ otherwise this is exactly F.linear:
   * the backend is "triton";
   * x is 2-D with unit stride along K (one row: contiguous), on a CUDA device, with Triton;
   * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous;
-  * one row (the GEMV) or 2..MAX_ROWS rows (the skinny GEMM).
+  * one row (the GEMV), or 2..MAX_ROWS rows and at most MAX_FEATURES outputs (the skinny GEMM).
 Under torch.compile tracing (the piecewise graphs' pieces) the row count is the dynamic token
 count: testing it here would add a guard, so the traced graph calls tessera::few_row_linear,
 which makes the same choice when it runs.
@@ -41,7 +41,10 @@ if TYPE_CHECKING:
     from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
-MAX_ROWS = 16  # the most rows the skinny GEMM takes (H200 sweep: ops/triton/skinny_gemm.py)
+# the skinny GEMM's inputs: at most this many rows, and weights of at most this many output
+# features (wider ones stream as fast through cuBLAS; H200 sweep: ops/triton/skinny_gemm.py)
+MAX_ROWS = 16
+MAX_FEATURES = 4096
 _BACKENDS = ("triton", "torch")
 _backend = "triton"  # process-wide, like the kernels it selects; the ModelRunner sets it
 
@@ -79,8 +82,8 @@ def use_skinny(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     GEMM."""
     if torch.compiler.is_compiling():
         return False
-    return (x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and _eligible(x, weight, bias)
-            and triton_available())
+    return (x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and weight.shape[0] <= MAX_FEATURES
+            and _eligible(x, weight, bias) and triton_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,

@@ -239,10 +239,12 @@ def test_decode_fused_rope_equals_rotary_then_attention(group: int, head_dim: in
                                atol=_tol(dtype), rtol=0)
     for name in ("k_buffers", "v_buffers"):
         got, ref = getattr(case.triton.kv_pool, name)[0], getattr(case.reference.kv_pool, name)[0]
-        if dtype == torch.float32 and HAS_CUDA:
-            # compiled, x1 * cos - x2 * sin may contract into an FMA: 1 ulp apart in float32
-            # (in 16-bit dtypes the final rounding hides it; the interpreter does not contract)
-            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+        if HAS_CUDA:
+            # compiled, x1 * cos - x2 * sin may contract into an FMA: 1 ulp apart in float32,
+            # which the 16-bit rounding mostly hides but can tip across a rounding boundary (1
+            # ulp of the 16-bit type; the interpreter does not contract: bit for bit there)
+            tol = 1e-6 if dtype == torch.float32 else torch.finfo(dtype).eps
+            torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
         else:
             assert torch.equal(got, ref), name
 
@@ -274,23 +276,22 @@ def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool
 
 
 def test_extend_tile_choice() -> None:
-    """The largest query tile that still gives a wave of programs; else the smallest."""
+    """A quarter of the longest request's new tokens, between 16 rows and the largest tile."""
     from tessera.attention.triton_ops.extend_attention import choose_tile, extend_tiles
 
-    assert extend_tiles(128) == [(128, 8), (64, 4), (32, 4), (16, 4)]
+    assert extend_tiles(128) == [(128, 8), (64, 8), (32, 8), (16, 8)]
     assert extend_tiles(256)[0] == (64, 8) and extend_tiles(64)[0] == (128, 4)
-    # llama3-8b (32 heads) on 132 SMs: 1024 tokens keep 128 rows; 256 -> 32; 16 -> 16
-    assert choose_tile(128, 32, 1024, 1, 132) == (128, 8)
-    assert choose_tile(128, 32, 256, 1, 132) == (32, 4)
-    assert choose_tile(128, 32, 16, 1, 132) == (16, 4)
-    # many requests fill the GPU with big tiles
-    assert choose_tile(128, 32, 100, 8, 132) == (128, 8)
+    assert [choose_tile(128, n)[0] for n in (1, 16, 64, 100, 256, 1024, 8192)] == [
+        16, 16, 16, 32, 64, 128, 128]
+    assert choose_tile(256, 8192) == (64, 8) and choose_tile(64, 40) == (16, 4)
 
 
-@pytest.mark.parametrize("prefix_lens,extend_lens", [([0], [16]), ([5], [60]), ([0, 45, 3], [70, 33, 1])])
-def test_extend_auto_tile_matches_reference(prefix_lens: list[int], extend_lens: list[int]) -> None:
-    """Whatever tile the grid picks (16 rows for one short request, bigger for more work), the
-    output and the stored K/V equal the reference; one ExtendAttention keeps a tile per shape."""
+@pytest.mark.parametrize("prefix_lens,extend_lens",
+                         [([0], [16]), ([5], [60]), ([0, 45, 3], [70, 33, 1])])
+def test_extend_auto_tile_matches_reference(prefix_lens: list[int],
+                                            extend_lens: list[int]) -> None:
+    """Whatever tile the longest request picks, the output and the stored K/V equal the
+    reference."""
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
     case = Case(prefix_lens, extend_lens, num_kv_heads=2, group=4, head_dim=64,
@@ -301,11 +302,9 @@ def test_extend_auto_tile_matches_reference(prefix_lens: list[int], extend_lens:
     loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
     launch = ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], out,
                              case.table.req_to_token, case.scaling, k_new=case.k, v_new=case.v)
-    launch.sm_count = 64  # a small GPU: the tile changes with the batch here
     launch(fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
            fb.max_extend_len, loc)
-    block_m, _ = launch.tile(fb.max_extend_len, len(extend_lens))
-    assert block_m == (16 if len(extend_lens) == 1 else 32), block_m
+    assert launch.tile(fb.max_extend_len)[0] == {16: 16, 60: 16, 70: 32}[fb.max_extend_len]
     torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
     for name in ("k_buffers", "v_buffers"):
         assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])

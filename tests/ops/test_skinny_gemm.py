@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from tessera.ops import custom_ops, linear
-from tessera.ops.linear import MAX_ROWS, one_row_backend, set_one_row_backend, use_skinny
+from tessera.ops.linear import (
+    MAX_FEATURES,
+    MAX_ROWS,
+    one_row_backend,
+    set_one_row_backend,
+    use_skinny,
+)
 
 
 def _rel_err(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> float:
@@ -103,6 +109,8 @@ SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072), (6144, 4096),
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gpu_skinny_gemm_matches_cublas(n, k):
+    """Every llama3-8b / qwen3-0.6b linear shape: the kernel within bf16 rounding of cuBLAS;
+    `linear` takes it for the narrow ones (N <= MAX_FEATURES) and cuBLAS for the wide ones."""
     from tessera.ops.triton.skinny_gemm import skinny_gemm
 
     torch.manual_seed(n + k)
@@ -110,15 +118,15 @@ def test_gpu_skinny_gemm_matches_cublas(n, k):
     b = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     for m in (2, 5, 16):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        assert use_skinny(x, w, b)
+        assert use_skinny(x, w, b) == (n <= MAX_FEATURES)
         for bias in (None, b):
-            got = linear(x, w, bias)
+            got = skinny_gemm(x, w, bias)
             want = F.linear(x, w, bias)
             assert got.shape == want.shape and got.dtype == torch.bfloat16
             assert _rel_err(got, x, w, bias) < 1e-2  # bf16 output rounding, like cuBLAS's
             assert float((got.float() - want.float()).abs().max()) <= 0.02 * float(
                 want.float().abs().max()) + 1e-2
-            assert torch.equal(got, skinny_gemm(x, w, bias))
+            assert torch.equal(linear(x, w, bias), got if n <= MAX_FEATURES else want)
     assert not use_skinny(torch.randn(MAX_ROWS + 1, k, device="cuda", dtype=torch.bfloat16), w)
     set_one_row_backend("torch")  # --linear-backend torch: cuBLAS throughout
     x = torch.randn(4, k, device="cuda", dtype=torch.bfloat16)
@@ -139,10 +147,14 @@ def test_gpu_compiled_linear_is_one_trace_choosing_per_size():
         return linear(x, w) * 2
 
     compiled = torch.compile(f, backend="eager", dynamic=True)
-    for m in (3, 1, 9, 16, 17, 300):
+    # row counts >= 2 (torch specialises 0 and 1): the skinny GEMM up to 16, cuBLAS above
+    for m in (3, 9, 16, 17, 300):
         x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
         assert torch.equal(compiled(x), f(x)), m
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    # the op itself at one row: the GEMV, as `linear` eagerly
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(torch.ops.tessera.few_row_linear(x, w, None), linear(x, w))
 
 
 @pytest.mark.gpu

@@ -15,13 +15,11 @@ prefix and the new keys before the tile read from different places):
   * positions < prefix + first query of the tile: visible to every row of the tile, no causal mask;
   * the diagonal stretch up to the tile's last query: causal mask kpos <= qpos.
 Heads are the fastest grid axis so the programs of one GQA group run together and reuse the same
-K/V tiles from L2. BLOCK_M is chosen per launch from the grid it gives (`choose_tile`): 128 rows
-where that still makes a wave of programs, smaller tiles for short prefills (a 16-token prefill
-of llama3-8b is 32 programs whatever the tile, so 16 rows of work each rather than 128).
+K/V tiles from L2. BLOCK_M is chosen per launch from the longest request (`choose_tile`): 128
+rows for long prefills, smaller tiles for short ones (a 16-token prefill of llama3-8b is 32
+programs whatever the tile: 16 rows of work each rather than 128).
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
@@ -179,7 +177,7 @@ def _extend_kernel(
 
 
 def extend_config(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size when the grid is large enough;
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size, at the largest query tile;
     sized for H100/H200-class shared memory (the K and V tiles of every pipeline stage plus the Q
     tile must fit)."""
     if head_dim <= 64:
@@ -189,40 +187,25 @@ def extend_config(head_dim: int) -> tuple[int, int, int, int]:
     return 64, 32, 8, 2
 
 
-# A grid of fewer programs than this times the SM count leaves SMs idle: smaller query tiles
-# then (more programs, and under the causal mask less wasted work per program).
-MIN_PROGRAMS_PER_SM = 1.0
-
-
 def extend_tiles(head_dim: int) -> list[tuple[int, int]]:
     """The (BLOCK_M, num_warps) choices for a head size, largest tile first."""
     block_m, _, warps, _ = extend_config(head_dim)
     tiles = [(block_m, warps)]
     while block_m > 16:
         block_m //= 2
-        tiles.append((block_m, 4))
+        tiles.append((block_m, warps))
     return tiles
 
 
-def choose_tile(head_dim: int, num_heads: int, max_extend_len: int, batch: int,
-                sm_count: int) -> tuple[int, int]:
-    """(BLOCK_M, num_warps) for one launch: the largest query tile whose grid still fills the
-    GPU (MIN_PROGRAMS_PER_SM), else the smallest (a 16-token prefill of one request has 1 tile
-    per head whatever its size: 16 rows is the least work). H200 sweep, inside CUDA graphs:
-    benchmarks/prefill_opt/extend_blocks.py."""
+def choose_tile(head_dim: int, max_extend_len: int) -> tuple[int, int]:
+    """(BLOCK_M, num_warps) for one launch: about a quarter of the longest request's new tokens,
+    between 16 and the head size's largest tile. H200, bf16, d 128, one request, inside CUDA
+    graphs (benchmarks/results/2026-11-23_h200_s6_extend_blocks.json): 16 and 64 tokens are
+    fastest with 16-row tiles, 256 with 64, 1024 with 128 (llama3-8b 16 tokens 7.5 -> 4.7 us,
+    256 tokens 14.0 -> 10.7 us against the fixed 128-row tile); 8 warps throughout."""
+    target = max(16, triton.next_power_of_2(max(max_extend_len, 1)) // 4)
     tiles = extend_tiles(head_dim)
-    for block_m, warps in tiles:
-        programs = num_heads * triton.cdiv(max_extend_len, block_m) * batch
-        if programs >= MIN_PROGRAMS_PER_SM * sm_count:
-            return block_m, warps
-    return tiles[-1]
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # interpreter/CPU runs: an H100/H200-sized GPU, so tests take the same paths
+    return next((t for t in tiles if t[0] <= target), tiles[-1])
 
 
 class ExtendAttention:
@@ -253,7 +236,6 @@ class ExtendAttention:
         self.head_dim = head_dim
         # block_m / num_warps given: that tile for every launch (tests, sweeps); else by grid
         self.block_m, self.num_warps = block_m, num_warps
-        self.sm_count = _sm_count(q.device)
         self._head = (q, k_cache, v_cache, out, req_to_token)
         self._scale_strides = (
             scaling * _LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -266,23 +248,21 @@ class ExtendAttention:
             "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": block_n or cfg_n,
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
             "NEW_KV": self.new_kv, "num_stages": num_stages}
-        # (max_extend_len, batch) -> (BLOCK_M, launch kwargs): the tile choice, once per shape
-        self._tiles: dict[tuple[int, int], tuple[int, dict]] = {}
+        # max_extend_len -> (BLOCK_M, launch kwargs): the tile choice, once per length
+        self._tiles: dict[int, tuple[int, dict]] = {}
         self.launcher = KernelLauncher(_extend_kernel)
 
-    def tile(self, max_extend_len: int, batch: int) -> tuple[int, dict]:
+    def tile(self, max_extend_len: int) -> tuple[int, dict]:
         """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
-        key = (max_extend_len, batch)
-        chosen = self._tiles.get(key)
+        chosen = self._tiles.get(max_extend_len)
         if chosen is None:
-            block_m, warps = choose_tile(self.head_dim, self.num_heads, max_extend_len, batch,
-                                         self.sm_count)
+            block_m, warps = choose_tile(self.head_dim, max_extend_len)
             if self.block_m is not None:
                 block_m, warps = self.block_m, dict(extend_tiles(self.head_dim)).get(
                     self.block_m, 4)
             warps = self.num_warps or warps
             chosen = (block_m, {**self._base_kwargs, "BLOCK_M": block_m, "num_warps": warps})
-            self._tiles[key] = chosen
+            self._tiles[max_extend_len] = chosen
         return chosen
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
@@ -298,7 +278,7 @@ class ExtendAttention:
         if variant is None:
             variant = metadata_variant(req_pool_indices, prefix_lens, extend_lens, extend_starts,
                                        new_loc)
-        block_m, kwargs = self.tile(max_extend_len, batch)
+        block_m, kwargs = self.tile(max_extend_len)
         grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
         self.launcher((variant, block_m), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,

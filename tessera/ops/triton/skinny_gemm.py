@@ -1,17 +1,21 @@
-"""y = x @ W.T (+ b) for a FEW rows of x (2..16 or so): a weight stream, like the GEMV.
+"""y = x @ W.T (+ b) for a FEW rows of x (2..16): a weight stream, like the GEMV.
 
 A prefill of 16 tokens, or a decode batch of a few requests, multiplies every weight matrix by a
-handful of rows: the time is the weight's bytes over memory bandwidth, as at one row. cuBLAS's
-kernels for these shapes tile the output 128 (or 64) features wide, which leaves llama3-8b's
-4096-wide projections too few tiles for 132 SMs, so it splits K and adds a reduction kernel (H200,
-N=16 prefill, `benchmarks/results/2026-11-23_h200_s5_profile_prefill_llama3-8b.json`: o_proj
-11.0 us + 1.9 us reduce for 33.5 MB, 2.6 TB/s; qkv 15.9 us for 50 MB, 3.2 TB/s).
+handful of rows: the time is the weight's bytes over memory bandwidth, as at one row. For the
+narrow projections (N <= 4096) cuBLAS's kernels tile the output 64-128 features wide, which leaves
+too few tiles for 132 SMs, so they split K and add a reduction kernel (H200, llama3-8b 16-token
+prefill: o_proj 11.0 us + 1.9 us reduce for 33.5 MB, 2.6 TB/s;
+benchmarks/results/2026-11-23_h200_s5_profile_prefill_llama3-8b.json).
 
-Here a program owns BLOCK_N output features for all rows (BLOCK_M >= the row count, at least 16
-for the tensor-core dot): it streams its [BLOCK_N, K] strip of W in [BLOCK_N, BLOCK_K] tiles and
-accumulates `x_tile @ w_tile.T` in a float32 [BLOCK_M, BLOCK_N] tile. Narrow strips give enough
-programs without splitting K, so there is no second kernel. `skinny_config` holds the H200
-sweep's choice (benchmarks/prefill_opt/skinny_gemm.py).
+Here a program owns BLOCK_N output features for 16 rows (the smallest tensor-core tile): it
+streams its [BLOCK_N, K] strip of W in [BLOCK_N, BLOCK_K] tiles and accumulates
+`x_tile @ w_tile.T` in a float32 [16, BLOCK_N] tile. Narrow strips give enough programs without
+splitting K: one kernel. H200, bf16, inside CUDA graphs over weight copies that defeat L2, PDL on
+(`benchmarks/prefill_opt/skinny_gemm.py`, `..._s6_skinny_gemm.json`), 16 rows, cuBLAS -> this:
+llama3-8b o_proj 13.5 -> 11.8 us, down 32.4 -> 31.2; qwen3-0.6b o_proj 5.9 -> 5.5, down 7.7 ->
+6.8, qkv 5.3 -> 5.2 (and o_proj at 2-4 rows 8.3-13.0 -> 5.4). The wide projections (gate_up,
+llama3-8b's qkv) are no faster here than cuBLAS (57.9 vs 57.0 us at 16 rows): they keep cuBLAS
+(tessera.ops.linear.MAX_FEATURES).
 
 With PDL (tessera.ops.triton.pdl) the program loads its first weight tile before waiting for the
 previous kernel, and lets its dependent launch after its weight loop, as the GEMV does.
@@ -75,14 +79,14 @@ class SkinnyConfig:
 
 
 def skinny_config(n: int, k: int) -> SkinnyConfig:
-    """Tile config by weight shape [N, K] (see the module docstring for where it comes from):
-    narrow strips when N is small, so that a launch still has >= ~2 programs per SM."""
-    if n <= 4096:
-        cfg = SkinnyConfig(16, 512, 4, 4)
-    elif n <= 16384:
-        cfg = SkinnyConfig(32, 256, 4, 4)
-    else:
-        cfg = SkinnyConfig(64, 128, 4, 4)
+    """Tile config by weight shape [N, K]: the H200 sweep's winners at 16 rows
+    (benchmarks/results/2026-11-23_h200_s6_skinny_gemm.json; 5 pipeline stages throughout)."""
+    if k >= 4096:  # llama3-8b's o_proj / down: 32-wide strips, 256-deep tiles
+        cfg = SkinnyConfig(32, 256, 4, 5)
+    elif n >= 4096:  # short rows, many features (qwen3-0.6b's qkv)
+        cfg = SkinnyConfig(32, 128, 4, 5)
+    else:  # short rows, few features (qwen3-0.6b's o_proj / down)
+        cfg = SkinnyConfig(16, 256, 4, 5)
     block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
     return dataclasses.replace(cfg, block_k=block_k)
 
@@ -91,7 +95,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 config: SkinnyConfig | None = None) -> torch.Tensor:
     """x [M, K] (unit stride along K), weight [N, K] (contiguous rows), bias [N] -> y [M, N] in
     x's dtype, accumulated in float32. Meant for a few rows (tessera.ops.linear.MAX_ROWS); more
-    rows tile 64 per program row of the grid (correct, but then cuBLAS is the better kernel)."""
+    rows take 16 per program row of the grid (correct, but then cuBLAS is the better kernel)."""
     assert x.dim() == 2 and x.shape[1] == weight.shape[1], (x.shape, weight.shape)
     assert x.stride(1) == 1 and weight.stride(1) == 1, "K must be the contiguous dimension"
     m, k = x.shape
@@ -102,7 +106,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand_as(y))
     config = config or skinny_config(n, k)
-    block_m = max(16, min(64, triton.next_power_of_2(m)))
+    block_m = 16  # the smallest tensor-core tile; more rows: more program rows in the grid
     pdl = use_pdl(x.device)
     _skinny_gemm_kernel[(triton.cdiv(n, config.block_n), triton.cdiv(m, block_m))](
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0),
