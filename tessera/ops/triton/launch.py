@@ -97,11 +97,21 @@ class KernelLauncher:
 
         kernel_cache, key_cache, _, _, binder = self.fn.device_caches[
             driver.active.get_current_device()]
-        _, specialization, options = binder(*args, **kwargs)
+        _, specialization, options = binder(*args, **_as_jit_run(self.fn, kwargs))
         chosen = kernel_cache.get(compute_cache_key(key_cache, specialization, options))
         if chosen is not kernel:
             raise AssertionError(f"{self.fn.__name__}: the variant key does not determine the "
                                  f"kernel's specialisation {specialization}")
+
+
+def _as_jit_run(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kwargs as `JITFunction.run` completes them before it binds (its cache key hashes them)."""
+    try:
+        from triton import knobs
+    except ImportError:  # older Triton: run adds nothing
+        return kwargs
+    return {**kwargs, "debug": kwargs.get("debug", fn.debug) or knobs.runtime.debug,
+            "instrumentation_mode": knobs.compilation.instrumentation_mode}
 
 
 def metadata_variant(*tensors: Any) -> tuple:
