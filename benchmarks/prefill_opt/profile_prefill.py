@@ -30,10 +30,11 @@ def main() -> None:
     parser.add_argument("--no-skinny", action="store_true",
                         help="few-row linear layers through cuBLAS (A/B of the skinny GEMM)")
     args = parser.parse_args()
-    if args.no_skinny:
-        import tessera.ops.linear as linear_module
+    import tessera.ops.linear  # noqa: F401  (in sys.modules below)
 
-        linear_module.MAX_ROWS = 0  # read when each linear runs: the skinny GEMM is never taken
+    if args.no_skinny:
+        # the module (tessera.ops.linear the attribute is the function of that name)
+        sys.modules["tessera.ops.linear"].MAX_ROWS = 0  # read when each linear runs: the skinny GEMM is never taken
     from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
     runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
