@@ -5,7 +5,6 @@ weights, real shapes): the forward's device time (events) and host time, then to
 device time per forward of every kernel name, largest first.
 
     python benchmarks/prefill_opt/profile_prefill.py --model qwen3-0.6b --tokens 256 --out p.json
-    (--no-skinny: few-row linear layers through cuBLAS, for an A/B of the skinny GEMM)
 """
 from __future__ import annotations
 
@@ -27,19 +26,11 @@ def main() -> None:
     parser.add_argument("--model", default="qwen3-0.6b")
     parser.add_argument("--tokens", type=int, nargs="+", default=[256])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--no-skinny", action="store_true",
-                        help="few-row linear layers through cuBLAS (A/B of the skinny GEMM)")
     args = parser.parse_args()
-    import tessera.ops.linear  # noqa: F401  (in sys.modules below)
-
-    if args.no_skinny:
-        # the module (tessera.ops.linear the attribute is the function of that name)
-        sys.modules["tessera.ops.linear"].MAX_ROWS = 0  # read when each linear runs: the skinny GEMM is never taken
     from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
     runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
-    result: dict = {"model": args.model, "device": torch.cuda.get_device_name(),
-                    "skinny_gemm": not args.no_skinny, "cases": []}
+    result: dict = {"model": args.model, "device": torch.cuda.get_device_name(), "cases": []}
     for n in args.tokens:
         timed = time_prefill(runner, n, warmup=5, repeat=20)
         row = runner.req_to_token_pool.alloc()

@@ -1,4 +1,4 @@
-"""linear(x, weight, bias): F.linear, except few-row inputs on CUDA run our Triton kernels.
+"""linear(x, weight, bias): F.linear, except a one-row input on CUDA runs the Triton GEMV.
 
 Also here, for the decoder layers: `norm_linear` (an RMSNorm, with the residual add, feeding a
 linear layer) and `silu_mul_linear` (SiLU·mul feeding a linear layer). For a one-row input that
@@ -8,22 +8,18 @@ tessera.ops.triton.gemv); otherwise they are exactly the two modules called one 
 A bs=1 decode step is ~4 linear layers per decoder layer at M = 1, each a pure weight stream.
 cuBLAS's M = 1 kernels were measured 1.1-3.8x slower than that stream on qwen3-0.6b's shapes and
 1.03-1.27x on llama3-8b's (H200, tessera.ops.triton.gemv), so one-row inputs take the GEMV.
-H200, bench latency, decode graphs, bf16 (benchmarks/results/2026-11-23_h200_s2_decode_gemv_*): a
-bs=1 step of qwen3-0.6b 1.53 -> 1.37 ms, llama3-8b 4.79 -> 4.66 ms; bs=32 unchanged (F.linear).
-At 2..16 rows (short prefills, small decode batches) the weights are still streamed once, and
-cuBLAS splits K with an extra reduction kernel for the narrow projections (N <= 4096); those take
-the skinny GEMM (tessera.ops.triton.skinny_gemm, figures there).
 
+The linear layers' forward (tessera.layers.linear.LinearBase) and the LM head call this. H200,
+bench latency, decode graphs, bf16 (benchmarks/results/2026-11-23_h200_s2_decode_gemv_*): a bs=1
+step of qwen3-0.6b 1.53 -> 1.37 ms, llama3-8b 4.79 -> 4.66 ms; bs=32 unchanged (F.linear).
 The engine picks the backend once (`--linear-backend`, auto: triton on CUDA with Triton; the
-ModelRunner calls `set_one_row_backend`). Our kernels are used only when all of these hold,
-otherwise this is exactly F.linear:
+ModelRunner calls `set_one_row_backend`). The GEMV is used only when all of these hold, otherwise
+this is exactly F.linear:
   * the backend is "triton";
-  * x is 2-D with unit stride along K (one row: contiguous), on a CUDA device, with Triton;
-  * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous;
-  * one row (the GEMV), or 2..MAX_ROWS rows and at most MAX_FEATURES outputs (the skinny GEMM).
-Under torch.compile tracing (the piecewise graphs' pieces) the row count is the dynamic token
-count: testing it here would add a guard, so the traced graph calls tessera::few_row_linear,
-which makes the same choice when it runs.
+  * not under torch.compile tracing (the piecewise graphs keep their matmul; a shape test there
+    would also add a guard on the dynamic token count) -- decode CUDA graphs capture eagerly;
+  * x is [1, K] and contiguous, on a CUDA device, with Triton available;
+  * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous.
 """
 from __future__ import annotations
 
@@ -41,10 +37,6 @@ if TYPE_CHECKING:
     from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
-# the skinny GEMM's inputs: at most this many rows, and weights of at most this many output
-# features (wider ones stream as fast through cuBLAS; H200 sweep: ops/triton/skinny_gemm.py)
-MAX_ROWS = 16
-MAX_FEATURES = 4096
 _BACKENDS = ("triton", "torch")
 _backend = "triton"  # process-wide, like the kernels it selects; the ModelRunner sets it
 
@@ -61,43 +53,19 @@ def one_row_backend() -> str:
     return _backend
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Everything but the row count and Triton's presence (see the module docstring); nothing
-    here that torch.compile cannot trace."""
-    return (_backend == "triton" and x.dim() == 2 and x.device.type == "cuda"
-            and x.dtype in _GEMV_DTYPES and weight.dtype == x.dtype and weight.dim() == 2
-            and weight.stride(1) == 1 and x.stride(1) == 1
-            and (bias is None or bias.dtype == x.dtype))
-
-
 def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _backend != "triton":
         return False
-    return (x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous() and _eligible(x, weight, bias)
-            and triton_available())
-
-
-def use_skinny(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """1..MAX_ROWS rows outside tracing (one row: when the GEMV does not take it): the skinny
-    GEMM."""
-    if torch.compiler.is_compiling():
-        return False
-    return (x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and weight.shape[0] <= MAX_FEATURES
-            and _eligible(x, weight, bias) and triton_available())
+    return (x.dim() == 2 and x.shape[0] == 1 and x.device.type == "cuda"
+            and x.dtype in _GEMV_DTYPES and weight.dtype == x.dtype and weight.dim() == 2
+            and weight.stride(1) == 1 and x.is_contiguous()
+            and (bias is None or bias.dtype == x.dtype) and triton_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        if _eligible(x, weight, bias):  # the op checks for Triton when it runs
-            return torch.ops.tessera.few_row_linear(x, weight, bias)
-        return F.linear(x, weight, bias)
     if use_gemv(x, weight, bias):
         return torch.ops.tessera.gemv(x, weight, bias)
-    if use_skinny(x, weight, bias):
-        from tessera.ops.triton.skinny_gemm import skinny_gemm
-
-        return skinny_gemm(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -130,4 +98,4 @@ def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -
 
 
 __all__ = ["linear", "norm_linear", "one_row_backend", "set_one_row_backend", "silu_mul_linear",
-           "use_gemv", "use_skinny"]
+           "use_gemv"]
