@@ -6,7 +6,7 @@ the figure; the first version timed eager launches and hit a ~13 us host floor),
 replays. Cases are the prefill shapes of the benchmarks: qwen3-0.6b (16 q heads, 8 kv heads,
 d 128) and llama3-8b (32 / 8 / 128). "auto" is the tile `choose_tile` picks.
 
-    python benchmarks/prefill_opt/extend_blocks.py --out extend_blocks.json
+    python benchmarks/prefill_opt/extend_blocks.py [--key-tiles] --out extend_blocks.json
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def time_us(fn, calls: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
+    parser.add_argument("--key-tiles", action="store_true",
+                        help="also sweep BLOCK_N and num_stages around the likely query tiles")
     args = parser.parse_args()
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
@@ -69,6 +71,22 @@ def main() -> None:
                                       v_new=v)
             row["us"]["auto"] = time_us(functools.partial(default, *meta, n, loc))
             row["auto_tile"] = default.tile(n)[0]
+            if args.key_tiles:  # BLOCK_N and pipeline depth around the chosen query tiles
+                tiles = ([(16, 8)] if n <= 64 else [(64, 8), (32, 8), (64, 4)] if n <= 256
+                         else [(128, 8), (64, 4), (64, 8)])
+                for block_m, warps in tiles:
+                    for block_n in (32, 64, 128):
+                        for stages in (2, 3, 4):
+                            name = f"m{block_m}_w{warps}_n{block_n}_s{stages}"
+                            try:
+                                launch = ExtendAttention(
+                                    q, k_cache, v_cache, out, table, d ** -0.5, k_new=k,
+                                    v_new=v, block_m=block_m, block_n=block_n,
+                                    num_warps=warps, num_stages=stages)
+                                row["us"][name] = time_us(functools.partial(launch, *meta, n,
+                                                                            loc))
+                            except Exception as e:  # noqa: BLE001  (out of shared memory)
+                                row.setdefault("failed", {})[name] = repr(e)[:120]
             best = min(row["us"], key=row["us"].get)
             print(model, n, "best", best, row["us"][best], json.dumps(row["us"]), flush=True)
             rows.append(row)

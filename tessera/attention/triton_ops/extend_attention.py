@@ -222,7 +222,7 @@ class ExtendAttention:
                  out: torch.Tensor, req_to_token: torch.Tensor, scaling: float,
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
-                 num_warps: int | None = None) -> None:
+                 num_warps: int | None = None, num_stages: int | None = None) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
@@ -232,7 +232,7 @@ class ExtendAttention:
             assert t.stride(-1) == 1, "the last dimension must be contiguous"
         if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
             k_new = v_new = k_cache
-        _, cfg_n, _, num_stages = extend_config(head_dim)
+        _, cfg_n, _, cfg_stages = extend_config(head_dim)
         self.head_dim = head_dim
         # block_m / num_warps given: that tile for every launch (tests, sweeps); else by grid
         self.block_m, self.num_warps = block_m, num_warps
@@ -247,7 +247,7 @@ class ExtendAttention:
             "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
             "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": block_n or cfg_n,
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "NEW_KV": self.new_kv, "num_stages": num_stages}
+            "NEW_KV": self.new_kv, "num_stages": num_stages or cfg_stages}
         # max_extend_len -> (BLOCK_M, launch kwargs): the tile choice, once per length
         self._tiles: dict[int, tuple[int, dict]] = {}
         self.launcher = KernelLauncher(_extend_kernel)
