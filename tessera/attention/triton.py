@@ -89,6 +89,8 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     supports_decode_graph = True  # see the module docstring
     fuses_decode_rope = True  # the decode kernel rotates q and the new k itself
+    # layer 0's extend launch writes the new tokens' req_to_token entries (see the base class)
+    records_extend_slots = True
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:
@@ -186,8 +188,8 @@ class TritonAttentionBackend(AttentionBackend):
             num_rows = meta.num_real_tokens
             # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
             # read from k/v, the cached prefix through req_to_token)
-            ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v)(
-                *meta.launch_args, variant=meta.variant)
+            ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
+                            record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
@@ -197,7 +199,8 @@ class TritonAttentionBackend(AttentionBackend):
         launcher call (see tessera.ops.triton.launch); decode batches go through forward."""
         launch = ExtendAttention(q, self.kv_pool.k_buffers[layer_id],
                                  self.kv_pool.v_buffers[layer_id], out,
-                                 self.req_to_token_pool.req_to_token, scaling, k_new=k, v_new=v)
+                                 self.req_to_token_pool.req_to_token, scaling, k_new=k, v_new=v,
+                                 record_slots=layer_id == 0)
         rows = out.shape[0]
 
         def run(forward_batch: ForwardBatch) -> None:

@@ -279,11 +279,12 @@ def test_extend_tile_choice() -> None:
     """A quarter of the longest request's new tokens, between 16 rows and the largest tile."""
     from tessera.attention.triton_ops.extend_attention import choose_tile, extend_tiles
 
-    assert extend_tiles(128) == [(128, 8), (64, 8), (32, 8), (16, 8)]
-    assert extend_tiles(256)[0] == (64, 8) and extend_tiles(64)[0] == (128, 4)
+    assert [t[0] for t in extend_tiles(128)] == [128, 64, 32, 16]
+    assert extend_tiles(256)[0][0] == 64 and extend_tiles(64)[0][:3] == (128, 64, 4)
     assert [choose_tile(128, n)[0] for n in (1, 16, 64, 100, 256, 1024, 8192)] == [
         16, 16, 16, 32, 64, 128, 128]
-    assert choose_tile(256, 8192) == (64, 8) and choose_tile(64, 40) == (16, 4)
+    assert choose_tile(128, 16) == (16, 32, 8, 2)  # the H200 sweep's small-tile settings
+    assert choose_tile(256, 8192)[0] == 64 and choose_tile(64, 40)[0] == 16
 
 
 @pytest.mark.parametrize("prefix_lens,extend_lens",
@@ -308,6 +309,35 @@ def test_extend_auto_tile_matches_reference(prefix_lens: list[int],
     torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
     for name in ("k_buffers", "v_buffers"):
         assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
+
+
+def test_extend_records_the_new_slots_in_req_to_token() -> None:
+    """records_extend_slots: layer 0's extend launch writes req_to_token[row, prefix + i] for
+    every new token (what ModelRunner.record_slots does), leaving the rest of the table alone;
+    without record_slots the launch writes nothing there."""
+    from tessera.attention.triton_ops.extend_attention import ExtendAttention
+
+    assert TritonAttentionBackend.records_extend_slots
+    case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=2, group=2, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=3)
+    table = case.table.req_to_token
+    want_table = table.clone()
+    fb = case.batch
+    for row, p, e in zip(fb.req_pool_indices.tolist(), fb.extend_prefix_lens.tolist(),
+                         fb.extend_seq_lens.tolist()):
+        table[row, p:p + e] = 0  # as the scheduler leaves them: allocated, not written down
+    wiped = table.clone()
+    kv = case.triton.kv_pool
+    loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
+    ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], torch.zeros_like(case.q), table,
+                    case.scaling, k_new=case.k, v_new=case.v)(
+        fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
+        fb.max_extend_len, loc)
+    assert torch.equal(table, wiped)
+    got = case.run(case.triton)  # the backend at layer 0
+    assert torch.equal(table, want_table)
+    want = case.run(case.reference)
+    torch.testing.assert_close(got[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
 
 
 def test_extend_new_kv_from_strided_views() -> None:

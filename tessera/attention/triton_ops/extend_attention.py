@@ -96,12 +96,16 @@ def _extend_kernel(
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
+    RECORD_SLOTS: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
     NEW_KV: the new tokens' K/V are not in the cache yet. They are read from k_new/v_new (token
     rows, like q), and the first query head of each KV head stores its tile's rows into the cache
-    at new_loc: no program of this launch reads them from the cache, so no ordering is needed."""
+    at new_loc: no program of this launch reads them from the cache, so no ordering is needed.
+    RECORD_SLOTS (with NEW_KV): the programs of query head 0 also write the new tokens' slots
+    into the request's req_to_token row (positions prefix..prefix + extend_len - 1); this launch
+    reads that row only below the prefix."""
     head = tl.program_id(0)
     # last query tiles first: under the causal mask they see the most keys, so starting them
     # early shortens the tail of the launch
@@ -143,6 +147,10 @@ def _extend_kernel(
                      + offs_d[None, :], kn.to(k_cache_ptr.dtype.element_ty), mask=kv_rows)
             tl.store(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
                      + offs_d[None, :], vn.to(v_cache_ptr.dtype.element_ty), mask=kv_rows)
+            if RECORD_SLOTS:
+                if head == 0:
+                    tl.store(req_to_token_ptr + row * stride_table + prefix + offs_m,
+                             slots.to(req_to_token_ptr.dtype.element_ty), mask=mask_m)
         # the cached prefix, then the new tokens before the tile (no mask), then the diagonal;
         # new token j of the request (position prefix + j) is row first_token + j of k_new/v_new
         new_row = first_token - prefix
@@ -180,29 +188,29 @@ def extend_config(head_dim: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size, at the largest query tile;
     sized for H100/H200-class shared memory (the K and V tiles of every pipeline stage plus the Q
     tile must fit)."""
+    return extend_tiles(head_dim)[0]
+
+
+def extend_tiles(head_dim: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) choices for a head size, largest query tile
+    first. d <= 128: from the H200 sweeps inside CUDA graphs
+    (benchmarks/results/2026-11-23_h200_s6_extend_key_tiles.json): 16-row tiles want 32-key
+    tiles and 2 stages (llama3-8b 16 tokens 4.8 -> 3.6 us), 64-row 2 stages (256 tokens 10.8 ->
+    10.4); 32 rows (not measured) takes the 16-row settings."""
     if head_dim <= 64:
-        return 128, 64, 4, 3
+        return [(128, 64, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)]
     if head_dim <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
+        return [(128, 64, 8, 3), (64, 64, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
+    return [(64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
 
 
-def extend_tiles(head_dim: int) -> list[tuple[int, int]]:
-    """The (BLOCK_M, num_warps) choices for a head size, largest tile first."""
-    block_m, _, warps, _ = extend_config(head_dim)
-    tiles = [(block_m, warps)]
-    while block_m > 16:
-        block_m //= 2
-        tiles.append((block_m, warps))
-    return tiles
-
-
-def choose_tile(head_dim: int, max_extend_len: int) -> tuple[int, int]:
-    """(BLOCK_M, num_warps) for one launch: about a quarter of the longest request's new tokens,
-    between 16 and the head size's largest tile. H200, bf16, d 128, one request, inside CUDA
-    graphs (benchmarks/results/2026-11-23_h200_s6_extend_blocks.json): 16 and 64 tokens are
-    fastest with 16-row tiles, 256 with 64, 1024 with 128 (llama3-8b 16 tokens 7.5 -> 4.7 us,
-    256 tokens 14.0 -> 10.7 us against the fixed 128-row tile); 8 warps throughout."""
+def choose_tile(head_dim: int, max_extend_len: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one launch: BLOCK_M about a quarter of the
+    longest request's new tokens, between 16 and the head size's largest tile. H200, bf16, d 128,
+    one request, inside CUDA graphs (benchmarks/results/2026-11-23_h200_s6_extend_blocks.json):
+    16 and 64 tokens are fastest with 16-row tiles, 256 with 64, 1024 with 128 (llama3-8b 16
+    tokens 7.5 -> 4.7 us, 256 tokens 14.0 -> 10.7 us against the fixed 128-row tile), 8 warps
+    throughout; then the key tile and pipeline depth of `extend_tiles`."""
     target = max(16, triton.next_power_of_2(max(max_extend_len, 1)) // 4)
     tiles = extend_tiles(head_dim)
     return next((t for t in tiles if t[0] <= target), tiles[-1])
@@ -222,20 +230,22 @@ class ExtendAttention:
                  out: torch.Tensor, req_to_token: torch.Tensor, scaling: float,
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
-                 num_warps: int | None = None, num_stages: int | None = None) -> None:
+                 num_warps: int | None = None, num_stages: int | None = None,
+                 record_slots: bool = False) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
         self.new_kv = k_new is not None
         assert self.new_kv == (v_new is not None), "k_new and v_new together"
+        assert self.new_kv or not record_slots, "recording slots needs k_new/v_new (new_loc)"
         for t in (q, k_cache, v_cache, out, req_to_token, *((k_new, v_new) if self.new_kv else ())):
             assert t.stride(-1) == 1, "the last dimension must be contiguous"
         if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
             k_new = v_new = k_cache
-        _, cfg_n, _, cfg_stages = extend_config(head_dim)
         self.head_dim = head_dim
-        # block_m / num_warps given: that tile for every launch (tests, sweeps); else by grid
-        self.block_m, self.num_warps = block_m, num_warps
+        # given: that setting for every launch (tests, sweeps); else by the request lengths
+        self.fixed = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
+                      "num_stages": num_stages}
         self._head = (q, k_cache, v_cache, out, req_to_token)
         self._scale_strides = (
             scaling * _LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -245,9 +255,9 @@ class ExtendAttention:
         self._new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
         self._base_kwargs = {
             "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
-            "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_N": block_n or cfg_n,
+            "BLOCK_D": triton.next_power_of_2(head_dim),
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "NEW_KV": self.new_kv, "num_stages": num_stages or cfg_stages}
+            "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         # max_extend_len -> (BLOCK_M, launch kwargs): the tile choice, once per length
         self._tiles: dict[int, tuple[int, dict]] = {}
         self.launcher = KernelLauncher(_extend_kernel)
@@ -256,12 +266,14 @@ class ExtendAttention:
         """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
         chosen = self._tiles.get(max_extend_len)
         if chosen is None:
-            block_m, warps = choose_tile(self.head_dim, max_extend_len)
-            if self.block_m is not None:
-                block_m, warps = self.block_m, dict(extend_tiles(self.head_dim)).get(
-                    self.block_m, 4)
-            warps = self.num_warps or warps
-            chosen = (block_m, {**self._base_kwargs, "BLOCK_M": block_m, "num_warps": warps})
+            block_m = self.fixed["BLOCK_M"] or choose_tile(self.head_dim, max_extend_len)[0]
+            # the other settings: those of that query tile, unless given
+            tile = next((t for t in extend_tiles(self.head_dim) if t[0] == block_m),
+                        (block_m, 32, 4, 2))
+            kwargs = {**self._base_kwargs, "BLOCK_M": block_m, "BLOCK_N": tile[1],
+                      "num_warps": tile[2], "num_stages": tile[3]}
+            kwargs.update({k: v for k, v in self.fixed.items() if v is not None})
+            chosen = (block_m, kwargs)
             self._tiles[max_extend_len] = chosen
         return chosen
 
@@ -292,6 +304,7 @@ def extend_attention(
     extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
     block_m: int | None = None, block_n: int | None = None, k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
+    record_slots: bool = False,
 ) -> None:
     """Causal attention of the new tokens of a batch over their cached prefix and themselves.
 
@@ -303,10 +316,12 @@ def extend_attention(
 
     With k_new/v_new [T, Hk, D] (any token/head strides) and new_loc [T]: the new tokens' K/V are
     NOT in the cache yet; this one launch stores them at new_loc (the real rows only) and attends
-    to them, instead of a store_kv launch before it.
+    to them, instead of a store_kv launch before it. With record_slots too, it also writes
+    req_to_token[row, prefix + i] = new_loc[token i] for every new token (what
+    ModelRunner.record_slots would do in a separate scatter before the forward).
     """
     assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
         "k_new, v_new, new_loc together")
     ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new, block_m,
-                    block_n)(req_pool_indices, prefix_lens, extend_lens, extend_starts,
+                    block_n, record_slots=record_slots)(req_pool_indices, prefix_lens, extend_lens, extend_starts,
                              max_extend_len, new_loc)
