@@ -147,7 +147,7 @@ def _extend_kernel(
                      + offs_d[None, :], kn.to(k_cache_ptr.dtype.element_ty), mask=kv_rows)
             tl.store(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
                      + offs_d[None, :], vn.to(v_cache_ptr.dtype.element_ty), mask=kv_rows)
-            if RECORD_SLOTS:
+            if RECORD_SLOTS:  # noqa: SIM102  (a constexpr test, then a runtime one)
                 if head == 0:
                     tl.store(req_to_token_ptr + row * stride_table + prefix + offs_m,
                              slots.to(req_to_token_ptr.dtype.element_ty), mask=mask_m)
