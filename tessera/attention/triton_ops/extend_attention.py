@@ -21,6 +21,8 @@ programs whatever the tile: 16 rows of work each rather than 128).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -204,6 +206,7 @@ def extend_tiles(head_dim: int) -> list[tuple[int, int, int, int]]:
     return [(64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
 
 
+@functools.lru_cache(maxsize=4096)  # a few us saved per launch; bounded, shared by all layers
 def choose_tile(head_dim: int, max_extend_len: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one launch: BLOCK_M about a quarter of the
     longest request's new tokens, between 16 and the head size's largest tile. H200, bf16, d 128,
@@ -258,24 +261,23 @@ class ExtendAttention:
             "BLOCK_D": triton.next_power_of_2(head_dim),
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
             "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
-        # max_extend_len -> (BLOCK_M, launch kwargs): the tile choice, once per length
-        self._tiles: dict[int, tuple[int, dict]] = {}
+        # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
+        self._kwargs_by_tile: dict[int, dict] = {}
         self.launcher = KernelLauncher(_extend_kernel)
 
     def tile(self, max_extend_len: int) -> tuple[int, dict]:
         """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
-        chosen = self._tiles.get(max_extend_len)
-        if chosen is None:
-            block_m = self.fixed["BLOCK_M"] or choose_tile(self.head_dim, max_extend_len)[0]
+        block_m = self.fixed["BLOCK_M"] or choose_tile(self.head_dim, max_extend_len)[0]
+        kwargs = self._kwargs_by_tile.get(block_m)
+        if kwargs is None:
             # the other settings: those of that query tile, unless given
             tile = next((t for t in extend_tiles(self.head_dim) if t[0] == block_m),
                         (block_m, 32, 4, 2))
             kwargs = {**self._base_kwargs, "BLOCK_M": block_m, "BLOCK_N": tile[1],
                       "num_warps": tile[2], "num_stages": tile[3]}
             kwargs.update({k: v for k, v in self.fixed.items() if v is not None})
-            chosen = (block_m, kwargs)
-            self._tiles[max_extend_len] = chosen
-        return chosen
+            self._kwargs_by_tile[block_m] = kwargs
+        return block_m, kwargs
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
                  extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int,
