@@ -24,8 +24,8 @@ class AttentionBackend(ABC):
     records_extend_slots: bool = False
     """True when forward() of an EXTEND batch at layer 0 also writes the new tokens' slots into
     req_to_token (req_to_token[row, prefix + i] = out_cache_loc[i]), as ModelRunner.record_slots
-    does: the piecewise graph runner then skips that separate scatter (three small kernels and
-    ~50 us of host before the first graph piece)."""
+    does: ModelRunner.forward then skips that separate scatter for extend batches (three small
+    kernels and ~50 us of host before the first graph piece)."""
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:

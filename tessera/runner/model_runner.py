@@ -121,10 +121,14 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
         """Records the new tokens' KV slots in req_to_token (see record_slots), then runs the
-        batch on the first graph runner that can take it, else eagerly."""
+        batch on the first graph runner that can take it, else eagerly. An EXTEND batch on a
+        backend whose layer-0 extend launch writes those entries (records_extend_slots) skips
+        record_slots on every path: graph replay, eager, and the piecewise runner's fallback."""
+        by_attention = (forward_batch.mode is ForwardMode.EXTEND
+                        and self.attn_backend.records_extend_slots)
         for runner in self.graph_runners:
             if runner.can_run(forward_batch):
-                if not runner.records_slots:
+                if not (runner.records_slots or by_attention):
                     self.record_slots(forward_batch)
                 hidden = runner.replay(forward_batch)
                 if runner.captures_logits:  # decode graphs end with the LM head (+ argmax)
@@ -134,7 +138,8 @@ class ModelRunner:
                                         else None, runner.greedy_tokens[:bs])
                 break
         else:
-            self.record_slots(forward_batch)
+            if not by_attention:
+                self.record_slots(forward_batch)
             hidden = self.forward_eager(forward_batch)
         return self.compute_logits(hidden, forward_batch)
 

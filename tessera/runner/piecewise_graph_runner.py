@@ -44,17 +44,13 @@ class PiecewiseGraphRunner:
     """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
 
     captures_logits = False  # replay gives hidden states; ModelRunner computes the logits
-    # whether the replay writes the new tokens' req_to_token entries itself (the attention
-    # backend's layer-0 extend launch does: records_extend_slots); else ModelRunner.record_slots
-    # writes them before the replay
-    records_slots = False
+    records_slots = False  # ModelRunner.forward has them written (see records_extend_slots)
 
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
         self.platform = model_runner.platform
         self.device = model_runner.device
         self.attn_backend = model_runner.attn_backend
-        self.records_slots = self.attn_backend.records_extend_slots
         config = model_runner.config
         self.use_graphs = self.platform.supports_piecewise_graph
         self.state = GraphCaptureState(self.platform, self.use_graphs)

@@ -267,12 +267,15 @@ class ExtendAttention:
 
     def tile(self, max_extend_len: int) -> tuple[int, dict]:
         """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
-        block_m = self.fixed["BLOCK_M"] or choose_tile(self.head_dim, max_extend_len)[0]
+        fixed_m = self.fixed["BLOCK_M"]
+        if fixed_m is None:
+            tile = choose_tile(self.head_dim, max_extend_len)
+        else:  # the settings of that query tile, unless given too
+            tile = next((t for t in extend_tiles(self.head_dim) if t[0] == fixed_m),
+                        (fixed_m, 32, 4, 2))
+        block_m = tile[0]
         kwargs = self._kwargs_by_tile.get(block_m)
         if kwargs is None:
-            # the other settings: those of that query tile, unless given
-            tile = next((t for t in extend_tiles(self.head_dim) if t[0] == block_m),
-                        (block_m, 32, 4, 2))
             kwargs = {**self._base_kwargs, "BLOCK_M": block_m, "BLOCK_N": tile[1],
                       "num_warps": tile[2], "num_stages": tile[3]}
             kwargs.update({k: v for k, v in self.fixed.items() if v is not None})
@@ -324,6 +327,6 @@ def extend_attention(
     """
     assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
         "k_new, v_new, new_loc together")
-    ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new, block_m,
-                    block_n, record_slots=record_slots)(req_pool_indices, prefix_lens, extend_lens, extend_starts,
-                             max_extend_len, new_loc)
+    launch = ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new,
+                             block_m, block_n, record_slots=record_slots)
+    launch(req_pool_indices, prefix_lens, extend_lens, extend_starts, max_extend_len, new_loc)
