@@ -149,6 +149,8 @@ class PiecewiseBackend:
             return None
         steps: list[Callable[[], Any]] = []
         graph_calls = []
+        lead = next((i for i, (piece, _, _) in enumerate(recorded) if piece.is_splitting),
+                    len(recorded))
         for piece, entry, args in recorded:
             if not piece.is_splitting:
                 captured = (entry.graphs.get(entry.token_count(args))
@@ -159,7 +161,7 @@ class PiecewiseBackend:
                 graph_calls.append((entry, captured, args))
             else:
                 steps.append(bind_call(entry, args))
-        return ReplayPlan(size, steps, output, graph_calls, self.state)
+        return ReplayPlan(size, steps, output, graph_calls, self.state, lead)
 
     def _compile_piece(self, piece: Piece) -> Callable[..., Any]:
         if self.compiler == "eager":

@@ -128,26 +128,40 @@ class ReplayPlan:
 
     def __init__(self, size: int, steps: list[Callable[[], Any]], output: Any,
                  graph_calls: list[tuple[PieceGraphs, _Captured, tuple]],
-                 state: GraphCaptureState) -> None:
+                 state: GraphCaptureState, lead: int = 0) -> None:
         self.size = size
         self.steps = steps
         self.output = output
         self.graph_calls = graph_calls  # (piece, its graph, the arguments it was recorded with)
         self.state = state
+        # the leading graph replays, before the first splitting op: they read only the static
+        # input buffers and parameters, so `start` may run them before the caller has worked
+        # out anything about the batch (its attention metadata, the forward context)
+        self.lead = lead
         self.replays = 0
 
     def __call__(self) -> Any:
+        self.start()
+        return self.finish()
+
+    def start(self) -> None:
+        """Launch the leading graph replays (see `lead`); `finish` runs the rest."""
         if self.state.check_addresses:
             for piece, captured, args in self.graph_calls:
                 piece._check_addresses(captured, args, self.size)
-        for step in self.steps:
+        for step in self.steps[:self.lead]:
+            step()
+
+    def finish(self) -> Any:
+        """The steps after `start`'s (splitting ops need the forward context); the output."""
+        for step in self.steps[self.lead:]:
             step()
         self.replays += 1
         return self.output
 
     def __repr__(self) -> str:
         return (f"ReplayPlan(size={self.size}, {len(self.graph_calls)} graphs, "
-                f"{len(self.steps) - len(self.graph_calls)} eager calls)")
+                f"{len(self.steps) - len(self.graph_calls)} eager calls, lead {self.lead})")
 
 
 def _addresses(args: tuple) -> list[int]:

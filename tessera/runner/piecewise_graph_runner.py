@@ -107,17 +107,25 @@ class PiecewiseGraphRunner:
                                                         forward_batch.out_cache_loc])
         if size > n:  # padding: token 0 at position 0, K/V into the dump slot 0
             torch._foreach_zero_([b[n:size] for b in buffers])
-        padded = self._padded_batch(forward_batch, size)
         if torch.is_inference_mode_enabled():  # ModelRunner.forward: already in it
-            hidden = self._run(padded, size)
+            hidden = self._forward(forward_batch, size)
         else:
             with torch.inference_mode():
-                hidden = self._run(padded, size)
+                hidden = self._forward(forward_batch, size)
         if hidden is None:  # Dynamo wanted to recompile: refused and logged by the monitor
             self.eager_fallbacks += 1
             return self.model_runner.forward_eager(forward_batch)
         self.replays += 1
         return hidden[:n]
+
+    def _forward(self, forward_batch: ForwardBatch, size: int) -> torch.Tensor | None:
+        # the first graph piece reads only the static buffers: launch it before the host works
+        # out the padded batch and the attention metadata, so the device starts on the forward
+        # while the host does that
+        plan = self._plan(size)
+        if plan is not None:
+            plan.start()
+        return self._run(self._padded_batch(forward_batch, size), size, plan)
 
     def _static_views(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         views = self._views.get(size)
@@ -139,16 +147,25 @@ class PiecewiseGraphRunner:
             self._static_views(size))
         return padded
 
+    def _plan(self, size: int) -> ReplayPlan | None:
+        """The replay plan of a captured size, while the input buffers are the ones it was
+        recorded with (it reads them at their captured addresses)."""
+        plan = self.plans.get(size)
+        if (plan is not None and self._plan_buffers is not None
+                and self.input_ids is self._plan_buffers[0]
+                and self.positions is self._plan_buffers[1]):
+            return plan
+        return None
+
     def _run(self, forward_batch: ForwardBatch, size: int,
-             use_plan: bool = True) -> torch.Tensor | None:
-        """In inference mode, as when traced (a grad-mode change would fail Dynamo's guards)."""
+             started: ReplayPlan | None = None) -> torch.Tensor | None:
+        """The forward through the split backbone, or the rest of a replay plan the caller
+        `start`ed. In inference mode, as when traced (a grad-mode change would fail Dynamo's
+        guards)."""
         self.attn_backend.init_forward_metadata(forward_batch)
         with set_forward_context(forward_batch, self.attn_backend):
-            plan = self.plans.get(size) if use_plan else None
-            if (plan is not None and self._plan_buffers is not None
-                    and self.input_ids is self._plan_buffers[0]
-                    and self.positions is self._plan_buffers[1]):
-                return plan()
+            if started is not None:
+                return started.finish()
             return self.backbone(forward_batch.input_ids, forward_batch.positions)
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -182,7 +199,7 @@ class PiecewiseGraphRunner:
         for size in sizes:
             batch = self._dummy_batch(size)
             plan = self.backend.build_replay_plan(
-                size, lambda batch=batch, size=size: self._run(batch, size, False))
+                size, lambda batch=batch, size=size: self._run(batch, size))
             if plan is None:
                 logger.warning("piecewise graph: no replay plan for %d tokens (a piece did not "
                                "replay a graph); that size runs through the split graph", size)

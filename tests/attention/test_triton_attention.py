@@ -460,13 +460,23 @@ def test_gpu_decode_bf16_long_contexts(group: int, head_dim: int) -> None:
 
 
 @gpu  # tests/conftest.py skips these without CUDA
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64), (8, 256)])
-def test_gpu_extend_bf16_mixes(group: int, head_dim: int) -> None:
-    prefix = [0, 0, 32768 - 1000, 4096, 1000, 7, 0]
-    extend = [4096, 1, 1000, 1, 300, 100, 7]
-    case = Case(prefix, extend, num_kv_heads=8 // group * 2, group=group, head_dim=head_dim,
-                dtype=torch.bfloat16, mode=ForwardMode.EXTEND, pad_rows=9)
-    case.check(atol=2e-2, rtol=2e-2)
+def test_gpu_extend_bf16_mixes(group: int, head_dim: int, pdl: bool) -> None:
+    """With programmatic dependent launch the extend kernel waits for its predecessors: same
+    results."""
+    from tessera.ops.triton import pdl as pdl_switch
+
+    pdl_switch.set_enabled(pdl)
+    try:
+        prefix = [0, 0, 32768 - 1000, 4096, 1000, 7, 0]
+        extend = [4096, 1, 1000, 1, 300, 100, 7]
+        case = Case(prefix, extend, num_kv_heads=8 // group * 2, group=group,
+                    head_dim=head_dim, dtype=torch.bfloat16, mode=ForwardMode.EXTEND,
+                    pad_rows=9)
+        case.check(atol=2e-2, rtol=2e-2)
+    finally:
+        pdl_switch.set_enabled(False)
 
 
 @gpu  # tests/conftest.py skips these without CUDA

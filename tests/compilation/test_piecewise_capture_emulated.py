@@ -119,8 +119,32 @@ def test_every_size_has_a_replay_plan_of_all_graphs_and_attention_calls(runner):
     assert sorted(pcg.plans) == pcg.capture_sizes
     for size, plan in pcg.plans.items():
         assert len(plan.graph_calls) == layers + 1 and len(plan.steps) == 2 * layers + 1
+        assert plan.lead == 1  # the pieces before the first attention: only the first
         assert [c for _, c, _ in plan.graph_calls] == [p.graphs[size]
                                                        for p in pcg.backend.graph_pieces]
+
+
+def test_first_piece_is_launched_before_the_attention_metadata(runner, monkeypatch):
+    """replay() starts the plan (the first piece's graph) before the host works out the batch's
+    attention metadata: the device has work while the host does that."""
+    pcg = pcg_of(runner)
+    batches = MixedBatches(runner)
+    batch = batches.mixed(6)
+    size = pcg.padded_size(6)
+    first = pcg.backend.graph_pieces[0].graphs[size].graph
+    seen = []
+    init = pcg.attn_backend.init_forward_metadata
+
+    def recording(forward_batch):
+        seen.append(first.replays)
+        init(forward_batch)
+
+    monkeypatch.setattr(pcg.attn_backend, "init_forward_metadata", recording)
+    before = first.replays
+    with torch.inference_mode():
+        pcg.replay(batch)
+    assert seen == [before + 1] and first.replays == before + 1
+    batches.free()
 
 
 def test_plan_direct_call_and_dynamo_give_the_same_logits(runner, monkeypatch):

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from tessera.ops.triton.launch import KernelLauncher, metadata_variant
+from tessera.ops.triton.pdl import launch_options, use_pdl
 
 _LOG2E = 1.4426950408889634
 
@@ -98,7 +99,7 @@ def _extend_kernel(
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
-    RECORD_SLOTS: tl.constexpr = False,
+    RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
@@ -107,7 +108,13 @@ def _extend_kernel(
     at new_loc: no program of this launch reads them from the cache, so no ordering is needed.
     RECORD_SLOTS (with NEW_KV): the programs of query head 0 also write the new tokens' slots
     into the request's req_to_token row (positions prefix..prefix + extend_len - 1); this launch
-    reads that row only below the prefix."""
+    reads that row only below the prefix.
+    PDL: launched as a programmatic dependent (tessera.ops.triton.pdl): the programs may become
+    resident while the kernel before them (a graph piece's last) finishes, and wait for it before
+    reading anything."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     head = tl.program_id(0)
     # last query tiles first: under the causal mask they see the most keys, so starting them
     # early shortens the tail of the launch
@@ -261,6 +268,8 @@ class ExtendAttention:
             "BLOCK_D": triton.next_power_of_2(head_dim),
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
             "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
+        pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
+        self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
         # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
         self._kwargs_by_tile: dict[int, dict] = {}
         self.launcher = KernelLauncher(_extend_kernel)
