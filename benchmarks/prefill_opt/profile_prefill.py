@@ -66,7 +66,11 @@ def main() -> None:
         timed = time_prefill(runner, n, warmup=5, repeat=20)
         row = runner.req_to_token_pool.alloc()
         slots = runner.allocator.alloc(n)
-        batch = ForwardBatch.build(ForwardMode.EXTEND, [5] * n, [row], [0], [n], slots,
+        # random ids as time_prefill's: one id repeated draws less power, and at >= 256 tokens
+        # (power capped) runs visibly faster (timing_diag.py)
+        ids = torch.randint(0, runner.model_config.vocab_size, (n,),
+                            generator=torch.Generator().manual_seed(n)).tolist()
+        batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [n], slots,
                                    runner.device)
         with torch.inference_mode():
             kernels = kernel_profile(lambda b=batch: runner.forward(b), 10)

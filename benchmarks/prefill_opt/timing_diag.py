@@ -2,15 +2,18 @@
 
 `profile_prefill.py` found llama3-8b's piecewise-graph prefill at 1024 tokens spending 20.1 ms
 between its first and last kernel under torch.profiler while device events around the same
-forward said 24.6 ms (and ~0.9 ms apart at 256 tokens). This measures one request of N new
-tokens through ModelRunner.forward four ways, on one runner, with the SM clock, power and
-throttle reasons sampled (NVML through ctypes, every ~2 ms, in a thread) during each:
+forward (bench_pcg) said 24.6 ms (and ~0.9 ms apart at 256 tokens). The profile's prompt was one
+token id repeated, bench_pcg's random ids. This measures one request of N new tokens through
+ModelRunner.forward four ways, with random and with constant prompt ids, on one runner, with
+the SM clock, power and throttle reasons sampled (NVML through ctypes, every ~2 ms, in a
+thread) during each:
 
   sync      what bench_pcg times: synchronize, event, forward, event, synchronize; per forward
   b2b       `--repeat` forwards back to back between two events (the host runs ahead); per forward
   profiled  one forward under torch.profiler (CPU + CUDA): its kernels' span, the idle time
             inside it, and the host time from entering forward() to the first kernel's launch
-            (with the host ops in that stretch, longest first)
+            (with the host ops in that stretch, longest first; under the profiler that stretch
+            is mostly its own buffer set-up, so read it with care)
   spaced    like sync, with a 20 ms host sleep after each synchronize (a cooler, idle GPU)
 
     python benchmarks/prefill_opt/timing_diag.py --model llama3-8b --tokens 16 256 1024 --out d.json
@@ -156,6 +159,9 @@ def main() -> None:
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 256, 1024])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--ids", choices=["random", "constant"], nargs="+",
+                        default=["random", "constant"],
+                        help="prompt ids: random (as bench_pcg and bench latency) or all 5")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     from tessera.runner.forward_batch import ForwardBatch, ForwardMode
@@ -163,43 +169,44 @@ def main() -> None:
     runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
     result: dict[str, Any] = {"model": args.model, "device": torch.cuda.get_device_name(),
                               "cases": []}
-    for n in args.tokens:
-        row = runner.req_to_token_pool.alloc()
-        slots = runner.allocator.alloc(n)
-        batch = ForwardBatch.build(ForwardMode.EXTEND, [5] * n, [row], [0], [n], slots,
-                                   runner.device)
+    for ids_kind in args.ids:
+        for n in args.tokens:
+            row = runner.req_to_token_pool.alloc()
+            slots = runner.allocator.alloc(n)
+            ids = ([5] * n if ids_kind == "constant" else torch.randint(
+                0, runner.model_config.vocab_size, (n,),
+                generator=torch.Generator().manual_seed(n)).tolist())
+            batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [n], slots,
+                                       runner.device)
 
-        def fn(b: ForwardBatch = batch) -> Any:
-            return runner.forward(b).next_token_logits
+            def fn(b: ForwardBatch = batch) -> Any:
+                return runner.forward(b).next_token_logits
 
-        case: dict[str, Any] = {"tokens": n}
-        with torch.inference_mode():
-            timed_sync(fn, 5)
-            for name, run in (("sync", lambda: timed_sync(fn, args.repeat)),
-                              ("b2b", lambda: timed_b2b(fn, args.repeat)),
-                              ("spaced", lambda: timed_sync(fn, args.repeat, 0.02))):
+            case: dict[str, Any] = {"tokens": n, "ids": ids_kind}
+            with torch.inference_mode():
+                timed_sync(fn, 5)
+                for name, run in (("sync", lambda: timed_sync(fn, args.repeat)),
+                                  ("b2b", lambda: timed_b2b(fn, args.repeat)),
+                                  ("spaced", lambda: timed_sync(fn, args.repeat, 0.02))):
+                    with ClockSampler() as clocks:
+                        ms = run()
+                    case[name] = {"ms": summarize(ms), "clocks": clocks.report()}
                 with ClockSampler() as clocks:
-                    ms = run()
-                case[name] = {"ms": summarize(ms), "clocks": clocks.report()}
-            with ClockSampler() as clocks:
-                prof = [profiled(fn) for _ in range(3)]
-            case["profiled"] = {"runs": prof, "clocks": clocks.report()}
-        result["cases"].append(case)
-        p = prof[-1]
-        print(f"{args.model} N={n}: sync {case['sync']['ms']['median']:.3f} ms "
-              f"(SM {case['sync']['clocks'].get('sm_mhz', {}).get('median', 0):.0f} MHz), "
-              f"b2b {case['b2b']['ms']['median']:.3f} "
-              f"(SM {case['b2b']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}), "
-              f"spaced {case['spaced']['ms']['median']:.3f} "
-              f"(SM {case['spaced']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}); "
-              f"profiled: first kernel after {p['first_kernel_after_us']:.0f} us, kernels span "
-              f"{p['kernel_span_us']:.0f} us with {p['idle_us']:.0f} idle, last kernel ends "
-              f"{p['last_kernel_end_after_us']:.0f} us after entry", flush=True)
-        for op in p["prologue_host_ops"][:10]:
-            print(f"    prologue host op {op['us']:8.1f} us at +{op['at_us']:7.1f}  {op['op']}",
-                  flush=True)
-        runner.req_to_token_pool.free(row)
-        runner.allocator.free(slots)
+                    prof = [profiled(fn) for _ in range(3)]
+                case["profiled"] = {"runs": prof, "clocks": clocks.report()}
+            result["cases"].append(case)
+            p = prof[-1]
+            print(f"{args.model} N={n} {ids_kind} ids: sync {case['sync']['ms']['median']:.3f} ms "
+                  f"(SM {case['sync']['clocks'].get('sm_mhz', {}).get('median', 0):.0f} MHz), "
+                  f"b2b {case['b2b']['ms']['median']:.3f} "
+                  f"(SM {case['b2b']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}), "
+                  f"spaced {case['spaced']['ms']['median']:.3f} "
+                  f"(SM {case['spaced']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}); "
+                  f"profiled: first kernel after {p['first_kernel_after_us']:.0f} us, kernels span "
+                  f"{p['kernel_span_us']:.0f} us with {p['idle_us']:.0f} idle, last kernel ends "
+                  f"{p['last_kernel_end_after_us']:.0f} us after entry", flush=True)
+            runner.req_to_token_pool.free(row)
+            runner.allocator.free(slots)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 
