@@ -7,10 +7,6 @@ replays. Cases are the prefill shapes of the benchmarks: qwen3-0.6b (16 q heads,
 d 128) and llama3-8b (32 / 8 / 128). "auto" is the tile `choose_tile` picks.
 
     python benchmarks/prefill_opt/extend_blocks.py [--key-tiles] --out extend_blocks.json
-
-`--rope` instead compares, per case, the rotary kernel followed by the extend launch on its
-rotated q/k (what a piecewise forward runs: rotary at the end of a graph piece) against one
-extend launch that rotates q and the new K itself (ROPE), both inside one graph, auto tiles.
 """
 from __future__ import annotations
 
@@ -38,35 +34,11 @@ def time_us(fn, calls: int = 20) -> float:
     return round(time_ms(graph_of(many), 3, 7)["median"] * 1e3 / calls, 2)
 
 
-def rope_case(q, k, v, k_cache, v_cache, out, table, meta, loc, n: int, d: int) -> dict:
-    """us per forward step: rotary then extend, and the fused launch (see the docstring)."""
-    from tessera.attention.triton_ops.extend_attention import ExtendAttention
-    from tessera.ops.rotary import RotaryEmbedding
-
-    rope = RotaryEmbedding(d, 8192, 500000.0).to(q.device)
-    positions = torch.arange(n, device=q.device)
-    q_rot, k_rot = rope(positions, q, k)  # the separate op's outputs (contiguous)
-    plain = ExtendAttention(q_rot, k_cache, v_cache, out, table, d ** -0.5, k_new=k_rot, v_new=v)
-    fused = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5, k_new=k, v_new=v,
-                            positions=positions, cos_sin_cache=rope.cos_sin_cache)
-
-    def separate() -> None:
-        rope(positions, q, k)
-        plain(*meta, n, loc)
-
-    return {"rotary": time_us(lambda: rope(positions, q, k)),
-            "extend": time_us(functools.partial(plain, *meta, n, loc)),
-            "rotary+extend": time_us(separate),
-            "fused": time_us(functools.partial(fused, *meta, n, loc))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--key-tiles", action="store_true",
                         help="also sweep BLOCK_N and num_stages around the likely query tiles")
-    parser.add_argument("--rope", action="store_true",
-                        help="rotary + extend against the extend launch with the rotary fused")
     args = parser.parse_args()
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
@@ -88,11 +60,6 @@ def main() -> None:
                      ([0], torch.int32))]
             loc = torch.arange(1, n + 1, dtype=torch.int64, device=dev)
             row = {"model": model, "tokens": n, "us": {}}
-            if args.rope:
-                row["us"] = rope_case(q, k, v, k_cache, v_cache, out, table, meta, loc, n, d)
-                print(model, n, json.dumps(row["us"]), flush=True)
-                rows.append(row)
-                continue
             for block_m in (16, 32, 64, 128):
                 for warps in (4, 8):
                     launch = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5,

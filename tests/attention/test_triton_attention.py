@@ -340,50 +340,6 @@ def test_extend_records_the_new_slots_in_req_to_token() -> None:
     torch.testing.assert_close(got[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_extend_fused_rotary_equals_rotary_then_extend(dtype: torch.dtype, head_dim: int) -> None:
-    """ROPE: un-rotated q and new K in, the rotary embedding applied inside the extend launch:
-    the same cache contents and output as the rotary op (native) followed by the plain launch,
-    on a batch with cached prefixes (already rotated keys) and padding rows."""
-    from tessera.attention.triton_ops.extend_attention import ExtendAttention
-    from tessera.ops.rotary import RotaryEmbedding
-
-    case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=2, group=2, head_dim=head_dim,
-                dtype=dtype, mode=ForwardMode.EXTEND, pad_rows=3)
-    rope = RotaryEmbedding(head_dim, 256, 10000.0, force_native=True).to(DEVICE)
-    fb, n = case.batch, case.num_real
-    q_rot, k_rot = (torch.cat([r, x[n:]]) for r, x in
-                    zip(rope(fb.positions, case.q[:n], case.k[:n]), (case.q, case.k)))
-    loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
-    meta = (fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
-            fb.max_extend_len, loc)
-    table = case.table.req_to_token
-    outs = []
-    for pool, q, k, rope_args in (
-            (case.reference.kv_pool, q_rot, k_rot, {}),
-            (case.triton.kv_pool, case.q, case.k,
-             {"positions": fb.positions, "cos_sin_cache": rope.cos_sin_cache})):
-        out = torch.zeros_like(case.q)
-        ExtendAttention(q, pool.k_buffers[0], pool.v_buffers[0], out, table, case.scaling,
-                        k_new=k, v_new=case.v, **rope_args)(*meta)
-        outs.append(out)
-    # compiled, FMA contraction may move a product by an ulp; the interpreter is exact
-    exact = not HAS_CUDA
-    tol = {} if exact else {"atol": _tol(dtype) / 10, "rtol": 0}
-    for name in ("k_buffers", "v_buffers"):
-        a = getattr(case.reference.kv_pool, name)[0]
-        b = getattr(case.triton.kv_pool, name)[0]
-        if exact:
-            assert torch.equal(a, b), name
-        else:
-            torch.testing.assert_close(a.float(), b.float(), **tol)
-    if exact:
-        assert torch.equal(outs[0], outs[1])
-    else:
-        torch.testing.assert_close(outs[0].float(), outs[1].float(), **tol)
-
-
 def test_extend_new_kv_from_strided_views() -> None:
     """The backend's extend path with K/V as strided views of a fused QKV projection."""
     case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,

@@ -52,49 +52,17 @@ def softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION: tl.
 
 
 @triton.jit
-def rope_rounded(x, x_partner, cos, sin, sign, dtype):
-    """NeoX rotary of rows x ([rows, D] float32; x_partner: x with its halves swapped) rounded as
-    the native op rounds: each product in the activation dtype, then their sum
-    (tessera.ops.triton.rotary.rope_store)."""
-    return ((x * cos).to(dtype).to(tl.float32)
-            + (sign * x_partner * sin).to(dtype).to(tl.float32)).to(dtype)
-
-
-@triton.jit
-def rotate_rows(x, row_ptrs, mask, pos_ptrs, row_mask, cos_sin_ptr, stride_cs, offs_d, mask_d,
-                HALF: tl.constexpr):
-    """x ([rows, BLOCK_D], loaded from row_ptrs + offs_d) rotated by the NeoX rotary embedding
-    at the rows' positions (pos_ptrs), rounded as the native op and the decode kernel round
-    (`rope_rounded`: cos/sin and each product in x's dtype). The partner halves are loaded again
-    (L1-resident: the same rows)."""
-    dtype = x.dtype
-    lower = offs_d < HALF
-    partner = tl.where(lower, offs_d + HALF, offs_d - HALF)
-    freq = tl.where(lower, offs_d, offs_d - HALF)
-    x_partner = tl.load(row_ptrs + partner[None, :], mask=mask, other=0.0)
-    pos = tl.load(pos_ptrs, mask=row_mask, other=0).to(tl.int64)
-    cs_mask = row_mask[:, None] & mask_d[None, :]
-    cs_row = cos_sin_ptr + pos[:, None] * stride_cs + freq[None, :]
-    cos = tl.load(cs_row, mask=cs_mask, other=0.0).to(dtype).to(tl.float32)
-    sin = tl.load(cs_row + HALF, mask=cs_mask, other=0.0).to(dtype).to(tl.float32)
-    sign = tl.where(lower, -1.0, 1.0)[None, :]
-    return rope_rounded(x.to(tl.float32), x_partner.to(tl.float32), cos, sin, sign, dtype)
-
-
-@triton.jit
 def attend_tile(
     q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, key_start, key_end,
     qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FROM_TABLE: tl.constexpr = True, row_offset=0, cache_ptr=None,
-    ROPE: tl.constexpr = False, pos_ptr=None, cos_sin_ptr=None, stride_cs=0, HALF: tl.constexpr = 1,
 ):
     """Online-softmax update of (acc, l_i, m_i) with the keys at positions [key_start, key_end).
 
     FROM_TABLE: key position n is row table_row_ptr[n] of the cache (k_cache_ptr, v_cache_ptr).
     Otherwise the keys are the batch's new K/V tensors themselves: position n is their row
-    n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it, and
-    with ROPE rotated first (positions from pos_ptr, see `rotate_rows`).
+    n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it.
     The first tile any row sees always holds a visible key (the non-causal loop only runs on keys
     every row sees; the causal loop starts at the tile's first query position).
     """
@@ -111,10 +79,6 @@ def attend_tile(
         v = tl.load(v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh
                     + offs_d[None, :], mask=kv_mask, other=0.0)
         if not FROM_TABLE:
-            if ROPE:
-                k = rotate_rows(k, k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh,
-                                kv_mask, pos_ptr + slots, mask_n, cos_sin_ptr, stride_cs, offs_d,
-                                mask_d, HALF)
             k = k.to(cache_ptr.dtype.element_ty)
             v = v.to(cache_ptr.dtype.element_ty)
         if CAUSAL:
@@ -133,10 +97,9 @@ def _extend_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
-    pos_ptr, cos_sin_ptr, stride_cs,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
-    RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False, ROPE: tl.constexpr = False,
+    RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
@@ -146,10 +109,6 @@ def _extend_kernel(
     RECORD_SLOTS (with NEW_KV): the programs of query head 0 also write the new tokens' slots
     into the request's req_to_token row (positions prefix..prefix + extend_len - 1); this launch
     reads that row only below the prefix.
-    ROPE (with NEW_KV): q and the new K arrive un-rotated; the kernel applies the NeoX rotary
-    embedding at their positions (pos_ptr, one per token row; cos_sin_ptr [max_pos, D] float32,
-    cos | sin) to the query tile, to every new-key tile it reads and to the K it stores, rounded
-    as the separate rotary op rounds. The cached prefix is already rotated.
     PDL: launched as a programmatic dependent (tessera.ops.triton.pdl): the programs may become
     resident while the kernel before them (a graph piece's last) finishes, and wait for it before
     reading anything."""
@@ -175,11 +134,8 @@ def _extend_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     tokens = first_token + offs_m
-    q_rows = q_ptr + tokens[:, None] * stride_qt + head * stride_qh
-    q = tl.load(q_rows + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    if ROPE:
-        q = rotate_rows(q, q_rows, mask_m[:, None] & mask_d[None, :], pos_ptr + tokens, mask_m,
-                        cos_sin_ptr, stride_cs, offs_d, mask_d, HEAD_DIM // 2)
+    q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     qpos = prefix + offs_m
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -192,11 +148,8 @@ def _extend_kernel(
         kv_rows = mask_m[:, None] & mask_d[None, :]
         if head % GROUP == 0:  # one program per (KV head, tile) stores the tile's new K/V
             slots = tl.load(new_loc_ptr + tokens, mask=mask_m, other=0).to(tl.int64)
-            kn_rows = k_new_ptr + tokens[:, None] * stride_knt + kv_head * stride_knh
-            kn = tl.load(kn_rows + offs_d[None, :], mask=kv_rows, other=0.0)
-            if ROPE:
-                kn = rotate_rows(kn, kn_rows, kv_rows, pos_ptr + tokens, mask_m, cos_sin_ptr,
-                                 stride_cs, offs_d, mask_d, HEAD_DIM // 2)
+            kn = tl.load(k_new_ptr + tokens[:, None] * stride_knt + kv_head * stride_knh
+                         + offs_d[None, :], mask=kv_rows, other=0.0)
             vn = tl.load(v_new_ptr + tokens[:, None] * stride_vnt + kv_head * stride_vnh
                          + offs_d[None, :], mask=kv_rows, other=0.0)
             tl.store(k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh
@@ -218,14 +171,12 @@ def _extend_kernel(
             q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
             shared_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
             CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr, ROPE=ROPE, pos_ptr=pos_ptr,
-            cos_sin_ptr=cos_sin_ptr, stride_cs=stride_cs, HALF=HEAD_DIM // 2)
+            row_offset=new_row, cache_ptr=k_cache_ptr)
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, shared_end,
             diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
             CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr, ROPE=ROPE, pos_ptr=pos_ptr,
-            cos_sin_ptr=cos_sin_ptr, stride_cs=stride_cs, HALF=HEAD_DIM // 2)
+            row_offset=new_row, cache_ptr=k_cache_ptr)
     else:
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0,
@@ -290,8 +241,7 @@ class ExtendAttention:
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 record_slots: bool = False, positions: torch.Tensor | None = None,
-                 cos_sin_cache: torch.Tensor | None = None) -> None:
+                 record_slots: bool = False) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
@@ -302,14 +252,6 @@ class ExtendAttention:
             assert t.stride(-1) == 1, "the last dimension must be contiguous"
         if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
             k_new = v_new = k_cache
-        self.rope = positions is not None
-        assert self.rope == (cos_sin_cache is not None), "positions and cos_sin_cache together"
-        assert self.new_kv or not self.rope, "the fused rotary needs k_new/v_new"
-        if self.rope:
-            assert cos_sin_cache.shape[-1] == head_dim and head_dim % 2 == 0
-            assert cos_sin_cache.stride(-1) == 1 and positions.dim() == 1
-        else:  # placeholders the kernel never reads (ROPE=False)
-            positions, cos_sin_cache = q, q
         self.head_dim = head_dim
         # given: that setting for every launch (tests, sweeps); else by the request lengths
         self.fixed = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
@@ -320,13 +262,12 @@ class ExtendAttention:
             v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
             req_to_token.stride(0))
         self._new = (k_new, v_new)
-        self._new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-                             positions, cos_sin_cache, cos_sin_cache.stride(0))
+        self._new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
         self._base_kwargs = {
             "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
             "BLOCK_D": triton.next_power_of_2(head_dim),
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots, "ROPE": self.rope}
+            "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
         # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
@@ -377,8 +318,7 @@ def extend_attention(
     extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
     block_m: int | None = None, block_n: int | None = None, k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
-    record_slots: bool = False, positions: torch.Tensor | None = None,
-    cos_sin_cache: torch.Tensor | None = None,
+    record_slots: bool = False,
 ) -> None:
     """Causal attention of the new tokens of a batch over their cached prefix and themselves.
 
@@ -393,14 +333,9 @@ def extend_attention(
     to them, instead of a store_kv launch before it. With record_slots too, it also writes
     req_to_token[row, prefix + i] = new_loc[token i] for every new token (what
     ModelRunner.record_slots would do in a separate scatter before the forward).
-    With positions [T] (int64) and cos_sin_cache [max_position, D] (float32, cos | sin halves) as
-    well: q and k_new arrive un-rotated and the kernel applies the NeoX rotary embedding itself
-    (to the queries, the new keys it reads and the K it stores; rounded as the rotary op rounds),
-    instead of a rotary launch before it.
     """
     assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
         "k_new, v_new, new_loc together")
     launch = ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new,
-                             block_m, block_n, record_slots=record_slots, positions=positions,
-                             cos_sin_cache=cos_sin_cache)
+                             block_m, block_n, record_slots=record_slots)
     launch(req_pool_indices, prefix_lens, extend_lens, extend_starts, max_extend_len, new_loc)
