@@ -7,10 +7,6 @@ replays. Cases are the prefill shapes of the benchmarks: qwen3-0.6b (16 q heads,
 d 128) and llama3-8b (32 / 8 / 128). "auto" is the tile `choose_tile` picks.
 
     python benchmarks/prefill_opt/extend_blocks.py [--key-tiles] --out extend_blocks.json
-
-`--forms` instead times, per case at the auto tile, the kernel's code variants (constexprs):
-UNMASKED_TILES (whole key tiles of the non-causal stretch loaded and scored without masks) and
-ACC_IN_DOT (the rescaled accumulator as the P @ V MMA's accumulator input), alone and together.
 """
 from __future__ import annotations
 
@@ -43,8 +39,6 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--key-tiles", action="store_true",
                         help="also sweep BLOCK_N and num_stages around the likely query tiles")
-    parser.add_argument("--forms", action="store_true",
-                        help="time the kernel's code variants at the auto tile")
     args = parser.parse_args()
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
@@ -66,17 +60,6 @@ def main() -> None:
                      ([0], torch.int32))]
             loc = torch.arange(1, n + 1, dtype=torch.int64, device=dev)
             row = {"model": model, "tokens": n, "us": {}}
-            if args.forms:
-                for name, options in (("plain", {}), ("unmasked", {"UNMASKED_TILES": True}),
-                                      ("acc_in_dot", {"ACC_IN_DOT": True}),
-                                      ("both", {"UNMASKED_TILES": True, "ACC_IN_DOT": True}),
-                                      ("plain_again", {})):
-                    launch = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5,
-                                             k_new=k, v_new=v, options=options)
-                    row["us"][name] = time_us(functools.partial(launch, *meta, n, loc))
-                print(model, n, json.dumps(row["us"]), flush=True)
-                rows.append(row)
-                continue
             for block_m in (16, 32, 64, 128):
                 for warps in (4, 8):
                     launch = ExtendAttention(q, k_cache, v_cache, out, table, d ** -0.5,

@@ -34,27 +34,19 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION: tl.constexpr,
-                   MASKED: tl.constexpr = True, ACC_IN_DOT: tl.constexpr = False):
+def softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION: tl.constexpr):
     """One online-softmax step: (acc, l_i, m_i) updated with one tile of keys k / values v
-    ([BLOCK_N, D]) of which `visible` ([rows, BLOCK_N]) says what each query row sees (MASKED;
-    otherwise every row sees every key and `visible` is not read). ACC_IN_DOT: the rescaled
-    accumulator is the P @ V MMA's accumulator input instead of a separate add.
+    ([BLOCK_N, D]) of which `visible` ([rows, BLOCK_N]) says what each query row sees.
 
     The first tile any row sees must hold a visible key for that row (callers guarantee it), so
     m_new is finite from the first update on and exp2(-inf - m_new) = 0 is safe."""
     qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-    if MASKED:
-        qk = tl.where(visible, qk, float("-inf"))
+    qk = tl.where(visible, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.exp2(qk - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    if ACC_IN_DOT:
-        acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None],
-                     input_precision=DOT_PRECISION)
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
-                                            input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
+                                        input_precision=DOT_PRECISION)
     l_i = l_i * alpha + tl.sum(p, 1)
     return acc, l_i, m_new
 
@@ -65,8 +57,6 @@ def attend_tile(
     qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FROM_TABLE: tl.constexpr = True, row_offset=0, cache_ptr=None,
-    UNMASKED_TILES: tl.constexpr = False, FULL_D: tl.constexpr = False,
-    ACC_IN_DOT: tl.constexpr = False,
 ):
     """Online-softmax update of (acc, l_i, m_i) with the keys at positions [key_start, key_end).
 
@@ -75,33 +65,8 @@ def attend_tile(
     n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it.
     The first tile any row sees always holds a visible key (the non-causal loop only runs on keys
     every row sees; the causal loop starts at the tile's first query position).
-    UNMASKED_TILES (without CAUSAL): the whole tiles go first, with no row mask (FULL_D: the
-    head size is the tile width, so no column mask either), then the partial last tile, masked.
-    ACC_IN_DOT: see softmax_update.
     """
-    masked_start = key_start
-    if UNMASKED_TILES and not CAUSAL:
-        masked_start = key_start + (key_end - key_start) // BLOCK_N * BLOCK_N
-        for n in range(key_start, masked_start, BLOCK_N):
-            offs_n = n + tl.arange(0, BLOCK_N)
-            if FROM_TABLE:
-                slots = tl.load(table_row_ptr + offs_n).to(tl.int64)
-            else:
-                slots = (offs_n + row_offset).to(tl.int64)
-            k_ptrs = k_cache_ptr + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :]
-            v_ptrs = v_cache_ptr + slots[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :]
-            if FULL_D:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=mask_d[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=mask_d[None, :], other=0.0)
-            if not FROM_TABLE:
-                k = k.to(cache_ptr.dtype.element_ty)
-                v = v.to(cache_ptr.dtype.element_ty)
-            acc, l_i, m_i = softmax_update(q, k, v, None, acc, l_i, m_i, qk_scale,
-                                           DOT_PRECISION, MASKED=False, ACC_IN_DOT=ACC_IN_DOT)
-    for n in range(masked_start, key_end, BLOCK_N):
+    for n in range(key_start, key_end, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < key_end
         if FROM_TABLE:
@@ -120,8 +85,7 @@ def attend_tile(
             visible = mask_n[None, :] & (offs_n[None, :] <= qpos[:, None])
         else:
             visible = mask_n[None, :]
-        acc, l_i, m_i = softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION,
-                                       ACC_IN_DOT=ACC_IN_DOT)
+        acc, l_i, m_i = softmax_update(q, k, v, visible, acc, l_i, m_i, qk_scale, DOT_PRECISION)
     return acc, l_i, m_i
 
 
@@ -136,7 +100,6 @@ def _extend_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
     RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False,
-    UNMASKED_TILES: tl.constexpr = False, ACC_IN_DOT: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
@@ -203,29 +166,26 @@ def _extend_kernel(
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, prefix,
             qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
-            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, UNMASKED_TILES=UNMASKED_TILES, FULL_D=BLOCK_D == HEAD_DIM,
-            ACC_IN_DOT=ACC_IN_DOT)
+            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
             shared_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
             CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr, UNMASKED_TILES=UNMASKED_TILES, FULL_D=BLOCK_D == HEAD_DIM,
-            ACC_IN_DOT=ACC_IN_DOT)
+            row_offset=new_row, cache_ptr=k_cache_ptr)
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, shared_end,
             diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
             CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr, ACC_IN_DOT=ACC_IN_DOT)
+            row_offset=new_row, cache_ptr=k_cache_ptr)
     else:
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0,
             shared_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
-            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, UNMASKED_TILES=UNMASKED_TILES, FULL_D=BLOCK_D == HEAD_DIM,
-            ACC_IN_DOT=ACC_IN_DOT)
+            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, shared_end,
             diagonal_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
-            CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, ACC_IN_DOT=ACC_IN_DOT)
+            CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)  # rows past extend_len are masked out of the store
     tl.store(out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -281,7 +241,7 @@ class ExtendAttention:
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 record_slots: bool = False, options: dict | None = None) -> None:
+                 record_slots: bool = False) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
@@ -310,8 +270,6 @@ class ExtendAttention:
             "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
-        # other kernel constexprs for every launch (sweeps: UNMASKED_TILES, ACC_IN_DOT)
-        self._base_kwargs.update(options or {})
         # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
         self._kwargs_by_tile: dict[int, dict] = {}
         self.launcher = KernelLauncher(_extend_kernel)
