@@ -32,6 +32,7 @@ from tessera.compilation.bench_pcg import (
     build_runner,
     free_memory,
     parse_case,
+    prefill_batch,
     summarize,
     time_prefill,
 )
@@ -39,24 +40,16 @@ from tessera.compilation.bench_pcg import (
 
 def back_to_back(runner: Any, n: int, repeat: int) -> float:
     """ms per forward of `repeat` forwards between two events (random prompt ids)."""
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
-
-    row = runner.req_to_token_pool.alloc()
-    slots = runner.allocator.alloc(n)
-    ids = torch.randint(0, runner.model_config.vocab_size, (n,),
-                        generator=torch.Generator().manual_seed(n)).tolist()
-    batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [n], slots, runner.device)
-    for _ in range(3):
-        runner.forward(batch)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        runner.forward(batch)
-    end.record()
-    torch.cuda.synchronize()
-    runner.allocator.free(slots)
-    runner.req_to_token_pool.free(row)
+    with prefill_batch(runner, n) as batch:
+        for _ in range(3):
+            runner.forward(batch)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            runner.forward(batch)
+        end.record()
+        torch.cuda.synchronize()
     return start.elapsed_time(end) / repeat
 
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from benchmarks.decode_opt.profile_decode import kernel_profile
-from tessera.compilation.bench_pcg import build_runner, time_prefill
+from tessera.compilation.bench_pcg import build_runner, prefill_batch, time_prefill
 
 
 def device_gaps(fn) -> dict:
@@ -58,21 +58,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[256])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
-
     runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
     result: dict = {"model": args.model, "device": torch.cuda.get_device_name(), "cases": []}
     for n in args.tokens:
         timed = time_prefill(runner, n, warmup=5, repeat=20)
-        row = runner.req_to_token_pool.alloc()
-        slots = runner.allocator.alloc(n)
         # random ids as time_prefill's: one id repeated draws less power, and at >= 256 tokens
         # (power capped) runs visibly faster (timing_diag.py)
-        ids = torch.randint(0, runner.model_config.vocab_size, (n,),
-                            generator=torch.Generator().manual_seed(n)).tolist()
-        batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [n], slots,
-                                   runner.device)
-        with torch.inference_mode():
+        with prefill_batch(runner, n) as batch, torch.inference_mode():
             kernels = kernel_profile(lambda b=batch: runner.forward(b), 10)
             gaps = device_gaps(lambda b=batch: runner.forward(b))
         total = sum(k["us_per_step"] for k in kernels)
@@ -88,8 +80,6 @@ def main() -> None:
         for k in kernels[:25]:
             print(f"  {k['us_per_step']:8.1f} us {k['calls_per_step']:5.0f} calls "
                   f"{k['us_per_call']:7.2f} us/call  {k['kernel']}", flush=True)
-        runner.req_to_token_pool.free(row)
-        runner.allocator.free(slots)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

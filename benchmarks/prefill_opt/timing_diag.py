@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tessera.compilation.bench_pcg import build_runner, summarize
+from tessera.compilation.bench_pcg import build_runner, prefill_batch, summarize
 
 
 class ClockSampler:
@@ -154,6 +154,18 @@ def profiled(fn: Callable[[], Any]) -> dict[str, Any]:
                                   for d, a, n in early[:25]]}
 
 
+def summary_line(model: str, case: dict[str, Any]) -> str:
+    def mhz(mode: str) -> float:
+        return case[mode]["clocks"].get("sm_mhz", {}).get("median", 0)
+
+    p = case["profiled"]["runs"][-1]
+    return (f"{model} N={case['tokens']} {case['ids']} ids: "
+            + ", ".join(f"{mode} {case[mode]['ms']['median']:.3f} ms (SM {mhz(mode):.0f} MHz)"
+                        for mode in ("sync", "b2b", "spaced"))
+            + f"; profiled: kernels span {p['kernel_span_us']:.0f} us with {p['idle_us']:.0f} "
+              f"idle")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama3-8b")
@@ -164,26 +176,16 @@ def main() -> None:
                         help="prompt ids: random (as bench_pcg and bench latency) or all 5")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
-
     runner, _ = build_runner(args.model, max(args.tokens), True, "eager", "cuda")
     result: dict[str, Any] = {"model": args.model, "device": torch.cuda.get_device_name(),
                               "cases": []}
     for ids_kind in args.ids:
         for n in args.tokens:
-            row = runner.req_to_token_pool.alloc()
-            slots = runner.allocator.alloc(n)
-            ids = ([5] * n if ids_kind == "constant" else torch.randint(
-                0, runner.model_config.vocab_size, (n,),
-                generator=torch.Generator().manual_seed(n)).tolist())
-            batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [n], slots,
-                                       runner.device)
-
-            def fn(b: ForwardBatch = batch) -> Any:
-                return runner.forward(b).next_token_logits
-
             case: dict[str, Any] = {"tokens": n, "ids": ids_kind}
-            with torch.inference_mode():
+            with prefill_batch(runner, n, ids_kind) as batch, torch.inference_mode():
+                def fn(b: Any = batch) -> Any:
+                    return runner.forward(b).next_token_logits
+
                 timed_sync(fn, 5)
                 for name, run in (("sync", lambda: timed_sync(fn, args.repeat)),
                                   ("b2b", lambda: timed_b2b(fn, args.repeat)),
@@ -195,18 +197,7 @@ def main() -> None:
                     prof = [profiled(fn) for _ in range(3)]
                 case["profiled"] = {"runs": prof, "clocks": clocks.report()}
             result["cases"].append(case)
-            p = prof[-1]
-            print(f"{args.model} N={n} {ids_kind} ids: sync {case['sync']['ms']['median']:.3f} ms "
-                  f"(SM {case['sync']['clocks'].get('sm_mhz', {}).get('median', 0):.0f} MHz), "
-                  f"b2b {case['b2b']['ms']['median']:.3f} "
-                  f"(SM {case['b2b']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}), "
-                  f"spaced {case['spaced']['ms']['median']:.3f} "
-                  f"(SM {case['spaced']['clocks'].get('sm_mhz', {}).get('median', 0):.0f}); "
-                  f"profiled: first kernel after {p['first_kernel_after_us']:.0f} us, kernels span "
-                  f"{p['kernel_span_us']:.0f} us with {p['idle_us']:.0f} idle, last kernel ends "
-                  f"{p['last_kernel_end_after_us']:.0f} us after entry", flush=True)
-            runner.req_to_token_pool.free(row)
-            runner.allocator.free(slots)
+            print(summary_line(args.model, case), flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -13,6 +13,7 @@ Targets (shared/BENCHMARKS.md) are written next to the figures with a pass flag 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,40 +56,59 @@ def summarize(samples: list[float]) -> dict[str, float]:
             "n": len(samples)}
 
 
-def time_prefill(runner: Any, num_tokens: int, warmup: int, repeat: int) -> dict[str, Any]:
-    """Event-timed forwards of one request prefilling `num_tokens`: device ms, host ms (the
-    Python call alone: when it nears the device time the forward is launch bound), the logits
-    and which runner ran it."""
+@contextlib.contextmanager
+def prefill_batch(runner: Any, num_tokens: int, ids: str = "random") -> Iterator[Any]:
+    """An EXTEND batch of one request prefilling `num_tokens` (its row and KV slots allocated,
+    freed on exit). ids "random": random prompt ids seeded by the length (what every benchmark
+    here times); "constant": one id repeated, which draws visibly less power in the GEMMs
+    (benchmarks/prefill_opt/timing_diag.py)."""
     from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
+    if ids == "random":
+        prompt = torch.randint(0, runner.model_config.vocab_size, (num_tokens,),
+                               generator=torch.Generator().manual_seed(num_tokens)).tolist()
+    elif ids == "constant":
+        prompt = [5] * num_tokens
+    else:
+        raise ValueError(f"ids must be random or constant, got {ids!r}")
     row = runner.req_to_token_pool.alloc()
     slots = runner.allocator.alloc(num_tokens)
     runner.req_to_token_pool.write(row, 0, slots)
-    ids = torch.randint(0, runner.model_config.vocab_size, (num_tokens,),
-                        generator=torch.Generator().manual_seed(num_tokens)).tolist()
-    batch = ForwardBatch.build(ForwardMode.EXTEND, ids, [row], [0], [num_tokens], slots,
-                               runner.device)
-    path = next((type(r).__name__ for r in runner.graph_runners if r.can_run(batch)), "eager")
+    try:
+        yield ForwardBatch.build(ForwardMode.EXTEND, prompt, [row], [0], [num_tokens], slots,
+                                 runner.device)
+    finally:
+        runner.allocator.free(slots)
+        runner.req_to_token_pool.free(row)
+
+
+def time_prefill(runner: Any, num_tokens: int, warmup: int, repeat: int) -> dict[str, Any]:
+    """Event-timed forwards of one request prefilling `num_tokens` (random ids): device ms, host
+    ms (the Python call alone: when it nears the device time the forward is launch bound), the
+    logits and which runner ran it."""
     platform = runner.platform
     device_ms, host_ms = [], []
-    for i in range(warmup + repeat):
-        start, end = platform.event(enable_timing=True), platform.event(enable_timing=True)
-        platform.synchronize()
-        t0 = time.perf_counter()
-        if start is not None:
-            start.record()
-        logits = runner.forward(batch).next_token_logits
-        if end is not None:
-            end.record()
-        host = (time.perf_counter() - t0) * 1e3
-        platform.synchronize()
-        # no device events (CPU smoke runs): the host clock around a synchronize
-        device = start.elapsed_time(end) if start is not None else (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            device_ms.append(device)
-            host_ms.append(host)
-    runner.allocator.free(slots)
-    runner.req_to_token_pool.free(row)
+    with prefill_batch(runner, num_tokens) as batch:
+        path = next((type(r).__name__ for r in runner.graph_runners if r.can_run(batch)),
+                    "eager")
+        for i in range(warmup + repeat):
+            start, end = (platform.event(enable_timing=True),
+                          platform.event(enable_timing=True))
+            platform.synchronize()
+            t0 = time.perf_counter()
+            if start is not None:
+                start.record()
+            logits = runner.forward(batch).next_token_logits
+            if end is not None:
+                end.record()
+            host = (time.perf_counter() - t0) * 1e3
+            platform.synchronize()
+            # no device events (CPU smoke runs): the host clock around a synchronize
+            device = (start.elapsed_time(end) if start is not None
+                      else (time.perf_counter() - t0) * 1e3)
+            if i >= warmup:
+                device_ms.append(device)
+                host_ms.append(host)
     return {"ms": summarize(device_ms), "host_ms": summarize(host_ms),
             "logits": logits.float().cpu(), "path": path}
 
