@@ -8,7 +8,9 @@ their K/V to the dump slot 0), the pieces replay, attention runs eagerly between
 batch metadata (it treats only the first n tokens as real and zeroes the rest of its output), and
 the hidden states are sliced back to n rows. After capture, each size's forward runs as a
 `ReplayPlan` (graph replays and attention calls as one flat list, recorded once per size): no
-Dynamo, no split-graph code, no per-piece lookups on the hot path.
+Dynamo, no split-graph code, no per-piece lookups on the hot path. The plan's first graph (the
+pieces before the first attention) is launched as soon as the inputs are copied, before the host
+works out the padded batch and the attention metadata (`ReplayPlan.start`).
 
 Without graphs (CPU) `--enforce-piecewise-cuda-graph` runs the same padding, split and compiled
 pieces without capture, so CI exercises everything but the capture itself.
