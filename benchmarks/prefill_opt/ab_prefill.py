@@ -7,9 +7,10 @@
                 (tessera.ops.triton.pdl); off: `use_pdl` patched to False while the runner
                 is built (the other Triton kernels keep PDL)
 
-For each model one runner per PDL setting; on it, per token count, the two start orders
-interleaved `--rounds` times. Timing as bench_pcg (`time_prefill`: random prompt ids, synchronize,
-events around ModelRunner.forward) and back to back (`--repeat` forwards between two events).
+For each model one runner per PDL setting, both built first; per token count the four variants
+timed once a round, `--rounds` rounds, the order reversed every other round. Timing as bench_pcg
+(`time_prefill`: random prompt ids, synchronize, events around ModelRunner.forward) and back to
+back (`--repeat` forwards between two events).
 
     python benchmarks/prefill_opt/ab_prefill.py --case llama3-8b:16,256,1024 \\
         --case qwen3-0.6b:256 --out ab.json
@@ -72,37 +73,40 @@ def main() -> None:
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
     for model, sizes in args.case:
         entry: dict[str, Any] = {"model": model, "variants": []}
-        for extend_pdl in (True, False):
-            patch = (mock.patch.object(extend_attention, "use_pdl", lambda device: False)
-                     if not extend_pdl else mock.patch.object(extend_attention, "use_pdl",
-                                                              extend_attention.use_pdl))
-            with patch, torch.inference_mode():
-                runner, _ = build_runner(model, max(sizes), True, "eager", "cuda")
+        runners = {}
+        with torch.inference_mode():
+            for extend_pdl in (True, False):  # both built first, then timed interleaved
+                wanted = extend_attention.use_pdl if extend_pdl else (lambda device: False)
+                with mock.patch.object(extend_attention, "use_pdl", wanted):
+                    runner, _ = build_runner(model, max(sizes), True, "eager", "cuda")
                 (pcg,) = [r for r in runner.graph_runners
                           if type(r).__name__ == "PiecewiseGraphRunner"]
                 for plan in pcg.plans.values():
                     plan.lead_recorded = plan.lead
-                for n in sizes:
-                    runs: dict[bool, dict[str, list[float]]] = {
-                        e: {"sync": [], "b2b": []} for e in (True, False)}
-                    for _ in range(args.rounds):
-                        for early in (True, False):
-                            set_lead(runner, early)
-                            timed = time_prefill(runner, n, warmup=3, repeat=args.repeat)
-                            runs[early]["sync"].append(timed["ms"]["median"])
-                            runs[early]["b2b"].append(back_to_back(runner, n, args.repeat))
-                    for early in (True, False):
-                        row = {"tokens": n, "extend_pdl": extend_pdl, "early_start": early,
-                               "sync_ms": summarize(runs[early]["sync"]),
-                               "b2b_ms": summarize(runs[early]["b2b"])}
-                        entry["variants"].append(row)
-                        print(f"{model} N={n} extend_pdl={extend_pdl!s:5} "
-                              f"early_start={early!s:5}: sync {row['sync_ms']['median']:.3f} ms"
-                              f" (min {row['sync_ms']['min']:.3f}), b2b "
-                              f"{row['b2b_ms']['median']:.3f} ms", flush=True)
-                platform = runner.platform
-                del runner, pcg
-                free_memory(platform)
+                runners[extend_pdl] = runner
+            for n in sizes:
+                variants = [(pdl, early) for pdl in (True, False) for early in (True, False)]
+                runs: dict[tuple, dict[str, list[float]]] = {
+                    v: {"sync": [], "b2b": []} for v in variants}
+                for r in range(args.rounds):
+                    # every variant once a round, the order reversed every other round
+                    for pdl, early in (variants if r % 2 == 0 else variants[::-1]):
+                        runner = runners[pdl]
+                        set_lead(runner, early)
+                        timed = time_prefill(runner, n, warmup=3, repeat=args.repeat)
+                        runs[pdl, early]["sync"].append(timed["ms"]["median"])
+                        runs[pdl, early]["b2b"].append(back_to_back(runner, n, args.repeat))
+                for pdl, early in variants:
+                    row = {"tokens": n, "extend_pdl": pdl, "early_start": early,
+                           "sync_ms": summarize(runs[pdl, early]["sync"]),
+                           "b2b_ms": summarize(runs[pdl, early]["b2b"])}
+                    entry["variants"].append(row)
+                    print(f"{model} N={n} extend_pdl={pdl!s:5} early_start={early!s:5}: sync "
+                          f"{row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
+                          f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
+        platform = runners[True].platform
+        del runner, pcg, runners
+        free_memory(platform)
         result["models"].append(entry)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
