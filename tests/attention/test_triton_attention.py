@@ -340,6 +340,27 @@ def test_extend_records_the_new_slots_in_req_to_token() -> None:
     torch.testing.assert_close(got[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_extend_tiles_over_whole_and_partial_key_tiles(block_m: int) -> None:
+    """The new keys up to the diagonal in one causal loop: the reference's output and cache with
+    cached prefixes, runs of whole and partial key tiles, and padding rows, at a small and a
+    large query tile."""
+    from tessera.attention.triton_ops.extend_attention import ExtendAttention
+
+    case = Case([0, 150, 64, 3], [130, 33, 64, 1], num_kv_heads=2, group=2, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=3)
+    want = case.run(case.reference)
+    fb, kv = case.batch, case.triton.kv_pool
+    loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
+    out = torch.zeros_like(case.q)
+    ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
+                    case.scaling, k_new=case.k, v_new=case.v, block_m=block_m)(
+        fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
+        fb.max_extend_len, loc)
+    torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
+    assert torch.equal(kv.k_buffers[0], case.reference.kv_pool.k_buffers[0])
+
+
 def test_extend_new_kv_from_strided_views() -> None:
     """The backend's extend path with K/V as strided views of a fused QKV projection."""
     case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,

@@ -10,10 +10,12 @@ prefix + i) attends to keys 0..prefix + i. Two ways to get the new tokens' K/V:
 
 Grid (q_heads, query_blocks, batch): a program owns BLOCK_M new tokens of one request and one query
 head, and walks the key positions in BLOCK_N tiles with an online softmax (running max, running
-denominator, fp32 accumulator). The key range splits in two loops (three with k_new: the cached
-prefix and the new keys before the tile read from different places):
-  * positions < prefix + first query of the tile: visible to every row of the tile, no causal mask;
-  * the diagonal stretch up to the tile's last query: causal mask kpos <= qpos.
+denominator, fp32 accumulator). The key range splits in two loops:
+  * all keys in the cache (the whole prefix with k_new; otherwise every position before the
+    tile's first query): visible to every row of the tile, no causal mask;
+  * the rest up to the tile's last query (with k_new: every new key, read from k_new/v_new):
+    causal mask kpos <= qpos. One causal loop over all new keys rather than an unmasked one and
+    a diagonal one: one software pipeline instead of two, faster for short prefills.
 Heads are the fastest grid axis so the programs of one GQA group run together and reuse the same
 K/V tiles from L2. BLOCK_M is chosen per launch from the longest request (`choose_tile`): 128
 rows for long prefills, smaller tiles for short ones (a 16-token prefill of llama3-8b is 32
@@ -160,23 +162,22 @@ def _extend_kernel(
                 if head == 0:
                     tl.store(req_to_token_ptr + row * stride_table + prefix + offs_m,
                              slots.to(req_to_token_ptr.dtype.element_ty), mask=mask_m)
-        # the cached prefix, then the new tokens before the tile (no mask), then the diagonal;
-        # new token j of the request (position prefix + j) is row first_token + j of k_new/v_new
+        # the cached prefix (no mask), then the new tokens; new token j of the request (position
+        # prefix + j) is row first_token + j of k_new/v_new
         new_row = first_token - prefix
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0, prefix,
             qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
             CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION)
+        # every new key up to the tile's diagonal in one causal loop: one software pipeline
+        # instead of an unmasked loop and a diagonal one (H200 inside graphs, llama3-8b: 64
+        # tokens 5.6 -> 4.5 us, 16 tokens 3.6 -> 3.4, 256 and 1024 within 1-2%:
+        # benchmarks/results/2026-11-23_h200_s7_extend_one_new_loop.json)
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
-            shared_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
-            CAUSAL=False, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr)
-        acc, l_i, m_i = attend_tile(
-            q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, shared_end,
-            diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d, mask_d,
-            CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, FROM_TABLE=False,
-            row_offset=new_row, cache_ptr=k_cache_ptr)
+            diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d,
+            mask_d, CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
+            FROM_TABLE=False, row_offset=new_row, cache_ptr=k_cache_ptr)
     else:
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0,
