@@ -66,7 +66,8 @@ def attend_tile(
     Otherwise the keys are the batch's new K/V tensors themselves: position n is their row
     n + row_offset, rounded to the cache's dtype (`cache_ptr`) as the cache will hold it.
     The first tile any row sees always holds a visible key (the non-causal loop only runs on keys
-    every row sees; the causal loop starts at the tile's first query position).
+    every row sees; a causal loop starts at or before the tile's first query position, at a key
+    every row of the tile sees).
     """
     for n in range(key_start, key_end, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
