@@ -283,7 +283,8 @@ def test_extend_tile_choice() -> None:
     assert extend_tiles(256)[0][0] == 64 and extend_tiles(64)[0][:3] == (128, 64, 4)
     assert [choose_tile(128, n)[0] for n in (1, 16, 64, 100, 256, 1024, 8192)] == [
         16, 16, 16, 32, 64, 128, 128]
-    assert choose_tile(128, 16) == (16, 32, 8, 2)  # the H200 sweep's small-tile settings
+    assert choose_tile(128, 16) == (16, 32, 8, 2)  # the H200 sweeps' settings
+    assert choose_tile(128, 256) == (64, 128, 8, 2)
     assert choose_tile(256, 8192)[0] == 64 and choose_tile(64, 40)[0] == 16
 
 

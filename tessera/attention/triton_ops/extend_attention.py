@@ -206,12 +206,14 @@ def extend_tiles(head_dim: int) -> list[tuple[int, int, int, int]]:
     """The (BLOCK_M, BLOCK_N, num_warps, num_stages) choices for a head size, largest query tile
     first. d <= 128: from the H200 sweeps inside CUDA graphs
     (benchmarks/results/2026-11-23_h200_s6_extend_key_tiles.json): 16-row tiles want 32-key
-    tiles and 2 stages (llama3-8b 16 tokens 4.8 -> 3.6 us), 64-row 2 stages (256 tokens 10.8 ->
-    10.4); 32 rows (not measured) takes the 16-row settings."""
+    tiles and 2 stages (llama3-8b 16 tokens 4.8 -> 3.6 us); 32 rows (not measured at the
+    lengths that pick them) take the 16-row settings. Since the kernel's new keys run in one
+    loop (..._s7_extend_key_tiles_one_loop.json) 64-row tiles want 128-key tiles: 256 tokens
+    llama3-8b 10.3 -> 9.9 us, qwen3-0.6b 10.2 -> 9.5."""
     if head_dim <= 64:
         return [(128, 64, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)]
     if head_dim <= 128:
-        return [(128, 64, 8, 3), (64, 64, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
+        return [(128, 64, 8, 3), (64, 128, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
     return [(64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
 
 
