@@ -119,6 +119,13 @@ def kernel_profile(fn: Callable[[], Any], steps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def print_kernel_table(kernels: list[dict[str, Any]], top: int) -> None:
+    """The `top` rows of a kernel_profile, one line each."""
+    for k in kernels[:top]:
+        print(f"  {k['us_per_step']:8.1f} us/step {k['calls_per_step']:5.0f} calls "
+              f"{k['us_per_call']:7.2f} us/call  {k['kernel']}", flush=True)
+
+
 # ---- GEMV sweep -----------------------------------------------------------------------------------
 def gemv_configs(n: int, k: int, smoke: bool) -> list:
     from tessera.ops.triton.gemv import GemvConfig

@@ -36,6 +36,7 @@ from profile_decode import (
     kernel_profile,
     patched,
     pdl_enabled,
+    print_kernel_table,
     time_ms,
 )
 
@@ -214,9 +215,7 @@ def main() -> None:
         result["kernel_sum_us"] = total
         print(f"kernels: sum {total:.1f} us per step vs graph {result['backbone_no_pdl_us']:.1f}",
               flush=True)
-        for k in kernels[:20]:
-            print(f"  {k['us_per_step']:8.1f} us/step {k['calls_per_step']:5.0f} calls "
-                  f"{k['us_per_call']:7.2f} us/call  {k['kernel']}", flush=True)
+        print_kernel_table(kernels, 20)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

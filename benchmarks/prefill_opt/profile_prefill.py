@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from benchmarks.decode_opt.profile_decode import kernel_profile
+from benchmarks.decode_opt.profile_decode import kernel_profile, print_kernel_table
 from tessera.compilation.bench_pcg import build_runner, prefill_batch, time_prefill
 
 
@@ -77,9 +77,7 @@ def main() -> None:
               f"between {gaps['kernels']} kernels; largest idle by (before, after):", flush=True)
         for g in gaps["by_pair"][:8]:
             print(f"    {g['idle_us']:8.1f} us over {g['count']:4d}  {g['pair']}", flush=True)
-        for k in kernels[:25]:
-            print(f"  {k['us_per_step']:8.1f} us {k['calls_per_step']:5.0f} calls "
-                  f"{k['us_per_call']:7.2f} us/call  {k['kernel']}", flush=True)
+        print_kernel_table(kernels, 25)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -145,7 +145,6 @@ def _extend_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     table_row_ptr = req_to_token_ptr + row * stride_table
-    shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
     diagonal_end = prefix + tl.minimum(m_start + BLOCK_M, extend_len)
     if NEW_KV:
         kv_rows = mask_m[:, None] & mask_d[None, :]
@@ -180,6 +179,7 @@ def _extend_kernel(
             mask_d, CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
             FROM_TABLE=False, row_offset=new_row, cache_ptr=k_cache_ptr)
     else:
+        shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
         acc, l_i, m_i = attend_tile(
             q, acc, l_i, m_i, qpos, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head, 0,
             shared_end, qk_scale, stride_ks, stride_kh, stride_vs, stride_vh, offs_d, mask_d,
