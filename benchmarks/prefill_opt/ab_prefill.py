@@ -1,4 +1,4 @@
-"""A/B of two host/launch-order choices of the piecewise-graph prefill (GPU).
+"""A/B of kernel and launch-order choices of the piecewise-graph prefill (GPU).
 
   early start   `PiecewiseGraphRunner` launches the first graph piece before it works out the
                 padded batch and the attention metadata (`ReplayPlan.start`); off: plan.lead = 0,
@@ -7,6 +7,10 @@
                 (tessera.ops.triton.pdl); off: `use_pdl` patched to False while the runner
                 is built (the other Triton kernels keep PDL)
 
+  stream GEMM   (--stream-gemm, instead of the two above) few-row linear layers on
+                tessera.ops.triton.stream_gemm (the default) against cuBLAS
+                (tessera.ops.linear.MAX_STREAM_ROWS patched to 0 while the runner captures)
+
 For each model one runner per PDL setting, both built first; per token count the four variants
 timed once a round, `--rounds` rounds, the order reversed every other round. Timing as bench_pcg
 (`time_prefill`: random prompt ids, synchronize, events around ModelRunner.forward) and back to
@@ -14,6 +18,7 @@ back (`--repeat` forwards between two events).
 
     python benchmarks/prefill_opt/ab_prefill.py --case llama3-8b:16,256,1024 \\
         --case qwen3-0.6b:256 --out ab.json
+    python benchmarks/prefill_opt/ab_prefill.py --stream-gemm --case llama3-8b:16 --out ab.json
 """
 from __future__ import annotations
 
@@ -60,13 +65,54 @@ def set_lead(runner: Any, early: bool) -> None:
         plan.lead = plan.lead_recorded if early else 0
 
 
+def stream_gemm_ab(args: argparse.Namespace) -> None:
+    """Runners with and without the stream GEMM, built first, timed interleaved."""
+    linear = importlib.import_module("tessera.ops.linear")
+    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
+    for model, sizes in args.case:
+        entry: dict[str, Any] = {"model": model, "variants": []}
+        runners = {}
+        with torch.inference_mode():
+            for stream in (True, False):
+                rows = linear.MAX_STREAM_ROWS if stream else 0
+                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows):
+                    runners[stream], _ = build_runner(model, max(sizes), True, "eager", "cuda")
+            for n in sizes:
+                runs: dict[bool, dict[str, list[float]]] = {
+                    v: {"sync": [], "b2b": []} for v in (True, False)}
+                for r in range(args.rounds):
+                    for stream in ((True, False) if r % 2 == 0 else (False, True)):
+                        timed = time_prefill(runners[stream], n, warmup=3, repeat=args.repeat)
+                        runs[stream]["sync"].append(timed["ms"]["median"])
+                        runs[stream]["b2b"].append(back_to_back(runners[stream], n, args.repeat))
+                for stream in (True, False):
+                    row = {"tokens": n, "stream_gemm": stream,
+                           "sync_ms": summarize(runs[stream]["sync"]),
+                           "b2b_ms": summarize(runs[stream]["b2b"])}
+                    entry["variants"].append(row)
+                    print(f"{model} N={n} stream_gemm={stream!s:5}: sync "
+                          f"{row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
+                          f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
+        platform = runners[True].platform
+        del runners
+        free_memory(platform)
+        result["models"].append(entry)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", type=parse_case, action="append", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--stream-gemm", action="store_true",
+                        help="A/B the few-row stream GEMM instead of extend PDL / early start")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.stream_gemm:
+        stream_gemm_ab(args)
+        return
     # the module (the package re-exports its function of the same name)
     extend_attention = importlib.import_module("tessera.attention.triton_ops.extend_attention")
 

@@ -70,8 +70,9 @@ class SchedulerConfig:
 class BackendConfig:
     attention_backend: str = cfg("auto", "attention kernels", choices=_attention_choices)
     sampling_backend: str = cfg("auto", "sampling ops", choices=_sampling_choices)
-    linear_backend: str = cfg("auto", "one-row linear layers (bs=1 decode, LM head): the Triton "
-                              "GEMV or torch's F.linear; auto: triton on CUDA with Triton",
+    linear_backend: str = cfg("auto", "few-row linear layers (bs=1 decode, LM head, prefills and "
+                              "decode batches of <= 16 tokens): the Triton GEMV / stream GEMM or "
+                              "torch's F.linear; auto: triton on CUDA with Triton",
                               choices=["auto", "triton", "torch"])
     disable_pdl: bool = cfg(False, "no programmatic dependent launch for tessera's Triton "
                             "kernels (on by default where the GPU has it, compute capability "

@@ -1,4 +1,4 @@
-"""linear(x, weight, bias): F.linear, except a one-row input on CUDA runs the Triton GEMV.
+"""linear(x, weight, bias): F.linear, except few-row inputs on CUDA run tessera's Triton kernels.
 
 Also here, for the decoder layers: `norm_linear` (an RMSNorm, with the residual add, feeding a
 linear layer) and `silu_mul_linear` (SiLU·mul feeding a linear layer). For a one-row input that
@@ -12,14 +12,25 @@ cuBLAS's M = 1 kernels were measured 1.1-3.8x slower than that stream on qwen3-0
 The linear layers' forward (tessera.layers.linear.LinearBase) and the LM head call this. H200,
 bench latency, decode graphs, bf16 (benchmarks/results/2026-11-23_h200_s2_decode_gemv_*): a bs=1
 step of qwen3-0.6b 1.53 -> 1.37 ms, llama3-8b 4.79 -> 4.66 ms; bs=32 unchanged (F.linear).
+
+2..MAX_STREAM_ROWS rows (short prefills, small decode batches) take the stream GEMM
+(tessera.ops.triton.stream_gemm: weights on the tensor cores' wide side, K split with an
+in-kernel reduction, the first weight tile loaded before the PDL wait). Measured in the chain it
+runs in, not back to back (`benchmarks/prefill_opt/stream_chain.py`, H200, llama3-8b's layer
+stack split like the piecewise forward, 16 rows): 4.44 ms with cuBLAS, 4.23 with it for all four
+projections, although alone it only ties cuBLAS on qkv / gate_up.
+
 The engine picks the backend once (`--linear-backend`, auto: triton on CUDA with Triton; the
-ModelRunner calls `set_one_row_backend`). The GEMV is used only when all of these hold, otherwise
-this is exactly F.linear:
+ModelRunner calls `set_one_row_backend`). Our kernels are used only when all of these hold,
+otherwise this is exactly F.linear:
   * the backend is "triton";
-  * not under torch.compile tracing (the piecewise graphs keep their matmul; a shape test there
-    would also add a guard on the dynamic token count) -- decode CUDA graphs capture eagerly;
-  * x is [1, K] and contiguous, on a CUDA device, with Triton available;
-  * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous.
+  * x is 2-D with unit stride along K, on a CUDA device, with Triton available;
+  * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous;
+  * one contiguous row (the GEMV, outside tracing only), or 2..MAX_STREAM_ROWS rows and K a
+    multiple of 64 (the stream GEMM).
+Under torch.compile tracing (the piecewise graphs' pieces) the row count is the dynamic token
+count: testing it would add a guard, so the traced graph calls tessera::few_row_linear, which
+makes the same choice when it runs (each captured size its own).
 """
 from __future__ import annotations
 
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
     from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
+MAX_STREAM_ROWS = 16  # the stream GEMM's rows (measured at 16; more rows keep cuBLAS)
 _BACKENDS = ("triton", "torch")
 _backend = "triton"  # process-wide, like the kernels it selects; the ModelRunner sets it
 
@@ -53,19 +65,41 @@ def one_row_backend() -> str:
     return _backend
 
 
-def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    if torch.compiler.is_compiling() or _backend != "triton":
-        return False
-    return (x.dim() == 2 and x.shape[0] == 1 and x.device.type == "cuda"
+def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Everything but the row count and Triton's presence; nothing torch.compile cannot trace."""
+    return (_backend == "triton" and x.dim() == 2 and x.device.type == "cuda"
             and x.dtype in _GEMV_DTYPES and weight.dtype == x.dtype and weight.dim() == 2
-            and weight.stride(1) == 1 and x.is_contiguous()
-            and (bias is None or bias.dtype == x.dtype) and triton_available())
+            and weight.stride(1) == 1 and x.stride(1) == 1
+            and (bias is None or bias.dtype == x.dtype))
+
+
+def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return (_eligible(x, weight, bias) and x.shape[0] == 1 and x.is_contiguous()
+            and triton_available())
+
+
+def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """2..MAX_STREAM_ROWS rows (1 row too, when the GEMV does not take it) outside tracing."""
+    if torch.compiler.is_compiling():
+        return False
+    return (_eligible(x, weight, bias) and 0 < x.shape[0] <= MAX_STREAM_ROWS
+            and x.shape[1] % 64 == 0 and triton_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        if _eligible(x, weight, bias):  # the op tests the row count (and Triton) when it runs
+            return torch.ops.tessera.few_row_linear(x, weight, bias)
+        return F.linear(x, weight, bias)
     if use_gemv(x, weight, bias):
         return torch.ops.tessera.gemv(x, weight, bias)
+    if use_stream(x, weight, bias):
+        from tessera.ops.triton.stream_gemm import stream_gemm
+
+        return stream_gemm(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -97,5 +131,5 @@ def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -
     return layer(act(gate_up))
 
 
-__all__ = ["linear", "norm_linear", "one_row_backend", "set_one_row_backend", "silu_mul_linear",
-           "use_gemv"]
+__all__ = ["MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend", "set_one_row_backend",
+           "silu_mul_linear", "use_gemv", "use_stream"]
