@@ -121,7 +121,8 @@ def chain(m: int, weights: dict, best_config: dict, choice: dict) -> float:
     # writes residual[l + 1]
     residual = [torch.randn(m, HIDDEN, dtype=torch.bfloat16, device=dev)
                 for _ in range(LAYERS + 1)]
-    attn_out = torch.randn(m, HIDDEN, dtype=torch.bfloat16, device=dev)
+    attn_width = SHAPES["o_proj"][1]  # heads x head_dim (qwen3-0.6b: 2048, not its hidden 1024)
+    attn_out = torch.randn(m, attn_width, dtype=torch.bfloat16, device=dev)
     qkv_out = [torch.empty(m, SHAPES["qkv"][0], dtype=torch.bfloat16, device=dev)
                for _ in range(LAYERS)]
 
@@ -145,7 +146,7 @@ def chain(m: int, weights: dict, best_config: dict, choice: dict) -> float:
     def forward() -> None:
         for layer in range(LAYERS):
             graphs[layer].replay()
-            attn_out.copy_(qkv_out[layer][:, :HIDDEN])  # the attention stand-in
+            attn_out.copy_(qkv_out[layer][:, :attn_width])  # the attention stand-in
     return round(device_ms(forward), 4)
 
 

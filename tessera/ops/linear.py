@@ -65,6 +65,15 @@ def one_row_backend() -> str:
     return _backend
 
 
+def prepare_few_row_kernels(device: torch.device) -> None:
+    """Before any CUDA graph is captured: the stream GEMM's workspace on `device`, when this
+    process will use it (a no-op otherwise)."""
+    if _backend == "triton" and device.type == "cuda" and triton_available():
+        from tessera.ops.triton.stream_gemm import reserve_workspace
+
+        reserve_workspace(device)
+
+
 def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Everything but the row count and Triton's presence; nothing torch.compile cannot trace."""
     return (_backend == "triton" and x.dim() == 2 and x.device.type == "cuda"
@@ -131,5 +140,6 @@ def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -
     return layer(act(gate_up))
 
 
-__all__ = ["MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend", "set_one_row_backend",
-           "silu_mul_linear", "use_gemv", "use_stream"]
+__all__ = ["MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend",
+           "prepare_few_row_kernels", "set_one_row_backend", "silu_mul_linear", "use_gemv",
+           "use_stream"]

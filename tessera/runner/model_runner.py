@@ -17,7 +17,7 @@ from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
 from tessera.models.loader import load_model, load_model_config
-from tessera.ops.linear import set_one_row_backend
+from tessera.ops.linear import prepare_few_row_kernels, set_one_row_backend
 from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
@@ -56,6 +56,7 @@ class ModelRunner:
         self.platform.manual_seed(config.load.seed)
         # process-wide kernel choices, before anything is captured (decode graphs hold them)
         set_one_row_backend(config.backend.linear_backend)
+        prepare_few_row_kernels(self.device)
         pdl.set_enabled(not config.backend.disable_pdl)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)

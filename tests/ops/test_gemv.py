@@ -179,10 +179,14 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
     return norm, layer
 
 
-def test_norm_linear_falls_back_to_the_two_modules():
-    """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x."""
-    from tessera.ops import SiluAndMul
+def test_norm_linear_falls_back_to_the_two_modules(monkeypatch):
+    """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x. The
+    ops are built for the CPU platform even on a GPU machine (they would bind their CUDA path)."""
+    from tessera.ops import SiluAndMul, base
     from tessera.ops.linear import norm_linear, silu_mul_linear
+    from tessera.platforms import CpuPlatform
+
+    monkeypatch.setattr(base, "current_platform", CpuPlatform)
 
     norm, layer = _layers(32, 8, torch.float32, "cpu")
     x, r = torch.randn(1, 32), torch.randn(1, 32)

@@ -67,9 +67,11 @@ def test_stream_config_splits_until_the_sms_fill():
     assert stream_config(4096, 4096).split == 4
     assert stream_config(4096, 14336).split == 4
     assert stream_config(28672, 4096).split == 1
-    # never fewer than 4 K tiles a program, and K must divide into whole tiles
-    assert stream_config(1024, 1024).split == 2
+    # qwen3-0.6b: qkv 64 tiles -> 4; never fewer than 2 K tiles a program; K in whole tiles
+    assert stream_config(4096, 1024).split == 4
+    assert stream_config(1024, 512).split == 2
     assert stream_config(1024, 1000).split == 1
+    assert stream_config(1024, 960).block_k == 64
 
 
 def test_stream_gemm_rejects_bad_input(device):
@@ -189,3 +191,21 @@ def test_gpu_linear_few_rows_take_the_stream_gemm(monkeypatch):
         assert not use_stream(x, w) and torch.equal(linear(x, w), F.linear(x, w))
     finally:
         set_one_row_backend("triton")
+
+
+def test_workspace_is_reserved_once_and_never_grown_inside_a_capture(monkeypatch):
+    from tessera.ops.triton import stream_gemm as module
+
+    monkeypatch.setattr(module, "_workspaces", {})
+    cpu = torch.device("cpu")
+    module.reserve_workspace(cpu)
+    ws, counts = module._workspaces[cpu]
+    assert ws.numel() == module.RESERVED_FLOATS and not counts.any()
+    assert module._workspace(cpu, 10, 10)[0] is ws  # big enough: the same tensors
+    module.reserve_workspace(cpu, 2 * module.RESERVED_FLOATS)  # grows outside a capture
+    assert module._workspaces[cpu][0].numel() == 2 * module.RESERVED_FLOATS
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="reserve it first"):
+        module.reserve_workspace(cpu, 4 * module.RESERVED_FLOATS)
+    module.reserve_workspace(cpu)  # already big enough: fine while capturing

@@ -96,31 +96,58 @@ NUM_SMS = 132  # H100/H200; only sizes the split (a heuristic, not a correctness
 
 
 def stream_config(n: int, k: int, block_n: int = 64, block_k: int | None = None) -> StreamConfig:
-    """Split K in two until the tiles fill the SMs, keeping >= 4 K tiles per program. K tiles of
-    128 where K allows, else 64 (stream_gemm needs K to be a multiple of one)."""
+    """Split K in two until the tiles fill the SMs, keeping >= 2 K tiles per program. K tiles of
+    128 where K allows, else 64 (stream_gemm needs K to be a multiple of one). These and the
+    3-stage pipeline are the H200 sweep's winners at 16 rows
+    (benchmarks/results/2026-11-23_h200_s8_stream_chain_llama3-8b.json: llama3-8b qkv split 2,
+    o_proj / down split 4, gate_up 1; qwen3-0.6b: split 4 but gate_up's 2, within 0.1 us)."""
     if block_k is None:
         block_k = 128 if k % 128 == 0 else 64
     tiles = triton.cdiv(n, block_n)
     split = 1
     while (tiles * split < NUM_SMS and k % (2 * split * block_k) == 0
-           and k // (2 * split) >= 4 * block_k):
+           and k // (2 * split) >= 2 * block_k):
         split *= 2
     return StreamConfig(block_n=block_n, block_k=block_k, split=split)
 
 
-_workspaces: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+# per device: the float32 partial-tile workspace and the int32 tile counters (zero between
+# launches: the last program of a tile resets its counter)
+_workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+# Enough for every split launch stream_config makes up to 64 rows: a split only doubles while
+# tiles * split < NUM_SMS, so tiles * split < 2 * NUM_SMS partial tiles of <= 64 x 64.
+RESERVED_FLOATS = 2 * NUM_SMS * 64 * 64
+RESERVED_TILES = 4096
+
+
+def reserve_workspace(device: torch.device, floats: int = RESERVED_FLOATS,
+                      tiles: int = RESERVED_TILES) -> None:
+    """Allocate (zero) the device's workspace now: it must exist before any CUDA graph that
+    uses it is captured (a zero-fill inside a capture would only run at that graph's replay).
+    The ModelRunner calls this through tessera.ops.linear.prepare_few_row_kernels."""
+    device = _canonical(device)
+    ws, counts = _workspaces.get(device, (None, None))
+    if ws is not None and ws.numel() >= floats and counts.numel() >= tiles:
+        return
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("stream_gemm's workspace is too small and a CUDA graph is being "
+                           "captured: reserve it first (stream_gemm.reserve_workspace)")
+    floats = max(floats, 0 if ws is None else ws.numel())
+    tiles = max(tiles, 0 if counts is None else counts.numel())
+    _workspaces[device] = (torch.empty(floats, dtype=torch.float32, device=device),
+                           torch.zeros(tiles, dtype=torch.int32, device=device))
+
+
+def _canonical(device: torch.device) -> torch.device:
+    """cuda -> cuda:<current>: the runner's device and its tensors' device are one key."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float32 partial-tile workspace and zeroed int32 tile counters for `device`, grown on
-    demand and kept (the counters are back at zero after every launch)."""
-    key = (device, 0)
-    ws, counts = _workspaces.get(key, (None, None))
-    if ws is None or ws.numel() < floats or counts.numel() < tiles:
-        ws = torch.empty(max(floats, 1 << 20), dtype=torch.float32, device=device)
-        counts = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
-        _workspaces[key] = (ws, counts)
-    return ws, counts
+    reserve_workspace(device, max(floats, RESERVED_FLOATS), max(tiles, RESERVED_TILES))
+    return _workspaces[_canonical(device)]
 
 
 def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -156,4 +183,4 @@ def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
-__all__ = ["MAX_ROWS", "StreamConfig", "stream_config", "stream_gemm"]
+__all__ = ["MAX_ROWS", "StreamConfig", "reserve_workspace", "stream_config", "stream_gemm"]
