@@ -36,7 +36,7 @@ class LinearBase(nn.Module):
                                                  requires_grad=False), self.weight_loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.linear, except one-row CUDA inputs take the Triton GEMV (tessera.ops.linear)
+        # F.linear, except few-row CUDA inputs take our Triton kernels (tessera.ops.linear)
         return linear(x, self.weight, self.bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
