@@ -8,8 +8,7 @@
                 is built (the other Triton kernels keep PDL)
 
   stream GEMM   (--stream-gemm, instead of the two above) few-row linear layers on
-                tessera.ops.triton.stream_gemm with its SiLU·mul input stage (the default),
-                without that stage (the activation kernel, then the stream GEMM), and cuBLAS
+                tessera.ops.triton.stream_gemm (the default) against cuBLAS
                 (tessera.ops.linear.MAX_STREAM_ROWS patched to 0 while the runner captures)
 
 For each model one runner per PDL setting, both built first; per token count the four variants
@@ -67,43 +66,34 @@ def set_lead(runner: Any, early: bool) -> None:
 
 
 def stream_gemm_ab(args: argparse.Namespace) -> None:
-    """Runners with the stream GEMM (its SiLU·mul input stage on / off) and without it, built
-    first, timed interleaved."""
+    """Runners with and without the stream GEMM, built first, timed interleaved."""
     linear = importlib.import_module("tessera.ops.linear")
-
-    def unfused(gate_up: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-        return linear.linear(torch.ops.tessera.silu_and_mul(gate_up), weight, bias)
-
-    settings = {  # variant -> (MAX_STREAM_ROWS, _silu_mul_rows)
-        "stream_fused": (linear.MAX_STREAM_ROWS, linear._silu_mul_rows),
-        "stream": (linear.MAX_STREAM_ROWS, unfused),
-        "cublas": (0, unfused),
-    }
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
     for model, sizes in args.case:
         entry: dict[str, Any] = {"model": model, "variants": []}
         runners = {}
         with torch.inference_mode():
-            for name, (rows, silu_mul_rows) in settings.items():
-                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows), \
-                        mock.patch.object(linear, "_silu_mul_rows", silu_mul_rows):
-                    runners[name], _ = build_runner(model, max(sizes), True, "eager", "cuda")
-            names = list(settings)
+            for stream in (True, False):
+                rows = linear.MAX_STREAM_ROWS if stream else 0
+                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows):
+                    runners[stream], _ = build_runner(model, max(sizes), True, "eager", "cuda")
             for n in sizes:
-                runs = {v: {"sync": [], "b2b": []} for v in names}
+                runs: dict[bool, dict[str, list[float]]] = {
+                    v: {"sync": [], "b2b": []} for v in (True, False)}
                 for r in range(args.rounds):
-                    for name in (names if r % 2 == 0 else names[::-1]):
-                        timed = time_prefill(runners[name], n, warmup=3, repeat=args.repeat)
-                        runs[name]["sync"].append(timed["ms"]["median"])
-                        runs[name]["b2b"].append(back_to_back(runners[name], n, args.repeat))
-                for name in names:
-                    row = {"tokens": n, "variant": name, "sync_ms": summarize(runs[name]["sync"]),
-                           "b2b_ms": summarize(runs[name]["b2b"])}
+                    for stream in ((True, False) if r % 2 == 0 else (False, True)):
+                        timed = time_prefill(runners[stream], n, warmup=3, repeat=args.repeat)
+                        runs[stream]["sync"].append(timed["ms"]["median"])
+                        runs[stream]["b2b"].append(back_to_back(runners[stream], n, args.repeat))
+                for stream in (True, False):
+                    row = {"tokens": n, "stream_gemm": stream,
+                           "sync_ms": summarize(runs[stream]["sync"]),
+                           "b2b_ms": summarize(runs[stream]["b2b"])}
                     entry["variants"].append(row)
-                    print(f"{model} N={n} {name:<12}: sync {row['sync_ms']['median']:.3f} ms "
-                          f"(min {row['sync_ms']['min']:.3f}), b2b {row['b2b_ms']['median']:.3f} "
-                          f"ms", flush=True)
-        platform = runners[names[0]].platform
+                    print(f"{model} N={n} stream_gemm={stream!s:5}: sync "
+                          f"{row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
+                          f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
+        platform = runners[True].platform
         del runners
         free_memory(platform)
         result["models"].append(entry)

@@ -113,23 +113,6 @@ def _few_row_linear_fake(x: torch.Tensor, weight: torch.Tensor,
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-@torch.library.custom_op("tessera::few_row_silu_mul_linear", mutates_args=())
-def few_row_silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor | None) -> torch.Tensor:
-    """(silu(gate) * up) @ weight.T (+ bias) run eagerly, as tessera.ops.linear.silu_mul_linear
-    chooses for the row count it gets: one fused kernel for one or a few rows, else the
-    activation kernel then the linear layer's matmul."""
-    from tessera.ops.linear import _silu_mul_rows
-
-    return _silu_mul_rows(gate_up, weight, bias)
-
-
-@few_row_silu_mul_linear.register_fake
-def _few_row_silu_mul_linear_fake(gate_up: torch.Tensor, weight: torch.Tensor,
-                                  bias: torch.Tensor | None) -> torch.Tensor:
-    return gate_up.new_empty((gate_up.shape[0], weight.shape[0]))
-
-
 @torch.library.custom_op("tessera::gemv_rms_norm", mutates_args=())
 def gemv_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                   eps: float, weight: torch.Tensor,
@@ -176,6 +159,6 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["few_row_linear", "few_row_silu_mul_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
+__all__ = ["few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
            "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm", "rotary_embedding",
            "silu_and_mul"]

@@ -89,15 +89,12 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
             and triton_available())
 
 
-def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               k: int | None = None) -> bool:
-    """2..MAX_STREAM_ROWS rows (1 row too, when the GEMV does not take it) outside tracing.
-    k: the weight's K when x is not [M, K] (the SiLU·mul input stage reads [M, 2K])."""
+def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """2..MAX_STREAM_ROWS rows (1 row too, when the GEMV does not take it) outside tracing."""
     if torch.compiler.is_compiling():
         return False
-    k = x.shape[1] if k is None else k
     return (_eligible(x, weight, bias) and 0 < x.shape[0] <= MAX_STREAM_ROWS
-            and k % 64 == 0 and triton_available())
+            and x.shape[1] % 64 == 0 and triton_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,
@@ -134,33 +131,12 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
     return layer(normed), residual
 
 
-def _silu_mul_rows(gate_up: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None) -> torch.Tensor:
-    """(silu(gate) * up) @ weight.T (+ bias), eagerly: one kernel for one row (the GEMV's input
-    stage) or a few (the stream GEMM's), else the activation kernel then `linear`."""
-    if use_gemv(gate_up, weight, bias):
-        return torch.ops.tessera.gemv_silu_mul(gate_up, weight, bias)
-    if use_stream(gate_up, weight, bias, k=weight.shape[1]):
-        from tessera.ops.triton.stream_gemm import stream_gemm_silu_mul
-
-        return stream_gemm_silu_mul(gate_up, weight, bias)
-    return linear(torch.ops.tessera.silu_and_mul(gate_up), weight, bias)
-
-
 def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -> torch.Tensor:
-    """layer(act(gate_up)) with act = SiLU·mul over the [gate | up] halves: one kernel
-    (tessera::gemv_silu_mul for one row, the stream GEMM's SiLU·mul input stage for a few) when
-    act is bound to Triton and the layer's weight suits the kernels; under tracing the choice is
-    tessera::few_row_silu_mul_linear's when it runs."""
-    weight, bias = layer.weight, layer.bias
-    fusable = (act.bound_forward == "forward_cuda" and _eligible(gate_up, weight, bias)
-               and gate_up.shape[-1] == 2 * weight.shape[1])
-    if not fusable:
-        return layer(act(gate_up))
-    if torch.compiler.is_compiling():
-        return torch.ops.tessera.few_row_silu_mul_linear(gate_up, weight, bias)
-    if triton_available():
-        return _silu_mul_rows(gate_up, weight, bias)
+    """layer(act(gate_up)) with act = SiLU·mul over the [gate | up] halves; one kernel
+    (tessera::gemv_silu_mul) when the layer would run the GEMV and act is bound to Triton."""
+    if (use_gemv(gate_up, layer.weight, layer.bias) and act.bound_forward == "forward_cuda"
+            and gate_up.shape[-1] == 2 * layer.weight.shape[1]):
+        return torch.ops.tessera.gemv_silu_mul(gate_up, layer.weight, layer.bias)
     return layer(act(gate_up))
 
 

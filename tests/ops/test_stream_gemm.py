@@ -14,12 +14,7 @@ import importlib
 import pytest
 import torch
 
-from tessera.ops.triton.stream_gemm import (
-    StreamConfig,
-    stream_config,
-    stream_gemm,
-    stream_gemm_silu_mul,
-)
+from tessera.ops.triton.stream_gemm import StreamConfig, stream_config, stream_gemm
 
 
 @pytest.fixture(autouse=True)
@@ -54,25 +49,6 @@ def test_stream_gemm_matches_reference(device, m, n, k, split, bias):
     assert _rel_err(y, x, w, b) < 8e-3
     # the counters are back at zero: a second launch reduces again, to the same bits
     assert torch.equal(stream_gemm(x, w, b, config), y)
-
-
-@pytest.mark.parametrize(("m", "split"), [(16, 1), (5, 4)])
-def test_stream_gemm_silu_mul_equals_the_two_kernels(device, m, split):
-    """The SiLU·mul input stage rounds as the activation kernel: the fused kernel gives the bits
-    of silu_and_mul then stream_gemm (same MMA inputs, same order)."""
-    from tessera.ops.triton.activation import silu_and_mul
-
-    torch.manual_seed(m + split)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    k = 512
-    gate_up = torch.randn(m, 2 * k, dtype=dtype, device=device)
-    w = torch.randn(96, k, dtype=dtype, device=device) / k ** 0.5
-    b = torch.randn(96, dtype=dtype, device=device)
-    config = StreamConfig(block_n=64, block_k=128, split=split)
-    fused = stream_gemm_silu_mul(gate_up, w, b, config)
-    assert torch.equal(fused, stream_gemm(silu_and_mul(gate_up), w, b, config))
-    with pytest.raises(AssertionError):
-        stream_gemm_silu_mul(gate_up[:, :k], w)  # [M, K] is not [gate | up]
 
 
 def test_stream_gemm_strided_rows(device):
@@ -178,61 +154,6 @@ def test_traced_linear_calls_the_few_row_op(monkeypatch):
     assert len(graphs) == 1, graphs
     assert any("few_row_linear" in target for target in graphs[0]), graphs
     assert not any("mm" in target or target.endswith("linear>") for target in graphs[0]), graphs
-
-
-def test_traced_silu_mul_linear_is_one_op(monkeypatch, fast_ops):
-    """Under tracing, the MLP's activation + down projection is tessera::few_row_silu_mul_linear
-    (the row count decided when it runs); when it runs on the CPU it is the two modules."""
-    from tessera.layers.linear import LinearBase
-    from tessera.ops import SiluAndMul
-
-    linear_module = importlib.import_module("tessera.ops.linear")
-    act, down = SiluAndMul(), LinearBase(64, 8, bias=False, dtype=torch.float32)
-    assert act.bound_forward == "forward_cuda"  # (fast_ops: as on a CUDA platform)
-    monkeypatch.setattr(linear_module, "_eligible",
-                        lambda x, w, b: torch.compiler.is_compiling())
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
-        return gm.forward
-
-    torch._dynamo.reset()
-    fn = torch.compile(lambda x: linear_module.silu_mul_linear(x, act, down), backend=backend,
-                       dynamic=True, fullgraph=True)
-    for rows in (3, 7):
-        x = torch.randn(rows, 128)
-        torch.testing.assert_close(fn(x), down(act.forward_native(x)))
-    assert len(graphs) == 1 and any("few_row_silu_mul_linear" in t for t in graphs[0]), graphs
-    torch.library.opcheck(torch.ops.tessera.few_row_silu_mul_linear.default,
-                          (torch.randn(3, 128), down.weight, None),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_silu_mul_linear_few_rows_is_one_kernel(fast_ops):
-    """llama3-8b's down projection at 2..16 rows: the fused kernel, equal to the two kernels;
-    17 rows: the activation kernel then cuBLAS, as before."""
-    import torch.nn.functional as F
-
-    from tessera.layers.linear import LinearBase
-    from tessera.ops import SiluAndMul
-    from tessera.ops.linear import set_one_row_backend, silu_mul_linear
-    from tessera.ops.triton.activation import silu_and_mul
-
-    set_one_row_backend("triton")
-    act = SiluAndMul()
-    down = LinearBase(14336, 4096, bias=False, dtype=torch.bfloat16).cuda()
-    down.weight.data.normal_(0, 0.02)
-    for rows in (2, 16, 17):
-        gate_up = torch.randn(rows, 2 * 14336, dtype=torch.bfloat16, device="cuda")
-        got = silu_mul_linear(gate_up, act, down)
-        if rows <= 16:
-            want = stream_gemm(silu_and_mul(gate_up), down.weight)
-        else:
-            want = F.linear(silu_and_mul(gate_up), down.weight)
-        assert torch.equal(got, want), rows
 
 
 @pytest.mark.gpu

@@ -12,11 +12,7 @@ down_proj). This kernel:
     counter per tile) adds them up and writes y: one launch, no reduction kernel. That program
     resets the counter, so the next launch (or graph replay) starts from zero;
   * with PDL (tessera.ops.triton.pdl) loads its first weight tile before waiting for the previous
-    kernel: the weights never depend on it;
-  * optionally computes its input as SiLU(gate) * up from the MLP's gate/up projection output
-    (`stream_gemm_silu_mul`, down_proj): the activation kernel and its launch disappear. Rounded
-    where the activation kernel rounds (tessera.ops.triton.activation), so the fused and unfused
-    paths give the same input to the MMA.
+    kernel: the weights never depend on it.
 Rounding: float32 accumulation, one rounding to y's dtype (the split order is fixed: partials
 are added in split order, so results are deterministic).
 """
@@ -32,24 +28,10 @@ from tessera.ops.triton.pdl import launch_options, use_pdl
 
 
 @triton.jit
-def _x_tile(x_ptrs, mask, up_offset, SILU_MUL: tl.constexpr):
-    """The [BLOCK_M, BLOCK_K] input tile: x itself, or silu(gate) * up with up `up_offset`
-    elements after gate in each row, rounded as the activation kernel rounds."""
-    if SILU_MUL:
-        gate = tl.load(x_ptrs, mask=mask, other=0.0)
-        up = tl.load(x_ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
-        gate32 = gate.to(tl.float32)
-        act = (gate32 / (1.0 + tl.exp(-gate32))).to(gate.dtype).to(tl.float32)
-        return (act * up).to(gate.dtype)
-    return tl.load(x_ptrs, mask=mask, other=0.0)
-
-
-@triton.jit
 def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_PER_SPLIT,
-                        stride_xm, stride_wn, stride_ym, up_offset,
+                        stride_xm, stride_wn, stride_ym,
                         SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                        SILU_MUL: tl.constexpr = False):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // SPLIT
     split = pid % SPLIT
@@ -66,12 +48,12 @@ def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_P
         # the weights are never written by a predecessor: the first tile loads before the wait
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)
         tl.extra.cuda.gdc_wait()
-        x = _x_tile(x_ptrs, mask_m[:, None], up_offset, SILU_MUL)
+        x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
         acc = tl.dot(w, tl.trans(x), acc)
         first = BLOCK_K
     for k0 in range(first, K_PER_SPLIT, BLOCK_K):
         w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0.0)
-        x = _x_tile(x_ptrs + k0, mask_m[:, None], up_offset, SILU_MUL)
+        x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
         acc = tl.dot(w, tl.trans(x), acc)
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
@@ -168,13 +150,15 @@ def _workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Ten
     return _workspaces[_canonical(device)]
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            config: StreamConfig | None, silu_mul: bool) -> torch.Tensor:
-    assert x.dim() == 2 and weight.dim() == 2, (x.shape, weight.shape)
+def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                config: StreamConfig | None = None) -> torch.Tensor:
+    """x [M, K] (M <= MAX_ROWS, unit stride along K), weight [N, K] (contiguous rows), bias [N]
+    -> y [M, N] in x's dtype, accumulated in float32."""
+    assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], (
+        x.shape, weight.shape)
     assert x.stride(1) == 1 and weight.stride(1) == 1, "K must be the contiguous dimension"
-    m, k = x.shape[0], weight.shape[1]
+    m, k = x.shape
     n = weight.shape[0]
-    assert x.shape[1] == (2 * k if silu_mul else k), (x.shape, weight.shape)
     assert m <= MAX_ROWS, f"stream_gemm takes at most {MAX_ROWS} rows, got {m}"
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
@@ -192,28 +176,11 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     pdl = use_pdl(x.device)
     _stream_gemm_kernel[(tiles * config.split,)](
         x, weight, bias if bias is not None else weight, y, ws, counts, m, n, k_per_split,
-        x.stride(0), weight.stride(0), y.stride(0), k, SPLIT=config.split,
+        x.stride(0), weight.stride(0), y.stride(0), SPLIT=config.split,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, PDL=pdl, SILU_MUL=silu_mul, num_warps=config.num_warps,
+        BLOCK_K=config.block_k, PDL=pdl, num_warps=config.num_warps,
         num_stages=config.num_stages, **launch_options(pdl))
     return y
 
 
-def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                config: StreamConfig | None = None) -> torch.Tensor:
-    """x [M, K] (M <= MAX_ROWS, unit stride along K), weight [N, K] (contiguous rows), bias [N]
-    -> y [M, N] in x's dtype, accumulated in float32."""
-    return _launch(x, weight, bias, config, silu_mul=False)
-
-
-def stream_gemm_silu_mul(gate_up: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None = None,
-                         config: StreamConfig | None = None) -> torch.Tensor:
-    """(silu(gate) * up) @ weight.T (+ bias) for gate_up = [gate | up] [M, 2K] (M <= MAX_ROWS,
-    unit stride along K) and weight [N, K]: the MLP's activation and down projection in one
-    kernel, rounded as silu_and_mul then stream_gemm."""
-    return _launch(gate_up, weight, bias, config, silu_mul=True)
-
-
-__all__ = ["MAX_ROWS", "StreamConfig", "reserve_workspace", "stream_config", "stream_gemm",
-           "stream_gemm_silu_mul"]
+__all__ = ["MAX_ROWS", "StreamConfig", "reserve_workspace", "stream_config", "stream_gemm"]
