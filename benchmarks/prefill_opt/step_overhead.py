@@ -77,7 +77,20 @@ def step_parts(bench, runner, n: int, repeat: int) -> dict:
             "device_us": {k: round(statistics.median(v), 1) for k, v in device.items()}}
 
 
-def build_parts(n: int = 16) -> dict[str, float]:
+def cold_us(fn, calls: int = 40) -> float:
+    """Median host us of one call made after a synchronize and 2 ms of idle (as a step after
+    the GPU went idle)."""
+    samples = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        time.sleep(0.002)
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return round(statistics.median(samples), 2)
+
+
+def build_parts(n: int = 16) -> dict[str, dict[str, float]]:
     from launch_cost import per_call_us
 
     from tessera.runner.forward_batch import ForwardBatch, ForwardMode
@@ -87,17 +100,20 @@ def build_parts(n: int = 16) -> dict[str, float]:
     slots = torch.arange(1, n + 1, dtype=torch.int64, device=dev)
     pinned = torch.empty(2 * n + 3, dtype=torch.int64, pin_memory=True)
     longs = [*range(n), 0, *ids]
-    return {
-        "pinned_empty": per_call_us(lambda: torch.empty(2 * n + 3, dtype=torch.int64,
-                                                        pin_memory=True)),
-        "pageable_empty": per_call_us(lambda: torch.empty(2 * n + 3, dtype=torch.int64)),
-        "tensor_from_list": per_call_us(lambda: torch.tensor(longs, dtype=torch.int64)),
-        "copy_into_pinned": per_call_us(lambda: pinned[:2 * n + 1].copy_(
-            torch.tensor(longs, dtype=torch.int64))),
-        "h2d_non_blocking": per_call_us(lambda: pinned.to(dev, non_blocking=True)),
-        "build": per_call_us(lambda: ForwardBatch.build(ForwardMode.EXTEND, ids, [0], [0], [n],
-                                                        slots, dev)),
+    free = torch.arange(4096, dtype=torch.int64, device=dev)
+    parts = {
+        "pinned_empty": lambda: torch.empty(2 * n + 3, dtype=torch.int64, pin_memory=True),
+        "pageable_empty": lambda: torch.empty(2 * n + 3, dtype=torch.int64),
+        "tensor_from_list": lambda: torch.tensor(longs, dtype=torch.int64),
+        "copy_into_pinned": lambda: pinned[:2 * n + 1].copy_(
+            torch.tensor(longs, dtype=torch.int64)),
+        "h2d_non_blocking": lambda: pinned.to(dev, non_blocking=True),
+        "device_slice": lambda: (free[:n], free[n:]),
+        "event_record": lambda: torch.cuda.Event().record(),
+        "build": lambda: ForwardBatch.build(ForwardMode.EXTEND, ids, [0], [0], [n], slots, dev),
     }
+    return {"warm": {k: per_call_us(fn) for k, fn in parts.items()},
+            "cold": {k: cold_us(fn) for k, fn in parts.items()}}
 
 
 def main() -> None:
