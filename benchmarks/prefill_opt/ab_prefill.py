@@ -9,7 +9,8 @@
 
   stream GEMM   (--stream-gemm, instead of the two above) few-row linear layers on
                 tessera.ops.triton.stream_gemm (the default) against cuBLAS
-                (tessera.ops.linear.MAX_STREAM_ROWS patched to 0 while the runner captures)
+                (tessera.ops.linear's MAX_STREAM_ROWS and MAX_NARROW_STREAM_ROWS patched to 0
+                while the runner captures)
 
 For each model one runner per PDL setting, both built first; per token count the four variants
 timed once a round, `--rounds` rounds, the order reversed every other round. Timing as bench_pcg
@@ -75,7 +76,9 @@ def stream_gemm_ab(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             for stream in (True, False):
                 rows = linear.MAX_STREAM_ROWS if stream else 0
-                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows):
+                narrow = linear.MAX_NARROW_STREAM_ROWS if stream else 0
+                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows), \
+                        mock.patch.object(linear, "MAX_NARROW_STREAM_ROWS", narrow):
                     runners[stream], _ = build_runner(model, max(sizes), True, "eager", "cuda")
             for n in sizes:
                 runs: dict[bool, dict[str, list[float]]] = {

@@ -67,11 +67,11 @@ def device_ms(forward, reps: int = 9) -> float:
     return statistics.median(samples[2:])
 
 
-def configs(n: int, k: int):
+def configs(n: int, k: int, rows: int):
     from tessera.ops.triton.stream_gemm import StreamConfig, stream_config
 
     for block_n, block_k, stages in itertools.product((64, 128), (64, 128), (2, 3, 4)):
-        auto = stream_config(n, k, block_n, block_k).split
+        auto = stream_config(n, k, block_n, block_k, rows).split
         for split in sorted({max(1, auto // 2), auto, auto * 2}):
             if k % (split * block_k):
                 continue
@@ -93,7 +93,7 @@ def sweep(name: str, m: int, ws: list[torch.Tensor]) -> tuple[dict, object]:
     times = {"cublas": device_ms(capture(functools.partial(many, F.linear, x, ws)).replay)
              * 1e3 / LAYERS}
     best = None
-    for cfg in configs(n, k):
+    for cfg in configs(n, k, m):
         label = f"n{cfg.block_n}_k{cfg.block_k}_s{cfg.num_stages}_split{cfg.split}"
         try:
             fn = functools.partial(stream_gemm, config=cfg)

@@ -13,7 +13,8 @@ The linear layers' forward (tessera.layers.linear.LinearBase) and the LM head ca
 bench latency, decode graphs, bf16 (benchmarks/results/2026-11-23_h200_s2_decode_gemv_*): a bs=1
 step of qwen3-0.6b 1.53 -> 1.37 ms, llama3-8b 4.79 -> 4.66 ms; bs=32 unchanged (F.linear).
 
-2..MAX_STREAM_ROWS rows (short prefills, small decode batches) take the stream GEMM
+2..MAX_STREAM_ROWS rows (short prefills, small decode batches) take the stream GEMM, and up to
+MAX_NARROW_STREAM_ROWS rows the projections whose output is no wider than their input
 (tessera.ops.triton.stream_gemm: weights on the tensor cores' wide side, K split with an
 in-kernel reduction, the first weight tile loaded before the PDL wait). Measured in the chain it
 runs in, not back to back (`benchmarks/prefill_opt/stream_chain.py`, H200, llama3-8b's layer
@@ -26,8 +27,8 @@ otherwise this is exactly F.linear:
   * the backend is "triton";
   * x is 2-D with unit stride along K, on a CUDA device, with Triton available;
   * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous;
-  * one contiguous row (the GEMV, outside tracing only), or 2..MAX_STREAM_ROWS rows and K a
-    multiple of 64 (the stream GEMM).
+  * one contiguous row (the GEMV, outside tracing only), or 2..MAX_STREAM_ROWS rows (up to
+    MAX_NARROW_STREAM_ROWS when N <= K) and K a multiple of 64 (the stream GEMM).
 Under torch.compile tracing (the piecewise graphs' pieces) the row count is the dynamic token
 count: testing it would add a guard, so the traced graph calls tessera::few_row_linear, which
 makes the same choice when it runs (each captured size its own).
@@ -48,7 +49,11 @@ if TYPE_CHECKING:
     from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
-MAX_STREAM_ROWS = 16  # the stream GEMM's rows (measured at 16; more rows keep cuBLAS)
+# The stream GEMM's rows: every projection up to 16 rows; narrow ones (N <= K: o_proj,
+# down_proj) up to 64. In the layer chain (benchmarks/prefill_opt/stream_chain.py) at 64 rows
+# only those gain (llama3-8b 4.649 -> 4.586 ms, qwen3-0.6b 1.146 -> 1.099) and at 256 rows none.
+MAX_STREAM_ROWS = 16
+MAX_NARROW_STREAM_ROWS = 64
 _BACKENDS = ("triton", "torch")
 _backend = "triton"  # process-wide, like the kernels it selects; the ModelRunner sets it
 
@@ -90,11 +95,13 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
 
 
 def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """2..MAX_STREAM_ROWS rows (1 row too, when the GEMV does not take it) outside tracing."""
+    """2..MAX_STREAM_ROWS rows (1 row too, when the GEMV does not take it), up to
+    MAX_NARROW_STREAM_ROWS for an output no wider than the input, outside tracing."""
     if torch.compiler.is_compiling():
         return False
-    return (_eligible(x, weight, bias) and 0 < x.shape[0] <= MAX_STREAM_ROWS
-            and x.shape[1] % 64 == 0 and triton_available())
+    limit = MAX_NARROW_STREAM_ROWS if weight.shape[0] <= x.shape[1] else MAX_STREAM_ROWS
+    return (_eligible(x, weight, bias) and 0 < x.shape[0] <= limit and x.shape[1] % 64 == 0
+            and triton_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,
@@ -140,6 +147,6 @@ def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -
     return layer(act(gate_up))
 
 
-__all__ = ["MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend",
+__all__ = ["MAX_NARROW_STREAM_ROWS", "MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend",
            "prepare_few_row_kernels", "set_one_row_backend", "silu_mul_linear", "use_gemv",
            "use_stream"]

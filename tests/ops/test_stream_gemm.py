@@ -72,15 +72,30 @@ def test_stream_config_splits_until_the_sms_fill():
     assert stream_config(1024, 512).split == 2
     assert stream_config(1024, 1000).split == 1
     assert stream_config(1024, 960).block_k == 64
+    # row tiles count as tiles: qwen3-0.6b's down at 256 rows (16 x 4 tiles) -> split 4
+    assert stream_config(1024, 3072, rows=256).split == 4
+
+
+def test_stream_gemm_row_tiles(device):
+    """More rows than one program's 64: row tiles, with and without the K split (each output
+    tile its own counter), bias included."""
+    torch.manual_seed(7)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    x = torch.randn(100, 256, dtype=dtype, device=device)
+    w = torch.randn(80, 256, dtype=dtype, device=device) / 16
+    b = torch.randn(80, dtype=dtype, device=device)
+    for split in (1, 2):
+        y = stream_gemm(x, w, b, StreamConfig(block_n=64, block_k=64, split=split))
+        assert y.shape == (100, 80) and _rel_err(y, x, w, b) < 8e-3
 
 
 def test_stream_gemm_rejects_bad_input(device):
-    x = torch.randn(65, 128, dtype=torch.float16, device=device)
+    x = torch.randn(4, 128, dtype=torch.float16, device=device)
     w = torch.randn(64, 128, dtype=torch.float16, device=device)
-    with pytest.raises(AssertionError, match="at most 64 rows"):
-        stream_gemm(x, w)
     with pytest.raises(AssertionError, match="whole"):
-        stream_gemm(x[:4], w, None, StreamConfig(block_n=64, block_k=128, split=2))
+        stream_gemm(x, w, None, StreamConfig(block_n=64, block_k=128, split=2))
+    with pytest.raises(AssertionError):
+        stream_gemm(x[:, :64], w)  # K differs
 
 
 @pytest.mark.gpu
@@ -159,9 +174,12 @@ def test_traced_linear_calls_the_few_row_op(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_linear_few_rows_take_the_stream_gemm(monkeypatch):
+    """Every projection up to MAX_STREAM_ROWS rows, narrow ones (N <= K) up to
+    MAX_NARROW_STREAM_ROWS, one row the GEMV, more rows cuBLAS, --linear-backend torch cuBLAS."""
     import torch.nn.functional as F
 
     from tessera.ops.linear import (
+        MAX_NARROW_STREAM_ROWS,
         MAX_STREAM_ROWS,
         linear,
         set_one_row_backend,
@@ -171,24 +189,29 @@ def test_gpu_linear_few_rows_take_the_stream_gemm(monkeypatch):
     from tessera.ops.triton import stream_gemm as stream_module
 
     set_one_row_backend("triton")
-    w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) * 0.02
+    narrow = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) * 0.02
+    wide = torch.randn(6144, 4096, device="cuda", dtype=torch.bfloat16) * 0.02
     used = []
     real = stream_module.stream_gemm
     monkeypatch.setattr(stream_module, "stream_gemm",
-                        lambda *a, **k: used.append(a[0].shape[0]) or real(*a, **k))
-    for rows in (1, 2, MAX_STREAM_ROWS, MAX_STREAM_ROWS + 1):
-        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
-        assert use_stream(x, w) == (rows <= MAX_STREAM_ROWS)
-        y = linear(x, w)
-        assert _rel_err(y, x, w) < 8e-3
-        if rows > MAX_STREAM_ROWS:
-            assert torch.equal(y, F.linear(x, w))
-    assert use_gemv(torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16), w)
-    assert used == [2, MAX_STREAM_ROWS]  # one row took the GEMV, 17 rows cuBLAS
+                        lambda *a, **k: used.append(tuple(a[1].shape) + (a[0].shape[0],))
+                        or real(*a, **k))
+    for w, limit in ((narrow, MAX_NARROW_STREAM_ROWS), (wide, MAX_STREAM_ROWS)):
+        for rows in (1, 2, MAX_STREAM_ROWS, MAX_STREAM_ROWS + 1, limit, limit + 1):
+            x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+            assert use_stream(x, w) == (rows <= limit), (w.shape, rows)
+            y = linear(x, w)
+            assert _rel_err(y, x, w) < 8e-3
+            if rows > limit:
+                assert torch.equal(y, F.linear(x, w))
+        assert use_gemv(torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16), w)
+    # one row took the GEMV; past the limits cuBLAS
+    assert used == [(4096, 4096, 2), (4096, 4096, 16), (4096, 4096, 17), (4096, 4096, 64),
+                    (6144, 4096, 2), (6144, 4096, 16), (6144, 4096, 16)]
     set_one_row_backend("torch")
     try:
         x = torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16)
-        assert not use_stream(x, w) and torch.equal(linear(x, w), F.linear(x, w))
+        assert not use_stream(x, narrow) and torch.equal(linear(x, narrow), F.linear(x, narrow))
     finally:
         set_one_row_backend("triton")
 

@@ -1,4 +1,4 @@
-"""y = x @ W.T (+ b) for a few rows of x (up to 64): a weight stream on the tensor cores.
+"""y = x @ W.T (+ b) for a few rows of x: a weight stream on the tensor cores.
 
 A 16-token prefill multiplies every weight matrix by 16 rows: the time is the weight's bytes over
 memory bandwidth. cuBLAS's few-row kernels leave SMs idle on the narrow projections (llama3-8b's
@@ -6,7 +6,8 @@ qkv at 16 rows: 96 tiles for 132 SMs, 3.2 TB/s) or split K and add a reduction k
 down_proj). This kernel:
   * swaps the operands ("swap AB"): a program computes a [BLOCK_N, BLOCK_M] tile of y.T as
     W_tile @ x_tile.T, so the weight rows are the MMA's M side (64+, Hopper's warpgroup MMA)
-    and the few rows of x its N side (16..64);
+    and the few rows of x its N side (16..64; more rows take more row tiles, whose programs
+    run side by side and share each weight tile through L2);
   * splits K across SPLIT programs per tile when there are too few tiles for the SMs; the
     partial tiles go to a float32 workspace and the last program of a tile to finish (an atomic
     counter per tile) adds them up and writes y: one launch, no reduction kernel. That program
@@ -29,15 +30,19 @@ from tessera.ops.triton.pdl import launch_options, use_pdl
 
 @triton.jit
 def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_PER_SPLIT,
-                        stride_xm, stride_wn, stride_ym,
+                        stride_xm, stride_wn, stride_ym, TILES_M,
                         SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    # program -> (feature tile, K split, row tile), row tiles fastest: the programs that read
+    # the same weight tile run side by side (one DRAM read, the others from L2)
     pid = tl.program_id(0)
-    tile = pid // SPLIT
-    split = pid % SPLIT
-    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    tile_m = pid % TILES_M
+    split = (pid // TILES_M) % SPLIT
+    tile_n = pid // (TILES_M * SPLIT)
+    tile = tile_n * TILES_M + tile_m  # the output tile: its workspace slot and counter
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_k = split * K_PER_SPLIT + tl.arange(0, BLOCK_K)  # K_PER_SPLIT % BLOCK_K == 0
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
@@ -91,11 +96,18 @@ class StreamConfig:
     num_stages: int = 3
 
 
-MAX_ROWS = 64  # the MMA's N side holds the rows of x
+MAX_ROW_TILE = 64  # the MMA's N side holds up to 64 rows of x; more rows: more row tiles
+
+
+def row_tile(m: int) -> int:
+    """Rows per program: the MMA's N side, 16..64."""
+    return min(MAX_ROW_TILE, max(16, triton.next_power_of_2(m)))
+
 NUM_SMS = 132  # H100/H200; only sizes the split (a heuristic, not a correctness matter)
 
 
-def stream_config(n: int, k: int, block_n: int = 64, block_k: int | None = None) -> StreamConfig:
+def stream_config(n: int, k: int, block_n: int = 64, block_k: int | None = None,
+                  rows: int = 16) -> StreamConfig:
     """Split K in two until the tiles fill the SMs, keeping >= 2 K tiles per program. K tiles of
     128 where K allows, else 64 (stream_gemm needs K to be a multiple of one). These and the
     3-stage pipeline are the H200 sweep's winners at 16 rows
@@ -103,7 +115,7 @@ def stream_config(n: int, k: int, block_n: int = 64, block_k: int | None = None)
     o_proj / down split 4, gate_up 1; qwen3-0.6b: split 4 but gate_up's 2, within 0.1 us)."""
     if block_k is None:
         block_k = 128 if k % 128 == 0 else 64
-    tiles = triton.cdiv(n, block_n)
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(rows, row_tile(rows))
     split = 1
     while (tiles * split < NUM_SMS and k % (2 * split * block_k) == 0
            and k // (2 * split) >= 2 * block_k):
@@ -114,7 +126,7 @@ def stream_config(n: int, k: int, block_n: int = 64, block_k: int | None = None)
 # per device: the float32 partial-tile workspace and the int32 tile counters (zero between
 # launches: the last program of a tile resets its counter)
 _workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-# Enough for every split launch stream_config makes up to 64 rows: a split only doubles while
+# Enough for every split launch stream_config makes: a split only doubles while
 # tiles * split < NUM_SMS, so tiles * split < 2 * NUM_SMS partial tiles of <= 64 x 64.
 RESERVED_FLOATS = 2 * NUM_SMS * 64 * 64
 RESERVED_TILES = 4096
@@ -152,23 +164,23 @@ def _workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Ten
 
 def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: StreamConfig | None = None) -> torch.Tensor:
-    """x [M, K] (M <= MAX_ROWS, unit stride along K), weight [N, K] (contiguous rows), bias [N]
-    -> y [M, N] in x's dtype, accumulated in float32."""
+    """x [M, K] (unit stride along K), weight [N, K] (contiguous rows), bias [N] -> y [M, N] in
+    x's dtype, accumulated in float32. Meant for few rows (tessera.ops.linear decides)."""
     assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], (
         x.shape, weight.shape)
     assert x.stride(1) == 1 and weight.stride(1) == 1, "K must be the contiguous dimension"
     m, k = x.shape
     n = weight.shape[0]
-    assert m <= MAX_ROWS, f"stream_gemm takes at most {MAX_ROWS} rows, got {m}"
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y
-    config = config or stream_config(n, k)
+    config = config or stream_config(n, k, rows=m)
     k_per_split = k // config.split
     assert k % (config.split * config.block_k) == 0, (
         f"K={k} must split into {config.split} parts of whole {config.block_k}-wide tiles")
-    block_m = max(16, triton.next_power_of_2(m))
-    tiles = triton.cdiv(n, config.block_n)
+    block_m = row_tile(m)
+    tiles_m = triton.cdiv(m, block_m)
+    tiles = triton.cdiv(n, config.block_n) * tiles_m
     if config.split > 1:
         ws, counts = _workspace(x.device, tiles * config.split * config.block_n * block_m, tiles)
     else:
@@ -176,11 +188,12 @@ def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     pdl = use_pdl(x.device)
     _stream_gemm_kernel[(tiles * config.split,)](
         x, weight, bias if bias is not None else weight, y, ws, counts, m, n, k_per_split,
-        x.stride(0), weight.stride(0), y.stride(0), SPLIT=config.split,
+        x.stride(0), weight.stride(0), y.stride(0), tiles_m, SPLIT=config.split,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=config.block_n,
         BLOCK_K=config.block_k, PDL=pdl, num_warps=config.num_warps,
         num_stages=config.num_stages, **launch_options(pdl))
     return y
 
 
-__all__ = ["MAX_ROWS", "StreamConfig", "reserve_workspace", "stream_config", "stream_gemm"]
+__all__ = ["MAX_ROW_TILE", "StreamConfig", "reserve_workspace", "row_tile", "stream_config",
+           "stream_gemm"]
