@@ -71,7 +71,7 @@ class BackendConfig:
     attention_backend: str = cfg("auto", "attention kernels", choices=_attention_choices)
     sampling_backend: str = cfg("auto", "sampling ops", choices=_sampling_choices)
     linear_backend: str = cfg("auto", "few-row linear layers (bs=1 decode, LM head, prefills and "
-                              "decode batches of <= 16 tokens, <= 64 for o_proj/down_proj): the "
+                              "decode batches of <= 16 tokens, <= 32 for o_proj/down_proj): the "
                               "Triton GEMV / stream GEMM or torch's F.linear; auto: triton on "
                               "CUDA with Triton",
                               choices=["auto", "triton", "torch"])

@@ -50,10 +50,12 @@ if TYPE_CHECKING:
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 # The stream GEMM's rows: every projection up to 16 rows; narrow ones (N <= K: o_proj,
-# down_proj) up to 64. In the layer chain (benchmarks/prefill_opt/stream_chain.py) at 64 rows
-# only those gain (llama3-8b 4.649 -> 4.586 ms, qwen3-0.6b 1.146 -> 1.099) and at 256 rows none.
+# down_proj) up to 32. H200, interleaved A/B in the real forward (ab_prefill.py --stream-gemm,
+# benchmarks/results/2026-11-23_h200_s8_ab_stream_gemm_32_64.json): with the narrow ones on it
+# up to 64 rows, llama3-8b 32 tokens 4.90 -> 4.77 ms but 64 tokens 5.24 -> 5.64 (decode bs=32
+# 4.93 -> 4.83, bs=64 5.31 -> 5.74), although the layer chain at 64 rows had favoured it.
 MAX_STREAM_ROWS = 16
-MAX_NARROW_STREAM_ROWS = 64
+MAX_NARROW_STREAM_ROWS = 32
 _BACKENDS = ("triton", "torch")
 _backend = "triton"  # process-wide, like the kernels it selects; the ModelRunner sets it
 
@@ -147,6 +149,6 @@ def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -
     return layer(act(gate_up))
 
 
-__all__ = ["MAX_NARROW_STREAM_ROWS", "MAX_STREAM_ROWS", "linear", "norm_linear", "one_row_backend",
-           "prepare_few_row_kernels", "set_one_row_backend", "silu_mul_linear", "use_gemv",
-           "use_stream"]
+__all__ = ["MAX_NARROW_STREAM_ROWS", "MAX_STREAM_ROWS", "linear", "norm_linear",
+           "one_row_backend", "prepare_few_row_kernels", "set_one_row_backend", "silu_mul_linear",
+           "use_gemv", "use_stream"]

@@ -149,7 +149,8 @@ def test_traced_linear_calls_the_few_row_op(monkeypatch):
     matmul, in one graph for every row count."""
     import torch.nn.functional as F
 
-    linear_module = importlib.import_module("tessera.ops.linear")  # (tessera.ops.linear: the function)
+    # the module (the package re-exports its function of the same name)
+    linear_module = importlib.import_module("tessera.ops.linear")
     # eligible while tracing only: when the graph runs on the CPU the op takes F.linear
     monkeypatch.setattr(linear_module, "_eligible",
                         lambda x, w, b: torch.compiler.is_compiling())
@@ -206,8 +207,9 @@ def test_gpu_linear_few_rows_take_the_stream_gemm(monkeypatch):
                 assert torch.equal(y, F.linear(x, w))
         assert use_gemv(torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16), w)
     # one row took the GEMV; past the limits cuBLAS
-    assert used == [(4096, 4096, 2), (4096, 4096, 16), (4096, 4096, 17), (4096, 4096, 64),
-                    (6144, 4096, 2), (6144, 4096, 16), (6144, 4096, 16)]
+    assert used == ([(4096, 4096, r) for r in (2, MAX_STREAM_ROWS, MAX_STREAM_ROWS + 1,
+                                               MAX_NARROW_STREAM_ROWS)]
+                    + [(6144, 4096, r) for r in (2, MAX_STREAM_ROWS, MAX_STREAM_ROWS)])
     set_one_row_backend("torch")
     try:
         x = torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16)
