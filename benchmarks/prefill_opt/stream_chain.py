@@ -21,7 +21,6 @@ import functools
 import itertools
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -29,6 +28,9 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, HERE)
+
+from graph_transitions import capture, device_ms  # the same capture and GPU-only timing
 
 # (layers, hidden, {projection: weight shape [N, K]})
 MODELS = {
@@ -38,33 +40,6 @@ MODELS = {
                               "gate_up": (6144, 1024), "down": (1024, 3072)}),
 }
 LAYERS, HIDDEN, SHAPES = MODELS["llama3-8b"]
-
-
-def capture(fn) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    torch.cuda.synchronize()
-    return graph
-
-
-def device_ms(forward, reps: int = 9) -> float:
-    samples = []
-    for _ in range(reps + 2):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(4_000_000)  # the host enqueues the forward while the GPU sleeps
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        forward()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
-    return statistics.median(samples[2:])
 
 
 def configs(n: int, k: int, rows: int):
