@@ -28,13 +28,15 @@ otherwise this is exactly F.linear:
   * x is 2-D with unit stride along K, on a CUDA device, with Triton available;
   * x, weight (and bias) share a 16-bit float dtype and weight rows are contiguous;
   * one contiguous row (the GEMV, outside tracing only), or 2..MAX_STREAM_ROWS rows (up to
-    MAX_NARROW_STREAM_ROWS when N <= K) and K a multiple of 64 (the stream GEMM).
+    MAX_NARROW_STREAM_ROWS when N <= K), K a multiple of 64 and a GPU of compute capability
+    >= 9.0, where it was measured (the stream GEMM).
 Under torch.compile tracing (the piecewise graphs' pieces) the row count is the dynamic token
 count: testing it would add a guard, so the traced graph calls tessera::few_row_linear, which
 makes the same choice when it runs (each captured size its own).
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -72,10 +74,18 @@ def one_row_backend() -> str:
     return _backend
 
 
+@functools.cache
+def _stream_gpu(index: int | None) -> bool:
+    """The stream GEMM only where it was measured against cuBLAS: Hopper-class GPUs (compute
+    capability >= 9.0); older ones keep cuBLAS for 2+ rows."""
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
 def prepare_few_row_kernels(device: torch.device) -> None:
     """Before any CUDA graph is captured: the stream GEMM's workspace on `device`, when this
     process will use it (a no-op otherwise)."""
-    if _backend == "triton" and device.type == "cuda" and triton_available():
+    if (_backend == "triton" and device.type == "cuda" and triton_available()
+            and _stream_gpu(device.index)):
         from tessera.ops.triton.stream_gemm import reserve_workspace
 
         reserve_workspace(device)
@@ -103,7 +113,7 @@ def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return False
     limit = MAX_NARROW_STREAM_ROWS if weight.shape[0] <= x.shape[1] else MAX_STREAM_ROWS
     return (_eligible(x, weight, bias) and 0 < x.shape[0] <= limit and x.shape[1] % 64 == 0
-            and triton_available())
+            and triton_available() and _stream_gpu(x.device.index))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,
