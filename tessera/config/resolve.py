@@ -48,7 +48,7 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
         pdl = "on if the GPU has it (compute capability >= 9.0)"
     else:
         pdl = f"off (no CUDA Triton kernels on {platform.kind.value})"
-    logger.info("attention backend: %s; sampling backend: %s; one-row linear: %s; PDL %s",
+    logger.info("attention backend: %s; sampling backend: %s; few-row linear: %s; PDL %s",
                 attention, sampling, linear, pdl)
     backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling,
                                   linear_backend=linear)

@@ -66,7 +66,7 @@ def set_one_row_backend(name: str) -> None:
     """"triton" (the GEMV for one-row CUDA inputs) or "torch" (always F.linear)."""
     global _backend
     if name not in _BACKENDS:
-        raise ValueError(f"one-row linear backend must be one of {_BACKENDS}, got {name!r}")
+        raise ValueError(f"few-row linear backend must be one of {_BACKENDS}, got {name!r}")
     _backend = name
 
 

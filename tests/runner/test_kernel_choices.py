@@ -28,7 +28,7 @@ def test_auto_is_torch_on_cpu_and_logged(caplog):
     with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
         resolved = config().resolve()
     assert resolved.backend.linear_backend == "torch"
-    assert "one-row linear: torch" in caplog.text
+    assert "few-row linear: torch" in caplog.text
     assert "PDL off (no CUDA Triton kernels on cpu)" in caplog.text
 
 
