@@ -1,0 +1,56 @@
+"""ForwardBatch.build: every field from the one packed copy (int64 fields and the int32 lengths
+packed two to a word), for extend and decode batches, ids from the host or already a tensor."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+
+
+def _check(fb: ForwardBatch, ids, rows, prefix, extend) -> None:
+    positions = [p + i for p, e in zip(prefix, extend) for i in range(e)]
+    starts = [sum(extend[:i]) for i in range(len(extend))]
+    assert fb.input_ids.dtype == torch.int64 and fb.input_ids.tolist() == list(ids)
+    assert fb.positions.tolist() == positions
+    assert fb.req_pool_indices.dtype == torch.int64 and fb.req_pool_indices.tolist() == rows
+    for field, want in ((fb.seq_lens, [p + e for p, e in zip(prefix, extend)]),
+                        (fb.extend_prefix_lens, prefix), (fb.extend_seq_lens, extend),
+                        (fb.extend_start_loc, starts)):
+        assert field.dtype == torch.int32 and field.tolist() == want
+    assert fb.seq_lens_cpu == [p + e for p, e in zip(prefix, extend)]
+    assert fb.max_extend_len == max(extend, default=0)
+
+
+@pytest.mark.parametrize("rows,prefix,extend", [
+    ([3], [0], [5]),                        # one prefill
+    ([0, 7, 2], [4, 0, 2 ** 31 - 10], [3, 1, 2]),  # odd batch, a length near the int32 limit
+    ([1, 2], [10, 20], [1, 1]),
+])
+def test_extend_batch_fields(rows, prefix, extend):
+    t = sum(extend)
+    ids = list(range(100, 100 + t))
+    slots = torch.arange(t, dtype=torch.int32)
+    fb = ForwardBatch.build(ForwardMode.EXTEND, ids, rows, prefix, extend, slots, "cpu")
+    _check(fb, ids, rows, prefix, extend)
+    assert fb.out_cache_loc.dtype == torch.int64 and fb.out_cache_loc.tolist() == list(range(t))
+    assert fb.decode_inputs is None
+    # ids already a tensor: the same fields
+    fb = ForwardBatch.build(ForwardMode.EXTEND, torch.tensor(ids), rows, prefix, extend,
+                            slots.long(), "cpu")
+    _check(fb, ids, rows, prefix, extend)
+
+
+def test_decode_batch_views_share_the_input_ids():
+    rows, prefix = [5, 6, 9], [11, 12, 13]
+    fb = ForwardBatch.build(ForwardMode.DECODE, [0, 0, 0], rows, prefix, [1, 1, 1],
+                            torch.arange(3), "cpu")
+    _check(fb, [0, 0, 0], rows, prefix, [1, 1, 1])
+    assert fb.decode_inputs.tolist() == [prefix, rows, [0, 0, 0]]
+    fb.fill_input_ids([0, 1, 2], torch.tensor([7, 8, 9]), [0, 1, 2])
+    assert fb.input_ids.tolist() == [7, 8, 9] and fb.decode_inputs[2].tolist() == [7, 8, 9]
+
+
+def test_lengths_must_fit_int32():
+    with pytest.raises(AssertionError, match="int32"):
+        ForwardBatch.build(ForwardMode.EXTEND, [1], [0], [2 ** 31], [1], torch.arange(1), "cpu")
