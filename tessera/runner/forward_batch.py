@@ -80,16 +80,12 @@ class ForwardBatch:
         device: torch.device | str,
         return_all_logits: bool = False,
     ) -> ForwardBatch:
-        """Build from host lists with ONE host->device copy and few torch calls.
+        """Build from host lists with ONE host->device copy.
 
-        All host-side integers are packed into one host tensor (pinned off the CPU: int64
-        positions, request rows and ids, then the int32 lengths two to an int64 word), copied
-        without blocking and viewed on the device. A blocking copy per field made the host wait
-        for the device queue seven times per step: on a ~4 ms decode step that is visible. And
-        every torch call counts while the device waits for the batch: on the H200 machine a
-        call right after the host waited for the GPU costs ~25x its back-to-back time
-        (benchmarks/results/2026-11-23_h200_s8_build_parts.json), so the fields are views made
-        by two splits and an unbind, not a slice each.
+        All host-side integers are packed into one host tensor (pinned off the CPU: int64 ids and
+        positions, then the int32 lengths in the bytes after them), copied without blocking and
+        viewed on the device. A blocking copy per field made the host wait
+        for the device queue seven times per step: on a ~4 ms decode step that is visible.
         """
         assert len(req_pool_indices) == len(prefix_lens) == len(extend_lens)
         if mode is ForwardMode.DECODE:
@@ -103,41 +99,33 @@ class ForwardBatch:
             positions.extend(range(p, p + e))
         t, b = len(positions), len(req_pool_indices)
         # layout: int64 positions [t] | req_pool_indices [b] | input_ids [t] (if on the host),
-        # then the 4 x [b] int32 lengths, two to a little-endian int64 word (no cast kernel on
-        # the device: it views those words as int32)
+        # then the 4 x [b] int32 lengths in the bytes after them (no cast kernel on the device)
         ids_on_host = not isinstance(input_ids, torch.Tensor)
         longs = [*positions, *req_pool_indices]
         if ids_on_host:
             assert len(input_ids) == t, "one input id per new token"
             longs.extend(input_ids)
         n64 = len(longs)
-        lens32 = [*seq_lens, *prefix_lens, *extend_lens, *starts]  # 4b: an even count
-        assert all(0 <= v < 2 ** 31 for v in lens32), "lengths must fit in int32"
-        longs.extend(lo | (hi << 32) for lo, hi in zip(lens32[0::2], lens32[1::2]))
-        host = torch.tensor(longs, dtype=torch.int64, pin_memory=device.type != "cpu")
+        host = torch.empty(n64 + 2 * b, dtype=torch.int64, pin_memory=device.type != "cpu")
+        host[:n64] = torch.tensor(longs, dtype=torch.int64)
+        host[n64:].view(torch.int32).copy_(
+            torch.tensor([*seq_lens, *prefix_lens, *extend_lens, *starts], dtype=torch.int32))
         packed = host.to(device, non_blocking=True)
-        head, words = packed.split([n64, 2 * b])
-        seq_lens_d, prefix_d, extend_d, starts_d = words.view(torch.int32).view(4, b).unbind(0)
-        if ids_on_host:
-            positions_d, rows_d, ids = head.split([t, b, t])
-        else:
-            positions_d, rows_d = head.split([t, b])
-            ids = input_ids.to(device=device, dtype=torch.int64)
-        decode_inputs = (head[:3 * b].view(3, b)
+        lens = packed[n64:].view(torch.int32).view(4, b)
+        ids = packed[t + b:t + b + t] if ids_on_host else input_ids.to(device=device,
+                                                                       dtype=torch.int64)
+        decode_inputs = (packed[:3 * b].view(3, b)
                          if mode is ForwardMode.DECODE and ids_on_host else None)
-        if (out_cache_loc.dtype != torch.int64 or out_cache_loc.device.type != device.type
-                or (device.index is not None and out_cache_loc.device.index != device.index)):
-            out_cache_loc = out_cache_loc.to(device=device, dtype=torch.int64)
         return cls(
             mode=mode,
             input_ids=ids,
-            positions=positions_d,
-            out_cache_loc=out_cache_loc,
-            req_pool_indices=rows_d,
-            seq_lens=seq_lens_d,
-            extend_prefix_lens=prefix_d,
-            extend_seq_lens=extend_d,
-            extend_start_loc=starts_d,
+            positions=packed[:t],
+            out_cache_loc=out_cache_loc.to(device=device, dtype=torch.int64),
+            req_pool_indices=packed[t:t + b],
+            seq_lens=lens[0],
+            extend_prefix_lens=lens[1],
+            extend_seq_lens=lens[2],
+            extend_start_loc=lens[3],
             seq_lens_cpu=seq_lens,
             extend_prefix_lens_cpu=list(prefix_lens),
             extend_seq_lens_cpu=list(extend_lens),

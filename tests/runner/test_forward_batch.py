@@ -1,5 +1,6 @@
-"""ForwardBatch.build: every field from the one packed copy (int64 fields and the int32 lengths
-packed two to a word), for extend and decode batches, ids from the host or already a tensor."""
+"""ForwardBatch.build: every field from the one packed copy (int64 fields, then the int32
+lengths in the bytes after them), for extend and decode batches, ids from the host or already a
+tensor."""
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,7 @@ def _check(fb: ForwardBatch, ids, rows, prefix, extend) -> None:
 
 @pytest.mark.parametrize("rows,prefix,extend", [
     ([3], [0], [5]),                        # one prefill
-    ([0, 7, 2], [4, 0, 2 ** 31 - 10], [3, 1, 2]),  # odd batch, a length near the int32 limit
+    ([0, 7, 2], [4, 0, 2 ** 31 - 10], [3, 1, 2]),  # odd batch size, a length near int32's max
     ([1, 2], [10, 20], [1, 1]),
 ])
 def test_extend_batch_fields(rows, prefix, extend):
@@ -49,8 +50,3 @@ def test_decode_batch_views_share_the_input_ids():
     assert fb.decode_inputs.tolist() == [prefix, rows, [0, 0, 0]]
     fb.fill_input_ids([0, 1, 2], torch.tensor([7, 8, 9]), [0, 1, 2])
     assert fb.input_ids.tolist() == [7, 8, 9] and fb.decode_inputs[2].tolist() == [7, 8, 9]
-
-
-def test_lengths_must_fit_int32():
-    with pytest.raises(AssertionError, match="int32"):
-        ForwardBatch.build(ForwardMode.EXTEND, [1], [0], [2 ** 31], [1], torch.arange(1), "cpu")
