@@ -18,12 +18,17 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(autouse=True)
 def _interpreter_rounds_like_compiled_triton():
-    """See triton_interpreter_fix: bf16/fp8 casts in the interpreter round as on the GPU."""
+    """See triton_interpreter_fix: bf16/fp8 casts in the interpreter round as on the GPU. Also
+    the interpreter's loop bounds computed from arguments (tessera.ops.triton.interpreter:
+    Triton 3.6 vs numpy >= 2.4; applied once, kept)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         yield
         return
     from triton_interpreter_fix import install
 
+    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
+
+    patch_for_numpy_2_4()
     restore = install()
     yield
     restore()

@@ -1,4 +1,5 @@
-"""A Llama decoder layer (tessera.models.llama) runnable on its own, for op and compile tests.
+"""Helpers for the op tests: a Llama decoder layer (tessera.models.llama) runnable on its own, for
+op and compile tests, and the relative error of a linear layer's output against float64.
 
 Attention is a splitting op that reads a forward context; here a single causal sequence is served
 by plain SDPA, so the layer runs without a KV pool or a ModelRunner.
@@ -63,3 +64,9 @@ def build_layer_pair(config: ModelConfig, dtype: torch.dtype, device: str | torc
                 param.copy_(noise / param.shape[-1] ** 0.5)
     native.load_state_dict(fast.state_dict())
     return fast, native
+
+
+def linear_rel_err(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> float:
+    """||got - (x @ w.T + b)|| / ||x @ w.T + b||, the reference in float64."""
+    ref = x.double() @ w.double().T + (0 if b is None else b.double())
+    return float((got.double() - ref).norm() / ref.norm())

@@ -10,14 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_layer_helpers import linear_rel_err
 
 from tessera.ops import custom_ops, linear
 from tessera.ops.linear import one_row_backend, set_one_row_backend, use_gemv
-
-
-def _rel_err(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> float:
-    ref = x.double() @ w.double().T + (0 if b is None else b.double())
-    return float((got.double() - ref).norm() / ref.norm())
 
 
 @pytest.fixture(autouse=True)
@@ -27,15 +23,6 @@ def gemv_backend():
     set_one_row_backend("triton")
     yield
     set_one_row_backend(previous)
-
-
-@pytest.fixture(autouse=True)
-def _numpy_2_4_interpreter_fix():
-    """Loop bounds computed from arguments need the interpreter fix (a no-op when compiled)."""
-    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
-
-    patch_for_numpy_2_4()
-    yield
 
 
 @pytest.mark.parametrize("n,k", [(64, 128), (70, 200), (33, 1000), (8, 16)])
@@ -49,7 +36,7 @@ def test_gemv_matches_reference(device, n, k, with_bias):
     for config in (gemv_config(n, k), GemvConfig(2, 64, 4, 1), GemvConfig(16, 32, 4, 1)):
         y = gemv(x, w, b, config)
         assert y.shape == (1, n) and torch.isfinite(y).all()
-        assert _rel_err(y, x, w, b) < 1e-5, config
+        assert linear_rel_err(y, x, w, b) < 1e-5, config
 
 
 def test_gemv_one_dimensional_input(device):
@@ -57,7 +44,7 @@ def test_gemv_one_dimensional_input(device):
 
     x, w = torch.randn(48, device=device), torch.randn(10, 48, device=device)
     assert gemv(x, w).shape == (10,)
-    assert _rel_err(gemv(x, w)[None], x[None], w) < 1e-5
+    assert linear_rel_err(gemv(x, w)[None], x[None], w) < 1e-5
 
 
 def test_gemv_config_covers_the_decode_shapes():
@@ -215,7 +202,7 @@ def test_gpu_linear_one_row_takes_the_gemv(n, k):
     for bias in (None, b):
         y = linear(x, w, bias)
         assert y.dtype == torch.bfloat16 and y.shape == (1, n)
-        assert _rel_err(y, x, w, bias) < 1e-2  # bf16 output rounding
+        assert linear_rel_err(y, x, w, bias) < 1e-2  # bf16 output rounding
     # two rows, fp32, strided: plain F.linear
     assert not use_gemv(torch.randn(2, k, device="cuda", dtype=torch.bfloat16), w)
     assert not use_gemv(x.float(), w.float())

@@ -13,21 +13,9 @@ import importlib
 
 import pytest
 import torch
+from ops_layer_helpers import linear_rel_err
 
 from tessera.ops.triton.stream_gemm import StreamConfig, stream_config, stream_gemm
-
-
-@pytest.fixture(autouse=True)
-def _numpy_2_4_interpreter_fix():
-    from tessera.ops.triton.interpreter import patch_for_numpy_2_4
-
-    patch_for_numpy_2_4()
-    yield
-
-
-def _rel_err(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> float:
-    ref = x.double() @ w.double().T + (0 if b is None else b.double())
-    return float((got.double() - ref).norm() / ref.norm())
 
 
 @pytest.mark.parametrize(("m", "n", "k", "split", "bias"), [
@@ -46,7 +34,7 @@ def test_stream_gemm_matches_reference(device, m, n, k, split, bias):
     config = StreamConfig(block_n=64, block_k=128 if k % (128 * split) == 0 else 64, split=split)
     y = stream_gemm(x, w, b, config)
     assert y.shape == (m, n) and y.dtype == dtype
-    assert _rel_err(y, x, w, b) < 8e-3
+    assert linear_rel_err(y, x, w, b) < 8e-3
     # the counters are back at zero: a second launch reduces again, to the same bits
     assert torch.equal(stream_gemm(x, w, b, config), y)
 
@@ -58,7 +46,7 @@ def test_stream_gemm_strided_rows(device):
     x = base[:, :256]
     w = torch.randn(64, 256, dtype=torch.float16, device=device) / 16
     y = stream_gemm(x, w, None, StreamConfig(block_n=64, block_k=64, split=2))
-    assert _rel_err(y, x, w) < 4e-3
+    assert linear_rel_err(y, x, w) < 4e-3
 
 
 def test_stream_config_splits_until_the_sms_fill():
@@ -86,7 +74,7 @@ def test_stream_gemm_row_tiles(device):
     b = torch.randn(80, dtype=dtype, device=device)
     for split in (1, 2):
         y = stream_gemm(x, w, b, StreamConfig(block_n=64, block_k=64, split=split))
-        assert y.shape == (100, 80) and _rel_err(y, x, w, b) < 8e-3
+        assert y.shape == (100, 80) and linear_rel_err(y, x, w, b) < 8e-3
 
 
 def test_stream_gemm_rejects_bad_input(device):
@@ -114,7 +102,7 @@ def test_gpu_stream_gemm_model_shapes(shape):
         for m in (1, 7, 16, 40, 64):
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             y = stream_gemm(x, w)
-            assert _rel_err(y, x, w) < 8e-3, (shape, m)
+            assert linear_rel_err(y, x, w) < 8e-3, (shape, m)
         x = torch.randn(16, k, dtype=torch.bfloat16, device="cuda")
         first = stream_gemm(x, w)
         graph = torch.cuda.CUDAGraph()
@@ -202,7 +190,7 @@ def test_gpu_linear_few_rows_take_the_stream_gemm(monkeypatch):
             x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
             assert use_stream(x, w) == (rows <= limit), (w.shape, rows)
             y = linear(x, w)
-            assert _rel_err(y, x, w) < 8e-3
+            assert linear_rel_err(y, x, w) < 8e-3
             if rows > limit:
                 assert torch.equal(y, F.linear(x, w))
         assert use_gemv(torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16), w)
