@@ -12,8 +12,9 @@
                 (tessera.ops.linear's MAX_STREAM_ROWS and MAX_NARROW_STREAM_ROWS patched to 0
                 while the runner captures)
 
-For each model one runner per PDL setting, both built first; per token count the four variants
-timed once a round, `--rounds` rounds, the order reversed every other round. Timing as bench_pcg
+For each model every runner is built first (one per PDL setting, or per stream-GEMM setting);
+per token count every variant is timed once a round, `--rounds` rounds, the order reversed every
+other round. Timing as bench_pcg
 (`time_prefill`: random prompt ids, synchronize, events around ModelRunner.forward) and back to
 back (`--repeat` forwards between two events).
 
@@ -24,10 +25,12 @@ back (`--repeat` forwards between two events).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -66,42 +69,62 @@ def set_lead(runner: Any, early: bool) -> None:
         plan.lead = plan.lead_recorded if early else 0
 
 
-def stream_gemm_ab(args: argparse.Namespace) -> None:
-    """Runners with and without the stream GEMM, built first, timed interleaved."""
+# a variant: (its labels in the results, its runner, what to set before it is timed)
+Variant = tuple[dict[str, Any], Any, Callable[[], None]]
+
+
+def pdl_and_early_start(model: str, max_tokens: int) -> list[Variant]:
+    """Extend PDL on / off (one runner each, built first) x early start on / off (set_lead)."""
+    # the module (the package re-exports its function of the same name)
+    extend_attention = importlib.import_module("tessera.attention.triton_ops.extend_attention")
+    runners = {}
+    for extend_pdl in (True, False):
+        wanted = extend_attention.use_pdl if extend_pdl else (lambda device: False)
+        with mock.patch.object(extend_attention, "use_pdl", wanted):
+            runner, _ = build_runner(model, max_tokens, True, "eager", "cuda")
+        (pcg,) = [r for r in runner.graph_runners if type(r).__name__ == "PiecewiseGraphRunner"]
+        for plan in pcg.plans.values():
+            plan.lead_recorded = plan.lead
+        runners[extend_pdl] = runner
+    return [({"extend_pdl": pdl, "early_start": early}, runners[pdl],
+             functools.partial(set_lead, runners[pdl], early))
+            for pdl in (True, False) for early in (True, False)]
+
+
+def stream_gemm_on_off(model: str, max_tokens: int) -> list[Variant]:
+    """Runners with and without the stream GEMM (its row limits patched to 0 while capturing)."""
     linear = importlib.import_module("tessera.ops.linear")
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
-    for model, sizes in args.case:
-        entry: dict[str, Any] = {"model": model, "variants": []}
-        runners = {}
-        with torch.inference_mode():
-            for stream in (True, False):
-                rows = linear.MAX_STREAM_ROWS if stream else 0
-                narrow = linear.MAX_NARROW_STREAM_ROWS if stream else 0
-                with mock.patch.object(linear, "MAX_STREAM_ROWS", rows), \
-                        mock.patch.object(linear, "MAX_NARROW_STREAM_ROWS", narrow):
-                    runners[stream], _ = build_runner(model, max(sizes), True, "eager", "cuda")
-            for n in sizes:
-                runs: dict[bool, dict[str, list[float]]] = {
-                    v: {"sync": [], "b2b": []} for v in (True, False)}
-                for r in range(args.rounds):
-                    for stream in ((True, False) if r % 2 == 0 else (False, True)):
-                        timed = time_prefill(runners[stream], n, warmup=3, repeat=args.repeat)
-                        runs[stream]["sync"].append(timed["ms"]["median"])
-                        runs[stream]["b2b"].append(back_to_back(runners[stream], n, args.repeat))
-                for stream in (True, False):
-                    row = {"tokens": n, "stream_gemm": stream,
-                           "sync_ms": summarize(runs[stream]["sync"]),
-                           "b2b_ms": summarize(runs[stream]["b2b"])}
-                    entry["variants"].append(row)
-                    print(f"{model} N={n} stream_gemm={stream!s:5}: sync "
-                          f"{row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
-                          f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
-        platform = runners[True].platform
-        del runners
-        free_memory(platform)
-        result["models"].append(entry)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    variants = []
+    for stream in (True, False):
+        rows = linear.MAX_STREAM_ROWS if stream else 0
+        narrow = linear.MAX_NARROW_STREAM_ROWS if stream else 0
+        with mock.patch.object(linear, "MAX_STREAM_ROWS", rows), \
+                mock.patch.object(linear, "MAX_NARROW_STREAM_ROWS", narrow):
+            runner, _ = build_runner(model, max_tokens, True, "eager", "cuda")
+        variants.append(({"stream_gemm": stream}, runner, lambda: None))
+    return variants
+
+
+def interleaved(model: str, n: int, variants: list[Variant], rounds: int,
+                repeat: int) -> list[dict[str, Any]]:
+    """Every variant timed once a round at n tokens, the order reversed every other round."""
+    runs = [{"sync": [], "b2b": []} for _ in variants]
+    order = list(range(len(variants)))
+    for r in range(rounds):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            _, runner, setup = variants[i]
+            setup()
+            runs[i]["sync"].append(time_prefill(runner, n, warmup=3, repeat=repeat)["ms"]["median"])
+            runs[i]["b2b"].append(back_to_back(runner, n, repeat))
+    rows = []
+    for (labels, _, _), run in zip(variants, runs):
+        row = {"tokens": n, **labels, "sync_ms": summarize(run["sync"]),
+               "b2b_ms": summarize(run["b2b"])}
+        rows.append(row)
+        print(f"{model} N={n} " + " ".join(f"{k}={v!s:5}" for k, v in labels.items())
+              + f": sync {row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
+              f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -113,50 +136,18 @@ def main() -> None:
                         help="A/B the few-row stream GEMM instead of extend PDL / early start")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.stream_gemm:
-        stream_gemm_ab(args)
-        return
-    # the module (the package re-exports its function of the same name)
-    extend_attention = importlib.import_module("tessera.attention.triton_ops.extend_attention")
+    build = stream_gemm_on_off if args.stream_gemm else pdl_and_early_start
 
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
     for model, sizes in args.case:
-        entry: dict[str, Any] = {"model": model, "variants": []}
-        runners = {}
         with torch.inference_mode():
-            for extend_pdl in (True, False):  # both built first, then timed interleaved
-                wanted = extend_attention.use_pdl if extend_pdl else (lambda device: False)
-                with mock.patch.object(extend_attention, "use_pdl", wanted):
-                    runner, _ = build_runner(model, max(sizes), True, "eager", "cuda")
-                (pcg,) = [r for r in runner.graph_runners
-                          if type(r).__name__ == "PiecewiseGraphRunner"]
-                for plan in pcg.plans.values():
-                    plan.lead_recorded = plan.lead
-                runners[extend_pdl] = runner
-            for n in sizes:
-                variants = [(pdl, early) for pdl in (True, False) for early in (True, False)]
-                runs: dict[tuple, dict[str, list[float]]] = {
-                    v: {"sync": [], "b2b": []} for v in variants}
-                for r in range(args.rounds):
-                    # every variant once a round, the order reversed every other round
-                    for pdl, early in (variants if r % 2 == 0 else variants[::-1]):
-                        runner = runners[pdl]
-                        set_lead(runner, early)
-                        timed = time_prefill(runner, n, warmup=3, repeat=args.repeat)
-                        runs[pdl, early]["sync"].append(timed["ms"]["median"])
-                        runs[pdl, early]["b2b"].append(back_to_back(runner, n, args.repeat))
-                for pdl, early in variants:
-                    row = {"tokens": n, "extend_pdl": pdl, "early_start": early,
-                           "sync_ms": summarize(runs[pdl, early]["sync"]),
-                           "b2b_ms": summarize(runs[pdl, early]["b2b"])}
-                    entry["variants"].append(row)
-                    print(f"{model} N={n} extend_pdl={pdl!s:5} early_start={early!s:5}: sync "
-                          f"{row['sync_ms']['median']:.3f} ms (min {row['sync_ms']['min']:.3f}),"
-                          f" b2b {row['b2b_ms']['median']:.3f} ms", flush=True)
-        platform = runners[True].platform
-        del runner, pcg, runners
+            variants = build(model, max(sizes))  # every runner built before any timing
+            rows = [row for n in sizes
+                    for row in interleaved(model, n, variants, args.rounds, args.repeat)]
+        platform = variants[0][1].platform
+        del variants
         free_memory(platform)
-        result["models"].append(entry)
+        result["models"].append({"model": model, "variants": rows})
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
 

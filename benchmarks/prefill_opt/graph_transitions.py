@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "decode_opt"))
 
-def capture(fn) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    torch.cuda.synchronize()
-    return graph
+from profile_decode import graph_of  # capture after a warm-up on a side stream
 
 
 def device_ms(forward, reps: int = 9) -> float:
+    """Median device ms of `forward` queued behind a sleep (the GPU's time alone)."""
     samples = []
     for _ in range(reps + 2):
         torch.cuda.synchronize()
@@ -67,21 +61,21 @@ def case(tokens: int, piece_kernels: int, layers: int) -> dict:
             piece(i)
             attention(i)
 
-    full = capture(eager)
-    pieces = [capture(lambda i=i: piece(i)) for i in range(layers)]
-    att_graphs = [capture(lambda i=i: attention(i)) for i in range(layers)]
+    full = graph_of(eager)
+    pieces = [graph_of(lambda i=i: piece(i)) for i in range(layers)]
+    att_graphs = [graph_of(lambda i=i: attention(i)) for i in range(layers)]
 
     def piecewise() -> None:
         for i in range(layers):
-            pieces[i].replay()
+            pieces[i]()
             attention(i)
 
     def piecewise_att_graph() -> None:
         for i in range(layers):
-            pieces[i].replay()
-            att_graphs[i].replay()
+            pieces[i]()
+            att_graphs[i]()
 
-    ms = {"full": device_ms(full.replay), "piecewise": device_ms(piecewise),
+    ms = {"full": device_ms(full), "piecewise": device_ms(piecewise),
           "piecewise_att_graph": device_ms(piecewise_att_graph), "eager": device_ms(eager)}
     row = {"tokens": tokens, "layers": layers, "kernels_per_layer": piece_kernels + 1,
            "ms": {k: round(v, 4) for k, v in ms.items()},

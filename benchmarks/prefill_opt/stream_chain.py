@@ -30,17 +30,12 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "decode_opt"))
 
-from graph_transitions import capture, device_ms  # the same capture and GPU-only timing
+from graph_transitions import device_ms  # GPU-only timing (the forward queued behind a sleep)
+from profile_decode import SHAPES, graph_of  # weight shapes; capture after a warm-up
 
-# (layers, hidden, {projection: weight shape [N, K]})
-MODELS = {
-    "llama3-8b": (32, 4096, {"qkv": (6144, 4096), "o_proj": (4096, 4096),
-                             "gate_up": (28672, 4096), "down": (4096, 14336)}),
-    "qwen3-0.6b": (28, 1024, {"qkv": (4096, 1024), "o_proj": (1024, 2048),
-                              "gate_up": (6144, 1024), "down": (1024, 3072)}),
-}
-LAYERS, HIDDEN, SHAPES = MODELS["llama3-8b"]
+from tessera.models.presets import PRESETS
 
 
 def configs(n: int, k: int, rows: int):
@@ -60,14 +55,15 @@ def many(fn, x: torch.Tensor, ws: list[torch.Tensor]) -> None:
         fn(x, w)
 
 
-def sweep(name: str, m: int, ws: list[torch.Tensor]) -> tuple[dict, object]:
-    """Per-call device times of cuBLAS and every stream_gemm config on one shape; best config."""
+def sweep(m: int, ws: list[torch.Tensor]) -> tuple[dict, object]:
+    """Per-call device times of cuBLAS and every stream_gemm config on one shape (the layers'
+    weights `ws`); the best config."""
     from tessera.ops.triton.stream_gemm import stream_gemm
 
-    n, k = SHAPES[name]
+    n, k = ws[0].shape
     x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-    times = {"cublas": device_ms(capture(functools.partial(many, F.linear, x, ws)).replay)
-             * 1e3 / LAYERS}
+    times = {"cublas": device_ms(graph_of(functools.partial(many, F.linear, x, ws)))
+             * 1e3 / len(ws)}
     best = None
     for cfg in configs(n, k, m):
         label = f"n{cfg.block_n}_k{cfg.block_k}_s{cfg.num_stages}_split{cfg.split}"
@@ -76,8 +72,8 @@ def sweep(name: str, m: int, ws: list[torch.Tensor]) -> tuple[dict, object]:
             ref = F.linear(x, ws[0]).float()
             err = float((fn(x, ws[0]).float() - ref).norm() / ref.norm())
             assert err < 1e-2, err
-            times[label] = device_ms(capture(functools.partial(many, fn, x, ws)).replay) \
-                * 1e3 / LAYERS
+            times[label] = device_ms(graph_of(functools.partial(many, fn, x, ws))) \
+                * 1e3 / len(ws)
             if best is None or times[label] < best[1]:
                 best = (cfg, times[label])
         except Exception as e:  # noqa: BLE001  (shared memory, ...)
@@ -92,15 +88,16 @@ def chain(m: int, weights: dict, best_config: dict, choice: dict) -> float:
     from tessera.ops.triton.stream_gemm import stream_gemm
 
     dev = torch.device("cuda")
-    norm_w = torch.ones(HIDDEN, dtype=torch.bfloat16, device=dev)
+    layers = len(weights["qkv"])
+    hidden, attn_width = weights["o_proj"][0].shape  # attention width: heads x head_dim
+    norm_w = torch.ones(hidden, dtype=torch.bfloat16, device=dev)
     # static buffers only (graphs replay on fixed addresses): layer l reads residual[l] and
     # writes residual[l + 1]
-    residual = [torch.randn(m, HIDDEN, dtype=torch.bfloat16, device=dev)
-                for _ in range(LAYERS + 1)]
-    attn_width = SHAPES["o_proj"][1]  # heads x head_dim (qwen3-0.6b: 2048, not its hidden 1024)
+    residual = [torch.randn(m, hidden, dtype=torch.bfloat16, device=dev)
+                for _ in range(layers + 1)]
     attn_out = torch.randn(m, attn_width, dtype=torch.bfloat16, device=dev)
-    qkv_out = [torch.empty(m, SHAPES["qkv"][0], dtype=torch.bfloat16, device=dev)
-               for _ in range(LAYERS)]
+    qkv_out = [torch.empty(m, weights["qkv"][0].shape[0], dtype=torch.bfloat16, device=dev)
+               for _ in range(layers)]
 
     def gemm(name: str, x: torch.Tensor, layer: int) -> torch.Tensor:
         w = weights[name][layer]
@@ -119,11 +116,11 @@ def chain(m: int, weights: dict, best_config: dict, choice: dict) -> float:
         residual[layer + 1].copy_(res)
         qkv_out[layer].copy_(gemm("qkv", h, layer))
 
-    graphs = [capture(functools.partial(piece, layer)) for layer in range(LAYERS)]
+    graphs = [graph_of(functools.partial(piece, layer)) for layer in range(layers)]
 
     def forward() -> None:
-        for layer in range(LAYERS):
-            graphs[layer].replay()
+        for layer in range(layers):
+            graphs[layer]()
             attn_out.copy_(qkv_out[layer][:, :attn_width])  # the attention stand-in
     return round(device_ms(forward), 4)
 
@@ -131,29 +128,28 @@ def chain(m: int, weights: dict, best_config: dict, choice: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[16])
-    parser.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    parser.add_argument("--model", choices=["llama3-8b", "qwen3-0.6b"], default="llama3-8b")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     from tessera.ops.triton import pdl
 
-    global LAYERS, HIDDEN, SHAPES
-    LAYERS, HIDDEN, SHAPES = MODELS[args.model]
-
     pdl.set_enabled(True)
     torch.manual_seed(0)
+    shapes = {name: shape for name, shape in SHAPES[args.model].items() if name != "lm_head"}
+    layers = PRESETS[args.model]["num_hidden_layers"]
     weights = {name: [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
-                      for _ in range(LAYERS)] for name, (n, k) in SHAPES.items()}
+                      for _ in range(layers)] for name, (n, k) in shapes.items()}
     result = {"device": torch.cuda.get_device_name(), "model": args.model, "rows": {}}
     variants = {"cublas": {}, "stream_qkv_o_down": {"qkv": 1, "o_proj": 1, "down": 1},
-                "stream_all": dict.fromkeys(SHAPES, 1),
-                "stream_all_default_config": dict.fromkeys(SHAPES, "default"),
+                "stream_all": dict.fromkeys(shapes, 1),
+                "stream_all_default_config": dict.fromkeys(shapes, "default"),
                 "stream_o_down": {"o_proj": 1, "down": 1}, "stream_qkv": {"qkv": 1},
                 "cublas_again": {}}
     for m in args.rows:
         entry = {"sweep_us": {}, "best": {}, "chain_ms": {}}
         best_config = {}
-        for name, (n, k) in SHAPES.items():
-            times, (cfg, us) = sweep(name, m, weights[name])
+        for name, (n, k) in shapes.items():
+            times, (cfg, us) = sweep(m, weights[name])
             best_config[name] = cfg
             entry["sweep_us"][name] = {key: (round(v, 2) if isinstance(v, float) else v)
                                        for key, v in times.items()}
