@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed import get_tp_rank, get_tp_size
 from tessera.layers.linear import default_weight_loader
+from tessera.ops.embedding import EmbeddingLookup
 from tessera.ops.linear import linear
 
 
@@ -21,6 +21,7 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size, dtype=dtype),
                                    requires_grad=False)
         self.weight.weight_loader = self.weight_loader
+        self.lookup = EmbeddingLookup()
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         shard = loaded[self.vocab_start:self.vocab_start + self.shard_size]
@@ -32,7 +33,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self.lookup(input_ids, self.weight)
         raise NotImplementedError("vocab-parallel embedding needs the TP communication ops")
 
 

@@ -41,6 +41,18 @@ def _fused_add_rms_norm_fake(x: torch.Tensor, residual: torch.Tensor, weight: to
     return out, x.new_empty(x.shape)
 
 
+@torch.library.custom_op("tessera::embedding", mutates_args=())
+def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    from tessera.ops.triton.embedding import embedding as kernel
+
+    return kernel(ids, weight)
+
+
+@embedding.register_fake
+def _embedding_fake(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weight.new_empty((ids.shape[0], weight.shape[1]))
+
+
 @torch.library.custom_op("tessera::silu_and_mul", mutates_args=())
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     from tessera.ops.triton.activation import silu_and_mul as kernel
@@ -159,6 +171,6 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
+__all__ = ["embedding", "few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
            "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm", "rotary_embedding",
            "silu_and_mul"]

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from tessera.attention.context import set_forward_context
 from tessera.config.engine import GraphConfig
+from tessera.ops.argmax import argmax
 from tessera.runner.forward_batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class DecodeGraphRunner:
                 hidden = model(batch.input_ids, batch.positions)
             # the LM head, and the float32 cast fused into the copy to the static buffer
             self.logits[:bs].copy_(model.compute_logits(hidden))
-            self.greedy_tokens[:bs].copy_(self.logits[:bs].argmax(dim=-1))
+            argmax(self.logits[:bs], out=self.greedy_tokens[:bs])
             return hidden
 
         return forward

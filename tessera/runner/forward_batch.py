@@ -38,6 +38,9 @@ class ForwardBatch:
     # input_ids, one tensor (the fields above are views of it), so a decode graph loads all
     # three with one copy
     decode_inputs: torch.Tensor | None = None
+    # [B] int64, the row of each request's last new token (where its next-token logits come
+    # from); set by `build` for non-decode batches, computed from the lengths when None
+    last_token_loc: torch.Tensor | None = None
 
     def fill_input_ids(self, positions: list[int], source: torch.Tensor, rows: list[int]) -> None:
         """input_ids[positions[i]] = source[rows[i]] on the device: the tokens a step sampled,
@@ -98,13 +101,17 @@ class ForwardBatch:
             starts.append(len(positions))
             positions.extend(range(p, p + e))
         t, b = len(positions), len(req_pool_indices)
-        # layout: int64 positions [t] | req_pool_indices [b] | input_ids [t] (if on the host),
-        # then the 4 x [b] int32 lengths in the bytes after them (no cast kernel on the device)
+        # layout: int64 positions [t] | req_pool_indices [b] | input_ids [t] (if on the host) |
+        # each request's last new token [b] (not for decode: rows 0..b-1), then the 4 x [b]
+        # int32 lengths in the bytes after them (no cast kernel on the device)
         ids_on_host = not isinstance(input_ids, torch.Tensor)
         longs = [*positions, *req_pool_indices]
         if ids_on_host:
             assert len(input_ids) == t, "one input id per new token"
             longs.extend(input_ids)
+        with_last = mode is not ForwardMode.DECODE
+        if with_last:
+            longs.extend(s + e - 1 for s, e in zip(starts, extend_lens))
         n64 = len(longs)
         host = torch.empty(n64 + 2 * b, dtype=torch.int64, pin_memory=device.type != "cpu")
         host[:n64] = torch.tensor(longs, dtype=torch.int64)
@@ -131,4 +138,5 @@ class ForwardBatch:
             extend_seq_lens_cpu=list(extend_lens),
             return_all_logits=return_all_logits,
             decode_inputs=decode_inputs,
+            last_token_loc=packed[n64 - b:n64] if with_last else None,
         )

@@ -167,6 +167,8 @@ class ModelRunner:
             # one new token per request, in batch order: rows 0..bs-1 are the last tokens, so no
             # index arithmetic and no gather kernel on the decode hot path
             last_hidden = hidden[: forward_batch.batch_size]
+        elif forward_batch.last_token_loc is not None:  # from the host, with the batch's copy
+            last_hidden = hidden.index_select(0, forward_batch.last_token_loc)
         else:
             last = forward_batch.extend_start_loc + forward_batch.extend_seq_lens - 1
             last_hidden = hidden[last.long()]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from tessera.ops.argmax import argmax
 from tessera.platforms.transfer import to_device_async
 from tessera.sampling.logprobs import LOGPROBS_MODES, LogprobsMode, gather_logprobs
 from tessera.sampling.params import SamplingParams
@@ -292,12 +293,12 @@ class Sampler:
         if info.all_greedy and greedy_tokens is not None and processed is raw:
             token_ids = greedy_tokens  # argmax of these very logits, done by the forward
         elif info.all_greedy:
-            token_ids = processed.argmax(dim=-1)  # no softmax, no RNG
+            token_ids = argmax(processed)  # no softmax, no RNG
         else:
             scaled = processed / info.temperatures
             token_ids = self._sample_from_probs(torch.softmax(scaled, dim=-1), info)
             if info.is_greedy is not None:
-                token_ids = torch.where(info.is_greedy, processed.argmax(dim=-1), token_ids)
+                token_ids = torch.where(info.is_greedy, argmax(processed), token_ids)
         out = SampleOutput(token_ids=token_ids)
         if info.need_logprobs:
             source = raw if self.logprobs_mode == "raw" else scaled

@@ -96,6 +96,31 @@ def test_rotary_matches_native_on_qkv_views(fast_ops, device, dtype, heads, kv_h
     assert torch.equal(q, q_before) and torch.equal(k, k_before)  # out of place
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ids_shape", [(1,), (16,), (3, 5)])
+def test_embedding_matches_native(fast_ops, device, dtype, ids_shape):
+    from tessera.ops.embedding import EmbeddingLookup
+
+    op = EmbeddingLookup()
+    assert op.bound_forward == "forward_cuda"
+    table = torch.randn(50, 1100, device=device, dtype=dtype)  # 1100: two column blocks
+    ids = torch.randint(0, 50, ids_shape, device=device)
+    out = op(ids, table)
+    assert torch.equal(out, op.forward_native(ids, table))  # a copy: bit-exact
+    # a strided table (a view) and ids in int32
+    wide = torch.randn(50, 2 * 1100, device=device, dtype=dtype)
+    assert torch.equal(op(ids.int(), wide[:, :1100]), op.forward_native(ids, wide[:, :1100]))
+
+
+def test_embedding_out_of_range_id_reads_nothing(fast_ops, device):
+    from tessera.ops.embedding import EmbeddingLookup
+
+    table = torch.randn(8, 64, device=device)
+    out = EmbeddingLookup()(torch.tensor([3, 8, -1, 7], device=device), table)
+    assert torch.equal(out[0], table[3]) and torch.equal(out[3], table[7])
+    assert not out[1].any() and not out[2].any()
+
+
 def test_empty_batch(fast_ops, device):
     norm, act = _rmsnorm(32, torch.float32, device), SiluAndMul()
     rope = RotaryEmbedding(16, 32, 10000.0).to(device)
@@ -105,6 +130,10 @@ def test_empty_batch(fast_ops, device):
     q, k = rope(torch.empty(0, dtype=torch.long, device=device),
                 torch.empty(0, 2, 16, device=device), torch.empty(0, 1, 16, device=device))
     assert q.shape == (0, 2, 16) and k.shape == (0, 1, 16)
+    from tessera.ops.embedding import EmbeddingLookup
+
+    assert EmbeddingLookup()(torch.empty(0, dtype=torch.long, device=device),
+                             torch.randn(4, 32, device=device)).shape == (0, 32)
 
 
 # ---- real sizes on the GPU -------------------------------------------------------------------
@@ -118,6 +147,17 @@ def test_gpu_rms_norm_real_size(fast_ops, tokens):
     assert_close(norm(x), norm.forward_native(x))
     for fast, ref in zip(norm(x, residual), norm.forward_native(x, residual)):
         assert_close(fast, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 16, 4096])
+def test_gpu_embedding_real_size(fast_ops, tokens):
+    from tessera.ops.embedding import EmbeddingLookup
+
+    op = EmbeddingLookup()
+    table = torch.randn(128256, 4096, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, 128256, (tokens,), device="cuda")
+    assert torch.equal(op(ids, table), op.forward_native(ids, table))
 
 
 @pytest.mark.gpu

@@ -25,6 +25,7 @@ def _opcheck_cases(device: str):
         (custom_ops.rms_norm, (x, w, 1e-6)),
         (custom_ops.fused_add_rms_norm, (x, torch.randn_like(x), w, 1e-6)),
         (custom_ops.silu_and_mul, (torch.randn(5, 96, device=device),)),
+        (custom_ops.embedding, (pos, x)),
         (custom_ops.rotary_embedding, (pos, q, k, cache)),
         (custom_ops.per_token_group_quant_fp8, (x, 32, 1e-10)),
         # strided views of a fused projection, fp32 norm weights on bf16 activations (promotes)
@@ -34,7 +35,7 @@ def _opcheck_cases(device: str):
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_custom_op_fake_kernels_match_real(device, case):
     op, args = _opcheck_cases(device)[case]
     # schema, fake-vs-real metadata (shapes, dtypes, strides), and AOT dispatch with dynamic shapes

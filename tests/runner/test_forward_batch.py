@@ -1,6 +1,6 @@
 """ForwardBatch.build: every field from the one packed copy (int64 fields, then the int32
 lengths in the bytes after them), for extend and decode batches, ids from the host or already a
-tensor."""
+tensor; and ModelRunner.compute_logits taking each request's last new token through it."""
 from __future__ import annotations
 
 import pytest
@@ -21,6 +21,11 @@ def _check(fb: ForwardBatch, ids, rows, prefix, extend) -> None:
         assert field.dtype == torch.int32 and field.tolist() == want
     assert fb.seq_lens_cpu == [p + e for p, e in zip(prefix, extend)]
     assert fb.max_extend_len == max(extend, default=0)
+    if fb.mode is ForwardMode.DECODE:
+        assert fb.last_token_loc is None  # the logits take rows 0..B-1
+    else:  # each request's last new token: where its next-token logits come from
+        assert fb.last_token_loc.dtype == torch.int64
+        assert fb.last_token_loc.tolist() == [s + e - 1 for s, e in zip(starts, extend)]
 
 
 @pytest.mark.parametrize("rows,prefix,extend", [
@@ -50,3 +55,22 @@ def test_decode_batch_views_share_the_input_ids():
     assert fb.decode_inputs.tolist() == [prefix, rows, [0, 0, 0]]
     fb.fill_input_ids([0, 1, 2], torch.tensor([7, 8, 9]), [0, 1, 2])
     assert fb.input_ids.tolist() == [7, 8, 9] and fb.decode_inputs[2].tolist() == [7, 8, 9]
+
+
+def test_compute_logits_takes_each_requests_last_token():
+    """The rows of last_token_loc (built on the host) and the lengths' arithmetic (the fallback
+    when a batch has no last_token_loc) pick the same hidden rows."""
+    from types import SimpleNamespace
+
+    from tessera.runner.model_runner import ModelRunner
+
+    extend = [3, 1, 4]
+    fb = ForwardBatch.build(ForwardMode.EXTEND, list(range(8)), [0, 1, 2], [0, 5, 2], extend,
+                            torch.arange(8), "cpu")
+    hidden = torch.randn(8, 6)
+    runner = SimpleNamespace(model=SimpleNamespace(compute_logits=lambda h: h * 2))
+    out = ModelRunner.compute_logits(runner, hidden, fb)
+    assert torch.equal(out.next_token_logits, hidden[[2, 3, 7]] * 2)
+    fb.last_token_loc = None
+    assert torch.equal(ModelRunner.compute_logits(runner, hidden, fb).next_token_logits,
+                       out.next_token_logits)
