@@ -63,13 +63,18 @@ def test_dispatch_falls_back_to_torch_off_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("v", [128256, 151936])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_vocab_sizes_and_graph_replay(v, dtype):
+def test_gpu_vocab_sizes_and_graph_replay(v, dtype, monkeypatch):
+    from tessera.ops.triton import argmax as module
     from tessera.ops.triton import pdl
 
+    for launcher in module._LAUNCHERS:  # every direct launch checked against the JIT's choice
+        monkeypatch.setattr(launcher, "verify", True)
     pdl.set_enabled(True)
     try:
-        x = planted(8, v, dtype, "cuda", v)
-        assert torch.equal(argmax(x), x.argmax(dim=-1))
+        for seed in range(3):  # the first call through the JIT, then the direct launchers
+            x = planted(8, v, dtype, "cuda", v + seed)
+            assert torch.equal(argmax(x), x.argmax(dim=-1))
+        assert all(launcher.direct_launches > 0 for launcher in module._LAUNCHERS)
         static = torch.empty_like(x)
         static.copy_(x)
         argmax(static)  # compile outside the capture
