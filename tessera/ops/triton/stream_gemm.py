@@ -29,19 +29,10 @@ from tessera.ops.triton.pdl import launch_options, use_pdl
 
 
 @triton.jit
-def prefetch_l2(ptrs, nbytes):
-    """EXPERIMENT (session 9, removed): Hopper's bulk L2 prefetch of `nbytes` at each pointer."""
-    tl.inline_asm_elementwise(
-        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
-        [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_PER_SPLIT,
                         stride_xm, stride_wn, stride_ym, TILES_M,
                         SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                        PREFETCH_K: tl.constexpr = 0, EARLY_TRIGGER: tl.constexpr = False):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     # program -> (feature tile, K split, row tile), row tiles fastest: the programs that read
     # the same weight tile run side by side (one DRAM read, the others from L2)
     pid = tl.program_id(0)
@@ -59,13 +50,6 @@ def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_P
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     first = 0
     if PDL:
-        if EARLY_TRIGGER:
-            tl.extra.cuda.gdc_launch_dependents()
-        if PREFETCH_K > 0:
-            rows = tl.where(mask_n, offs_n, 0).to(tl.int64)
-            starts = w_ptr + rows * stride_wn + split * K_PER_SPLIT
-            nbytes = tl.minimum(K_PER_SPLIT, PREFETCH_K) * (w_ptr.dtype.element_ty.primitive_bitwidth // 8)
-            prefetch_l2(starts, rows.to(tl.int32) * 0 + nbytes)
         # the weights are never written by a predecessor: the first tile loads before the wait
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)
         tl.extra.cuda.gdc_wait()
@@ -76,7 +60,7 @@ def _stream_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K_P
         w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0.0)
         x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
         acc = tl.dot(w, tl.trans(x), acc)
-    if PDL and not EARLY_TRIGGER:
+    if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     # y[m, n] = acc[n, m]
     y_ptrs = y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None]
@@ -110,8 +94,6 @@ class StreamConfig:
     split: int = 1
     num_warps: int = 4
     num_stages: int = 3
-    prefetch_k: int = 0  # EXPERIMENT (session 9, removed)
-    early_trigger: bool = False  # EXPERIMENT (session 9, removed)
 
 
 MAX_ROW_TILE = 64  # the MMA's N side holds up to 64 rows of x; more rows: more row tiles
@@ -211,8 +193,7 @@ def stream_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x, weight, bias if bias is not None else weight, y, ws, counts, m, n, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0), tiles_m, SPLIT=config.split,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, PDL=pdl, PREFETCH_K=config.prefetch_k,
-        EARLY_TRIGGER=config.early_trigger, num_warps=config.num_warps,
+        BLOCK_K=config.block_k, PDL=pdl, num_warps=config.num_warps,
         num_stages=config.num_stages, **launch_options(pdl))
     return y
 
