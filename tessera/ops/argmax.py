@@ -14,6 +14,8 @@ from tessera.ops.base import triton_available, use_native_ops
 
 
 def use_triton_argmax(x: torch.Tensor) -> bool:
+    """Whether `argmax(x)` takes the Triton kernels (a 2-D float CUDA tensor with unit stride
+    along its rows, Triton installed, native ops not forced)."""
     return (x.is_cuda and x.dim() == 2 and x.stride(1) == 1 and x.shape[1] > 0
             and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and triton_available() and not use_native_ops())

@@ -171,6 +171,6 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["embedding", "few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm", "gemv_silu_mul",
-           "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm", "rotary_embedding",
-           "silu_and_mul"]
+__all__ = ["embedding", "few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm",
+           "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
+           "rotary_embedding", "silu_and_mul"]
