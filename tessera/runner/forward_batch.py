@@ -110,7 +110,8 @@ class ForwardBatch:
             assert len(input_ids) == t, "one input id per new token"
             longs.extend(input_ids)
         with_last = mode is not ForwardMode.DECODE
-        if with_last:
+        if with_last:  # every request runs >= 1 new token (the scheduler leaves one uncached)
+            assert min(extend_lens, default=1) >= 1, "a request with no new token"
             longs.extend(s + e - 1 for s, e in zip(starts, extend_lens))
         n64 = len(longs)
         host = torch.empty(n64 + 2 * b, dtype=torch.int64, pin_memory=device.type != "cpu")

@@ -74,3 +74,11 @@ def test_compute_logits_takes_each_requests_last_token():
     fb.last_token_loc = None
     assert torch.equal(ModelRunner.compute_logits(runner, hidden, fb).next_token_logits,
                        out.next_token_logits)
+
+
+def test_extend_batch_rejects_a_request_without_new_tokens():
+    """Its next-token logits would come from another request's row: the scheduler never builds
+    one (it leaves at least one token uncached), and build refuses it."""
+    with pytest.raises(AssertionError, match="no new token"):
+        ForwardBatch.build(ForwardMode.EXTEND, [1, 2], [0, 1], [0, 4], [2, 0], torch.arange(2),
+                           "cpu")
