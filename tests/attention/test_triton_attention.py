@@ -275,6 +275,27 @@ def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool
         assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
 
 
+def test_extend_tma_path_choice() -> None:
+    """The TMA path only where tma_possible says so (never off CUDA or in the interpreter) and,
+    when it is on, from TMA_MIN_TOKENS new tokens, with whole key tiles below a query tile."""
+    import importlib
+
+    # the module (the package re-exports its function of the same name)
+    ea = importlib.import_module("tessera.attention.triton_ops.extend_attention")
+    assert ea.TMA_TILE[0] % ea.TMA_TILE[1] == 0
+    x = torch.zeros(8, 2, 64)
+    assert not ea.tma_possible(torch.device("cpu"), 64, x, x)
+    case = Case([0], [40], num_kv_heads=2, group=2, head_dim=64, dtype=torch.float32,
+                mode=ForwardMode.EXTEND)
+    kv = case.triton.kv_pool
+    launch = ea.ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], torch.zeros_like(case.q),
+                                case.table.req_to_token, case.scaling, k_new=case.k,
+                                v_new=case.v, tma=True)
+    assert not launch.tile(ea.TMA_MIN_TOKENS - 1)[1]
+    block_m, tma, kwargs = launch.tile(ea.TMA_MIN_TOKENS)
+    assert tma and (block_m, kwargs["BLOCK_N"]) == ea.TMA_TILE[:2]
+
+
 def test_extend_tile_choice() -> None:
     """A quarter of the longest request's new tokens, between 16 rows and the largest tile."""
     from tessera.attention.triton_ops.extend_attention import choose_tile, extend_tiles
@@ -341,11 +362,12 @@ def test_extend_records_the_new_slots_in_req_to_token() -> None:
     torch.testing.assert_close(got[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
 
 
-@pytest.mark.parametrize("block_m", [16, 64])
-def test_extend_tiles_over_whole_and_partial_key_tiles(block_m: int) -> None:
-    """The new keys up to the diagonal in one causal loop: the reference's output and cache with
-    cached prefixes, runs of whole and partial key tiles, and padding rows, at a small and a
-    large query tile."""
+@pytest.mark.parametrize(("block_m", "tma"), [(16, False), (64, False), (64, True)])
+def test_extend_tiles_over_whole_and_partial_key_tiles(block_m: int, tma: bool) -> None:
+    """The new keys up to the diagonal in one causal loop (tma: through TMA descriptors, an
+    unmasked loop below the tile's first query, then the diagonal): the reference's output and
+    cache with cached prefixes, runs of whole and partial key tiles, and padding rows, at a small
+    and a large query tile."""
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
     case = Case([0, 150, 64, 3], [130, 33, 64, 1], num_kv_heads=2, group=2, head_dim=64,
@@ -354,10 +376,12 @@ def test_extend_tiles_over_whole_and_partial_key_tiles(block_m: int) -> None:
     fb, kv = case.batch, case.triton.kv_pool
     loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
     out = torch.zeros_like(case.q)
-    ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], out, case.table.req_to_token,
-                    case.scaling, k_new=case.k, v_new=case.v, block_m=block_m)(
-        fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
-        fb.max_extend_len, loc)
+    launch = ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], out,
+                             case.table.req_to_token, case.scaling, k_new=case.k, v_new=case.v,
+                             block_m=block_m, tma=tma)
+    assert launch.tile(fb.max_extend_len)[1] == tma
+    launch(fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc,
+           fb.max_extend_len, loc)
     torch.testing.assert_close(out[:case.num_real], want[:case.num_real], atol=2e-5, rtol=0)
     assert torch.equal(kv.k_buffers[0], case.reference.kv_pool.k_buffers[0])
 

@@ -24,6 +24,7 @@ programs whatever the tile: 16 rows of work each rather than 128).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -93,6 +94,33 @@ def attend_tile(
 
 
 @triton.jit
+def attend_new_tma(q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, key_start, key_end,
+                   row_offset, qk_scale, cache_ptr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """attend_tile over the batch's new keys [key_start, key_end) (position n is row
+    n + row_offset of k_new/v_new), each tile fetched by the TMA engine through a descriptor of
+    [tokens, kv_heads * HEAD_DIM]. CAUSAL=False: every key of the range is visible to every row
+    (keys before the tile's first query), no mask at all."""
+    for n in range(key_start, key_end, BLOCK_N):
+        row = (n + row_offset).to(tl.int32)
+        k = k_desc.load([row, kv_head * HEAD_DIM]).to(cache_ptr.dtype.element_ty)
+        v = v_desc.load([row, kv_head * HEAD_DIM]).to(cache_ptr.dtype.element_ty)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        if CAUSAL:
+            offs_n = n + tl.arange(0, BLOCK_N)
+            visible = (offs_n[None, :] < key_end) & (offs_n[None, :] <= qpos[:, None])
+            qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype),
+                                            input_precision=DOT_PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _extend_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     req_to_token_ptr, req_pool_indices_ptr, prefix_lens_ptr, extend_lens_ptr, extend_starts_ptr,
@@ -100,9 +128,10 @@ def _extend_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
+    k_desc, v_desc,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
-    RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False,
+    RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
@@ -114,7 +143,10 @@ def _extend_kernel(
     reads that row only below the prefix.
     PDL: launched as a programmatic dependent (tessera.ops.triton.pdl): the programs may become
     resident while the kernel before them (a graph piece's last) finishes, and wait for it before
-    reading anything."""
+    reading anything.
+    TMA (with NEW_KV): the new keys' tiles come through the descriptors k_desc / v_desc (the TMA
+    engine, not per-thread loads) in two loops: the keys before the tile's first query without
+    any mask, then the diagonal ones under the causal mask."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -173,11 +205,22 @@ def _extend_kernel(
         # instead of an unmasked loop and a diagonal one (H200 inside graphs, llama3-8b: 64
         # tokens 5.6 -> 4.5 us, 16 tokens 3.6 -> 3.4, 256 and 1024 within 1-2%:
         # benchmarks/results/2026-11-23_h200_s7_extend_one_new_loop.json)
-        acc, l_i, m_i = attend_tile(
-            q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
-            diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d,
-            mask_d, CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
-            FROM_TABLE=False, row_offset=new_row, cache_ptr=k_cache_ptr)
+        if TMA:
+            shared_end = prefix + m_start  # new keys before the tile's first query
+            acc, l_i, m_i = attend_new_tma(
+                q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, prefix, shared_end, new_row,
+                qk_scale, k_cache_ptr, CAUSAL=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                DOT_PRECISION=DOT_PRECISION)
+            acc, l_i, m_i = attend_new_tma(
+                q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, shared_end, diagonal_end,
+                new_row, qk_scale, k_cache_ptr, CAUSAL=True, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                DOT_PRECISION=DOT_PRECISION)
+        else:
+            acc, l_i, m_i = attend_tile(
+                q, acc, l_i, m_i, qpos, k_new_ptr, v_new_ptr, table_row_ptr, kv_head, prefix,
+                diagonal_end, qk_scale, stride_knt, stride_knh, stride_vnt, stride_vnh, offs_d,
+                mask_d, CAUSAL=True, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
+                FROM_TABLE=False, row_offset=new_row, cache_ptr=k_cache_ptr)
     else:
         shared_end = prefix + m_start  # keys before the tile's first query: seen by all its rows
         acc, l_i, m_i = attend_tile(
@@ -217,6 +260,36 @@ def extend_tiles(head_dim: int) -> list[tuple[int, int, int, int]]:
     return [(64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)]
 
 
+# The new keys through TMA descriptors (the `TMA` kernel path): from this many new tokens in the
+# longest request, with this tile. H200, bf16, one request, no prefix, d 128, in CUDA graphs
+# (benchmarks/results/2026-11-24_h200_s9_extend_tma.json): llama3-8b 512 / 1024 / 2048 tokens
+# 19.0 -> 15.9, 36.4 -> 29.1, 116.7 -> 87.5 us; qwen3-0.6b 18.5 -> 14.5, 29.7 -> 23.3, 58.9 ->
+# 44.6; but at 256 tokens slower (9.4 -> 10.5, 9.3 -> 10.1; the forward: llama3-8b 7.65 -> 7.78
+# ms), hence 512. llama3-8b's 1024-token forward, same runner, back to back: 24.69 -> 24.30 ms.
+TMA_MIN_TOKENS = 512
+TMA_TILE = (64, 64, 4, 3)  # BLOCK_M, BLOCK_N, num_warps, num_stages (BLOCK_M % BLOCK_N == 0)
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def tma_possible(device: torch.device, head_dim: int, *new_kv: torch.Tensor) -> bool:
+    """Whether the new keys can be read through TMA descriptors of [tokens, heads * head_dim]:
+    a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a power-of-two head
+    size of 16..128, each head's rows contiguous after the previous head's, 16-byte aligned base
+    and token stride."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    if _capability(device.index if device.index is not None else torch.cuda.current_device()) < 9:
+        return False
+    if head_dim & (head_dim - 1) or not 16 <= head_dim <= 128:  # measured at 128; 256 would
+        return False  # not fit TMA_TILE's pipeline in shared memory
+    return all(t.stride(1) == head_dim and t.data_ptr() % 16 == 0
+               and (t.stride(0) * t.element_size()) % 16 == 0 for t in new_kv)
+
+
 @functools.lru_cache(maxsize=4096)  # a few us saved per launch; bounded, shared by all layers
 def choose_tile(head_dim: int, max_extend_len: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one launch: BLOCK_M about a quarter of the
@@ -245,7 +318,7 @@ class ExtendAttention:
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 record_slots: bool = False) -> None:
+                 record_slots: bool = False, tma: bool | None = None) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
@@ -274,26 +347,52 @@ class ExtendAttention:
             "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
+        # the TMA path for long prefills (tma=None: where tma_possible; True forces it, tests)
+        if tma is None:
+            tma = self.new_kv and tma_possible(q.device, head_dim, k_new, v_new)
+        assert not tma or self.new_kv, "the TMA path reads the new keys from k_new / v_new"
+        self.tma = bool(tma)
+        self._descriptors: tuple | None = None  # (k, v) descriptors, made on first use
         # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
         self._kwargs_by_tile: dict[int, dict] = {}
         self.launcher = KernelLauncher(_extend_kernel)
 
-    def tile(self, max_extend_len: int) -> tuple[int, dict]:
-        """(BLOCK_M, the kernel's constexprs and launch options) for a launch of this shape."""
+    def tile(self, max_extend_len: int) -> tuple[int, bool, dict]:
+        """(BLOCK_M, whether the TMA path runs, the kernel's constexprs and launch options) for a
+        launch of this shape."""
         fixed_m = self.fixed["BLOCK_M"]
-        if fixed_m is None:
+        tma = self.tma and (max_extend_len >= TMA_MIN_TOKENS or fixed_m is not None)
+        if tma:
+            tile = TMA_TILE if fixed_m is None else (fixed_m, TMA_TILE[1], *TMA_TILE[2:])
+        elif fixed_m is None:
             tile = choose_tile(self.head_dim, max_extend_len)
         else:  # the settings of that query tile, unless given too
             tile = next((t for t in extend_tiles(self.head_dim) if t[0] == fixed_m),
                         (fixed_m, 32, 4, 2))
         block_m = tile[0]
-        kwargs = self._kwargs_by_tile.get(block_m)
+        kwargs = self._kwargs_by_tile.get((block_m, tma))
         if kwargs is None:
             kwargs = {**self._base_kwargs, "BLOCK_M": block_m, "BLOCK_N": tile[1],
-                      "num_warps": tile[2], "num_stages": tile[3]}
+                      "num_warps": tile[2], "num_stages": tile[3], "TMA": tma}
             kwargs.update({k: v for k, v in self.fixed.items() if v is not None})
-            self._kwargs_by_tile[block_m] = kwargs
-        return block_m, kwargs
+            assert not tma or block_m % kwargs["BLOCK_N"] == 0, (
+                "the TMA path's unmasked loop needs whole key tiles below the query tile")
+            self._kwargs_by_tile[(block_m, tma)] = kwargs
+        return block_m, tma, kwargs
+
+    def descriptors(self, block_n: int) -> tuple:
+        """TMA descriptors of k_new / v_new as [tokens, kv_heads * head_dim] in [block_n,
+        head_dim] boxes (made once: the call site's tensors are fixed)."""
+        if self._descriptors is None or self._descriptors[0] != block_n:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            descs = []
+            for t in self._new:
+                rows, width = t.shape[0], t.shape[1] * t.shape[2]
+                descs.append(TensorDescriptor(t, [rows, width], [t.stride(0), 1],
+                                              [block_n, self.head_dim]))
+            self._descriptors = (block_n, *descs)
+        return self._descriptors[1:]
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
                  extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int,
@@ -308,11 +407,12 @@ class ExtendAttention:
         if variant is None:
             variant = metadata_variant(req_pool_indices, prefix_lens, extend_lens, extend_starts,
                                        new_loc)
-        block_m, kwargs = self.tile(max_extend_len)
+        block_m, tma, kwargs = self.tile(max_extend_len)
+        descs = self.descriptors(kwargs["BLOCK_N"]) if tma else (None, None)
         grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
-        self.launcher((variant, block_m), grid,
+        self.launcher((variant, block_m, tma), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
-                       *self._scale_strides, *self._new, new_loc, *self._new_strides),
+                       *self._scale_strides, *self._new, new_loc, *self._new_strides, *descs),
                       kwargs)
 
 
