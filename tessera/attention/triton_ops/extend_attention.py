@@ -128,7 +128,7 @@ def _extend_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
-    k_desc, v_desc,
+    k_desc, v_desc, q_desc,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
     RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False, TMA: tl.constexpr = False,
@@ -144,9 +144,12 @@ def _extend_kernel(
     PDL: launched as a programmatic dependent (tessera.ops.triton.pdl): the programs may become
     resident while the kernel before them (a graph piece's last) finishes, and wait for it before
     reading anything.
-    TMA (with NEW_KV): the new keys' tiles come through the descriptors k_desc / v_desc (the TMA
-    engine, not per-thread loads) in two loops: the keys before the tile's first query without
-    any mask, then the diagonal ones under the causal mask."""
+    TMA (with NEW_KV): the q tile and the new keys' tiles come through the descriptors q_desc,
+    k_desc, v_desc (the TMA engine, not per-thread loads), the keys in two loops: those before
+    the tile's first query without any mask, then the diagonal ones under the causal mask; and
+    the GROUP programs of a KV head share the store of the tile's new K/V (row r by query head
+    r % GROUP) instead of leaving it all to the first (H200, llama3-8b 1024 tokens: 29.0 -> 27.0
+    us, 512: 15.9 -> 13.8; benchmarks/results/2026-11-24_h200_s9_extend_tma_store.json)."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -169,8 +172,11 @@ def _extend_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     tokens = first_token + offs_m
-    q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if TMA:  # rows past the request are another request's or zero: never stored
+        q = q_desc.load([(first_token + m_start).to(tl.int32), head * HEAD_DIM])
+    else:
+        q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     qpos = prefix + offs_m
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -180,7 +186,9 @@ def _extend_kernel(
     diagonal_end = prefix + tl.minimum(m_start + BLOCK_M, extend_len)
     if NEW_KV:
         kv_rows = mask_m[:, None] & mask_d[None, :]
-        if head % GROUP == 0:  # one program per (KV head, tile) stores the tile's new K/V
+        if TMA:  # the group's programs share the store: row r by query head r % GROUP
+            kv_rows = kv_rows & ((tl.arange(0, BLOCK_M) % GROUP) == (head % GROUP))[:, None]
+        if TMA or head % GROUP == 0:  # else one program per (KV head, tile) stores its K/V
             slots = tl.load(new_loc_ptr + tokens, mask=mask_m, other=0).to(tl.int64)
             kn = tl.load(k_new_ptr + tokens[:, None] * stride_knt + kv_head * stride_knh
                          + offs_d[None, :], mask=kv_rows, other=0.0)
@@ -275,8 +283,9 @@ def _capability(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
-def tma_possible(device: torch.device, head_dim: int, *new_kv: torch.Tensor) -> bool:
-    """Whether the new keys can be read through TMA descriptors of [tokens, heads * head_dim]:
+def tma_possible(device: torch.device, head_dim: int, *tensors: torch.Tensor) -> bool:
+    """Whether q and the new keys can be read through TMA descriptors of [tokens, heads *
+    head_dim]:
     a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a power-of-two head
     size of 16..128, each head's rows contiguous after the previous head's, 16-byte aligned base
     and token stride."""
@@ -287,7 +296,7 @@ def tma_possible(device: torch.device, head_dim: int, *new_kv: torch.Tensor) -> 
     if head_dim & (head_dim - 1) or not 16 <= head_dim <= 128:  # measured at 128; 256 would
         return False  # not fit TMA_TILE's pipeline in shared memory
     return all(t.stride(1) == head_dim and t.data_ptr() % 16 == 0
-               and (t.stride(0) * t.element_size()) % 16 == 0 for t in new_kv)
+               and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
 
 
 @functools.lru_cache(maxsize=4096)  # a few us saved per launch; bounded, shared by all layers
@@ -349,7 +358,7 @@ class ExtendAttention:
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
         # the TMA path for long prefills (tma=None: where tma_possible; True forces it, tests)
         if tma is None:
-            tma = self.new_kv and tma_possible(q.device, head_dim, k_new, v_new)
+            tma = self.new_kv and tma_possible(q.device, head_dim, q, k_new, v_new)
         assert not tma or self.new_kv, "the TMA path reads the new keys from k_new / v_new"
         self.tma = bool(tma)
         self._descriptors: tuple | None = None  # (k, v) descriptors, made on first use
@@ -380,18 +389,19 @@ class ExtendAttention:
             self._kwargs_by_tile[(block_m, tma)] = kwargs
         return block_m, tma, kwargs
 
-    def descriptors(self, block_n: int) -> tuple:
-        """TMA descriptors of k_new / v_new as [tokens, kv_heads * head_dim] in [block_n,
-        head_dim] boxes (made once: the call site's tensors are fixed)."""
-        if self._descriptors is None or self._descriptors[0] != block_n:
+    def descriptors(self, block_m: int, block_n: int) -> tuple:
+        """TMA descriptors of k_new, v_new ([block_n, head_dim] boxes) and q ([block_m,
+        head_dim] boxes), each as [tokens, heads * head_dim] (made once per tile: the call
+        site's tensors are fixed)."""
+        if self._descriptors is None or self._descriptors[0] != (block_m, block_n):
             from triton.tools.tensor_descriptor import TensorDescriptor
 
             descs = []
-            for t in self._new:
-                rows, width = t.shape[0], t.shape[1] * t.shape[2]
-                descs.append(TensorDescriptor(t, [rows, width], [t.stride(0), 1],
-                                              [block_n, self.head_dim]))
-            self._descriptors = (block_n, *descs)
+            for t, rows in ((self._new[0], block_n), (self._new[1], block_n),
+                            (self._head[0], block_m)):
+                descs.append(TensorDescriptor(t, [t.shape[0], t.shape[1] * t.shape[2]],
+                                              [t.stride(0), 1], [rows, self.head_dim]))
+            self._descriptors = ((block_m, block_n), *descs)
         return self._descriptors[1:]
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
@@ -408,7 +418,7 @@ class ExtendAttention:
             variant = metadata_variant(req_pool_indices, prefix_lens, extend_lens, extend_starts,
                                        new_loc)
         block_m, tma, kwargs = self.tile(max_extend_len)
-        descs = self.descriptors(kwargs["BLOCK_N"]) if tma else (None, None)
+        descs = (self.descriptors(block_m, kwargs["BLOCK_N"]) if tma else (None, None, None))
         grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
         self.launcher((variant, block_m, tma), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
