@@ -275,9 +275,10 @@ def test_extend_kernel_small_tiles(block_m: int, block_n: int, fused_store: bool
         assert torch.equal(getattr(kv, name)[0], getattr(case.reference.kv_pool, name)[0])
 
 
-def test_extend_tma_path_choice() -> None:
-    """The TMA path only where tma_possible says so (never off CUDA or in the interpreter) and,
-    when it is on, from TMA_MIN_TOKENS new tokens, with whole key tiles below a query tile."""
+def test_extend_tma_path_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TMA path: automatic only where tma_possible says so (never off CUDA or in the
+    interpreter), from TMA_MIN_TOKENS new tokens and with the automatic tiles (a given block_m
+    keeps its pointer-path tile); tma=True forces it for every launch."""
     import importlib
 
     # the module (the package re-exports its function of the same name)
@@ -288,12 +289,22 @@ def test_extend_tma_path_choice() -> None:
     case = Case([0], [40], num_kv_heads=2, group=2, head_dim=64, dtype=torch.float32,
                 mode=ForwardMode.EXTEND)
     kv = case.triton.kv_pool
-    launch = ea.ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0], torch.zeros_like(case.q),
-                                case.table.req_to_token, case.scaling, k_new=case.k,
-                                v_new=case.v, tma=True)
-    assert not launch.tile(ea.TMA_MIN_TOKENS - 1)[1]
-    block_m, tma, kwargs = launch.tile(ea.TMA_MIN_TOKENS)
+
+    def launch(**kwargs):
+        return ea.ExtendAttention(case.q, kv.k_buffers[0], kv.v_buffers[0],
+                                  torch.zeros_like(case.q), case.table.req_to_token,
+                                  case.scaling, k_new=case.k, v_new=case.v, **kwargs)
+
+    assert not launch().tma  # no TMA engine here
+    monkeypatch.setattr(ea, "tma_possible", lambda *args: True)  # as on an H200
+    auto = launch()
+    assert not auto.tile(ea.TMA_MIN_TOKENS - 1)[1]
+    block_m, tma, kwargs = auto.tile(ea.TMA_MIN_TOKENS)
     assert tma and (block_m, kwargs["BLOCK_N"]) == ea.TMA_TILE[:2]
+    assert not launch(block_m=64).tile(4 * ea.TMA_MIN_TOKENS)[1]
+    assert not launch(tma=False).tile(4 * ea.TMA_MIN_TOKENS)[1]
+    forced = launch(tma=True, block_m=64)
+    assert forced.tile(16)[:2] == (64, True)
 
 
 def test_extend_tile_choice() -> None:

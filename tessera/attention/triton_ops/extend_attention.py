@@ -100,7 +100,9 @@ def attend_new_tma(q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, key_start, k
     """attend_tile over the batch's new keys [key_start, key_end) (position n is row
     n + row_offset of k_new/v_new), each tile fetched by the TMA engine through a descriptor of
     [tokens, kv_heads * HEAD_DIM]. CAUSAL=False: every key of the range is visible to every row
-    (keys before the tile's first query), no mask at all."""
+    (keys before the tile's first query), no mask at all. The online-softmax step is written out
+    here rather than calling softmax_update with an all-true mask: that call compiles to
+    different code (sm_90 PTX), and this form is the one measured and tested on the H200."""
     for n in range(key_start, key_end, BLOCK_N):
         row = (n + row_offset).to(tl.int32)
         k = k_desc.load([row, kv_head * HEAD_DIM]).to(cache_ptr.dtype.element_ty)
@@ -285,10 +287,9 @@ def _capability(index: int) -> int:
 
 def tma_possible(device: torch.device, head_dim: int, *tensors: torch.Tensor) -> bool:
     """Whether q and the new keys can be read through TMA descriptors of [tokens, heads *
-    head_dim]:
-    a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a power-of-two head
-    size of 16..128, each head's rows contiguous after the previous head's, 16-byte aligned base
-    and token stride."""
+    head_dim]: a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a
+    power-of-two head size of 16..128, each head's rows right after the previous head's, and a
+    16-byte aligned base and token stride."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     if _capability(device.index if device.index is not None else torch.cuda.current_device()) < 9:
@@ -356,21 +357,26 @@ class ExtendAttention:
             "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
-        # the TMA path for long prefills (tma=None: where tma_possible; True forces it, tests)
+        # the TMA path for long prefills. tma=None: where tma_possible, from TMA_MIN_TOKENS new
+        # tokens and only with the automatic tiles (a given block_m asks for that pointer-path
+        # tile); True: for every launch (tests); False: never
+        self.tma_forced = tma is True
         if tma is None:
-            tma = self.new_kv and tma_possible(q.device, head_dim, q, k_new, v_new)
+            tma = (self.new_kv and block_m is None
+                   and tma_possible(q.device, head_dim, q, k_new, v_new))
         assert not tma or self.new_kv, "the TMA path reads the new keys from k_new / v_new"
         self.tma = bool(tma)
-        self._descriptors: tuple | None = None  # (k, v) descriptors, made on first use
-        # BLOCK_M -> the launch kwargs of that tile (a handful per instance)
-        self._kwargs_by_tile: dict[int, dict] = {}
+        # ((BLOCK_M, BLOCK_N), k, v and q descriptors) of the TMA path, made on first use
+        self._descriptors: tuple | None = None
+        # (BLOCK_M, TMA) -> the launch kwargs of that tile (a handful per instance)
+        self._kwargs_by_tile: dict[tuple[int, bool], dict] = {}
         self.launcher = KernelLauncher(_extend_kernel)
 
     def tile(self, max_extend_len: int) -> tuple[int, bool, dict]:
         """(BLOCK_M, whether the TMA path runs, the kernel's constexprs and launch options) for a
         launch of this shape."""
         fixed_m = self.fixed["BLOCK_M"]
-        tma = self.tma and (max_extend_len >= TMA_MIN_TOKENS or fixed_m is not None)
+        tma = self.tma and (self.tma_forced or max_extend_len >= TMA_MIN_TOKENS)
         if tma:
             tile = TMA_TILE if fixed_m is None else (fixed_m, TMA_TILE[1], *TMA_TILE[2:])
         elif fixed_m is None:
