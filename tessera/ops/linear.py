@@ -36,7 +36,6 @@ makes the same choice when it runs (each captured size its own).
 """
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 
 from tessera.ops import custom_ops  # noqa: F401  (registers tessera::gemv)
 from tessera.ops.base import triton_available
+from tessera.platforms.cuda import hopper_or_newer
 
 if TYPE_CHECKING:
     from tessera.layers.linear import LinearBase
@@ -74,18 +74,11 @@ def one_row_backend() -> str:
     return _backend
 
 
-@functools.cache
-def _stream_gpu(index: int | None) -> bool:
-    """The stream GEMM only where it was measured against cuBLAS: Hopper-class GPUs (compute
-    capability >= 9.0); older ones keep cuBLAS for 2+ rows."""
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
 def prepare_few_row_kernels(device: torch.device) -> None:
     """Before any CUDA graph is captured: the stream GEMM's workspace on `device`, when this
     process will use it (a no-op otherwise)."""
-    if (_backend == "triton" and device.type == "cuda" and triton_available()
-            and _stream_gpu(device.index)):
+    # the stream GEMM only where it was measured against cuBLAS: compute capability >= 9.0
+    if _backend == "triton" and triton_available() and hopper_or_newer(device):
         from tessera.ops.triton.stream_gemm import reserve_workspace
 
         reserve_workspace(device)
@@ -113,7 +106,7 @@ def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return False
     limit = MAX_NARROW_STREAM_ROWS if weight.shape[0] <= x.shape[1] else MAX_STREAM_ROWS
     return (_eligible(x, weight, bias) and 0 < x.shape[0] <= limit and x.shape[1] % 64 == 0
-            and triton_available() and _stream_gpu(x.device.index))
+            and triton_available() and hopper_or_newer(x.device))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,

@@ -1,10 +1,26 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from tessera.platforms.base import Platform, PlatformKind
+
+
+@functools.cache
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def hopper_or_newer(device: torch.device) -> bool:
+    """Whether `device` is an NVIDIA GPU of compute capability >= 9.0 (Hopper and later: PDL,
+    the TMA engine, warpgroup MMAs), the GPUs tessera's Hopper-only kernel paths were measured
+    on. False off CUDA (and on ROCm builds, whose capability numbers mean something else)."""
+    if device.type != "cuda" or torch.version.cuda is None:
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability_major(index) >= 9
 
 
 class CudaPlatform(Platform):

@@ -84,3 +84,15 @@ def test_cuda_platform_answers():
     graph.replay()
     cuda.synchronize()
     assert x.tolist() == [1.0] * 4
+
+
+def test_hopper_or_newer_is_false_off_nvidia_gpus():
+    """The one gate of the Hopper-only kernel paths (PDL, the stream GEMM, the extend kernel's
+    TMA path): never on the CPU or another device type; on a CUDA GPU its compute capability."""
+    from tessera.platforms.cuda import hopper_or_newer
+
+    assert not hopper_or_newer(torch.device("cpu"))
+    assert not hopper_or_newer(torch.device("meta"))
+    if torch.cuda.is_available() and torch.version.cuda is not None:
+        major = torch.cuda.get_device_capability()[0]
+        assert hopper_or_newer(torch.device("cuda")) == (major >= 9)

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from tessera.ops.triton.launch import KernelLauncher, metadata_variant
 from tessera.ops.triton.pdl import launch_options, use_pdl
+from tessera.platforms.cuda import hopper_or_newer
 
 _LOG2E = 1.4426950408889634
 
@@ -280,19 +281,12 @@ TMA_MIN_TOKENS = 512
 TMA_TILE = (64, 64, 4, 3)  # BLOCK_M, BLOCK_N, num_warps, num_stages (BLOCK_M % BLOCK_N == 0)
 
 
-@functools.cache
-def _capability(index: int) -> int:
-    return torch.cuda.get_device_capability(index)[0]
-
-
 def tma_possible(device: torch.device, head_dim: int, *tensors: torch.Tensor) -> bool:
     """Whether q and the new keys can be read through TMA descriptors of [tokens, heads *
     head_dim]: a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a
     power-of-two head size of 16..128, each head's rows right after the previous head's, and a
     16-byte aligned base and token stride."""
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    if _capability(device.index if device.index is not None else torch.cuda.current_device()) < 9:
+    if os.environ.get("TRITON_INTERPRET") == "1" or not hopper_or_newer(device):
         return False
     if head_dim & (head_dim - 1) or not 16 <= head_dim <= 128:  # measured at 128; 256 would
         return False  # not fit TMA_TILE's pipeline in shared memory

@@ -26,10 +26,11 @@ TESSERA_PDL=1 or `set_enabled(True)`.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
+
+from tessera.platforms.cuda import hopper_or_newer
 
 ENV_ENABLED = os.environ.get("TESSERA_PDL", "0") == "1"
 _enabled = ENV_ENABLED
@@ -51,19 +52,11 @@ def set_enabled(flag: bool) -> None:
     _enabled = flag
 
 
-@functools.cache
-def _device_supports(index: int) -> bool:
-    if os.environ.get("TRITON_INTERPRET") == "1" or torch.version.cuda is None:
-        return False
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
 def use_pdl(device: torch.device) -> bool:
     """Whether kernels launched on `device` now use PDL."""
-    if not _enabled or device.type != "cuda":
+    if not _enabled or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return _device_supports(device.index if device.index is not None
-                            else torch.cuda.current_device())
+    return hopper_or_newer(device)
 
 
 def launch_options(enabled: bool) -> dict[str, bool]:
