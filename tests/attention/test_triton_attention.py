@@ -397,6 +397,100 @@ def test_extend_tiles_over_whole_and_partial_key_tiles(block_m: int, tma: bool) 
     assert torch.equal(kv.k_buffers[0], case.reference.kv_pool.k_buffers[0])
 
 
+def _rotary_case(dtype: torch.dtype, pad_rows: int = 3, seed: int = 0):
+    """An extend case whose q/k/v are strided views of one fused QKV tensor (as the model hands
+    them over), un-rotated, with the rotary module and the padded batch's positions."""
+    from tessera.ops.rotary import RotaryEmbedding
+
+    case = Case([0, 150, 64, 3], [130, 33, 64, 1], num_kv_heads=2, group=2, head_dim=64,
+                dtype=dtype, mode=ForwardMode.EXTEND, pad_rows=pad_rows, seed=seed)
+    qkv = torch.cat([case.q.flatten(1), case.k.flatten(1), case.v.flatten(1)], dim=1)
+    q_size, kv_size = case.q[0].numel(), case.k[0].numel()
+    case.q = qkv[:, :q_size].view(case.q.shape)
+    case.k = qkv[:, q_size:q_size + kv_size].view(case.k.shape)
+    case.v = qkv[:, q_size + kv_size:].view(case.v.shape)
+    rotary = RotaryEmbedding(64, 4096, 10000.0, force_native=True).to(DEVICE)
+    # padding rows at position 0, as the piecewise runner pads
+    positions = torch.cat([case.batch.positions,
+                           torch.zeros(pad_rows, dtype=torch.int64, device=DEVICE)])
+    return case, rotary, positions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("block_m", "tma"), [(16, False), (None, False), (64, True)])
+def test_extend_q_rope_equals_rotary_then_attention(block_m: int | None, tma: bool,
+                                                    dtype: torch.dtype) -> None:
+    """q_rope: q arrives un-rotated (a strided view of the fused projection) and the extend
+    kernel rotates each q tile after loading it, on the pointer path (small and automatic
+    tiles) and the TMA path. Same output as the reference given the natively rotated q and k;
+    in the interpreter bit for bit the same as the kernel given the pre-rotated q (the kernel
+    rounds as the native op does)."""
+    from tessera.attention.triton_ops.extend_attention import ExtendAttention
+
+    case, rotary, positions = _rotary_case(dtype)
+    q_rot, k_rot = rotary(positions, case.q, case.k)
+    fb, kv = case.batch, case.triton.kv_pool
+    loc = torch.cat([fb.out_cache_loc, torch.zeros(3, dtype=torch.int64, device=DEVICE)])
+    metadata = (fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens,
+                fb.extend_start_loc, fb.max_extend_len, loc)
+    outs = []
+    for q, q_rope in ((case.q, (positions, rotary.cos_sin_cache)), (q_rot, None)):
+        out = torch.zeros_like(q_rot)
+        launch = ExtendAttention(q, kv.k_buffers[0], kv.v_buffers[0], out,
+                                 case.table.req_to_token, case.scaling, k_new=k_rot,
+                                 v_new=case.v, block_m=block_m, tma=tma or None, q_rope=q_rope)
+        assert launch.tile(fb.max_extend_len)[1] == tma
+        launch(*metadata)
+        outs.append(out)
+    case.q, case.k = q_rot, k_rot
+    want = case.run(case.reference)
+    n = case.num_real
+    torch.testing.assert_close(outs[0][:n].float(), want[:n].float(), atol=_tol(dtype), rtol=0)
+    assert torch.all(outs[0][n:] == 0)
+    if not HAS_CUDA:  # compiled, the rotation's products may contract into FMAs (1 ulp)
+        assert torch.equal(outs[0], outs[1])
+    assert torch.equal(kv.k_buffers[0], case.reference.kv_pool.k_buffers[0])
+
+
+def test_attention_q_rope_op_equals_rotating_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention.forward_rope with fuse_q_rope (keys rotated by RotaryEmbedding.rotate, q by the
+    extend kernel through tessera::attention_q_rope, eagerly and through the prepared call a
+    replay plan makes) gives what rotating both first gives; a decode batch through the op
+    (never fused: the op rotates q itself) too."""
+    from tessera.attention.context import _attention_q_rope, set_forward_context
+    from tessera.attention.layer import Attention
+
+    case, rotary, positions = _rotary_case(torch.float32, pad_rows=0, seed=1)
+    layer = Attention(case.num_heads, 2, 64, case.scaling, 0)
+    q, k, v = case.q, case.k, case.v  # [T, H, D] views, as LlamaAttention.attend passes them
+    with set_forward_context(case.batch, case.triton):
+        layer.fuse_q_rope = False
+        want = layer.forward_rope(positions, q, k, v, rotary)
+        layer.fuse_q_rope = True
+        got = layer.forward_rope(positions, q, k, v, rotary)
+        q_view, k_rot = case.q, rotary.rotate(positions, case.k)
+        out = torch.full_like(case.q, float("nan"))
+        prepared = _attention_q_rope.prepare(q_view, k_rot, case.v, positions,
+                                             rotary.cos_sin_cache, out, 0, case.scaling)
+        prepared()
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out.flatten(1), want, atol=2e-5, rtol=0)
+    if not HAS_CUDA:
+        assert torch.equal(got, want) and torch.equal(out.flatten(1), want)
+
+    decode = Case([0, 9, 200], [1] * 3, num_kv_heads=2, group=2, head_dim=64,
+                  dtype=torch.float32, mode=ForwardMode.DECODE, seed=2)
+    positions = decode.batch.positions
+    q_rot, k_rot = rotary(positions, decode.q, decode.k)
+    got = torch.full_like(decode.q, float("nan"))
+    with set_forward_context(decode.batch, decode.triton):
+        torch.ops.tessera.attention_q_rope(decode.q, k_rot, decode.v, positions,
+                                           rotary.cos_sin_cache, got, 0, decode.scaling)
+    decode.q, decode.k = q_rot, k_rot
+    want = decode.run(decode.reference)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
 def test_extend_new_kv_from_strided_views() -> None:
     """The backend's extend path with K/V as strided views of a fused QKV projection."""
     case = Case([0, 20, 5], [37, 9, 1], num_kv_heads=2, group=2, head_dim=64,
@@ -532,6 +626,39 @@ def test_gpu_extend_bf16_mixes(group: int, head_dim: int, pdl: bool) -> None:
                     head_dim=head_dim, dtype=torch.bfloat16, mode=ForwardMode.EXTEND,
                     pad_rows=9)
         case.check(atol=2e-2, rtol=2e-2)
+    finally:
+        pdl_switch.set_enabled(False)
+
+
+@gpu  # tests/conftest.py skips these without CUDA
+@pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 64)])
+def test_gpu_extend_q_rope_bf16_mixes(group: int, head_dim: int) -> None:
+    """q_rope compiled, in bf16, on long extends (the TMA path from TMA_MIN_TOKENS) and short
+    ones over cached prefixes: the reference given natively rotated q and k."""
+    from tessera.ops.rotary import RotaryEmbedding
+    from tessera.ops.triton import pdl as pdl_switch
+
+    pdl_switch.set_enabled(True)
+    try:
+        prefix = [0, 0, 4096, 1000, 7, 0]
+        extend = [2048, 1, 1, 300, 100, 700]
+        case = Case(prefix, extend, num_kv_heads=8 // group * 2, group=group,
+                    head_dim=head_dim, dtype=torch.bfloat16, mode=ForwardMode.EXTEND,
+                    pad_rows=9)
+        rotary = RotaryEmbedding(head_dim, 8192, 500000.0, force_native=True).to(DEVICE)
+        positions = torch.cat([case.batch.positions,
+                               torch.zeros(9, dtype=torch.int64, device=DEVICE)])
+        q, k = case.q, case.k
+        out = torch.full_like(q, float("nan"))
+        case.triton.init_forward_metadata(case.batch)
+        k_rot = rotary.rotate(positions, k)
+        case.triton.forward(q, k_rot, case.v, out, 0, case.scaling, case.batch,
+                            q_rope=(positions, rotary.cos_sin_cache))
+        case.q, case.k = rotary(positions, q, k)
+        want = case.run(case.reference)
+        n = case.num_real
+        torch.testing.assert_close(out[:n].float(), want[:n].float(), atol=2e-2, rtol=2e-2)
+        assert torch.all(out[n:] == 0)
     finally:
         pdl_switch.set_enabled(False)
 

@@ -3,9 +3,14 @@ without capture) against eager, float32."""
 from __future__ import annotations
 
 import logging
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
 
 import pytest
-import torch
 from hf_models import save_tiny_model
 from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg_of
 
@@ -17,10 +22,29 @@ MAX_TOKENS = 40  # sizes 2, 4, 8, 12, ..., 32, 40: fine and coarse steps, cheap 
 ATOL = RTOL = 1e-5
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "qwen3", "llama-triton"])
 def runner(request, tmp_path_factory):
-    path = save_tiny_model(str(tmp_path_factory.mktemp(request.param)), request.param)
-    return make_pcg_runner(path, piecewise_cuda_graph_max_tokens=MAX_TOKENS)
+    """llama-triton: the triton attention backend (Triton's interpreter here), whose extend
+    kernel rotates q itself: the pieces hold the keys-only rotary and split at
+    tessera::attention_q_rope."""
+    kind, _, backend = request.param.partition("-")
+    if backend:
+        pytest.importorskip("triton")
+        if torch.cuda.is_available():
+            pytest.skip("interpreter variant; test_piecewise_gpu.py runs the compiled kernels")
+        from tessera.ops.triton.interpreter import patch_for_numpy_2_4
+
+        patch_for_numpy_2_4()  # Triton 3.6's interpreter vs numpy >= 2.4
+    path = save_tiny_model(str(tmp_path_factory.mktemp(request.param)), kind)
+    return make_pcg_runner(path, piecewise_cuda_graph_max_tokens=MAX_TOKENS,
+                           attention_backend=backend or "torch_native")
+
+
+def attention_op(runner) -> str:
+    """The splitting op of the runner's attention layers."""
+    plain_rotary = runner.model.model.layers[0].self_attn.qk_norm_rope is None  # not Qwen3's
+    fused = runner.attn_backend.fuses_extend_q_rope and plain_rotary
+    return "tessera::attention_q_rope" if fused else "tessera::attention"
 
 
 def test_split_has_a_piece_around_every_attention(runner):
@@ -34,9 +58,9 @@ def test_split_has_a_piece_around_every_attention(runner):
         ops = [op_qualname(n.target) for n in piece.module.graph.nodes
                if n.op == "call_function"]
         if piece.is_splitting:
-            assert ops == ["tessera::attention"]
+            assert ops == [attention_op(runner)]
         else:
-            assert "tessera::attention" not in ops
+            assert not {"tessera::attention", "tessera::attention_q_rope"} & set(ops)
     assert [g.is_last for g in pcg.backend.graph_pieces] == [False] * layers + [True]
     # every piece knows where its token count comes from (that picks the graph to replay)
     assert all(g.token_count is not None for g in pcg.backend.graph_pieces)
