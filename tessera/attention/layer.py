@@ -45,8 +45,8 @@ class Attention(nn.Module):
         A DECODE batch on a backend that fuses the rotary embedding into its decode kernel
         (`fuses_decode_rope`: one launch instead of two per layer) passes q and k un-rotated, when
         run eagerly or captured into a decode graph. Otherwise, with `fuse_q_rope` (a backend
-        whose extend kernel rotates q: eager extend batches and the piecewise graphs), only k is
-        rotated here and q goes to `tessera::attention_q_rope` as it is: the rotary launch moves
+        whose extend kernel rotates q: eager extend batches and the piecewise graphs) and a rotary
+        module that rotates one tensor as well as two (not muDNN's), only k is rotated here and q goes to `tessera::attention_q_rope` as it is: the rotary launch moves
         a quarter of the bytes (llama3-8b: 8 KV heads of 32). Else rotary(q, k), then attention.
         """
         if not torch.compiler.is_compiling():
@@ -59,7 +59,7 @@ class Attention(nn.Module):
                 backend.forward(q, k, v, out, self.layer_id, self.scaling, batch,
                                 rope=(positions, rotary.cos_sin_cache))
                 return out.view(t, self.num_heads * self.head_dim)
-        if self.fuse_q_rope:
+        if self.fuse_q_rope and rotary.rotates_one_tensor:
             k = rotary.rotate(positions, k)
             t = q.shape[0]
             out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype, device=q.device)

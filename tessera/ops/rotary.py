@@ -64,6 +64,13 @@ class RotaryEmbedding(MultiPlatformOp):
         # [max_position, head_dim]: cos in the first half, sin in the second (float32 always)
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
+        # rotate()'s choice, made here: a plain bool, which torch.compile reads reliably (torch
+        # 2.11's Dynamo traced `self.bound_forward == ...` as False on an H200, so the keys went
+        # through the native formula inside the piecewise graphs)
+        self.rotate_with_kernel = self.bound_forward == "forward_cuda"
+        # whether rotate() is as good as this module's own binding: not where that is muDNN's
+        # RoPE (MUSA), which takes q and k together (rotate() would be the native formula there)
+        self.rotates_one_tensor = self.bound_forward != "forward_musa"
         if self.bound_forward == "forward_musa":
             # muDNN's rope wants rotate-half angles [max_position, head_dim]; only kept when used
             self.register_buffer("freqs_cache", torch.cat([freqs, freqs], dim=-1),
@@ -84,7 +91,7 @@ class RotaryEmbedding(MultiPlatformOp):
         """One tensor [T, H, D] rotated, as forward rotates q or k (the keys alone, where the
         attention kernel rotates q: tessera.attention.layer). `tessera::rotary_embedding_one`
         where forward is bound to the Triton kernel, else the native formula."""
-        if self.bound_forward == "forward_cuda":
+        if self.rotate_with_kernel:
             return torch.ops.tessera.rotary_embedding_one(positions, x, self.cos_sin_cache)
         return rotate_native(positions, x, self.cos_sin_cache)
 

@@ -295,7 +295,8 @@ def test_extend_tma_path_choice(monkeypatch: pytest.MonkeyPatch) -> None:
                                   torch.zeros_like(case.q), case.table.req_to_token,
                                   case.scaling, k_new=case.k, v_new=case.v, **kwargs)
 
-    assert not launch().tma  # no TMA engine here
+    # automatic: where tma_possible holds (an H200; never in the interpreter)
+    assert launch().tma == ea.tma_possible(case.q.device, 64, case.q, case.k, case.v)
     monkeypatch.setattr(ea, "tma_possible", lambda *args: True)  # as on an H200
     auto = launch()
     assert not auto.tile(ea.TMA_MIN_TOKENS - 1)[1]
