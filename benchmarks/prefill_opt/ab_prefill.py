@@ -12,10 +12,6 @@
                 (tessera.ops.linear's MAX_STREAM_ROWS and MAX_NARROW_STREAM_ROWS patched to 0
                 while the runner captures)
 
-  q rope        (--q-rope) the extend kernel rotating q itself, the rotary launch rotating only
-                the keys (TritonAttentionBackend.fuses_extend_q_rope) against one rotary
-                launch for q and k (the attribute patched to False while the runner is built)
-
 For each model every runner is built first (one per PDL setting, or per stream-GEMM setting);
 per token count every variant is timed once a round, `--rounds` rounds, the order reversed every
 other round. Timing as bench_pcg
@@ -25,7 +21,6 @@ back (`--repeat` forwards between two events).
     python benchmarks/prefill_opt/ab_prefill.py --case llama3-8b:16,256,1024 \\
         --case qwen3-0.6b:256 --out ab.json
     python benchmarks/prefill_opt/ab_prefill.py --stream-gemm --case llama3-8b:16 --out ab.json
-    python benchmarks/prefill_opt/ab_prefill.py --q-rope --case llama3-8b:256,1024 --out ab.json
 """
 from __future__ import annotations
 
@@ -110,20 +105,6 @@ def stream_gemm_on_off(model: str, max_tokens: int) -> list[Variant]:
     return variants
 
 
-def q_rope_on_off(model: str, max_tokens: int) -> list[Variant]:
-    """Runners with q's rotary in the extend kernel and without (one rotary launch for q and k)."""
-    from tessera.attention.triton import TritonAttentionBackend
-
-    variants = []
-    for fused in (True, False):
-        with mock.patch.object(TritonAttentionBackend, "fuses_extend_q_rope", fused):
-            runner, _ = build_runner(model, max_tokens, True, "eager", "cuda")
-        layer = runner.model.model.layers[0].self_attn.attn
-        assert layer.fuse_q_rope == fused
-        variants.append(({"q_rope_in_extend": fused}, runner, lambda: None))
-    return variants
-
-
 def interleaved(model: str, n: int, variants: list[Variant], rounds: int,
                 repeat: int) -> list[dict[str, Any]]:
     """Every variant timed once a round at n tokens, the order reversed every other round."""
@@ -153,12 +134,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--stream-gemm", action="store_true",
                         help="A/B the few-row stream GEMM instead of extend PDL / early start")
-    parser.add_argument("--q-rope", action="store_true",
-                        help="A/B q's rotary in the extend kernel instead")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    build = (stream_gemm_on_off if args.stream_gemm else q_rope_on_off if args.q_rope
-             else pdl_and_early_start)
+    build = stream_gemm_on_off if args.stream_gemm else pdl_and_early_start
 
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "models": []}
     for model, sizes in args.case:

@@ -21,12 +21,6 @@ class AttentionBackend(ABC):
     """True when forward() of a DECODE batch takes `rope=(positions, cos_sin_cache)`: q and k
     arrive un-rotated and the backend applies the NeoX rotary embedding (with the native op's
     rounding) in its own kernel. Other backends are never passed `rope`."""
-    fuses_extend_q_rope: bool = False
-    """True when forward() and prepare() of an EXTEND batch take `q_rope=(positions,
-    cos_sin_cache)`: q arrives without its rotary embedding (k has its own already) and the
-    backend applies it in its attention kernel. The model then rotates only the keys before
-    attention (`tessera::attention_q_rope`, see tessera.attention.layer); other backends are
-    never passed `q_rope` (the op rotates q for them, and for decode batches)."""
     records_extend_slots: bool = False
     """True when forward() of an EXTEND batch at layer 0 also writes the new tokens' slots into
     req_to_token (req_to_token[row, prefix + i] = out_cache_loc[i]), as ModelRunner.record_slots
@@ -45,20 +39,17 @@ class AttentionBackend(ABC):
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 layer_id: int, scaling: float, forward_batch: ForwardBatch,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                q_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """q [T, Hq, D], k/v [T, Hk, D]; write K/V at forward_batch.out_cache_loc, then attention
         output into out[:real_tokens]; zero out[real_tokens:] (padding). `rope`: see
-        fuses_decode_rope; `q_rope`: see fuses_extend_q_rope."""
+        fuses_decode_rope."""
 
     def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                layer_id: int, scaling: float,
-                q_rope: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> Callable[[ForwardBatch], None] | None:
+                layer_id: int, scaling: float) -> Callable[[ForwardBatch], None] | None:
         """`batch -> forward(q, k, v, out, layer_id, scaling, batch)` for tensors that stay put
         across many forwards (a piecewise graph's replay plan: one per layer and size), with
-        whatever does not depend on the batch worked out once (`q_rope`: passed on to forward, only
-        where fuses_extend_q_rope). None: nothing to gain, the caller calls forward."""
+        whatever does not depend on the batch worked out once. None: nothing to gain, the caller
+        calls forward."""
         return None
 
     @staticmethod

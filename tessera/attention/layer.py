@@ -20,10 +20,6 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling, self.layer_id = scaling, layer_id
-        # forward_rope of extend batches: rotate only k and let the backend's extend kernel
-        # rotate q (`tessera::attention_q_rope`). Set by ModelRunner from its backend
-        # (fuses_extend_q_rope) before anything is traced; a plain model rotates both.
-        self.fuse_q_rope = False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, Hq*D] or [T, Hq, D]; k/v likewise with Hk. Strided views (e.g. slices of a fused
@@ -44,10 +40,8 @@ class Attention(nn.Module):
 
         A DECODE batch on a backend that fuses the rotary embedding into its decode kernel
         (`fuses_decode_rope`: one launch instead of two per layer) passes q and k un-rotated, when
-        run eagerly or captured into a decode graph. Otherwise, with `fuse_q_rope` (a backend
-        whose extend kernel rotates q: eager extend batches and the piecewise graphs) and a rotary
-        module that rotates one tensor as well as two (not muDNN's), only k is rotated here and q goes to `tessera::attention_q_rope` as it is: the rotary launch moves
-        a quarter of the bytes (llama3-8b: 8 KV heads of 32). Else rotary(q, k), then attention.
+        run eagerly or captured into a decode graph. Under torch.compile (the piecewise graphs,
+        which only run extend batches) the rotary stays a separate op in the traced graph.
         """
         if not torch.compiler.is_compiling():
             ctx = context.get_forward_context()
@@ -59,15 +53,5 @@ class Attention(nn.Module):
                 backend.forward(q, k, v, out, self.layer_id, self.scaling, batch,
                                 rope=(positions, rotary.cos_sin_cache))
                 return out.view(t, self.num_heads * self.head_dim)
-        if self.fuse_q_rope and rotary.rotates_one_tensor:
-            k = rotary.rotate(positions, k)
-            t = q.shape[0]
-            out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype, device=q.device)
-            torch.ops.tessera.attention_q_rope(
-                q.view(t, self.num_heads, self.head_dim),
-                k.view(t, self.num_kv_heads, self.head_dim),
-                v.view(t, self.num_kv_heads, self.head_dim),
-                positions, rotary.cos_sin_cache, out, self.layer_id, self.scaling)
-            return out.view(t, self.num_heads * self.head_dim)
         q, k = rotary(positions, q, k)
         return self(q, k, v)

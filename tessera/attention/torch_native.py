@@ -12,8 +12,8 @@ class TorchNativeAttentionBackend(AttentionBackend):
     name = "torch_native"
 
     def forward(self, q, k, v, out, layer_id, scaling, forward_batch: ForwardBatch,
-                rope=None, q_rope=None) -> None:
-        assert rope is None and q_rope is None, "torch_native does not fuse the rotary embedding"
+                rope=None) -> None:
+        assert rope is None, "torch_native does not fuse the rotary embedding"
         n = self.real_tokens(forward_batch)
         self.kv_pool.set_kv(layer_id, forward_batch.out_cache_loc[:n], k[:n], v[:n])
         k_cache = self.kv_pool.k_buffers[layer_id]

@@ -89,7 +89,6 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     supports_decode_graph = True  # see the module docstring
     fuses_decode_rope = True  # the decode kernel rotates q and the new k itself
-    fuses_extend_q_rope = True  # the extend kernel rotates q itself (ROPE_Q)
     # layer 0's extend launch writes the new tokens' req_to_token entries (see the base class)
     records_extend_slots = True
 
@@ -166,14 +165,12 @@ class TritonAttentionBackend(AttentionBackend):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 layer_id: int, scaling: float, forward_batch: ForwardBatch,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                q_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         meta = self._metadata_for(forward_batch)
         k_cache = self.kv_pool.k_buffers[layer_id]
         v_cache = self.kv_pool.v_buffers[layer_id]
         table = self.req_to_token_pool.req_to_token
         if isinstance(meta, _DecodeMetadata):
-            assert q_rope is None, "q's rotary is fused into extend only"
             num_rows = meta.batch_size
             loc = forward_batch.out_cache_loc
             positions, cos_sin_cache = rope if rope is not None else (None, None)
@@ -192,27 +189,24 @@ class TritonAttentionBackend(AttentionBackend):
             # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
             # read from k/v, the cached prefix through req_to_token)
             ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
-                            record_slots=layer_id == 0, q_rope=q_rope)(*meta.launch_args,
-                                                                       variant=meta.variant)
+                            record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
     def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                layer_id: int, scaling: float,
-                q_rope: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> Callable[[ForwardBatch], None]:
+                layer_id: int, scaling: float) -> Callable[[ForwardBatch], None]:
         """Extend batches: the layer's ExtendAttention built once, so a call is the kernel's
         launcher call (see tessera.ops.triton.launch); decode batches go through forward."""
         launch = ExtendAttention(q, self.kv_pool.k_buffers[layer_id],
                                  self.kv_pool.v_buffers[layer_id], out,
                                  self.req_to_token_pool.req_to_token, scaling, k_new=k, v_new=v,
-                                 record_slots=layer_id == 0, q_rope=q_rope)
+                                 record_slots=layer_id == 0)
         rows = out.shape[0]
 
         def run(forward_batch: ForwardBatch) -> None:
             meta = self._metadata_for(forward_batch)
             if not isinstance(meta, _ExtendMetadata):
-                self.forward(q, k, v, out, layer_id, scaling, forward_batch, q_rope=q_rope)
+                self.forward(q, k, v, out, layer_id, scaling, forward_batch)
                 return
             launch(*meta.launch_args, variant=meta.variant)
             if rows > meta.num_real_tokens:

@@ -79,20 +79,6 @@ def _rotary_embedding_fake(positions: torch.Tensor, q: torch.Tensor, k: torch.Te
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
-@torch.library.custom_op("tessera::rotary_embedding_one", mutates_args=())
-def rotary_embedding_one(positions: torch.Tensor, x: torch.Tensor,
-                         cos_sin_cache: torch.Tensor) -> torch.Tensor:
-    from tessera.ops.triton.rotary import rotary_embedding_one as kernel
-
-    return kernel(positions, x, cos_sin_cache)
-
-
-@rotary_embedding_one.register_fake
-def _rotary_embedding_one_fake(positions: torch.Tensor, x: torch.Tensor,
-                               cos_sin_cache: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape)
-
-
 @torch.library.custom_op("tessera::qk_norm_rope", mutates_args=())
 def qk_norm_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                  q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
@@ -187,4 +173,4 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
 
 __all__ = ["embedding", "few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm",
            "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
-           "rotary_embedding", "rotary_embedding_one", "silu_and_mul"]
+           "rotary_embedding", "silu_and_mul"]

@@ -64,20 +64,16 @@ class RotaryEmbedding(MultiPlatformOp):
         # [max_position, head_dim]: cos in the first half, sin in the second (float32 always)
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
-        # rotate()'s choice, made here: a plain bool, which torch.compile reads reliably (torch
-        # 2.11's Dynamo traced `self.bound_forward == ...` as False on an H200, so the keys went
-        # through the native formula inside the piecewise graphs)
-        self.rotate_with_kernel = self.bound_forward == "forward_cuda"
-        # whether rotate() is as good as this module's own binding: not where that is muDNN's
-        # RoPE (MUSA), which takes q and k together (rotate() would be the native formula there)
-        self.rotates_one_tensor = self.bound_forward != "forward_musa"
         if self.bound_forward == "forward_musa":
             # muDNN's rope wants rotate-half angles [max_position, head_dim]; only kept when used
             self.register_buffer("freqs_cache", torch.cat([freqs, freqs], dim=-1),
                                  persistent=False)
 
     def forward_native(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        cos, sin = _cos_sin(self.cos_sin_cache, positions, q.dtype)
+        cos_sin = self.cos_sin_cache.index_select(0, positions)
+        cos, sin = cos_sin.chunk(2, dim=-1)
+        cos = torch.cat([cos, cos], dim=-1).unsqueeze(1).to(q.dtype)
+        sin = torch.cat([sin, sin], dim=-1).unsqueeze(1).to(q.dtype)
         return _apply(q, cos, sin), _apply(k, cos, sin)
 
     def forward_cuda(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
@@ -85,23 +81,6 @@ class RotaryEmbedding(MultiPlatformOp):
 
     def forward_musa(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         return musa_ops.rope(q, k, self.freqs_cache.index_select(0, positions))
-
-
-    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """One tensor [T, H, D] rotated, as forward rotates q or k (the keys alone, where the
-        attention kernel rotates q: tessera.attention.layer). `tessera::rotary_embedding_one`
-        where forward is bound to the Triton kernel, else the native formula."""
-        if self.rotate_with_kernel:
-            return torch.ops.tessera.rotary_embedding_one(positions, x, self.cos_sin_cache)
-        return rotate_native(positions, x, self.cos_sin_cache)
-
-
-def rotate_native(positions: torch.Tensor, x: torch.Tensor,
-                  cos_sin_cache: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated at positions [T] with cos_sin_cache [max_pos, D] (cos | sin halves):
-    RotaryEmbedding.forward_native for one tensor."""
-    cos, sin = _cos_sin(cos_sin_cache, positions, x.dtype)
-    return _apply(x, cos, sin)
 
 
 def get_rope(head_dim: int, max_position: int, base: float,
@@ -119,15 +98,6 @@ def get_rope(head_dim: int, max_position: int, base: float,
 _ROPE_CACHE: dict[tuple, RotaryEmbedding] = {}
 
 
-def _cos_sin(cos_sin_cache: torch.Tensor, positions: torch.Tensor,
-             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, 1, D] cos and sin (each half repeated) of the positions, in the activations' dtype."""
-    cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
-    cos = torch.cat([cos, cos], dim=-1).unsqueeze(1).to(dtype)
-    sin = torch.cat([sin, sin], dim=-1).unsqueeze(1).to(dtype)
-    return cos, sin
-
-
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -137,4 +107,4 @@ def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + _rotate_half(x) * sin
 
 
-__all__ = ["RotaryEmbedding", "compute_inv_freq", "get_rope", "rotate_native"]
+__all__ = ["RotaryEmbedding", "compute_inv_freq", "get_rope"]

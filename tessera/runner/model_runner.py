@@ -73,7 +73,6 @@ class ModelRunner:
         backend_cls = get_attention_backend_class(config.backend.attention_backend)
         self.attn_backend = backend_cls(self.kv_pool, self.req_to_token_pool, attn.num_heads,
                                         attn.num_kv_heads, mc.head_dim)
-        self._configure_attention_layers()
         self.graph_runners: list = []  # tried in order; each says whether it can run a batch
         self.init_graph_runners()
         logger.info("KV cache: %d tokens (%.2f GiB), context length %d, %d request rows",
@@ -107,20 +106,6 @@ class ModelRunner:
             raise ValueError(f"no memory left for the KV cache (free {free / 2**30:.1f} GiB); "
                              f"raise --mem-fraction-static or pass --kv-cache-tokens")
         return tokens
-
-    def _configure_attention_layers(self) -> None:
-        """Tell the model's attention layers what the backend fuses (before any trace or
-        capture): with `fuses_extend_q_rope`, rotary layers rotate only the keys of extend
-        batches and the backend's extend kernel rotates q."""
-        from tessera.attention.layer import Attention
-
-        fuse = bool(getattr(self.attn_backend, "fuses_extend_q_rope", False))
-        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        for layer in layers:
-            layer.fuse_q_rope = fuse
-        logger.info("attention: backend %s; %s", self.attn_backend.name,
-                    "q's rotary embedding in its extend kernel (the rotary launch rotates keys "
-                    "only)" if fuse else "rotary embedding as a separate launch in extend")
 
     def init_graph_runners(self) -> None:
         """Decode CUDA graphs (uniform decode batches) first, then piecewise graphs (extend)."""

@@ -24,9 +24,8 @@ ATOL = RTOL = 1e-5
 
 @pytest.fixture(scope="module", params=["llama", "qwen3", "llama-triton"])
 def runner(request, tmp_path_factory):
-    """llama-triton: the triton attention backend (Triton's interpreter here), whose extend
-    kernel rotates q itself: the pieces hold the keys-only rotary and split at
-    tessera::attention_q_rope."""
+    """llama-triton: the triton attention backend (Triton's interpreter here): its prepared
+    extend calls between the pieces, as on a GPU."""
     kind, _, backend = request.param.partition("-")
     if backend:
         pytest.importorskip("triton")
@@ -40,13 +39,6 @@ def runner(request, tmp_path_factory):
                            attention_backend=backend or "torch_native")
 
 
-def attention_op(runner) -> str:
-    """The splitting op of the runner's attention layers."""
-    plain_rotary = runner.model.model.layers[0].self_attn.qk_norm_rope is None  # not Qwen3's
-    fused = runner.attn_backend.fuses_extend_q_rope and plain_rotary
-    return "tessera::attention_q_rope" if fused else "tessera::attention"
-
-
 def test_split_has_a_piece_around_every_attention(runner):
     pcg = pcg_of(runner)
     layers = runner.model_config.num_hidden_layers
@@ -58,9 +50,9 @@ def test_split_has_a_piece_around_every_attention(runner):
         ops = [op_qualname(n.target) for n in piece.module.graph.nodes
                if n.op == "call_function"]
         if piece.is_splitting:
-            assert ops == [attention_op(runner)]
+            assert ops == ["tessera::attention"]
         else:
-            assert not {"tessera::attention", "tessera::attention_q_rope"} & set(ops)
+            assert "tessera::attention" not in ops
     assert [g.is_last for g in pcg.backend.graph_pieces] == [False] * layers + [True]
     # every piece knows where its token count comes from (that picks the graph to replay)
     assert all(g.token_count is not None for g in pcg.backend.graph_pieces)

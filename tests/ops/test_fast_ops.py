@@ -94,9 +94,6 @@ def test_rotary_matches_native_on_qkv_views(fast_ops, device, dtype, heads, kv_h
     assert_close(q_out, q_ref)
     assert_close(k_out, k_ref)
     assert torch.equal(q, q_before) and torch.equal(k, k_before)  # out of place
-    # one tensor (the keys, where the extend kernel rotates q): the same rows as with q
-    assert torch.equal(rope.rotate(positions, k), k_out)
-    assert torch.equal(k, k_before)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -183,4 +180,3 @@ def test_gpu_rotary_real_size(fast_ops, tokens):
     positions = torch.randint(0, 131072, (tokens,), device="cuda")
     for fast, ref in zip(rope(positions, q, k), rope.forward_native(positions, q, k)):
         assert_close(fast, ref)
-    assert torch.equal(rope.rotate(positions, k), rope(positions, q, k)[1])

@@ -47,10 +47,18 @@ import triton.language as tl
 
 from tessera.attention.triton_ops.extend_attention import attend_tile
 from tessera.ops.triton.pdl import launch_options, use_pdl
-from tessera.ops.triton.rotary import rope_rows
 
 # log2(e): the kernels work in base 2 (exp2/log2 are the native instructions)
 _LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _rope(x, x_partner, cos, sin, sign, dtype):
+    """NeoX rotary of rows x ([rows, D] float32; x_partner: x with its halves swapped) rounded as
+    the native op rounds: each product in the activation dtype, then their sum
+    (tessera.ops.triton.rotary.rope_store)."""
+    return ((x * cos).to(dtype).to(tl.float32)
+            + (sign * x_partner * sin).to(dtype).to(tl.float32)).to(dtype)
 
 
 @triton.jit
@@ -133,13 +141,13 @@ def _decode_kernel(
         if ROPE:
             kn_partner = tl.load(k_new_ptr + b * stride_knt + kv_head * stride_knh + partner,
                                  mask=new_mask, other=0.0)
-            kn = rope_rows(kn.to(tl.float32), kn_partner.to(tl.float32), cos, sin, sign, dtype)
+            kn = _rope(kn.to(tl.float32), kn_partner.to(tl.float32), cos, sin, sign, dtype)
         # rounded to the cache dtype first: attention sees what the cache will hold
         kn = kn.to(k_cache_ptr.dtype.element_ty)
         vn = vn.to(v_cache_ptr.dtype.element_ty)
     if ROPE:
         q_partner = tl.load(q_ptrs + partner[None, :], mask=q_mask, other=0.0)
-        q = rope_rows(q.to(tl.float32), q_partner.to(tl.float32), cos[None, :], sin[None, :],
+        q = _rope(q.to(tl.float32), q_partner.to(tl.float32), cos[None, :], sin[None, :],
                   sign[None, :], dtype)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)

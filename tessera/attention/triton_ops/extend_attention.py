@@ -32,7 +32,6 @@ import triton.language as tl
 
 from tessera.ops.triton.launch import KernelLauncher, metadata_variant
 from tessera.ops.triton.pdl import launch_options, use_pdl
-from tessera.ops.triton.rotary import rope_rows
 from tessera.platforms.cuda import hopper_or_newer
 
 _LOG2E = 1.4426950408889634
@@ -132,11 +131,10 @@ def _extend_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
-    k_desc, v_desc, q_desc, pos_ptr, cos_sin_ptr, stride_cs,
+    k_desc, v_desc, q_desc,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
     RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False, TMA: tl.constexpr = False,
-    ROPE_Q: tl.constexpr = False,
 ):
     """out[tokens of tile, head] = causal attention of BLOCK_M new tokens of one request.
 
@@ -154,12 +152,7 @@ def _extend_kernel(
     the tile's first query without any mask, then the diagonal ones under the causal mask; and
     the GROUP programs of a KV head share the store of the tile's new K/V (row r by query head
     r % GROUP) instead of leaving it all to the first (H200, llama3-8b 1024 tokens: 29.0 -> 27.0
-    us, 512: 15.9 -> 13.8; benchmarks/results/2026-11-24_h200_s9_extend_tma_store.json).
-    ROPE_Q: q arrives without its rotary embedding (the keys have theirs): each program rotates
-    its q tile once, right after loading it (NeoX, cos/sin rows of cos_sin_ptr at the tokens'
-    positions, rounded as the native op rounds), so the rotary launch before this one handles
-    only the keys (a quarter of llama3-8b's q + k bytes). The q tile is then read with ordinary
-    loads, also on the TMA path (it needs its partner columns)."""
+    us, 512: 15.9 -> 13.8; benchmarks/results/2026-11-24_h200_s9_extend_tma_store.json)."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -182,26 +175,11 @@ def _extend_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     tokens = first_token + offs_m
-    if TMA and not ROPE_Q:  # rows past the request are another request's or zero: not stored
+    if TMA:  # rows past the request are another request's or zero: never stored
         q = q_desc.load([(first_token + m_start).to(tl.int32), head * HEAD_DIM])
     else:
-        q_rows = q_ptr + tokens[:, None] * stride_qt + head * stride_qh
-        q_mask = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
-        if ROPE_Q:
-            half_d = HEAD_DIM // 2
-            lower = offs_d < half_d
-            freq = tl.where(lower, offs_d, offs_d - half_d)[None, :]
-            pos = tl.load(pos_ptr + tokens, mask=mask_m, other=0).to(tl.int64)[:, None]
-            # cos/sin rounded to the activation dtype first, as the native op casts them
-            dtype = q_ptr.dtype.element_ty
-            cos = tl.load(cos_sin_ptr + pos * stride_cs + freq, mask=q_mask, other=0.0)
-            sin = tl.load(cos_sin_ptr + pos * stride_cs + half_d + freq, mask=q_mask, other=0.0)
-            q_partner = tl.load(q_rows + tl.where(lower, offs_d + half_d, offs_d - half_d)[None, :],
-                                mask=q_mask, other=0.0)
-            q = rope_rows(q.to(tl.float32), q_partner.to(tl.float32),
-                          cos.to(dtype).to(tl.float32), sin.to(dtype).to(tl.float32),
-                          tl.where(lower, -1.0, 1.0)[None, :], dtype)
+        q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     qpos = prefix + offs_m
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -344,8 +322,7 @@ class ExtendAttention:
                  k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
                  block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 record_slots: bool = False, tma: bool | None = None,
-                 q_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 record_slots: bool = False, tma: bool | None = None) -> None:
         self.num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[1]
         assert self.num_heads % num_kv_heads == 0, (self.num_heads, num_kv_heads)
@@ -356,13 +333,6 @@ class ExtendAttention:
             assert t.stride(-1) == 1, "the last dimension must be contiguous"
         if not self.new_kv:  # placeholders the kernel never reads (NEW_KV=False)
             k_new = v_new = k_cache
-        if q_rope is not None:
-            positions, cos_sin_cache = q_rope
-            assert head_dim % 2 == 0 and cos_sin_cache.shape[-1] == head_dim
-            assert cos_sin_cache.stride(-1) == 1 and positions.shape[0] >= q.shape[0]
-            self._rope = (positions, cos_sin_cache, cos_sin_cache.stride(0))
-        else:  # placeholders the kernel never reads (ROPE_Q=False)
-            self._rope = (q, q, 0)
         self.head_dim = head_dim
         # given: that setting for every launch (tests, sweeps); else by the request lengths
         self.fixed = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
@@ -378,7 +348,7 @@ class ExtendAttention:
             "GROUP": self.num_heads // num_kv_heads, "HEAD_DIM": head_dim,
             "BLOCK_D": triton.next_power_of_2(head_dim),
             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots, "ROPE_Q": q_rope is not None}
+            "NEW_KV": self.new_kv, "RECORD_SLOTS": record_slots}
         pdl = use_pdl(q.device)  # decided once per call site, as the launch options must be
         self._base_kwargs.update(PDL=pdl, **launch_options(pdl))
         # the TMA path for long prefills. tma=None: where tma_possible, from TMA_MIN_TOKENS new
@@ -452,8 +422,7 @@ class ExtendAttention:
         grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
         self.launcher((variant, block_m, tma), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
-                       *self._scale_strides, *self._new, new_loc, *self._new_strides, *descs,
-                       *self._rope),
+                       *self._scale_strides, *self._new, new_loc, *self._new_strides, *descs),
                       kwargs)
 
 
@@ -463,7 +432,7 @@ def extend_attention(
     extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
     block_m: int | None = None, block_n: int | None = None, k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
-    record_slots: bool = False, q_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    record_slots: bool = False,
 ) -> None:
     """Causal attention of the new tokens of a batch over their cached prefix and themselves.
 
@@ -478,12 +447,9 @@ def extend_attention(
     to them, instead of a store_kv launch before it. With record_slots too, it also writes
     req_to_token[row, prefix + i] = new_loc[token i] for every new token (what
     ModelRunner.record_slots would do in a separate scatter before the forward).
-    With q_rope = (positions [>= T] int64, cos_sin_cache [max_pos, D] float32, cos | sin): q
-    arrives without its rotary embedding and the kernel applies it (NeoX; k/k_new already
-    rotated), as tessera.ops.rotary would have.
     """
     assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
         "k_new, v_new, new_loc together")
     launch = ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new,
-                             block_m, block_n, record_slots=record_slots, q_rope=q_rope)
+                             block_m, block_n, record_slots=record_slots)
     launch(req_pool_indices, prefix_lens, extend_lens, extend_starts, max_extend_len, new_loc)

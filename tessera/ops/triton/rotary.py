@@ -1,5 +1,4 @@
-"""Rotary embedding (NeoX rotate-half layout) for q and k in one launch, out of place; or for
-one tensor (`rotary_embedding_one`: the keys, where the extend attention kernel rotates q itself).
+"""Rotary embedding (NeoX rotate-half layout) for q and k in one launch, out of place.
 
 Out of place because q and k arrive as strided views of the fused QKV projection: writing fresh
 contiguous outputs costs the same traffic as an in-place update, gives attention contiguous heads,
@@ -40,16 +39,6 @@ def rope_store(dst, x1, x2, cos, sin, mask, HALF: tl.constexpr):
     o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
     tl.store(dst, o1.to(dtype), mask=mask)
     tl.store(dst + HALF, o2.to(dtype), mask=mask)
-
-
-@triton.jit
-def rope_rows(x, x_partner, cos, sin, sign, dtype):
-    """NeoX rotary of rows x (float32, [rows, D] or [D]) given x_partner (x with its two halves
-    swapped), cos / sin per column (rounded to `dtype` already) and sign (-1 on the first half,
-    +1 on the second): rounded as the native op rounds, each product in `dtype`, then their sum
-    (as rope_store). For kernels that rotate what they have just loaded (the attention kernels)."""
-    return ((x * cos).to(dtype).to(tl.float32)
-            + (sign * x_partner * sin).to(dtype).to(tl.float32)).to(dtype)
 
 
 @triton.jit
@@ -129,26 +118,3 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         HALF=head_dim // 2, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
         **launch_options(pdl))
     return q_out, k_out
-
-
-def rotary_embedding_one(positions: torch.Tensor, x: torch.Tensor,
-                         cos_sin_cache: torch.Tensor) -> torch.Tensor:
-    """rotary_embedding for one tensor x [T, H, D] (the same kernel with no q blocks)."""
-    assert x.dim() == 3 and x.shape[0] == positions.shape[0]
-    head_dim = x.shape[-1]
-    assert head_dim % 2 == 0 and cos_sin_cache.shape[-1] == head_dim
-    x, cache = last_dim_contiguous(x), last_dim_contiguous(cos_sin_cache)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    n_tokens, n_heads = x.shape[0], x.shape[1]
-    if n_tokens == 0:
-        return out
-    grid, block_d, block_h, _ = rope_launch(n_tokens, 0, n_heads, head_dim)
-    pdl = use_pdl(x.device)
-    _rotary_kernel[grid](
-        positions, cache, x, x, out, out,  # q's arguments: placeholders, no q block runs
-        x.stride(0), x.stride(1), x.stride(0), x.stride(1),
-        out.stride(0), out.stride(1), out.stride(0), out.stride(1),
-        cache.stride(0), 0, n_heads, 0,
-        HALF=head_dim // 2, BLOCK_D=block_d, BLOCK_H=block_h, PDL=pdl, num_warps=4,
-        **launch_options(pdl))
-    return out
