@@ -13,7 +13,6 @@ not worth a second GEMM path. The config read-back (`cfg`) came back empty on th
 import ctypes
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                 "decode_opt"))
-from profile_decode import SHAPES, graph_of
+from profile_decode import SHAPES, graph_of, time_ms
 
 
 def lib_path() -> str:
@@ -126,21 +125,6 @@ def set_splitk(algo, split):
     return new if st == 0 else None
 
 
-def timed(fn, reps=9):
-    g = graph_of(fn)
-    for _ in range(3):
-        g()
-    s = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g()
-        b.record()
-        b.synchronize()
-        s.append(a.elapsed_time(b))
-    return statistics.median(s)
-
-
 def shape_rows(model, name, m, n, k, top):
     copies = max(4, min(32, (256 << 20) // (n * k * 2)))
     ws = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(copies)]
@@ -149,7 +133,7 @@ def shape_rows(model, name, m, n, k, top):
     ref = F.linear(x, ws[0]).float()
     prob = Problem(m, n, k)
     cands = [(f"h{i}", h.algo) for i, h in enumerate(prob.heuristics(top))]
-    for i, (label, algo) in enumerate(list(cands[:6])):
+    for label, algo in list(cands[:6]):
         for split in (2, 3, 4, 6, 8):
             new = set_splitk(algo, split)
             if new is not None and prob.check(new) is not None:
@@ -158,7 +142,18 @@ def shape_rows(model, name, m, n, k, top):
     def lin():
         for w in ws:
             F.linear(x, w)
-    us = {"F.linear": round(timed(lin) * 1e3 / copies, 2)}
+
+    def lt(algo):
+        def calls():
+            for w in ws:
+                prob.run(algo, x, w, y)
+        return calls
+
+    def per_call_us(fn) -> float:
+        """us per call: the median of 9 replays of a graph of `copies` calls."""
+        return round(time_ms(graph_of(fn), 1, 9)["median"] * 1e3 / copies, 2)
+
+    us = {"F.linear": per_call_us(lin)}
     info = {}
     for label, algo in cands:
         try:
@@ -168,11 +163,7 @@ def shape_rows(model, name, m, n, k, top):
             if err > 1e-2:
                 us[label] = f"err {err:.3g}"
                 continue
-
-            def fn(algo=algo):
-                for w in ws:
-                    prob.run(algo, x, w, y)
-            us[label] = round(timed(fn) * 1e3 / copies, 2)
+            us[label] = per_call_us(lt(algo))
             info[label] = cfg(algo)
         except Exception as e:  # noqa: BLE001
             us[label] = repr(e)[:80]
@@ -181,17 +172,10 @@ def shape_rows(model, name, m, n, k, top):
     # confirm: F.linear, h0 and the best, alternated
     confirm = {}
     if best:
-        algos = dict(cands)
-        for rnd in range(3):
+        fns = {"F.linear": lin, "h0": lt(dict(cands)["h0"]), best: lt(dict(cands)[best])}
+        for _ in range(3):
             for label in ("F.linear", "h0", best):
-                if label == "F.linear":
-                    t = timed(lin)
-                else:
-                    def fn(algo=algos[label]):
-                        for w in ws:
-                            prob.run(algo, x, w, y)
-                    t = timed(fn)
-                confirm.setdefault(label, []).append(round(t * 1e3 / copies, 2))
+                confirm.setdefault(label, []).append(per_call_us(fns[label]))
     row = {"model": model, "proj": name, "m": m, "n": n, "k": k, "candidates": len(cands),
            "us": us, "best": best, "best_cfg": info.get(best), "h0_cfg": info.get("h0"),
            "confirm": confirm}
