@@ -31,9 +31,9 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tessera.attention.triton import TritonAttentionBackend  # noqa: E402
-from tessera.ops.triton import pdl  # noqa: E402
-from tessera.runner.model_runner import ModelRunner  # noqa: E402
+from tessera.attention.triton import TritonAttentionBackend
+from tessera.ops.triton import pdl
+from tessera.runner.model_runner import ModelRunner
 
 CHUNK = 16384  # bytes per bulk prefetch instruction
 LINE = 128     # bytes per plain prefetch instruction

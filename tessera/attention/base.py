@@ -26,6 +26,12 @@ class AttentionBackend(ABC):
     req_to_token (req_to_token[row, prefix + i] = out_cache_loc[i]), as ModelRunner.record_slots
     does: ModelRunner.forward then skips that separate scatter for extend batches (three small
     kernels and ~50 us of host before the first graph piece)."""
+    supports_extend_graph: bool = False
+    """True when forward() on an EXTEND batch can be captured into a (CUDA) graph together with the
+    pieces around it (PiecewiseGraphRunner's whole-forward graphs) and replayed for other batches
+    of at most as many requests staged into the same tensors: it allocates nothing, never syncs,
+    takes every per-request value from the batch's tensors, and honours `pad_request` (the last
+    request is the padding of the graph's token count: zero its output rows, store nothing)."""
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:

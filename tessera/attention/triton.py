@@ -83,6 +83,7 @@ class _ExtendMetadata:
     # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer)
     launch_args: tuple
     variant: tuple
+    pad_last: bool = False  # ForwardBatch.pad_request
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -91,6 +92,7 @@ class TritonAttentionBackend(AttentionBackend):
     fuses_decode_rope = True  # the decode kernel rotates q and the new k itself
     # layer 0's extend launch writes the new tokens' req_to_token entries (see the base class)
     records_extend_slots = True
+    supports_extend_graph = True  # every extend launch reads its lengths from device tensors
 
     def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:
@@ -150,10 +152,13 @@ class TritonAttentionBackend(AttentionBackend):
             b = forward_batch
             tensors = (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
                        b.extend_start_loc, b.out_cache_loc)
+            # a graph's padded batch: any split of its tokens, the padding request's rows zeroed
+            # by the kernel
+            real, longest = ((b.num_tokens, b.num_tokens) if b.pad_request
+                             else (self.real_tokens(b), b.max_extend_len))
             self._metadata = _ExtendMetadata(
-                batch=b, num_real_tokens=self.real_tokens(b),
-                launch_args=(*tensors[:4], b.max_extend_len, tensors[4]),
-                variant=metadata_variant(*tensors))
+                batch=b, num_real_tokens=real, launch_args=(*tensors[:4], longest, tensors[4]),
+                variant=metadata_variant(*tensors), pad_last=b.pad_request)
 
     def _metadata_for(self, forward_batch: ForwardBatch) -> _DecodeMetadata | _ExtendMetadata:
         meta = self._metadata
@@ -189,7 +194,8 @@ class TritonAttentionBackend(AttentionBackend):
             # one launch: stores the real tokens' K/V at out_cache_loc and attends (the new keys
             # read from k/v, the cached prefix through req_to_token)
             ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
-                            record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant)
+                            record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant,
+                                                        pad_last=meta.pad_last)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
@@ -208,7 +214,7 @@ class TritonAttentionBackend(AttentionBackend):
             if not isinstance(meta, _ExtendMetadata):
                 self.forward(q, k, v, out, layer_id, scaling, forward_batch)
                 return
-            launch(*meta.launch_args, variant=meta.variant)
+            launch(*meta.launch_args, variant=meta.variant, pad_last=meta.pad_last)
             if rows > meta.num_real_tokens:
                 out[meta.num_real_tokens:].zero_()
 

@@ -43,6 +43,9 @@ class GraphCaptureState:
     pool: Any = None            # graph memory pool handle shared by all captures
     stream: Any = None          # the stream captures are recorded on
     capturing: bool = False     # record a graph for token counts that have none yet
+    # run every piece's compiled code, no replay or capture of its own: while the runner captures
+    # a whole forward (pieces and attention) into one graph
+    passthrough: bool = False
     check_addresses: bool = False
     graphs_captured: int = 0
 
@@ -71,7 +74,7 @@ class PieceGraphs:
         self.graphs: dict[int, _Captured] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if self.token_count is None or not self.state.use_graphs:
+        if self.token_count is None or not self.state.use_graphs or self.state.passthrough:
             return self.runnable(*args)
         num_tokens = self.token_count(args)
         captured = self.graphs.get(num_tokens)

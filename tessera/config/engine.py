@@ -95,6 +95,10 @@ class GraphConfig:
                                                         nargs="+", type_=int)
     piecewise_cuda_graph_compiler: str = cfg("eager", "how pieces are compiled",
                                              choices=["eager", "inductor"])
+    piecewise_cuda_graph_max_requests: int = cfg(
+        4, "extend batches of at most this many requests replay one whole-forward graph per "
+        "size (the pieces with attention inside) where the attention backend allows it; larger "
+        "batches replay the pieces (0: pieces only)", type_=int)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,6 +97,9 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
         pcg_max = sched.chunked_prefill_size if sched.chunked_prefill_size > 0 else 4096
     if pcg_max < 1:
         raise ValueError(f"--piecewise-cuda-graph-max-tokens must be >= 1, got {pcg_max}")
+    if graph.piecewise_cuda_graph_max_requests < 0:
+        raise ValueError(f"--piecewise-cuda-graph-max-requests must be >= 0, got "
+                         f"{graph.piecewise_cuda_graph_max_requests}")
     if not disable_pcg:
         from tessera.compilation.capture_sizes import capture_sizes
 

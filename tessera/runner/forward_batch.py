@@ -41,6 +41,10 @@ class ForwardBatch:
     # [B] int64, the row of each request's last new token (where its next-token logits come
     # from); set by `build` for non-decode batches, computed from the lengths when None
     last_token_loc: torch.Tensor | None = None
+    # the static batch of a whole-forward extend graph (PiecewiseGraphRunner): its last request
+    # is the padding up to the graph's token count (attention zeroes its output rows), and the
+    # host lists above are placeholders; attention sizes its launch by num_tokens
+    pad_request: bool = False
 
     def fill_input_ids(self, positions: list[int], source: torch.Tensor, rows: list[int]) -> None:
         """input_ids[positions[i]] = source[rows[i]] on the device: the tokens a step sampled,

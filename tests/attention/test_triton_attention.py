@@ -594,3 +594,109 @@ def _decode_graph_replay_equals_eager() -> None:
     assert torch.equal(out[:5], replayed)
     want = case.run(case.reference)
     torch.testing.assert_close(replayed.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---- whole-forward extend graphs: staged batches with a padding request ---------------------------
+def _static_extend_batch(size: int, slots: int) -> ForwardBatch:
+    """A whole-forward graph's fixed batch (PiecewiseGraphRunner._full_batch's layout)."""
+    tokens = [torch.zeros(size, dtype=torch.int64, device=DEVICE) for _ in range(3)]
+    rows = torch.zeros(slots, dtype=torch.int64, device=DEVICE)
+    lens = torch.zeros(4, slots, dtype=torch.int32, device=DEVICE)
+    return ForwardBatch(ForwardMode.EXTEND, *tokens, rows, lens[3], lens[0], lens[1], lens[2],
+                        [0] * slots, [0] * slots, [0] * slots, pad_request=True)
+
+
+def _stage(batch: ForwardBatch, static: ForwardBatch, pad_row: int,
+           use_triton: bool | None = None) -> None:
+    from tessera.ops.triton.stage import stage_extend_inputs
+
+    stage_extend_inputs((batch.input_ids, batch.positions, batch.out_cache_loc),
+                        (batch.req_pool_indices, batch.extend_prefix_lens,
+                         batch.extend_seq_lens, batch.extend_start_loc),
+                        (static.input_ids, static.positions, static.out_cache_loc),
+                        (static.req_pool_indices, static.extend_prefix_lens,
+                         static.extend_seq_lens, static.extend_start_loc), pad_row, use_triton)
+
+
+@pytest.mark.parametrize("max_requests", [1, 3])
+def test_staged_graph_batch_equals_reference(max_requests: int) -> None:
+    """The attention of a whole-forward extend graph: batches of up to max_requests requests
+    staged into one fixed batch (the last request slot the padding up to the graph's size,
+    ForwardBatch.pad_request) give the reference's output on the real tokens, zeros on the
+    padding, the reference's cache (the padding stores nothing, not even in the dump slot) and
+    no req_to_token entries for the padding."""
+    gen = torch.Generator().manual_seed(1)
+    rng = random.Random(1)
+    heads, kv_heads, dim, size, slots = 4, 2, 64, 48, 300
+    pools = [KVPool(1, kv_heads, dim, slots, torch.float32, DEVICE) for _ in range(2)]
+    for name in ("k_buffers", "v_buffers"):
+        getattr(pools[1], name)[0].copy_(torch.randn(slots + 1, kv_heads, dim, generator=gen))
+    table = ReqToTokenPool(6, 64, DEVICE)
+    pad_row = table.max_reqs - 1
+    triton_backend = TritonAttentionBackend(pools[0], table, heads, kv_heads, dim)
+    reference = TorchNativeAttentionBackend(pools[1], table, heads, kv_heads, dim)
+    static = _static_extend_batch(size, max_requests + 1)
+    q = torch.empty(size, heads, dim, device=DEVICE)
+    k, v = (torch.empty(size, kv_heads, dim, device=DEVICE) for _ in range(2))
+    batches = [([0], [48]), ([5], [30]), ([9], [1])]
+    if max_requests >= 3:
+        batches += [([3, 0, 7], [20, 1, 11]), ([0, 2], [1, 1])]
+    for prefix, extend in batches:
+        for name in ("k_buffers", "v_buffers"):
+            getattr(pools[0], name)[0].copy_(getattr(pools[1], name)[0])
+        rows = rng.sample(range(pad_row), len(prefix))
+        free = rng.sample(range(1, slots + 1), slots)
+        new_slots = []
+        for row, p, e in zip(rows, prefix, extend):
+            row_slots = [free.pop() for _ in range(p + e)]
+            table.write(row, 0, torch.tensor(row_slots))
+            new_slots += row_slots[p:]
+        batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * sum(extend), rows, prefix, extend,
+                                   torch.tensor(new_slots, dtype=torch.int64), DEVICE)
+        _stage(batch, static, pad_row)
+        for t in (q, k, v):
+            t.copy_(torch.randn(t.shape, generator=gen))
+        out = torch.full_like(q, float("nan"))
+        triton_backend.init_forward_metadata(static)
+        triton_backend.forward(q, k, v, out, 0, dim ** -0.5, static)
+        want = torch.full_like(q, float("nan"))
+        reference.init_forward_metadata(batch)
+        reference.forward(q, k, v, want, 0, dim ** -0.5, batch)
+        n = sum(extend)
+        torch.testing.assert_close(out[:n], want[:n], atol=2e-5, rtol=0)
+        assert torch.all(out[n:] == 0), "the padding request's rows must be zeroed"
+        for name in ("k_buffers", "v_buffers"):
+            assert torch.equal(getattr(pools[0], name)[0], getattr(pools[1], name)[0])
+        assert torch.all(table.req_to_token[pad_row] == 0), "the padding records nothing"
+
+
+@pytest.mark.parametrize("n,b,slots", [(0, 0, 4), (5, 1, 2), (16, 2, 4), (13, 3, 4), (7, 1, 2)])
+def test_stage_kernel_equals_torch(n: int, b: int, slots: int,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """stage_extend_inputs' one launch (Triton; interpreted on the CPU) writes what its torch
+    version does: tokens copied then zeroed to the size, requests copied, empty slots, the
+    padding request last. On the GPU every direct launch is checked against the JIT's choice
+    (two slot counts in one process: the launcher's key must tell them apart)."""
+    from tessera.ops.triton import stage
+
+    monkeypatch.setattr(stage._launcher, "verify", True)
+    gen = torch.Generator().manual_seed(n + b)
+    size = 16
+    ids, pos, loc = (torch.randint(1, 1000, (n,), generator=gen).to(DEVICE) for _ in range(3))
+    rows = torch.randint(0, 6, (b,), generator=gen).to(DEVICE)
+    prefix, lens, starts = (torch.randint(0, 50, (b,), generator=gen, dtype=torch.int32)
+                            .to(DEVICE) for _ in range(3))
+    batch = ForwardBatch(ForwardMode.EXTEND, ids, pos, loc, rows, prefix, prefix, lens, starts,
+                         [0] * b, [0] * b, [0] * b)
+    staged = [_static_extend_batch(size, slots) for _ in range(2)]
+    for static in staged:  # stale contents the staging must overwrite
+        for t in (static.input_ids, static.positions, static.out_cache_loc,
+                  static.req_pool_indices, static.extend_start_loc):
+            t.fill_(77)
+    _stage(batch, staged[0], pad_row=5, use_triton=True)
+    _stage(batch, staged[1], pad_row=5, use_triton=False)
+    for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices",
+                 "extend_prefix_lens", "extend_seq_lens", "extend_start_loc"):
+        assert torch.equal(getattr(staged[0], name), getattr(staged[1], name)), name
+    assert staged[1].extend_seq_lens[-1] == size - n and staged[1].extend_start_loc[-1] == n
+    assert staged[1].out_cache_loc[n:].eq(0).all() and staged[1].req_pool_indices[-1] == 5

@@ -64,6 +64,7 @@ def test_plan_direct_call_and_dynamo_give_identical_hidden_states(runner, monkey
     """The same batch through the replay plan, the direct call and Dynamo's guards: the same
     graphs and attention calls, so bitwise the same hidden states."""
     pcg = pcg_of(runner)
+    monkeypatch.setattr(pcg, "max_full_requests", 0)  # the pieces for every batch
     batches = MixedBatches(runner)
     outs = {}
     for total in (3, 16, 33):
@@ -99,6 +100,41 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
         tokens += total
         batches.free()
     assert same_argmax >= 0.95 * tokens  # bf16 rounding may flip near-ties, nothing more
+    assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
+
+
+def test_whole_forward_graphs_equal_eager(runner):
+    """Extend batches of at most --piecewise-cuda-graph-max-requests requests replay the size's
+    whole-forward graph (pieces and attention in one graph), larger ones the pieces; both give
+    eager's logits for every size, in batches of new prompts and of decoding requests mixed with
+    extends on cached prefixes."""
+    pcg = pcg_of(runner)
+    if runner.attn_backend.supports_extend_graph:
+        assert pcg.max_full_requests == 4 and sorted(pcg.full_graphs) == pcg.capture_sizes
+    else:
+        assert pcg.max_full_requests == 0 and not pcg.full_graphs
+        return
+    batches = MixedBatches(runner, seed=3)
+    for total in range(1, MAX_TOKENS + 1):
+        old = batches.prefill([3, 6])
+        small = [batches.new_prompt(total)]
+        if total >= 3:  # a decoding request, an extend on a prefix, a new prompt: 3 requests
+            small.append(batches.build([(old[0], 1), (old[1], total - 2),
+                                        (batches._row(), 1)]))
+        for batch in small:
+            full = pcg.full_replays
+            ours, eager = pcg_and_eager_logits(runner, batch)
+            assert pcg.full_replays == full + 1, f"{total} tokens: not the whole-forward graph"
+            torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL,
+                                       msg=lambda m, t=total: f"{t} tokens: {m}")
+        if total >= 9:  # five requests: the pieces
+            pieces = pcg.replays
+            big = batches.mixed(total)
+            assert big.batch_size == 5
+            ours, eager = pcg_and_eager_logits(runner, big)
+            assert pcg.replays == pieces + 1
+            torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
+        batches.free()
     assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
 

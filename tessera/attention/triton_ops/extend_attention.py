@@ -123,7 +123,7 @@ def attend_new_tma(q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, key_start, k
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pad_request"])
 def _extend_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     req_to_token_ptr, req_pool_indices_ptr, prefix_lens_ptr, extend_lens_ptr, extend_starts_ptr,
@@ -131,7 +131,7 @@ def _extend_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_table,
     k_new_ptr, v_new_ptr, new_loc_ptr, stride_knt, stride_knh, stride_vnt, stride_vnh,
-    k_desc, v_desc, q_desc,
+    k_desc, v_desc, q_desc, pad_request,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NEW_KV: tl.constexpr,
     RECORD_SLOTS: tl.constexpr = False, PDL: tl.constexpr = False, TMA: tl.constexpr = False,
@@ -152,7 +152,11 @@ def _extend_kernel(
     the tile's first query without any mask, then the diagonal ones under the causal mask; and
     the GROUP programs of a KV head share the store of the tile's new K/V (row r by query head
     r % GROUP) instead of leaving it all to the first (H200, llama3-8b 1024 tokens: 29.0 -> 27.0
-    us, 512: 15.9 -> 13.8; benchmarks/results/2026-11-24_h200_s9_extend_tma_store.json)."""
+    us, 512: 15.9 -> 13.8; benchmarks/results/2026-11-24_h200_s9_extend_tma_store.json).
+    pad_request: the index of the request that is the padding of a graph's token count
+    (whole-forward extend graphs, tessera.runner.piecewise_graph_runner), else -1: its rows of out
+    are zeroed, nothing of it is stored or attended. A runtime value, not a constexpr: no second
+    compiled variant of every tile."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -165,8 +169,15 @@ def _extend_kernel(
     m_start = m_block * BLOCK_M
     if m_start >= extend_len:  # the grid is sized for the longest request
         return
-    prefix = tl.load(prefix_lens_ptr + b)
     first_token = tl.load(extend_starts_ptr + b).to(tl.int64)
+    if b == pad_request:
+        pad_m = m_start + tl.arange(0, BLOCK_M)
+        pad_d = tl.arange(0, BLOCK_D)
+        tl.store(out_ptr + (first_token + pad_m)[:, None] * stride_ot + head * stride_oh
+                 + pad_d[None, :], tl.zeros([BLOCK_M, BLOCK_D], dtype=out_ptr.dtype.element_ty),
+                 mask=(pad_m < extend_len)[:, None] & (pad_d < HEAD_DIM)[None, :])
+        return
+    prefix = tl.load(prefix_lens_ptr + b)
     row = tl.load(req_pool_indices_ptr + b).to(tl.int64)
     kv_head = head // GROUP
 
@@ -406,8 +417,10 @@ class ExtendAttention:
 
     def __call__(self, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
                  extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int,
-                 new_loc: torch.Tensor | None = None, variant: tuple | None = None) -> None:
-        """`variant`: `metadata_variant(...)` of the metadata tensors, when the caller has it."""
+                 new_loc: torch.Tensor | None = None, variant: tuple | None = None,
+                 pad_last: bool = False) -> None:
+        """`variant`: `metadata_variant(...)` of the metadata tensors, when the caller has it.
+        `pad_last`: the last request is padding (its output rows zeroed; see the kernel)."""
         assert self.new_kv == (new_loc is not None), "new_loc goes with k_new/v_new"
         batch = req_pool_indices.shape[0]
         if batch == 0 or max_extend_len == 0:
@@ -422,7 +435,8 @@ class ExtendAttention:
         grid = (self.num_heads, triton.cdiv(max_extend_len, block_m), batch)
         self.launcher((variant, block_m, tma), grid,
                       (*self._head, req_pool_indices, prefix_lens, extend_lens, extend_starts,
-                       *self._scale_strides, *self._new, new_loc, *self._new_strides, *descs),
+                       *self._scale_strides, *self._new, new_loc, *self._new_strides, *descs,
+                       batch - 1 if pad_last else -1),
                       kwargs)
 
 
@@ -432,7 +446,7 @@ def extend_attention(
     extend_lens: torch.Tensor, extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
     block_m: int | None = None, block_n: int | None = None, k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None, new_loc: torch.Tensor | None = None,
-    record_slots: bool = False,
+    record_slots: bool = False, pad_last: bool = False,
 ) -> None:
     """Causal attention of the new tokens of a batch over their cached prefix and themselves.
 
@@ -447,9 +461,12 @@ def extend_attention(
     to them, instead of a store_kv launch before it. With record_slots too, it also writes
     req_to_token[row, prefix + i] = new_loc[token i] for every new token (what
     ModelRunner.record_slots would do in a separate scatter before the forward).
+    With pad_last, request B - 1 is padding: its rows of out are zeroed and nothing of it is
+    stored, recorded or attended to.
     """
     assert (k_new is not None) == (v_new is not None) == (new_loc is not None), (
         "k_new, v_new, new_loc together")
     launch = ExtendAttention(q, k_cache, v_cache, out, req_to_token, scaling, k_new, v_new,
                              block_m, block_n, record_slots=record_slots)
-    launch(req_pool_indices, prefix_lens, extend_lens, extend_starts, max_extend_len, new_loc)
+    launch(req_pool_indices, prefix_lens, extend_lens, extend_starts, max_extend_len, new_loc,
+           pad_last=pad_last)
