@@ -123,7 +123,11 @@ def attend_new_tma(q, acc, l_i, m_i, qpos, k_desc, v_desc, kv_head, key_start, k
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["pad_request"])
+# per-request metadata is read one scalar per program: its alignment buys nothing, and not
+# specialising on it spares a compiled variant per alignment pattern of the batch's metadata
+@triton.jit(do_not_specialize=["pad_request"],
+            do_not_specialize_on_alignment=["req_pool_indices_ptr", "prefix_lens_ptr",
+                                            "extend_lens_ptr", "extend_starts_ptr"])
 def _extend_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     req_to_token_ptr, req_pool_indices_ptr, prefix_lens_ptr, extend_lens_ptr, extend_starts_ptr,

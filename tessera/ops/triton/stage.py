@@ -20,7 +20,11 @@ from tessera.ops.triton.launch import KernelLauncher, metadata_variant
 BLOCK = 1024
 
 
-@triton.jit(do_not_specialize=["n", "b", "size", "pad_row"])
+# the sources are views into a batch's packed host copy at any offset: not specialising on their
+# alignment keeps this one compiled kernel
+@triton.jit(do_not_specialize=["n", "b", "size", "pad_row"],
+            do_not_specialize_on_alignment=["ids_src", "pos_src", "loc_src", "rows_src",
+                                            "prefix_src", "lens_src", "starts_src"])
 def _stage_kernel(ids_src, pos_src, loc_src, ids_dst, pos_dst, loc_dst,
                   rows_src, prefix_src, lens_src, starts_src,
                   rows_dst, prefix_dst, lens_dst, starts_dst,
