@@ -46,6 +46,13 @@ def test_max_tokens_defaults_to_the_chunked_prefill_size():
         resolve(piecewise_cuda_graph_max_tokens=0)
 
 
+def test_whole_forward_graph_request_limit():
+    assert resolve().graph.piecewise_cuda_graph_max_requests == 4
+    assert resolve(piecewise_cuda_graph_max_requests=0).graph.piecewise_cuda_graph_max_requests == 0
+    with pytest.raises(ValueError, match="--piecewise-cuda-graph-max-requests must be >= 0"):
+        resolve(piecewise_cuda_graph_max_requests=-1)
+
+
 def test_no_capture_size_for_the_parallel_layout_fails_at_resolve():
     with pytest.raises(ValueError, match="multiple of 4"):
         resolve(enforce_piecewise_cuda_graph=True, tp_size=4, moe_dense_tp_size=1,
