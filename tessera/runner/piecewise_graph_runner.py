@@ -310,7 +310,6 @@ class PiecewiseGraphRunner:
                     state.graphs_captured, self.capture_seconds,
                     self.capture_memory_bytes / (1 << 30))
 
-
     def capture_full(self) -> None:
         """One whole-forward graph per size, largest first, in the shared pool: the compiled
         pieces run without graphs of their own (`passthrough`) and attention launches between
