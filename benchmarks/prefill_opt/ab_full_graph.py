@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+from benchmarks.prefill_opt.full_graph import device_ms
 from tessera.compilation.bench_pcg import (
     build_runner,
     free_memory,
@@ -33,21 +34,10 @@ from tessera.compilation.bench_pcg import (
 )
 
 
-def behind_sleep(runner: Any, n: int, reps: int = 10) -> float:
+def behind_sleep(runner: Any, n: int) -> float:
     """Median device ms of the forward queued behind a GPU sleep (host launch work hidden)."""
-    samples = []
     with prefill_batch(runner, n) as batch:
-        for i in range(reps + 2):
-            torch.cuda.synchronize()
-            torch.cuda._sleep(4_000_000)
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            runner.forward(batch)
-            b.record()
-            torch.cuda.synchronize()
-            if i >= 2:
-                samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
+        return device_ms(lambda: runner.forward(batch), behind_sleep=True, reps=10, warmup=2)
 
 
 def host_replay_us(pcg: Any, size: int, reps: int = 20) -> float:

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+from benchmarks.prefill_opt.full_graph import device_ms
 from tessera.compilation.bench_pcg import free_memory
 
 
@@ -60,20 +61,6 @@ def batch_of(runner: Any, lens: list[int], prefixes: list[int]):
     return batch, rows, all_slots
 
 
-def device_ms(runner: Any, batch: Any, reps: int = 15) -> float:
-    samples = []
-    for i in range(reps + 3):
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        runner.forward(batch)
-        b.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama3-8b")
@@ -104,7 +91,7 @@ def main() -> None:
                     (pcg,) = [g for g in runner.graph_runners
                               if type(g).__name__ == "PiecewiseGraphRunner"]
                     full = pcg.full_replays
-                    times[s].append(device_ms(runner, batch))
+                    times[s].append(device_ms(lambda r=runner, b=batch: r.forward(b)))
                     paths[s] = "whole-forward" if pcg.full_replays > full else "pieces"
                     for row, used in zip(rows, slots):
                         runner.allocator.free(used)

@@ -29,9 +29,12 @@ from tessera.compilation.bench_pcg import build_runner, prefill_batch
 from tessera.ops.triton import pdl
 
 
-def timed(fn, behind_sleep: bool, reps: int = 15) -> float:
+def device_ms(fn, behind_sleep: bool = False, reps: int = 15, warmup: int = 3) -> float:
+    """Median device ms of `fn()` between two events, each call from an idle device (synchronize
+    first: what bench_pcg reports, the host's launch work included) or queued behind a ~2 ms GPU
+    sleep (the device's time alone). The ab_full_* scripts time with this too."""
     samples = []
-    for i in range(reps + 3):
+    for i in range(reps + warmup):
         torch.cuda.synchronize()
         if behind_sleep:
             torch.cuda._sleep(4_000_000)
@@ -40,9 +43,9 @@ def timed(fn, behind_sleep: bool, reps: int = 15) -> float:
         fn()
         b.record()
         torch.cuda.synchronize()
-        if i >= 3:
+        if i >= warmup:
             samples.append(a.elapsed_time(b))
-    return round(statistics.median(samples), 4)
+    return statistics.median(samples)
 
 
 def capture_full(runner: Any, batch: Any, use_pdl: bool) -> tuple[torch.cuda.CUDAGraph, Any, Any]:
@@ -97,8 +100,8 @@ def main() -> None:
             calls = {"piecewise": piecewise, **{k: g.replay for k, (g, _, _) in graphs.items()}}
             for _ in range(2):  # two passes, interleaved
                 for name, fn in calls.items():
-                    case["idle_ms"].setdefault(name, []).append(timed(fn, False))
-                    case["behind_sleep_ms"].setdefault(name, []).append(timed(fn, True))
+                    case["idle_ms"].setdefault(name, []).append(round(device_ms(fn), 4))
+                    case["behind_sleep_ms"].setdefault(name, []).append(round(device_ms(fn, True), 4))
             for name, (graph, logits, _) in graphs.items():
                 graph.replay()
                 torch.cuda.synchronize()

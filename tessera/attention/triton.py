@@ -83,7 +83,6 @@ class _ExtendMetadata:
     # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer)
     launch_args: tuple
     variant: tuple
-    pad_last: bool = False  # ForwardBatch.pad_request
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -158,7 +157,7 @@ class TritonAttentionBackend(AttentionBackend):
                              else (self.real_tokens(b), b.max_extend_len))
             self._metadata = _ExtendMetadata(
                 batch=b, num_real_tokens=real, launch_args=(*tensors[:4], longest, tensors[4]),
-                variant=metadata_variant(*tensors), pad_last=b.pad_request)
+                variant=metadata_variant(*tensors))
 
     def _metadata_for(self, forward_batch: ForwardBatch) -> _DecodeMetadata | _ExtendMetadata:
         meta = self._metadata
@@ -195,7 +194,7 @@ class TritonAttentionBackend(AttentionBackend):
             # read from k/v, the cached prefix through req_to_token)
             ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
                             record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant,
-                                                        pad_last=meta.pad_last)
+                                                        pad_last=meta.batch.pad_request)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
@@ -214,7 +213,7 @@ class TritonAttentionBackend(AttentionBackend):
             if not isinstance(meta, _ExtendMetadata):
                 self.forward(q, k, v, out, layer_id, scaling, forward_batch)
                 return
-            launch(*meta.launch_args, variant=meta.variant, pad_last=meta.pad_last)
+            launch(*meta.launch_args, variant=meta.variant, pad_last=meta.batch.pad_request)
             if rows > meta.num_real_tokens:
                 out[meta.num_real_tokens:].zero_()
 

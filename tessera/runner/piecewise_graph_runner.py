@@ -279,14 +279,8 @@ class PiecewiseGraphRunner:
 
     def capture(self) -> None:
         """Warm up and capture every size, largest first, in the shared pool."""
-        platform, state = self.platform, self.state
-        platform.synchronize()
-        platform.empty_cache()  # the trace's eager activations are not the graphs' memory
-        free_before = platform.mem_get_info()[0]
-        start = time.perf_counter()
-        sizes = sorted(self.capture_sizes, reverse=True)
-        with (_quiet_capture(self.device), platform.stream_context(state.stream),
-              torch.inference_mode()):
+        state = self.state
+        with self._capturing() as (sizes, cost):
             for size in tqdm.tqdm(sizes, desc="Capturing piecewise graphs", unit="size"):
                 batch = self._dummy_batch(size)
                 # warm-up outside capture: kernels JIT-compile and autotune on first launch
@@ -300,27 +294,16 @@ class PiecewiseGraphRunner:
                     raise RuntimeError(f"piecewise graph: Dynamo wanted to recompile for {size} "
                                        f"tokens during capture (see the warning above)")
             self._build_plans(sizes)
-        platform.synchronize()
-        self.capture_seconds = time.perf_counter() - start
-        # what the graphs hold, not what the eager warm-ups left in the allocator's cache
-        platform.empty_cache()
-        self.capture_memory_bytes = free_before - platform.mem_get_info()[0]
         logger.info("piecewise graph: captured %d sizes x %d pieces (%d graphs) in %.1f s using "
                     "%.2f GiB", len(sizes), len(self.backend.graph_pieces),
-                    state.graphs_captured, self.capture_seconds,
-                    self.capture_memory_bytes / (1 << 30))
+                    state.graphs_captured, cost["seconds"], cost["bytes"] / (1 << 30))
 
     def capture_full(self) -> None:
         """One whole-forward graph per size, largest first, in the shared pool: the compiled
         pieces run without graphs of their own (`passthrough`) and attention launches between
         them, all captured together."""
         platform, state = self.platform, self.state
-        platform.synchronize()
-        free_before = platform.mem_get_info()[0]
-        start = time.perf_counter()
-        sizes = sorted(self.capture_sizes, reverse=True)
-        with (_quiet_capture(self.device), platform.stream_context(state.stream),
-              torch.inference_mode()):
+        with self._capturing() as (sizes, cost):
             state.passthrough = True
             try:
                 for size in tqdm.tqdm(sizes, desc="Capturing whole-forward graphs", unit="size"):
@@ -335,15 +318,32 @@ class PiecewiseGraphRunner:
                     self.full_graphs[size] = (graph, output)
             finally:
                 state.passthrough = False
-        platform.synchronize()
-        seconds = time.perf_counter() - start
-        platform.empty_cache()
-        used = free_before - platform.mem_get_info()[0]
-        self.capture_seconds += seconds
-        self.capture_memory_bytes += used
         logger.info("piecewise graph: captured %d whole-forward graphs (extend batches of <= %d "
                     "requests) in %.1f s using %.2f GiB", len(sizes), self.max_full_requests,
-                    seconds, used / (1 << 30))
+                    cost["seconds"], cost["bytes"] / (1 << 30))
+
+    @contextlib.contextmanager
+    def _capturing(self) -> Iterator[tuple[list[int], dict[str, float]]]:
+        """The setting of a capture pass: yields the sizes, largest first, with the quiet capture
+        patches, the capture stream and inference mode on; afterwards fills the pass's wall time
+        and the device memory its graphs hold into the yielded dict and adds them to
+        capture_seconds / capture_memory_bytes."""
+        platform = self.platform
+        platform.synchronize()
+        platform.empty_cache()  # eager activations before the pass are not the graphs' memory
+        free_before = platform.mem_get_info()[0]
+        start = time.perf_counter()
+        cost: dict[str, float] = {}
+        with (_quiet_capture(self.device), platform.stream_context(self.state.stream),
+              torch.inference_mode()):
+            yield sorted(self.capture_sizes, reverse=True), cost
+        platform.synchronize()
+        cost["seconds"] = time.perf_counter() - start
+        # what the graphs hold, not what the eager warm-ups left in the allocator's cache
+        platform.empty_cache()
+        cost["bytes"] = free_before - platform.mem_get_info()[0]
+        self.capture_seconds += cost["seconds"]
+        self.capture_memory_bytes += int(cost["bytes"])
 
 
 @contextlib.contextmanager

@@ -423,6 +423,40 @@ def test_store_kv_strided_views(dtype: torch.dtype) -> None:
     assert torch.all(k_cache[untouched.to(DEVICE)] == 0)
 
 
+class _TwoBackends:
+    """The triton backend and the torch_native reference on two one-layer KV pools (random
+    contents) sharing one request table: batches placed at scattered rows and slots, each run on
+    the same cache contents (the prepared and the staged extend tests)."""
+
+    def __init__(self, gen: torch.Generator, heads: int, kv_heads: int, dim: int,
+                 slots: int = 300) -> None:
+        self.slots = slots
+        self.pools = [KVPool(1, kv_heads, dim, slots, torch.float32, DEVICE) for _ in range(2)]
+        for name in ("k_buffers", "v_buffers"):
+            getattr(self.pools[1], name)[0].copy_(
+                torch.randn(slots + 1, kv_heads, dim, generator=gen))
+        self.table = ReqToTokenPool(6, 64, DEVICE)
+        self.triton = TritonAttentionBackend(self.pools[0], self.table, heads, kv_heads, dim)
+        self.reference = TorchNativeAttentionBackend(self.pools[1], self.table, heads, kv_heads,
+                                                     dim)
+
+    def batch(self, rng: random.Random, prefix: list[int], extend: list[int],
+              rows_below: int) -> ForwardBatch:
+        """An EXTEND batch of requests at random rows < rows_below and random slots (prefix and
+        new ones written to the table), the triton pool reset to the reference's contents."""
+        for name in ("k_buffers", "v_buffers"):
+            getattr(self.pools[0], name)[0].copy_(getattr(self.pools[1], name)[0])
+        rows = rng.sample(range(rows_below), len(prefix))
+        free = rng.sample(range(1, self.slots + 1), self.slots)
+        new_slots = []
+        for row, p, e in zip(rows, prefix, extend):
+            row_slots = [free.pop() for _ in range(p + e)]
+            self.table.write(row, 0, torch.tensor(row_slots))
+            new_slots += row_slots[p:]
+        return ForwardBatch.build(ForwardMode.EXTEND, [0] * sum(extend), rows, prefix, extend,
+                                  torch.tensor(new_slots, dtype=torch.int64), DEVICE)
+
+
 def test_prepared_extend_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """AttentionBackend.prepare (what a replay plan calls per layer): the same q/k/v/out tensors
     every call, new batch metadata each time (other sizes, and metadata tensors at other
@@ -432,14 +466,9 @@ def test_prepared_extend_equals_reference(monkeypatch: pytest.MonkeyPatch) -> No
 
     gen = torch.Generator().manual_seed(0)
     rng = random.Random(0)
-    heads, kv_heads, dim, tokens, slots = 4, 2, 64, 40, 300
-    pools = [KVPool(1, kv_heads, dim, slots, torch.float32, DEVICE) for _ in range(2)]
-    for pool in pools[1:]:
-        for name in ("k_buffers", "v_buffers"):
-            getattr(pool, name)[0].copy_(torch.randn(slots + 1, kv_heads, dim, generator=gen))
-    table = ReqToTokenPool(6, 64, DEVICE)
-    triton_backend = TritonAttentionBackend(pools[0], table, heads, kv_heads, dim)
-    reference = TorchNativeAttentionBackend(pools[1], table, heads, kv_heads, dim)
+    heads, kv_heads, dim, tokens = 4, 2, 64, 40
+    both = _TwoBackends(gen, heads, kv_heads, dim)
+    pools, triton_backend, reference = both.pools, both.triton, both.reference
     q = torch.empty(tokens, heads, dim, device=DEVICE)
     k, v = (torch.empty(tokens, kv_heads, dim, device=DEVICE) for _ in range(2))
     out = torch.empty_like(q)
@@ -447,18 +476,7 @@ def test_prepared_extend_equals_reference(monkeypatch: pytest.MonkeyPatch) -> No
     run = triton_backend.prepare(q, k, v, out, 0, heads ** -0.5)
     for prefix, extend in [([0, 5], [30, 2]), ([12], [33]), ([3, 0, 7], [20, 1, 11]),
                            ([0, 5], [30, 2]), ([9], [1])]:
-        for pool in pools[:1]:  # the same cache contents before each call
-            for name in ("k_buffers", "v_buffers"):
-                getattr(pool, name)[0].copy_(getattr(pools[1], name)[0])
-        rows = rng.sample(range(table.max_reqs), len(prefix))
-        free = rng.sample(range(1, slots + 1), slots)
-        new_slots = []
-        for row, p, e in zip(rows, prefix, extend):
-            row_slots = [free.pop() for _ in range(p + e)]
-            table.write(row, 0, torch.tensor(row_slots))
-            new_slots += row_slots[p:]
-        batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * sum(extend), rows, prefix, extend,
-                                   torch.tensor(new_slots, dtype=torch.int64), DEVICE)
+        batch = both.batch(rng, prefix, extend, both.table.max_reqs)
         for t in (q, k, v):
             t.copy_(torch.randn(t.shape, generator=gen))
         out.fill_(float("nan"))
@@ -627,14 +645,10 @@ def test_staged_graph_batch_equals_reference(max_requests: int) -> None:
     no req_to_token entries for the padding."""
     gen = torch.Generator().manual_seed(1)
     rng = random.Random(1)
-    heads, kv_heads, dim, size, slots = 4, 2, 64, 48, 300
-    pools = [KVPool(1, kv_heads, dim, slots, torch.float32, DEVICE) for _ in range(2)]
-    for name in ("k_buffers", "v_buffers"):
-        getattr(pools[1], name)[0].copy_(torch.randn(slots + 1, kv_heads, dim, generator=gen))
-    table = ReqToTokenPool(6, 64, DEVICE)
+    heads, kv_heads, dim, size = 4, 2, 64, 48
+    both = _TwoBackends(gen, heads, kv_heads, dim)
+    pools, table, triton_backend, reference = both.pools, both.table, both.triton, both.reference
     pad_row = table.max_reqs - 1
-    triton_backend = TritonAttentionBackend(pools[0], table, heads, kv_heads, dim)
-    reference = TorchNativeAttentionBackend(pools[1], table, heads, kv_heads, dim)
     static = _static_extend_batch(size, max_requests + 1)
     q = torch.empty(size, heads, dim, device=DEVICE)
     k, v = (torch.empty(size, kv_heads, dim, device=DEVICE) for _ in range(2))
@@ -642,17 +656,7 @@ def test_staged_graph_batch_equals_reference(max_requests: int) -> None:
     if max_requests >= 3:
         batches += [([3, 0, 7], [20, 1, 11]), ([0, 2], [1, 1])]
     for prefix, extend in batches:
-        for name in ("k_buffers", "v_buffers"):
-            getattr(pools[0], name)[0].copy_(getattr(pools[1], name)[0])
-        rows = rng.sample(range(pad_row), len(prefix))
-        free = rng.sample(range(1, slots + 1), slots)
-        new_slots = []
-        for row, p, e in zip(rows, prefix, extend):
-            row_slots = [free.pop() for _ in range(p + e)]
-            table.write(row, 0, torch.tensor(row_slots))
-            new_slots += row_slots[p:]
-        batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * sum(extend), rows, prefix, extend,
-                                   torch.tensor(new_slots, dtype=torch.int64), DEVICE)
+        batch = both.batch(rng, prefix, extend, pad_row)  # the padding row stays untouched
         _stage(batch, static, pad_row)
         for t in (q, k, v):
             t.copy_(torch.randn(t.shape, generator=gen))

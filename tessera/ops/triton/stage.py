@@ -6,8 +6,9 @@ request slot ([R]: req_to_token row, prefix length, new-token count, first token
 tokens in b <= R - 1 requests goes in as: tokens 0..n-1 copied and the rest zeroed (token 0 at
 position 0, K/V into the dump slot 0); requests 0..b-1 copied; slots b..R-2 empty (no new
 tokens: their attention programs exit at once); slot R-1 the padding request of tokens n..size-1,
-whose attention output the extend kernel zeroes (its pad_request). With torch ops that is ~6 launches and a
-host->device copy of the tail entries; here it is one launch whose scalars carry n and b.
+whose attention output the extend kernel zeroes (its pad_request). With torch ops that is ~6
+launches and a host->device copy of the tail entries; here it is one launch whose scalars carry n
+and b.
 """
 from __future__ import annotations
 
