@@ -1,21 +1,17 @@
 """Triton attention backend vs the torch_native reference.
 
-Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the
-kernels are imported: Triton reads it when @triton.jit decorates). Small shapes only there; the
-interpreter's tl.dot mis-multiplies bf16, so bf16 attention is covered by the GPU tests. With CUDA
-the same small tests run compiled, and the `gpu` tests add real sizes, bf16 and CUDA graphs.
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
+before the kernels are imported: Triton reads it when @triton.jit decorates). Small shapes only
+there; the interpreter's tl.dot mis-multiplies bf16, so bf16 attention is covered by the GPU tests.
+With CUDA the same small tests run compiled, and the `gpu` tests add real sizes, bf16 and CUDA
+graphs.
 """
 from __future__ import annotations
 
-import os
 import random
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
+import torch
 
 pytest.importorskip("triton")
 

@@ -3,14 +3,9 @@ without capture) against eager, float32."""
 from __future__ import annotations
 
 import logging
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
 
 import pytest
+import torch
 from hf_models import save_tiny_model
 from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg_of
 

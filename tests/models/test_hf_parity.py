@@ -1,14 +1,8 @@
 """tessera logits equal HF transformers' on the same random weights (CPU, float32)."""
 from __future__ import annotations
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
-
 import pytest
+import torch
 from hf_models import load_hf, save_tiny_model
 from runner_driver import RunnerDriver
 

@@ -1,7 +1,7 @@
 """Kernels run compiled on a GPU and through Triton's interpreter on CPU (small sizes only).
 
 TRITON_INTERPRET must be set before any kernel module is imported (triton.jit reads it when it
-decorates), which is why it happens here, at collection, and kernel modules are imported lazily.
+decorates): tests/conftest.py sets it before collection, and kernel modules are imported lazily.
 """
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
 
 import pytest
+import torch
 from runner_driver import RunnerDriver
 
 from tessera.config import EngineConfig, GraphConfig

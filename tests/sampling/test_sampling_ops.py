@@ -1,9 +1,10 @@
 """Sampling ops (tessera.sampling.ops): torch reference and Triton kernels.
 
-Without CUDA the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before
-the kernels are imported: Triton reads it when @triton.jit decorates). The interpreter is slow, so
-its long-tail vocab is 4096 and its sample counts are smaller (noted per test); the `gpu` tests
-repeat the checks at vocab 151936 with 50k samples and capture the sampler in a CUDA graph.
+Without CUDA the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by
+tests/conftest.py before the kernels are imported: Triton reads it when @triton.jit decorates). The
+interpreter is slow, so its long-tail vocab is 4096 and its sample counts are smaller (noted per
+test); the `gpu` tests repeat the checks at vocab 151936 with 50k samples and capture the sampler
+in a CUDA graph.
 
 Statistical tests compare sample counts with the exact filtered distribution by a chi-square test
 (p > 1e-3). Seeds are fixed, so each test is deterministic; tokens outside the kept set must never
@@ -11,14 +12,8 @@ be drawn at all.
 """
 from __future__ import annotations
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
+import torch
 from scipy.stats import chisquare
 
 from tessera.sampling import ops
