@@ -175,16 +175,20 @@ class PiecewiseBackend:
 
 
 class CompiledBackbone:
-    """`backbone(input_ids, positions) -> hidden`, traced once for every token count."""
+    """`backbone(input_ids, positions) -> hidden`, traced once for every token count; with
+    `entry`, the backbone's method of that name instead of its forward (the runner compiles
+    LlamaModel.trunk)."""
 
     _ids = itertools.count()
 
-    def __init__(self, backbone: nn.Module, backend: PiecewiseBackend) -> None:
+    def __init__(self, backbone: nn.Module, backend: PiecewiseBackend,
+                 entry: str = "forward") -> None:
         self.backend = backend
         self.monitor = backend.monitor
         self.direct_calls = 0  # forwards that bypassed Dynamo (see tessera.compilation.dispatch)
         self.dynamo_calls = 0  # forwards through Dynamo's guards
-        forward = _private_forward(backbone, f"tessera_piecewise_forward_{next(self._ids)}")
+        forward = _private_forward(backbone if entry == "forward" else getattr(backbone, entry),
+                                   f"tessera_piecewise_forward_{next(self._ids)}")
         self._compiled = torch.compile(forward, fullgraph=True, dynamic=False, backend=backend)
         self._backbone = backbone
 
@@ -220,7 +224,8 @@ class CompiledBackbone:
         return hidden if ok else None
 
 
-def _private_forward(backbone: nn.Module, name: str) -> Callable[..., torch.Tensor]:
+def _private_forward(backbone: Callable[..., torch.Tensor],
+                     name: str) -> Callable[..., torch.Tensor]:
     def forward(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return backbone(input_ids, positions)
 

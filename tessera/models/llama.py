@@ -87,18 +87,34 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        # Each norm feeds the projection after it through norm_linear: at a bs=1 decode row on
-        # CUDA that is one GEMV kernel (the norm is its input stage), elsewhere norm then linear.
+        return self.feed_forward(*self.attention(positions, hidden, residual))
+
+    # Each norm feeds the projection after it through norm_linear: at a bs=1 decode row on CUDA
+    # that is one GEMV kernel (the norm is its input stage), elsewhere norm then linear.
+    def attention(self, positions: torch.Tensor, hidden: torch.Tensor,
+                  residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first half: (o_proj output, residual stream before it)."""
         qkv, residual = norm_linear(hidden, residual, self.input_layernorm,
                                     self.self_attn.qkv_proj)
-        hidden = self.self_attn.attend(positions, qkv)
+        return self.self_attn.attend(positions, qkv), residual
+
+    def feed_forward(self, hidden: torch.Tensor,
+                     residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The second half: (MLP output, residual stream before it); residual None when hidden
+        is the stream itself (LlamaModel.finish)."""
         gate_up, residual = norm_linear(hidden, residual, self.post_attention_layernorm,
                                         self.mlp.gate_up_proj)
         return self.mlp.down(gate_up), residual
 
 
 class LlamaModel(nn.Module):
-    """The backbone: token ids + positions -> final hidden states. This is what gets compiled."""
+    """The backbone: token ids + positions -> final hidden states.
+
+    `forward` gives every token's final hidden state. Only a request's last token feeds the LM
+    head, and after the last layer's attention no token depends on another, so the next-token
+    path splits there: `trunk` (every token, up to the last attention; what the piecewise runner
+    compiles and captures) and `finish` (the last layer's MLP and the final norm on the chosen
+    rows only). On a one-request prefill of llama3-8b that skips 1/32 of the MLP work."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, qk_norm: bool = False) -> None:
         super().__init__()
@@ -112,6 +128,30 @@ class LlamaModel(nn.Module):
         residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The residual stream [T, hidden] right after the last layer's attention (its o_proj
+        output added): every token through every attention."""
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers[:-1]:
+            hidden, residual = layer(positions, hidden, residual)
+        last = self.layers[-1]
+        hidden, residual = last.attention(positions, hidden, residual)
+        # the stream as the fused add + norm before the MLP writes it (its normed rows are
+        # finish's to compute; one kernel that keeps the launch chain of tessera.ops.triton.pdl
+        # where a plain add would break it)
+        _, stream = last.post_attention_layernorm(hidden, residual)
+        return stream
+
+    def finish(self, stream: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states of `stream` (trunk's output) at `rows` ([R] indices; every row
+        when None): equal to forward's at those rows."""
+        if rows is not None:
+            stream = stream.index_select(0, rows)
+        hidden, residual = self.layers[-1].feed_forward(stream, None)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -59,6 +59,16 @@ class ForwardBatch:
         index = to_device_async(positions + rows, torch.int64, self.input_ids.device)
         self.input_ids[index[:n]] = source[index[n:]]
 
+    def logit_rows(self) -> torch.Tensor | None:
+        """The rows whose final hidden states the step needs (LlamaModel.finish): each
+        request's last new token in an EXTEND batch; None (every row) for DECODE, where row i is
+        request i's token, and when the batch asks for every token's logits."""
+        if self.mode is ForwardMode.DECODE or self.return_all_logits:
+            return None
+        if self.last_token_loc is not None:
+            return self.last_token_loc
+        return (self.extend_start_loc + self.extend_seq_lens - 1).long()
+
     @property
     def batch_size(self) -> int:
         return len(self.seq_lens_cpu)

@@ -158,15 +158,26 @@ class ModelRunner:
         table[rows, forward_batch.positions] = forward_batch.out_cache_loc.to(table.dtype)
 
     def forward_eager(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Final hidden states of the batch's logit rows (ForwardBatch.logit_rows, in that
+        order): one per request of an EXTEND batch, one per token otherwise. So do the graph
+        runners' replays."""
         self.attn_backend.init_forward_metadata(forward_batch)
+        rows = forward_batch.logit_rows()
         with set_forward_context(forward_batch, self.attn_backend):
-            return self.model(forward_batch.input_ids, forward_batch.positions)
+            if rows is None:
+                return self.model(forward_batch.input_ids, forward_batch.positions)
+            backbone = self.model.model
+            return backbone.finish(backbone.trunk(forward_batch.input_ids,
+                                                  forward_batch.positions), rows)
 
     def compute_logits(self, hidden: torch.Tensor, forward_batch: ForwardBatch) -> LogitsOutput:
+        """hidden: as forward_eager returns it."""
         if forward_batch.mode is ForwardMode.DECODE:
             # one new token per request, in batch order: rows 0..bs-1 are the last tokens, so no
             # index arithmetic and no gather kernel on the decode hot path
             last_hidden = hidden[: forward_batch.batch_size]
+        elif not forward_batch.return_all_logits:  # already the last tokens' rows only
+            last_hidden = hidden
         elif forward_batch.last_token_loc is not None:  # from the host, with the batch's copy
             last_hidden = hidden.index_select(0, forward_batch.last_token_loc)
         else:

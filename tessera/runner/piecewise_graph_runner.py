@@ -6,21 +6,25 @@ shared memory pool. A batch of n tokens is padded to the smallest captured size 
 positions and KV slots are copied into static buffers whose tail is zeroed (padding tokens write
 their K/V to the dump slot 0), the pieces replay, attention runs eagerly between them on the real
 batch metadata (it treats only the first n tokens as real and zeroes the rest of its output), and
-the hidden states are sliced back to n rows. After capture, each size's forward runs as a
-`ReplayPlan` (graph replays and attention calls as one flat list, recorded once per size): no
-Dynamo, no split-graph code, no per-piece lookups on the hot path. The plan's first graph (the
-pieces before the first attention) is launched as soon as the inputs are copied, before the host
-works out the padded batch and the attention metadata (`ReplayPlan.start`).
+the output is sliced back to n rows. What is compiled and captured is the model's trunk (every
+token up to the last layer's attention); its `finish` (the last layer's MLP, the final norm) runs
+eagerly after the pieces on each request's last token only, or on every token when the batch wants
+all logits. After capture, each size's forward runs as a `ReplayPlan` (graph replays and attention
+calls as one flat list, recorded once per size): no Dynamo, no split-graph code, no per-piece
+lookups on the hot path. The plan's first graph (the pieces before the first attention) is launched
+as soon as the inputs are copied, before the host works out the padded batch and the attention
+metadata (`ReplayPlan.start`).
 
 Whole-forward graphs. Where the attention backend can be captured for extend batches
 (`supports_extend_graph`), each size also gets one graph of the entire forward: the same compiled
 pieces run back to back with the attention launches between them, captured together, reading the
-batch's per-request values from static tensors of `--piecewise-cuda-graph-max-requests` + 1
-request slots (the last one is the padding request: attention zeroes its rows). Batches of at
-most that many requests replay it after one staging launch (`tessera.ops.triton.stage`); larger
-ones replay the pieces. Inside one graph the kernels' programmatic dependent launches chain
-through attention too, which the split breaks at every layer: H200, llama3-8b 16 tokens 4.50 ->
-4.21 ms, qwen3-0.6b 256 tokens 1.66 -> 1.38 (benchmarks/results/2026-11-24_h200_s12_full_graph_*).
+batch's per-request values from static tensors of `--piecewise-cuda-graph-max-requests` + 1 request
+slots (the last one is the padding request: attention zeroes its rows); its output is the final
+hidden states of each slot's last token. Batches of at most that many requests (not asking for
+every token's logits) replay it after one staging launch (`tessera.ops.triton.stage`); larger ones
+replay the pieces. Inside one graph the kernels' programmatic dependent launches chain through
+attention too, which the split breaks at every layer: H200, llama3-8b 16 tokens 4.50 -> 4.21 ms,
+qwen3-0.6b 256 tokens 1.66 -> 1.38 (benchmarks/results/2026-11-24_h200_s12_full_graph_*).
 
 Without graphs (CPU) `--enforce-piecewise-cuda-graph` runs the same padding, split and compiled
 pieces without capture, so CI exercises everything but the capture itself.
@@ -53,6 +57,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Whole-forward graphs of at least this many tokens run the last layer's MLP on each request
+# slot's last token only; smaller ones on every token, then take those rows. Up to about the
+# GPU's ridge point (H200 bf16: ~200 rows) the MLP costs its weight read whatever the row count,
+# and the gather before it would be one more kernel in the chain.
+FINISH_LAST_TOKENS_FROM = 128
+
 
 class PiecewiseGraphRunner:
     """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
@@ -78,7 +88,10 @@ class PiecewiseGraphRunner:
         self.monitor = CompileMonitor("piecewise graph")
         self.backend = PiecewiseBackend(self.state, self.monitor,
                                         config.graph.piecewise_cuda_graph_compiler)
-        self.backbone = CompiledBackbone(model_runner.model.model, self.backend)
+        # the trunk: every token up to the last layer's attention; `finish` (the last layer's
+        # MLP and the final norm) runs after it on the rows that get logits (LlamaModel)
+        self.backbone = CompiledBackbone(model_runner.model.model, self.backend, entry="trunk")
+        self.finish = model_runner.model.model.finish
         self.capture_sizes = capture_sizes(config.graph, config.parallel)
         self.max_tokens = self.capture_sizes[-1]
         # separate buffers: a view at a nonzero offset would make Dynamo add its offset as an input
@@ -97,8 +110,9 @@ class PiecewiseGraphRunner:
         self.full_graphs: dict[int, tuple[object, torch.Tensor]] = {}
         slots = self.max_full_requests + 1
         self.request_rows = torch.zeros(slots, dtype=torch.int64, device=self.device)
-        # prefix lengths | new-token counts | first tokens | (seq lens: unused, zero)
-        self.request_lens = torch.zeros(4, slots, dtype=torch.int32, device=self.device)
+        # prefix lengths | new-token counts | first tokens | last tokens (the logit rows) |
+        # (seq lens: unused, zero)
+        self.request_lens = torch.zeros(5, slots, dtype=torch.int32, device=self.device)
         self.replays = 0          # batches run through the pieces
         self.full_replays = 0     # batches run through a whole-forward graph
         self.eager_fallbacks = 0  # batches run eagerly because Dynamo wanted to recompile
@@ -129,13 +143,14 @@ class PiecewiseGraphRunner:
         return self.capture_sizes[bisect.bisect_left(self.capture_sizes, num_tokens)]
 
     def replay(self, forward_batch: ForwardBatch) -> torch.Tensor:
-        """Hidden states [num_tokens, hidden]; a view of graph memory, valid until the next
-        forward (the caller computes logits from it at once)."""
+        """Final hidden states of the batch's logit rows, as ModelRunner.forward_eager returns
+        them; possibly a view of graph memory, valid until the next forward (the caller computes
+        logits from it at once)."""
         n = forward_batch.num_tokens
         size = self.padded_size(n)
         full = self.full_graphs.get(size)
         if (full is not None and forward_batch.batch_size <= self.max_full_requests
-                and self._plan(size) is not None):
+                and not forward_batch.return_all_logits and self._plan(size) is not None):
             return self._replay_full(forward_batch, size, *full)
         buffers = (self.input_ids, self.positions, self.out_cache_loc)
         # one multi-tensor launch on a GPU instead of one copy (and one zero) per buffer
@@ -145,15 +160,19 @@ class PiecewiseGraphRunner:
         if size > n:  # padding: token 0 at position 0, K/V into the dump slot 0
             torch._foreach_zero_([b[n:size] for b in buffers])
         if torch.is_inference_mode_enabled():  # ModelRunner.forward: already in it
-            hidden = self._forward(forward_batch, size)
-        else:
-            with torch.inference_mode():
-                hidden = self._forward(forward_batch, size)
-        if hidden is None:  # Dynamo wanted to recompile: refused and logged by the monitor
+            return self._replay_pieces(forward_batch, size)
+        with torch.inference_mode():
+            return self._replay_pieces(forward_batch, size)
+
+    def _replay_pieces(self, forward_batch: ForwardBatch, size: int) -> torch.Tensor:
+        stream = self._forward(forward_batch, size)
+        if stream is None:  # Dynamo wanted to recompile: refused and logged by the monitor
             self.eager_fallbacks += 1
             return self.model_runner.forward_eager(forward_batch)
         self.replays += 1
-        return hidden[:n]
+        # the last layer's MLP after the pieces, launched eagerly (the host is ahead of the
+        # device by then), on one row per request
+        return self.finish(stream[:forward_batch.num_tokens], forward_batch.logit_rows())
 
     def _replay_full(self, forward_batch: ForwardBatch, size: int, graph: object,
                      output: torch.Tensor) -> torch.Tensor:
@@ -165,17 +184,17 @@ class PiecewiseGraphRunner:
                             self.model_runner.padding_req_row)
         graph.replay()
         self.full_replays += 1
-        return output[:b.num_tokens]
+        return output[:b.batch_size]
 
     def _request_views(self) -> tuple[torch.Tensor, ...]:
-        return (self.request_rows, *self.request_lens[:3])
+        return (self.request_rows, *self.request_lens[:4])
 
     def _full_batch(self, size: int) -> ForwardBatch:
         """The static batch a whole-forward graph of `size` tokens is captured with: the input
         buffers and the request slots, the last request the padding (ForwardBatch.pad_request);
         staged with no real token (all padding)."""
         ids, positions, loc = self._static_views(size)
-        rows, (prefix, lens, starts, seq_lens) = self.request_rows, self.request_lens
+        rows, (prefix, lens, starts, _, seq_lens) = self.request_rows, self.request_lens
         empty = ids[:0]
         stage_extend_inputs((empty, empty, empty), (rows[:0], prefix[:0], lens[:0], starts[:0]),
                             (ids, positions, loc), self._request_views(),
@@ -308,19 +327,30 @@ class PiecewiseGraphRunner:
             try:
                 for size in tqdm.tqdm(sizes, desc="Capturing whole-forward graphs", unit="size"):
                     batch = self._full_batch(size)
-                    if self._run(batch, size) is None:  # warm-up: new attention launch shapes
+                    warm = self._run(batch, size)  # warm-up: new attention and MLP shapes
+                    if warm is None:
                         raise RuntimeError(f"piecewise graph: Dynamo wanted to recompile for "
                                            f"{size} tokens (whole-forward capture)")
+                    self._finish_slots(warm)
                     graph = platform.graph_class()()
                     with platform.graph_context(graph, pool=state.pool, stream=state.stream):
-                        # the output's memory goes back to the pool at once, as a last piece's
-                        output = weak_ref_tensors(self._run(batch, size))
+                        # the trunk, then the final hidden states of each slot's last token
+                        # (the output's memory goes back to the pool at once, as a last piece's)
+                        output = weak_ref_tensors(self._finish_slots(self._run(batch, size)))
                     self.full_graphs[size] = (graph, output)
             finally:
                 state.passthrough = False
         logger.info("piecewise graph: captured %d whole-forward graphs (extend batches of <= %d "
                     "requests) in %.1f s using %.2f GiB", len(sizes), self.max_full_requests,
                     cost["seconds"], cost["bytes"] / (1 << 30))
+
+    def _finish_slots(self, stream: torch.Tensor) -> torch.Tensor:
+        """A whole-forward graph's output: the final hidden states of each request slot's last
+        token (see FINISH_LAST_TOKENS_FROM)."""
+        last = self.request_lens[3]
+        if stream.shape[0] >= FINISH_LAST_TOKENS_FROM:
+            return self.finish(stream, last)
+        return self.finish(stream).index_select(0, last)
 
     @contextlib.contextmanager
     def _capturing(self) -> Iterator[tuple[list[int], dict[str, float]]]:

@@ -611,25 +611,28 @@ def _decode_graph_replay_equals_eager() -> None:
 
 
 # ---- whole-forward extend graphs: staged batches with a padding request ---------------------------
-def _static_extend_batch(size: int, slots: int) -> ForwardBatch:
-    """A whole-forward graph's fixed batch (PiecewiseGraphRunner._full_batch's layout)."""
+def _static_extend_batch(size: int, slots: int) -> tuple[ForwardBatch, torch.Tensor]:
+    """A whole-forward graph's fixed batch (PiecewiseGraphRunner._full_batch's layout) and its
+    slots' last tokens (the logit rows)."""
     tokens = [torch.zeros(size, dtype=torch.int64, device=DEVICE) for _ in range(3)]
     rows = torch.zeros(slots, dtype=torch.int64, device=DEVICE)
-    lens = torch.zeros(4, slots, dtype=torch.int32, device=DEVICE)
-    return ForwardBatch(ForwardMode.EXTEND, *tokens, rows, lens[3], lens[0], lens[1], lens[2],
-                        [0] * slots, [0] * slots, [0] * slots, pad_request=True)
+    lens = torch.zeros(5, slots, dtype=torch.int32, device=DEVICE)
+    return ForwardBatch(ForwardMode.EXTEND, *tokens, rows, lens[4], lens[0], lens[1], lens[2],
+                        [0] * slots, [0] * slots, [0] * slots, pad_request=True), lens[3]
 
 
-def _stage(batch: ForwardBatch, static: ForwardBatch, pad_row: int,
+def _stage(batch: ForwardBatch, static: tuple[ForwardBatch, torch.Tensor], pad_row: int,
            use_triton: bool | None = None) -> None:
     from tessera.ops.triton.stage import stage_extend_inputs
 
+    fixed, last = static
     stage_extend_inputs((batch.input_ids, batch.positions, batch.out_cache_loc),
                         (batch.req_pool_indices, batch.extend_prefix_lens,
                          batch.extend_seq_lens, batch.extend_start_loc),
-                        (static.input_ids, static.positions, static.out_cache_loc),
-                        (static.req_pool_indices, static.extend_prefix_lens,
-                         static.extend_seq_lens, static.extend_start_loc), pad_row, use_triton)
+                        (fixed.input_ids, fixed.positions, fixed.out_cache_loc),
+                        (fixed.req_pool_indices, fixed.extend_prefix_lens,
+                         fixed.extend_seq_lens, fixed.extend_start_loc, last), pad_row,
+                        use_triton)
 
 
 @pytest.mark.parametrize("max_requests", [1, 3])
@@ -645,7 +648,7 @@ def test_staged_graph_batch_equals_reference(max_requests: int) -> None:
     both = _TwoBackends(gen, heads, kv_heads, dim)
     pools, table, triton_backend, reference = both.pools, both.table, both.triton, both.reference
     pad_row = table.max_reqs - 1
-    static = _static_extend_batch(size, max_requests + 1)
+    static, last = _static_extend_batch(size, max_requests + 1)
     q = torch.empty(size, heads, dim, device=DEVICE)
     k, v = (torch.empty(size, kv_heads, dim, device=DEVICE) for _ in range(2))
     batches = [([0], [48]), ([5], [30]), ([9], [1])]
@@ -653,7 +656,7 @@ def test_staged_graph_batch_equals_reference(max_requests: int) -> None:
         batches += [([3, 0, 7], [20, 1, 11]), ([0, 2], [1, 1])]
     for prefix, extend in batches:
         batch = both.batch(rng, prefix, extend, pad_row)  # the padding row stays untouched
-        _stage(batch, static, pad_row)
+        _stage(batch, (static, last), pad_row)
         for t in (q, k, v):
             t.copy_(torch.randn(t.shape, generator=gen))
         out = torch.full_like(q, float("nan"))
@@ -675,7 +678,7 @@ def test_stage_kernel_equals_torch(n: int, b: int, slots: int,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """stage_extend_inputs' one launch (Triton; interpreted on the CPU) writes what its torch
     version does: tokens copied then zeroed to the size, requests copied, empty slots, the
-    padding request last. On the GPU every direct launch is checked against the JIT's choice
+    padding request last, every slot's last token. On the GPU every direct launch is checked against the JIT's choice
     (two slot counts in one process: the launcher's key must tell them apart)."""
     from tessera.ops.triton import stage
 
@@ -689,14 +692,19 @@ def test_stage_kernel_equals_torch(n: int, b: int, slots: int,
     batch = ForwardBatch(ForwardMode.EXTEND, ids, pos, loc, rows, prefix, prefix, lens, starts,
                          [0] * b, [0] * b, [0] * b)
     staged = [_static_extend_batch(size, slots) for _ in range(2)]
-    for static in staged:  # stale contents the staging must overwrite
+    for static, last in staged:  # stale contents the staging must overwrite
         for t in (static.input_ids, static.positions, static.out_cache_loc,
-                  static.req_pool_indices, static.extend_start_loc):
+                  static.req_pool_indices, static.extend_start_loc, last):
             t.fill_(77)
     _stage(batch, staged[0], pad_row=5, use_triton=True)
     _stage(batch, staged[1], pad_row=5, use_triton=False)
+    (kernel, kernel_last), (native, native_last) = staged
     for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices",
                  "extend_prefix_lens", "extend_seq_lens", "extend_start_loc"):
-        assert torch.equal(getattr(staged[0], name), getattr(staged[1], name)), name
-    assert staged[1].extend_seq_lens[-1] == size - n and staged[1].extend_start_loc[-1] == n
-    assert staged[1].out_cache_loc[n:].eq(0).all() and staged[1].req_pool_indices[-1] == 5
+        assert torch.equal(getattr(kernel, name), getattr(native, name)), name
+    assert torch.equal(kernel_last, native_last)
+    assert native.extend_seq_lens[-1] == size - n and native.extend_start_loc[-1] == n
+    assert native.out_cache_loc[n:].eq(0).all() and native.req_pool_indices[-1] == 5
+    # the logit rows: each request's last token, then size - 1 (a valid row) for the rest
+    assert native_last.tolist() == [s + e - 1 for s, e in zip(starts.tolist(), lens.tolist())] + [
+        size - 1] * (slots - b)

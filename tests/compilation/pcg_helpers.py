@@ -77,13 +77,14 @@ class MixedBatches:
         eager_logits(self.runner, batch)
         return rows
 
-    def new_prompt(self, total: int) -> ForwardBatch:
+    def new_prompt(self, total: int, all_logits: bool = True) -> ForwardBatch:
         """One new request of `total` tokens."""
-        return self.build([(self._row(), total)])
+        return self.build([(self._row(), total)], all_logits)
 
-    def mixed(self, total: int) -> ForwardBatch:
+    def mixed(self, total: int, all_logits: bool = True) -> ForwardBatch:
         """`total` new tokens: up to 3 decoding requests, an extend on a cached prefix, and a
-        new prompt, as many of each as the count allows."""
+        new prompt, as many of each as the count allows. all_logits=False: only the next-token
+        logits (the forward finishes only each request's last token)."""
         n_decode = min(3, total // 3)
         rest = total - n_decode
         n_extend = rest // 2
@@ -95,7 +96,7 @@ class MixedBatches:
         if n_new:
             items.append((self._row(), n_new))
         assert sum(n for _, n in items) == total
-        return self.build(items)
+        return self.build(items, all_logits)
 
 
 def eager_logits(runner: ModelRunner, batch: ForwardBatch) -> LogitsOutput:
@@ -106,11 +107,18 @@ def eager_logits(runner: ModelRunner, batch: ForwardBatch) -> LogitsOutput:
 def pcg_and_eager_logits(runner: ModelRunner, batch: ForwardBatch
                          ) -> tuple[LogitsOutput, LogitsOutput]:
     """The same batch through the piecewise graph and eagerly. Each run writes the batch's own
-    K/V before its attention reads them, so the two see identical caches."""
+    K/V before its attention reads them, so the two see identical caches. The eager run is the
+    whole model on every token (model.forward: return_all_logits), so a batch that asks only for
+    next-token logits checks the runner's finish on the last tokens against it."""
     pcg = pcg_of(runner)
     assert pcg.can_run(batch)
     replays = pcg.replays + pcg.full_replays
     ours = runner.forward(batch)
     assert pcg.replays + pcg.full_replays == replays + 1, (
         "the batch did not go through the piecewise graph")
-    return ours, eager_logits(runner, batch)
+    assert (ours.all_logits is None) != batch.return_all_logits
+    asked, batch.return_all_logits = batch.return_all_logits, True
+    try:
+        return ours, eager_logits(runner, batch)
+    finally:
+        batch.return_all_logits = asked

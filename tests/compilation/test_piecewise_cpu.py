@@ -59,16 +59,18 @@ def test_split_has_a_piece_around_every_attention(runner):
 
 def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     """Every token count from 1 to the largest size (captured sizes and those padded up to one),
-    each a batch mixing decoding requests, an extend on a cached prefix and a new prompt."""
+    each a batch mixing decoding requests, an extend on a cached prefix and a new prompt: every
+    token's logits (the trunk's pieces, then the last layer's MLP on every token), and only the
+    next-token logits (that MLP on each request's last token only) against the whole model run
+    eagerly on every token."""
     pcg = pcg_of(runner)
     assert pcg.capture_sizes == [2, 4, 8, 12, 16, 20, 24, 28, 32, 40]
     refused, fallbacks = pcg.monitor.refused_recompiles, pcg.eager_fallbacks
     direct, dynamo = pcg.backbone.direct_calls, pcg.backbone.dynamo_calls
     batches = MixedBatches(runner)
     for total in range(1, MAX_TOKENS + 1):
-        batch = batches.mixed(total)
-        ours, eager = pcg_and_eager_logits(runner, batch)
         context = f"{total} tokens padded to {pcg.padded_size(total)}"
+        ours, eager = pcg_and_eager_logits(runner, batches.mixed(total))
         assert ours.all_logits.shape == eager.all_logits.shape == (total,
                                                                   runner.model_config.vocab_size)
         torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL,
@@ -76,12 +78,18 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
         torch.testing.assert_close(ours.next_token_logits, eager.next_token_logits, atol=ATOL,
                                    rtol=RTOL)
         batches.free()
+        batch = batches.mixed(total, all_logits=False)
+        ours, eager = pcg_and_eager_logits(runner, batch)
+        assert ours.next_token_logits.shape == (batch.batch_size, runner.model_config.vocab_size)
+        torch.testing.assert_close(ours.next_token_logits, eager.next_token_logits, atol=ATOL,
+                                   rtol=RTOL, msg=lambda m, c=context: f"{c}, last tokens: {m}")
+        batches.free()
     # one trace served every size: no recompile, no eager fallback
     assert pcg.monitor.compiles == 1
     assert (pcg.monitor.refused_recompiles, pcg.eager_fallbacks) == (refused, fallbacks)
     # after the trace, forwards call the compiled graph directly, past Dynamo's guards
     assert pcg.backend.direct is not None
-    assert pcg.backbone.direct_calls == direct + MAX_TOKENS
+    assert pcg.backbone.direct_calls == direct + 2 * MAX_TOKENS
     assert pcg.backbone.dynamo_calls == dynamo
 
 

@@ -117,23 +117,34 @@ def test_whole_forward_graphs_equal_eager(runner):
     batches = MixedBatches(runner, seed=3)
     for total in range(1, MAX_TOKENS + 1):
         old = batches.prefill([3, 6])
-        small = [batches.new_prompt(total)]
+        small = [batches.new_prompt(total, all_logits=False)]
         if total >= 3:  # a decoding request, an extend on a prefix, a new prompt: 3 requests
             small.append(batches.build([(old[0], 1), (old[1], total - 2),
-                                        (batches._row(), 1)]))
-        for batch in small:
+                                        (batches._row(), 1)], return_all_logits=False))
+        for batch in small:  # next-token logits: the whole-forward graph
             full = pcg.full_replays
             ours, eager = pcg_and_eager_logits(runner, batch)
             assert pcg.full_replays == full + 1, f"{total} tokens: not the whole-forward graph"
-            torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL,
+            torch.testing.assert_close(ours.next_token_logits, eager.next_token_logits,
+                                       atol=ATOL, rtol=RTOL,
                                        msg=lambda m, t=total: f"{t} tokens: {m}")
+        # every token's logits: the pieces, then the last layer's MLP on every token
+        pieces = pcg.replays
+        ours, eager = pcg_and_eager_logits(runner, batches.new_prompt(total))
+        assert pcg.replays == pieces + 1
+        torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
         if total >= 9:  # five requests: the pieces
-            pieces = pcg.replays
-            big = batches.mixed(total)
-            assert big.batch_size == 5
-            ours, eager = pcg_and_eager_logits(runner, big)
-            assert pcg.replays == pieces + 1
-            torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL, rtol=RTOL)
+            for all_logits in (False, True):
+                pieces = pcg.replays
+                big = batches.mixed(total, all_logits)
+                assert big.batch_size == 5
+                ours, eager = pcg_and_eager_logits(runner, big)
+                assert pcg.replays == pieces + 1
+                torch.testing.assert_close(ours.next_token_logits, eager.next_token_logits,
+                                           atol=ATOL, rtol=RTOL)
+                if all_logits:
+                    torch.testing.assert_close(ours.all_logits, eager.all_logits, atol=ATOL,
+                                               rtol=RTOL)
         batches.free()
     assert pcg.monitor.compiles == 1 and pcg.eager_fallbacks == 0
 
@@ -180,7 +191,8 @@ def test_shares_the_pool_with_decode_graphs(tmp_path):
 
 def test_replay_equals_eager_on_a_llama3_8b_shaped_model(tmp_path):
     """Real llama3-8b layer shapes (2 layers, dummy weights): hidden states of the replayed
-    graphs against eager for sizes that hit captured sizes exactly and between them."""
+    graphs against eager for sizes that hit captured sizes exactly and between them, of every
+    token and of each request's last token only."""
     config = {**PRESETS["llama3-8b"], "num_hidden_layers": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
     runner = make_pcg_runner(str(tmp_path), "cuda", "bfloat16", attention_backend="triton",
@@ -189,10 +201,13 @@ def test_replay_equals_eager_on_a_llama3_8b_shaped_model(tmp_path):
     pcg.state.check_addresses = True
     batches = MixedBatches(runner, vocab=config["vocab_size"])
     for total in (1, 3, 16, 17, 100, 256, 300, 1000, 1024):
-        for batch in (batches.mixed(total), batches.new_prompt(total)):
+        for batch in (batches.mixed(total), batches.new_prompt(total),
+                      batches.mixed(total, all_logits=False),
+                      batches.new_prompt(total, all_logits=False)):
             with torch.inference_mode():
                 ours = pcg.replay(batch).clone()
                 eager = runner.forward_eager(batch)
-            assert ours.shape == eager.shape == (total, config["hidden_size"])
+            rows = total if batch.return_all_logits else batch.batch_size
+            assert ours.shape == eager.shape == (rows, config["hidden_size"])
             assert relative_error(ours, eager) < 2e-2, f"{total} tokens"
         batches.free()

@@ -46,6 +46,14 @@ def check_parity(path: str, device: str, dtype: torch.dtype, atol: float, **runn
         torch.testing.assert_close(got, ref, atol=atol, rtol=0)
         start += len(p)
 
+    # 1b. the same prompts as new requests asking only for next-token logits: the last layer's
+    # MLP and the final norm run on each request's last token only (LlamaModel.finish)
+    rows_b = [drv.new_request() for _ in prompts]
+    last_logits, none = drv.step(list(zip(rows_b, prompts)), all_logits=False)
+    assert none is None and last_logits.shape[0] == len(prompts)
+    ref = torch.stack([hf_logits(hf, p, device)[-1] for p in prompts])
+    torch.testing.assert_close(last_logits, ref, atol=atol, rtol=0)
+
     # 2. extend on top of a cached prefix (new requests: prefix first, then the rest)
     rows2 = [drv.new_request() for _ in prompts]
     split = [max(1, n // 2) for n in lengths]

@@ -57,9 +57,11 @@ def test_decode_batch_views_share_the_input_ids():
     assert fb.input_ids.tolist() == [7, 8, 9] and fb.decode_inputs[2].tolist() == [7, 8, 9]
 
 
-def test_compute_logits_takes_each_requests_last_token():
+def test_logit_rows_are_each_requests_last_token():
     """The rows of last_token_loc (built on the host) and the lengths' arithmetic (the fallback
-    when a batch has no last_token_loc) pick the same hidden rows."""
+    when a batch has no last_token_loc) pick the same rows: what the forward finishes
+    (LlamaModel.finish) and the LM head reads. With every token's logits asked for, the forward
+    gives all rows and compute_logits picks the same ones."""
     from types import SimpleNamespace
 
     from tessera.runner.model_runner import ModelRunner
@@ -67,13 +69,25 @@ def test_compute_logits_takes_each_requests_last_token():
     extend = [3, 1, 4]
     fb = ForwardBatch.build(ForwardMode.EXTEND, list(range(8)), [0, 1, 2], [0, 5, 2], extend,
                             torch.arange(8), "cpu")
-    hidden = torch.randn(8, 6)
+    assert fb.logit_rows().tolist() == [2, 3, 7]
     runner = SimpleNamespace(model=SimpleNamespace(compute_logits=lambda h: h * 2))
+    finished = torch.randn(3, 6)  # the forward's rows: already the last tokens
+    assert torch.equal(ModelRunner.compute_logits(runner, finished, fb).next_token_logits,
+                       finished * 2)
+    fb.return_all_logits = True
+    assert fb.logit_rows() is None
+    hidden = torch.randn(8, 6)
     out = ModelRunner.compute_logits(runner, hidden, fb)
     assert torch.equal(out.next_token_logits, hidden[[2, 3, 7]] * 2)
+    assert torch.equal(out.all_logits, hidden * 2)
     fb.last_token_loc = None
     assert torch.equal(ModelRunner.compute_logits(runner, hidden, fb).next_token_logits,
                        out.next_token_logits)
+    fb.return_all_logits = False
+    assert fb.logit_rows().tolist() == [2, 3, 7]
+    decode = ForwardBatch.build(ForwardMode.DECODE, [1, 2], [0, 1], [4, 5], [1, 1],
+                                torch.arange(2), "cpu")
+    assert decode.logit_rows() is None
 
 
 def test_extend_batch_rejects_a_request_without_new_tokens():
