@@ -26,8 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from benchmarks.prefill_opt.ab_full_requests import batch_of, build
-from benchmarks.prefill_opt.full_graph import device_ms
+from benchmarks.prefill_opt.ab_full_requests import build, timed_forward
 from tessera.compilation.bench_pcg import free_memory
 from tessera.runner import piecewise_graph_runner
 
@@ -51,12 +50,7 @@ def main() -> None:
             times: dict[str, list[float]] = {name: [] for name in names}
             for r in range(args.rounds):
                 for name in (names if r % 2 == 0 else names[::-1]):
-                    runner = runners[name]
-                    batch, rows, slots = batch_of(runner, [n], [0])
-                    times[name].append(device_ms(lambda r=runner, b=batch: r.forward(b)))
-                    for row, used in zip(rows, slots):
-                        runner.allocator.free(used)
-                        runner.req_to_token_pool.free(row)
+                    times[name].append(timed_forward(runners[name], [n], [0]))
             row = {"tokens": n, **{name: round(statistics.median(t), 4)
                                    for name, t in times.items()}}
             print(json.dumps(row), flush=True)

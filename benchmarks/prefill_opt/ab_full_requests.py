@@ -61,6 +61,17 @@ def batch_of(runner: Any, lens: list[int], prefixes: list[int]):
     return batch, rows, all_slots
 
 
+def timed_forward(runner: Any, lens: list[int], prefixes: list[int]) -> float:
+    """device_ms of ModelRunner.forward on batch_of(runner, lens, prefixes), whose rows and
+    slots are freed afterwards."""
+    batch, rows, slots = batch_of(runner, lens, prefixes)
+    ms = device_ms(lambda: runner.forward(batch))
+    for row, used in zip(rows, slots):
+        runner.allocator.free(used)
+        runner.req_to_token_pool.free(row)
+    return ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama3-8b")
@@ -87,15 +98,11 @@ def main() -> None:
             for r in range(args.rounds):
                 for s in (args.slots if r % 2 == 0 else args.slots[::-1]):
                     runner = runners[s]
-                    batch, rows, slots = batch_of(runner, lens, prefixes)
                     (pcg,) = [g for g in runner.graph_runners
                               if type(g).__name__ == "PiecewiseGraphRunner"]
                     full = pcg.full_replays
-                    times[s].append(device_ms(lambda r=runner, b=batch: r.forward(b)))
+                    times[s].append(timed_forward(runner, lens, prefixes))
                     paths[s] = "whole-forward" if pcg.full_replays > full else "pieces"
-                    for row, used in zip(rows, slots):
-                        runner.allocator.free(used)
-                        runner.req_to_token_pool.free(row)
             row = {"case": name, **{f"slots_{s}": {"ms": round(statistics.median(t), 4),
                                                    "path": paths[s]}
                                     for s, t in times.items()}}

@@ -59,15 +59,20 @@ class ForwardBatch:
         index = to_device_async(positions + rows, torch.int64, self.input_ids.device)
         self.input_ids[index[:n]] = source[index[n:]]
 
+    def last_token_rows(self) -> torch.Tensor:
+        """[B] int64, the row of each request's last new token: last_token_loc (from the host,
+        with the batch's copy) or worked out from the lengths."""
+        if self.last_token_loc is not None:
+            return self.last_token_loc
+        return (self.extend_start_loc + self.extend_seq_lens - 1).long()
+
     def logit_rows(self) -> torch.Tensor | None:
         """The rows whose final hidden states the step needs (LlamaModel.finish): each
         request's last new token in an EXTEND batch; None (every row) for DECODE, where row i is
         request i's token, and when the batch asks for every token's logits."""
         if self.mode is ForwardMode.DECODE or self.return_all_logits:
             return None
-        if self.last_token_loc is not None:
-            return self.last_token_loc
-        return (self.extend_start_loc + self.extend_seq_lens - 1).long()
+        return self.last_token_rows()
 
     @property
     def batch_size(self) -> int:

@@ -178,11 +178,8 @@ class ModelRunner:
             last_hidden = hidden[: forward_batch.batch_size]
         elif not forward_batch.return_all_logits:  # already the last tokens' rows only
             last_hidden = hidden
-        elif forward_batch.last_token_loc is not None:  # from the host, with the batch's copy
-            last_hidden = hidden.index_select(0, forward_batch.last_token_loc)
         else:
-            last = forward_batch.extend_start_loc + forward_batch.extend_seq_lens - 1
-            last_hidden = hidden[last.long()]
+            last_hidden = hidden.index_select(0, forward_batch.last_token_rows())
         next_logits = self.model.compute_logits(last_hidden).float()
         all_logits = None
         if forward_batch.return_all_logits:
