@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 
 class RunnerDriver:

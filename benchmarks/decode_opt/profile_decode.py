@@ -308,7 +308,7 @@ def build_runner(model: str, max_bs: int, tokens: int):
 def decode_batch(runner, bs: int, ctx: int):
     """Prefill bs requests of ctx - 1 tokens (eagerly), then the decode batch of their next
     token: the step a decode graph would run at context length ctx."""
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     gen = torch.Generator().manual_seed(ctx)
     vocab = runner.model_config.vocab_size
@@ -329,7 +329,7 @@ def decode_batch(runner, bs: int, ctx: int):
 
 
 def backbone_fn(runner, fb) -> Callable[[], torch.Tensor]:
-    from tessera.attention.context import set_forward_context
+    from tessera.forward.context import set_forward_context
 
     backend = runner.attn_backend
 

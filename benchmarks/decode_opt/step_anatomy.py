@@ -55,7 +55,7 @@ def build_runner(model: str):
 def host_pieces(runner, ctx: int, steps: int) -> dict:
     """The bench-latency decode step, piece by piece (bs=1, greedy)."""
     from tessera.bench.latency import TesseraLatency
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     lat = TesseraLatency(runner)
     info = lat._greedy_info(1)
@@ -102,7 +102,7 @@ def host_pieces(runner, ctx: int, steps: int) -> dict:
 def host_micro(runner, reps: int = 300) -> dict:
     """Host cost (us, median over `reps`, no sync inside) of the operations a decode step issues."""
 
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     dev = runner.device
     host = [160, 0, 161, 160, 1, 0, 7]

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from benchmarks.prefill_opt.ab_full_requests import build, timed_forward
-from tessera.compilation.bench_pcg import free_memory
+from tessera.bench.pcg import free_memory
 from tessera.runner import piecewise_graph_runner
 
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from benchmarks.prefill_opt.full_graph import device_ms
-from tessera.compilation.bench_pcg import (
+from tessera.bench.pcg import (
     build_runner,
     free_memory,
     parse_case,

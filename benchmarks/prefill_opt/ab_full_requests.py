@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from benchmarks.prefill_opt.full_graph import device_ms
-from tessera.compilation.bench_pcg import free_memory
+from tessera.bench.pcg import free_memory
 
 
 def build(model: str, max_tokens: int, slots: int):
@@ -44,7 +44,7 @@ def build(model: str, max_tokens: int, slots: int):
 def batch_of(runner: Any, lens: list[int], prefixes: list[int]):
     """An EXTEND batch: request i has prefixes[i] cached tokens (their slots allocated and
     recorded, contents whatever the pool holds) and lens[i] new ones."""
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     gen = torch.Generator().manual_seed(sum(lens))
     rows, all_slots, new_slots = [], [], []

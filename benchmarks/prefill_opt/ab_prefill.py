@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tessera.compilation.bench_pcg import (
+from tessera.bench.pcg import (
     build_runner,
     free_memory,
     parse_case,

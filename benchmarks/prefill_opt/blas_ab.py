@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks", "decode_opt"))
 
 from profile_decode import L2_BYTES, SHAPES, graph_of, time_ms
 
-from tessera.compilation.bench_pcg import build_runner, free_memory, parse_case, time_prefill
+from tessera.bench.pcg import build_runner, free_memory, parse_case, time_prefill
 
 LIBRARIES = ("cublas", "cublaslt")
 

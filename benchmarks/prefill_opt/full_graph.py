@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tessera.attention.context import set_forward_context
-from tessera.compilation.bench_pcg import build_runner, prefill_batch
+from tessera.forward.context import set_forward_context
+from tessera.bench.pcg import build_runner, prefill_batch
 from tessera.ops.triton import pdl
 
 

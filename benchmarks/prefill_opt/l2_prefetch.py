@@ -179,7 +179,7 @@ def med(xs: list[float]) -> float:
 
 def main() -> None:
     from tessera.bench.latency import TesseraLatency
-    from tessera.compilation.bench_pcg import free_memory, time_prefill
+    from tessera.bench.pcg import free_memory, time_prefill
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True)

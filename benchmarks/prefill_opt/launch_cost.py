@@ -40,12 +40,12 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from tessera.attention.context import set_forward_context
+    from tessera.forward.context import set_forward_context
     from tessera.attention.triton import TritonAttentionBackend
     from tessera.attention.triton_ops.extend_attention import _extend_kernel
     from tessera.cache.kv_pool import KVPool, ReqToTokenPool
     from tessera.ops.triton import launch
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     dev = torch.device("cuda")
     n, hq, hk, d = args.tokens, 16, 8, 128

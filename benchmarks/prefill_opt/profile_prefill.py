@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from benchmarks.decode_opt.profile_decode import kernel_profile, print_kernel_table
-from tessera.compilation.bench_pcg import build_runner, prefill_batch, time_prefill
+from tessera.bench.pcg import build_runner, prefill_batch, time_prefill
 
 
 def device_gaps(fn) -> dict:

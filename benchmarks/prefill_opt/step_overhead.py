@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tessera.compilation.bench_pcg import build_runner, free_memory, parse_case
+from tessera.bench.pcg import build_runner, free_memory, parse_case
 
 
 def step_parts(bench, runner, n: int, repeat: int) -> dict:
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     info = bench._greedy_info(1)
     host: dict[str, list[float]] = {k: [] for k in ("build", "forward", "sample", "tolist",
@@ -93,7 +93,7 @@ def cold_us(fn, calls: int = 40) -> float:
 def build_parts(n: int = 16) -> dict[str, dict[str, float]]:
     from launch_cost import per_call_us
 
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     dev = torch.device("cuda")
     ids = list(range(100, 100 + n))

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tessera.compilation.bench_pcg import build_runner, prefill_batch, summarize
+from tessera.bench.pcg import build_runner, prefill_batch, summarize
 
 
 class ClockSampler:

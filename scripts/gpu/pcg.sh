@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Piecewise CUDA graphs on one GPU: the GPU tests of tests/compilation (real capture; replay ==
 # eager in bf16 for every size, inductor pieces, pool shared with decode graphs, llama3-8b-shaped
-# layers), then the prefill benchmarks: tessera.compilation.bench_pcg (device-event medians of
+# layers), then the prefill benchmarks: tessera.bench.pcg (device-event medians of
 # ModelRunner.forward with PCG vs --disable-piecewise-cuda-graph, capture time and memory) and
 # `tessera bench latency` prefill-only (--output-len 1: one engine step incl. sampling) with PCG.
 # Models: llama3-8b N=16/256/1024 and qwen3-0.6b N=256, bf16, dummy weights in the real shapes.
@@ -21,7 +21,7 @@ status=0
 
 run pcg_tests 270 "$PY" -m pytest tests/compilation -m gpu -v -rA -p no:cacheprovider --durations=10
 
-run pcg_bench 300 "$PY" -m tessera.compilation.bench_pcg --case llama3-8b:16,256,1024 \
+run pcg_bench 300 "$PY" -m tessera.bench.pcg --case llama3-8b:16,256,1024 \
   --case qwen3-0.6b:256 --out "$OUT/pcg_bench.json"
 
 LATENCY=("$PY" -m tessera.bench.latency --load-format dummy --dtype bfloat16

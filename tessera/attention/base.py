@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
-from tessera.runner.forward_batch import ForwardBatch
+from tessera.forward.batch import ForwardBatch
 
 
 class AttentionBackend(ABC):

@@ -5,8 +5,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from tessera.attention import context  # registers tessera::attention
-from tessera.runner.forward_batch import ForwardMode
+from tessera.attention import op as _op  # noqa: F401  (registers tessera::attention)
+from tessera.forward.context import get_forward_context
+from tessera.forward.batch import ForwardMode
 
 if TYPE_CHECKING:
     from tessera.ops.rotary import RotaryEmbedding
@@ -44,7 +45,7 @@ class Attention(nn.Module):
         which only run extend batches) the rotary stays a separate op in the traced graph.
         """
         if not torch.compiler.is_compiling():
-            ctx = context.get_forward_context()
+            ctx = get_forward_context()
             backend, batch = ctx.attn_backend, ctx.forward_batch
             if getattr(backend, "fuses_decode_rope", False) and batch.mode is ForwardMode.DECODE:
                 t = q.shape[0]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.attention.base import AttentionBackend
-from tessera.runner.forward_batch import ForwardBatch
+from tessera.forward.batch import ForwardBatch
 
 
 class TorchNativeAttentionBackend(AttentionBackend):

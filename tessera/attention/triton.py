@@ -45,7 +45,7 @@ from tessera.attention.triton_ops import (
 from tessera.attention.triton_ops.extend_attention import ExtendAttention
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.ops.triton.launch import metadata_variant
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 # Split-K policy for decode: enough (request, kv-head, split) programs for this many waves of the
 # device's SMs, at most MAX_DECODE_SPLITS splits, and (on the device, per request) at least

@@ -25,7 +25,7 @@ from tessera.attention.triton_ops import store_kv
 from tessera.bench.timing import time_ms
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.platforms import current_platform
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ import torch
 
 if TYPE_CHECKING:
     from tessera.config import EngineConfig
-    from tessera.runner.forward_batch import ForwardBatch
+    from tessera.forward.batch import ForwardBatch
     from tessera.runner.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class TesseraLatency:
         (its input ids taken on the device from step n's sampled tokens) before step n's tokens
         are read. A step's time is the interval between two consecutive token reads."""
         from tessera.platforms.transfer import to_host_async
-        from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+        from tessera.forward.batch import ForwardBatch, ForwardMode
 
         runner, platform = self.runner, self.platform
         bs = len(rows)
@@ -182,7 +182,7 @@ class TesseraLatency:
 
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], output_len: int) -> RunTimes:
-        from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+        from tessera.forward.batch import ForwardBatch, ForwardMode
 
         runner, sync = self.runner, self.platform.synchronize
         before, after = self.events

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tessera.attention.context import set_forward_context
+from tessera.forward.context import set_forward_context
 from tessera.bench.timing import time_ms
 from tessera.config.model import ModelConfig
 from tessera.models.loader import default_dtype

@@ -28,8 +28,8 @@ def register_splitting_op(qualname: str) -> None:
 
 
 def splitting_ops() -> list[str]:
-    """Attention's ops (`tessera.attention.context.SPLITTING_OPS`) plus the registered ones."""
-    from tessera.attention.context import SPLITTING_OPS  # registers the op
+    """Attention's ops (`tessera.attention.op.SPLITTING_OPS`) plus the registered ones."""
+    from tessera.attention.op import SPLITTING_OPS  # registers the op
 
     return list(dict.fromkeys([*SPLITTING_OPS, *_registered]))
 
@@ -96,7 +96,7 @@ def python_op_call(module: fx.GraphModule) -> Callable[..., Any] | None:
 
     def bind(args: Sequence[Any]) -> Callable[[], Any]:
         """The call with these piece arguments as a zero-argument callable (replay plans). An op
-        whose function has a `prepare(*args)` makes it (see tessera.attention.context): the
+        whose function has a `prepare(*args)` makes it (see tessera.attention.op): the
         plan calls it with the same tensors every time, so batch-independent work is done
         once."""
         resolved = [args[v] if is_input else v for is_input, v in spec]

@@ -14,7 +14,7 @@ import torch
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
-from tessera.engine.request import FinishReason, Request
+from tessera.scheduler.request import FinishReason, Request
 from tessera.models.tokenizer import load_tokenizer
 from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner

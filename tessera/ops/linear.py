@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from tessera.ops import custom_ops  # noqa: F401  (registers tessera::gemv)
 from tessera.ops.base import triton_available
-from tessera.platforms.cuda import hopper_or_newer
+from tessera.platforms import platform_of
 
 if TYPE_CHECKING:
     from tessera.layers.linear import LinearBase
@@ -78,7 +78,7 @@ def prepare_few_row_kernels(device: torch.device) -> None:
     """Before any CUDA graph is captured: the stream GEMM's workspace on `device`, when this
     process will use it (a no-op otherwise)."""
     # the stream GEMM only where it was measured against cuBLAS: compute capability >= 9.0
-    if _backend == "triton" and triton_available() and hopper_or_newer(device):
+    if _backend == "triton" and triton_available() and platform_of(device).has_warpgroup_mma(device):
         from tessera.ops.triton.stream_gemm import reserve_workspace
 
         reserve_workspace(device)
@@ -106,7 +106,7 @@ def use_stream(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return False
     limit = MAX_NARROW_STREAM_ROWS if weight.shape[0] <= x.shape[1] else MAX_STREAM_ROWS
     return (_eligible(x, weight, bias) and 0 < x.shape[0] <= limit and x.shape[1] % 64 == 0
-            and triton_available() and hopper_or_newer(x.device))
+            and triton_available() and platform_of(x.device).has_warpgroup_mma(x.device))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor,

@@ -8,6 +8,8 @@ import functools
 import logging
 import os
 
+import torch
+
 from tessera.platforms.base import Platform, PlatformKind
 from tessera.platforms.cpu import CpuPlatform
 from tessera.platforms.cuda import CudaPlatform
@@ -56,5 +58,15 @@ def platform_for_device(device: str) -> Platform:
     return classes[device_type]()
 
 
+@functools.cache
+def _platform_of_type(device_type: str) -> Platform:
+    return platform_for_device(device_type)
+
+
+def platform_of(device: torch.device) -> Platform:
+    """The platform owning a torch.device (cached per device type: cheap on hot paths)."""
+    return _platform_of_type(device.type)
+
+
 __all__ = ["CpuPlatform", "CudaPlatform", "MusaPlatform", "Platform", "PlatformKind",
-           "current_platform", "detect_platform", "platform_for_device"]
+           "current_platform", "detect_platform", "platform_for_device", "platform_of"]

@@ -72,6 +72,19 @@ class Platform(ABC):
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
 
+    # ---- kernel capabilities of a device (Hopper-class paths of tessera's Triton kernels) -------
+    def supports_pdl(self, device: torch.device) -> bool:
+        """Programmatic dependent launch: a kernel may start while its predecessor finishes."""
+        return False
+
+    def has_tma(self, device: torch.device) -> bool:
+        """A tensor memory accelerator that Triton's TMA descriptors can use."""
+        return False
+
+    def has_warpgroup_mma(self, device: torch.device) -> bool:
+        """Warpgroup MMAs (the stream GEMM's few-row path was measured only where they exist)."""
+        return False
+
     # ---- graphs, streams, events --------------------------------------------------------------
     def graph_class(self) -> type:
         raise RuntimeError(f"platform {self.kind.value} has no graphs")

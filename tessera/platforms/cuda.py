@@ -40,6 +40,17 @@ class CudaPlatform(Platform):
     def set_device(self, index: int) -> None:
         torch.cuda.set_device(index)
 
+    # Hopper (compute capability 9.0) and later have all three; they are where tessera's
+    # Hopper-only kernel paths were measured.
+    def supports_pdl(self, device: torch.device) -> bool:
+        return hopper_or_newer(device)
+
+    def has_tma(self, device: torch.device) -> bool:
+        return hopper_or_newer(device)
+
+    def has_warpgroup_mma(self, device: torch.device) -> bool:
+        return hopper_or_newer(device)
+
     def device_count(self) -> int:
         return torch.cuda.device_count()
 

@@ -1,3 +1,3 @@
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward import ForwardBatch, ForwardMode
 
 __all__ = ["ForwardBatch", "ForwardMode"]

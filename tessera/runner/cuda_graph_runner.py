@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from tessera.attention.context import set_forward_context
+from tessera.forward.context import set_forward_context
 from tessera.config.engine import GraphConfig
 from tessera.ops.argmax import argmax
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from tessera.runner.model_runner import ModelRunner

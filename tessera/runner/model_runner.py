@@ -11,7 +11,7 @@ import logging
 import torch
 
 from tessera.attention import get_attention_backend_class
-from tessera.attention.context import set_forward_context
+from tessera.forward.context import set_forward_context
 from tessera.cache.allocator import TokenSlotAllocator
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.config.engine import EngineConfig
@@ -20,7 +20,7 @@ from tessera.models.loader import load_model, load_model_config
 from tessera.ops.linear import prepare_few_row_kernels, set_one_row_backend
 from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger(__name__)
 

@@ -43,14 +43,14 @@ from unittest import mock
 import torch
 import tqdm
 
-from tessera.attention.context import set_forward_context
+from tessera.forward.context import set_forward_context
 from tessera.compilation.backend import CompiledBackbone, PiecewiseBackend
 from tessera.compilation.capture_sizes import capture_sizes
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState, ReplayPlan
 from tessera.compilation.weak_ref import weak_ref_tensors
 from tessera.ops.triton.stage import stage_extend_inputs
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from tessera.runner.model_runner import ModelRunner

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from tessera.config.engine import SchedulerConfig
-from tessera.engine.request import FinishReason, Request
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.scheduler.request import FinishReason, Request
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from tessera.cache.radix import RadixCache

@@ -26,7 +26,7 @@ from tessera.attention.triton_ops import (
 )
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
 from tessera.ops.triton.interpreter import patch_for_numpy_2_4
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"

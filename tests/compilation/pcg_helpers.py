@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from tessera.config import EngineConfig
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 from tessera.runner.model_runner import LogitsOutput, ModelRunner
 from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.compilation.bench_pcg import build_runner, prefill_batch, time_prefill
+from tessera.bench.pcg import build_runner, prefill_batch, time_prefill
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg
 
 from tessera.compilation.monitor import CompileMonitor, is_recompile_error
 from tessera.compilation.splitting import op_qualname
-from tessera.runner.forward_batch import ForwardMode
+from tessera.forward.batch import ForwardMode
 
 MAX_TOKENS = 40  # sizes 2, 4, 8, 12, ..., 32, 40: fine and coarse steps, cheap on the CPU
 ATOL = RTOL = 1e-5

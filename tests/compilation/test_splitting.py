@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import fx
 
-from tessera.attention import context  # importing it registers tessera::attention
+from tessera.attention import op  # noqa: F401  (importing it registers tessera::attention)
+from tessera.forward import context
 from tessera.compilation import splitting
 
 

@@ -7,7 +7,7 @@ from hf_models import load_hf, save_tiny_model
 from runner_driver import RunnerDriver
 
 from tessera.config import EngineConfig
-from tessera.runner.forward_batch import ForwardMode
+from tessera.forward.batch import ForwardMode
 from tessera.runner.model_runner import ModelRunner
 
 CASES = [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True), ("qwen3", False),

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tessera.attention.context import set_forward_context
+from tessera.forward.context import set_forward_context
 from tessera.config.model import ModelConfig
 from tessera.models.loader import default_dtype
 from tessera.ops import native_ops

@@ -19,7 +19,7 @@ from tessera.runner.cuda_graph_runner import (
     decode_graph_batch_sizes,
     padded_batch_size,
 )
-from tessera.runner.forward_batch import ForwardMode
+from tessera.forward.batch import ForwardMode
 from tessera.runner.model_runner import ModelRunner
 
 HAS_CUDA = torch.cuda.is_available()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+from tessera.forward.batch import ForwardBatch, ForwardMode
 
 
 def _check(fb: ForwardBatch, ids, rows, prefix, extend) -> None:

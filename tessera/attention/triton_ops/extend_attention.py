@@ -32,7 +32,7 @@ import triton.language as tl
 
 from tessera.ops.triton.launch import KernelLauncher, metadata_variant
 from tessera.ops.triton.pdl import launch_options, use_pdl
-from tessera.platforms.cuda import hopper_or_newer
+from tessera.platforms import platform_of
 
 _LOG2E = 1.4426950408889634
 
@@ -301,7 +301,7 @@ def tma_possible(device: torch.device, head_dim: int, *tensors: torch.Tensor) ->
     head_dim]: a GPU with the TMA engine (compute capability >= 9.0), compiled Triton, a
     power-of-two head size of 16..128, each head's rows right after the previous head's, and a
     16-byte aligned base and token stride."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not hopper_or_newer(device):
+    if os.environ.get("TRITON_INTERPRET") == "1" or not platform_of(device).has_tma(device):
         return False
     if head_dim & (head_dim - 1) or not 16 <= head_dim <= 128:  # measured at 128; 256 would
         return False  # not fit TMA_TILE's pipeline in shared memory

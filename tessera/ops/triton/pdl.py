@@ -30,7 +30,7 @@ import os
 
 import torch
 
-from tessera.platforms.cuda import hopper_or_newer
+from tessera.platforms import platform_of
 
 ENV_ENABLED = os.environ.get("TESSERA_PDL", "0") == "1"
 _enabled = ENV_ENABLED
@@ -56,7 +56,7 @@ def use_pdl(device: torch.device) -> bool:
     """Whether kernels launched on `device` now use PDL."""
     if not _enabled or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return hopper_or_newer(device)
+    return platform_of(device).supports_pdl(device)
 
 
 def launch_options(enabled: bool) -> dict[str, bool]:

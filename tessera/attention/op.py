@@ -1,50 +1,16 @@
-"""The forward context: batch metadata that attention reads instead of taking it as graph inputs.
+"""The `tessera::attention` splitting op: attention as a torch.library custom op.
 
-Attention is a torch.library custom op (`tessera::attention`) that receives only q/k/v, an output
-buffer and per-layer constants; everything batch-dependent (ForwardBatch, KV pool, backend) comes
-from here. This is what lets the piecewise compiler split the graph at attention and replay the
-pieces around it with padded token counts.
+It receives only q/k/v, an output buffer and per-layer constants; the batch and the backend come
+from the forward context (tessera.forward.context). That is what lets the piecewise compiler split
+the graph at attention and replay the pieces around it with padded token counts.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from tessera.attention.base import AttentionBackend
-    from tessera.runner.forward_batch import ForwardBatch
-
-
-@dataclasses.dataclass
-class ForwardContext:
-    forward_batch: ForwardBatch
-    attn_backend: AttentionBackend
-
-
-_context: ForwardContext | None = None
-
-
-def get_forward_context() -> ForwardContext:
-    if _context is None:
-        raise RuntimeError("attention called outside set_forward_context(); use ModelRunner.forward")
-    return _context
-
-
-@contextlib.contextmanager
-def set_forward_context(forward_batch: ForwardBatch, attn_backend: AttentionBackend
-                        ) -> Iterator[ForwardContext]:
-    global _context
-    previous = _context
-    _context = ForwardContext(forward_batch, attn_backend)
-    try:
-        yield _context
-    finally:
-        _context = previous
-
+from tessera.forward.context import get_forward_context
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                layer_id: int, scaling: float) -> None:

@@ -5,7 +5,7 @@ runs through `ModelRunner.forward` (backbone + last-token logits), timed with de
 median/min/max over `--repeat` runs after `--warmup`. The PCG runner also reports its capture time,
 memory and graph count. Both runs are checked to produce the same logits (bf16 tolerance).
 
-    python -m tessera.compilation.bench_pcg --out pcg_bench.json \\
+    python -m tessera.bench.pcg --out pcg_bench.json \\
         --case llama3-8b:16,256,1024 --case qwen3-0.6b:256
 
 Targets (shared/BENCHMARKS.md) are written next to the figures with a pass flag each.
@@ -62,7 +62,7 @@ def prefill_batch(runner: Any, num_tokens: int, ids: str = "random") -> Iterator
     freed on exit). ids "random": random prompt ids seeded by the length (what every benchmark
     here times); "constant": one id repeated, which draws visibly less power in the GEMMs
     (benchmarks/prefill_opt/timing_diag.py)."""
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.batch import ForwardBatch, ForwardMode
 
     if ids == "random":
         prompt = torch.randint(0, runner.model_config.vocab_size, (num_tokens,),
@@ -185,7 +185,7 @@ def git_commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tessera.compilation.bench_pcg",
+    parser = argparse.ArgumentParser(prog="python -m tessera.bench.pcg",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", type=parse_case, action="append", default=None,

@@ -20,8 +20,8 @@ On a GPU (`--device cuda`) the model is a preset (real shapes, dummy weights). O
 graphs are emulated by no-op replays and attention by a no-op (`--null-attention`, the default
 there), which leaves exactly the framework's own Python: a 28-layer tiny-width model by default.
 
-    python -m tessera.compilation.bench_host --device cuda --model qwen3-0.6b --tokens 256
-    python -m tessera.compilation.bench_host --device cpu --layers 28 --tokens 200
+    python -m tessera.bench.host --device cuda --model qwen3-0.6b --tokens 256
+    python -m tessera.bench.host --device cpu --layers 28 --tokens 200
 """
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def profile_top(fn: Callable[[], Any], calls: int, lines: int) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tessera.attention.context import set_forward_context
-    from tessera.runner.forward_batch import ForwardBatch, ForwardMode
+    from tessera.forward.context import set_forward_context
+    from tessera.forward.batch import ForwardBatch, ForwardMode
     from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 
     runner = build_runner(args)
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tessera.compilation.bench_host",
+    parser = argparse.ArgumentParser(prog="python -m tessera.bench.host",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
