@@ -18,8 +18,8 @@ synchronises with the host and reads no host-side length. What a decode graph ru
   * Run the forward eagerly once per batch size before capturing it (the usual warm-up): Triton
     compiles a kernel on its first launch, and the split count (a compile-time constant) differs
     between batch sizes.
-  * Call `init_forward_metadata(batch)` before capture (forward does it if the batch is new); it
-    only reads shapes, never host length lists, so calling it again at replay time is not needed.
+  * The capture hook (`init_forward_metadata_capture`) runs inside the capture and only reads
+    shapes, never host length lists, so nothing needs recomputing at replay time.
   * Padding requests: req_pool_indices 0, seq_lens 1 (or 0), out_cache_loc 0. Their K/V land in
     the dump slot 0; their output rows are finite garbage (seq_len 1: attention over one key of
     row 0) or zeros (seq_len 0) and are meant to be sliced off.
@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from tessera.attention.base import AttentionBackend
+from tessera.attention.base import AttentionBackend, AttentionSupport
 from tessera.attention.triton_ops import (
     decode_attention,
     decode_counters_shape,
@@ -43,7 +43,7 @@ from tessera.attention.triton_ops import (
     decode_workspace_shape,
 )
 from tessera.attention.triton_ops.extend_attention import ExtendAttention
-from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
 from tessera.ops.triton.launch import metadata_variant
 from tessera.forward.batch import ForwardBatch, ForwardMode
 
@@ -67,7 +67,6 @@ def _multiprocessor_count(device: torch.device) -> int:
 
 @dataclasses.dataclass
 class _DecodeMetadata:
-    batch: ForwardBatch
     batch_size: int
     num_splits: int
     part_out: torch.Tensor | None  # [B, Hq, S, D] fp32 view of the workspace; None for S == 1
@@ -77,7 +76,6 @@ class _DecodeMetadata:
 
 @dataclasses.dataclass
 class _ExtendMetadata:
-    batch: ForwardBatch
     num_real_tokens: int
     # ExtendAttention's per-batch arguments: req_pool_indices, prefix/extend lens, starts,
     # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer)
@@ -87,23 +85,24 @@ class _ExtendMetadata:
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
-    supports_decode_graph = True  # see the module docstring
-    fuses_decode_rope = True  # the decode kernel rotates q and the new k itself
-    # layer 0's extend launch writes the new tokens' req_to_token entries (see the base class)
-    records_extend_slots = True
-    supports_extend_graph = True  # every extend launch reads its lengths from device tensors
+    support = AttentionSupport(
+        decode_graph=True,  # see the module docstring
+        # every extend launch reads its lengths from device tensors
+        extend_graph=True,
+        fused_decode_rope=True,  # the decode kernel rotates q and the new k itself
+        # layer 0's extend launch writes the new tokens' req_to_token entries
+        writes_extend_slots=True)
 
-    def __init__(self, kv_pool: KVPool, req_to_token_pool: ReqToTokenPool,
-                 num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__(kv_pool, req_to_token_pool, num_heads, num_kv_heads, head_dim)
-        if num_heads % num_kv_heads:
+    def __init__(self, kv_pool: MHAKVPool, req_to_token_pool: ReqToTokenPool,
+                 num_heads: int) -> None:
+        super().__init__(kv_pool, req_to_token_pool, num_heads)
+        if num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads "
-                             f"{num_kv_heads}")
-        self.device = kv_pool.device
-        self._programs_per_split = decode_head_programs(num_heads, num_kv_heads)
+                             f"{self.num_kv_heads}")
+        self.device = self.kv_pool.device
+        self._programs_per_split = decode_head_programs(num_heads, self.num_kv_heads)
         self._target_programs = DECODE_WAVES * _multiprocessor_count(self.device)
         self._allocate_decode_workspace()
-        self._metadata: _DecodeMetadata | _ExtendMetadata | None = None
 
     # ---- decode workspace -----------------------------------------------------------------------
     def decode_num_splits(self, batch_size: int) -> int:
@@ -145,8 +144,8 @@ class TritonAttentionBackend(AttentionBackend):
                 part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
                 count_shape = decode_counters_shape(batch, self.num_heads, self.num_kv_heads)
                 counters = self._counters[:math.prod(count_shape)].view(count_shape)
-            self._metadata = _DecodeMetadata(forward_batch, batch, splits, part_out, part_lse,
-                                             counters)
+            forward_batch.attn_metadata = _DecodeMetadata(batch, splits, part_out, part_lse,
+                                                           counters)
         else:
             b = forward_batch
             tensors = (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
@@ -155,22 +154,14 @@ class TritonAttentionBackend(AttentionBackend):
             # by the kernel
             real, longest = ((b.num_tokens, b.num_tokens) if b.pad_request
                              else (self.real_tokens(b), b.max_extend_len))
-            self._metadata = _ExtendMetadata(
-                batch=b, num_real_tokens=real, launch_args=(*tensors[:4], longest, tensors[4]),
+            forward_batch.attn_metadata = _ExtendMetadata(
+                num_real_tokens=real, launch_args=(*tensors[:4], longest, tensors[4]),
                 variant=metadata_variant(*tensors))
-
-    def _metadata_for(self, forward_batch: ForwardBatch) -> _DecodeMetadata | _ExtendMetadata:
-        meta = self._metadata
-        if meta is None or meta.batch is not forward_batch:
-            self.init_forward_metadata(forward_batch)
-            meta = self._metadata
-        assert meta is not None
-        return meta
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 layer_id: int, scaling: float, forward_batch: ForwardBatch,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        meta = self._metadata_for(forward_batch)
+        meta = self.metadata(forward_batch)
         k_cache = self.kv_pool.k_buffers[layer_id]
         v_cache = self.kv_pool.v_buffers[layer_id]
         table = self.req_to_token_pool.req_to_token
@@ -194,7 +185,7 @@ class TritonAttentionBackend(AttentionBackend):
             # read from k/v, the cached prefix through req_to_token)
             ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
                             record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant,
-                                                        pad_last=meta.batch.pad_request)
+                                                        pad_last=forward_batch.pad_request)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
@@ -209,11 +200,11 @@ class TritonAttentionBackend(AttentionBackend):
         rows = out.shape[0]
 
         def run(forward_batch: ForwardBatch) -> None:
-            meta = self._metadata_for(forward_batch)
+            meta = self.metadata(forward_batch)
             if not isinstance(meta, _ExtendMetadata):
                 self.forward(q, k, v, out, layer_id, scaling, forward_batch)
                 return
-            launch(*meta.launch_args, variant=meta.variant, pad_last=meta.batch.pad_request)
+            launch(*meta.launch_args, variant=meta.variant, pad_last=forward_batch.pad_request)
             if rows > meta.num_real_tokens:
                 out[meta.num_real_tokens:].zero_()
 

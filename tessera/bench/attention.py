@@ -23,7 +23,8 @@ from tessera.attention import get_attention_backend_class
 from tessera.attention.base import AttentionBackend
 from tessera.attention.triton_ops import store_kv
 from tessera.bench.timing import time_ms
-from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
+from tessera.cache.spec import MHASpec
 from tessera.platforms import current_platform
 from tessera.forward.batch import ForwardBatch, ForwardMode
 
@@ -56,7 +57,8 @@ class Setup:
         self.shape = shape
         seq_len = context + new_tokens
         num_slots = batch_size * seq_len
-        self.pool = KVPool(1, shape.num_kv_heads, shape.head_dim, num_slots, shape.dtype, device)
+        self.pool = MHAKVPool(MHASpec(1, shape.num_kv_heads, shape.head_dim, shape.dtype),
+                              num_slots, device)
         self.pool.k_buffers[0].normal_()
         self.pool.v_buffers[0].normal_()
         self.table = ReqToTokenPool(batch_size, seq_len, device)
@@ -80,7 +82,7 @@ class Setup:
     def backend(self, name: str) -> AttentionBackend:
         cls = get_attention_backend_class(name)
         s = self.shape
-        return cls(self.pool, self.table, s.num_heads, s.num_kv_heads, s.head_dim)
+        return cls(self.pool, self.table, s.num_heads)
 
     def forward_fn(self, backend: AttentionBackend) -> Callable[[], None]:
         backend.init_forward_metadata(self.batch)

@@ -8,7 +8,7 @@ queue is empty and nothing waits on the device):
 * `forward`: ModelRunner.forward (runner + backbone + last-token logits);
 * `record_slots` / `compute_logits`: the two steps of ModelRunner.forward around the replay
   (record_slots is skipped for extend batches when the backend's layer-0 launch records the
-  slots, `records_extend_slots`; timed anyway, for backends that do not);
+  slots, `AttentionSupport.writes_extend_slots`; timed anyway, for backends that do not);
 * `replay`: PiecewiseGraphRunner.replay (copies into the static buffers, padding, metadata,
   forward context, the backbone);
 * `plan`: the per-size ReplayPlan alone (graph replays + attention calls);

@@ -27,13 +27,11 @@ from tessera.forward.context import set_forward_context
 from tessera.bench.timing import time_ms
 from tessera.config.model import ModelConfig
 from tessera.models.loader import default_dtype
-from tessera.ops import (
-    PerTokenGroupQuantFP8,
-    RMSNorm,
-    RotaryEmbedding,
-    SiluAndMul,
-    native_ops,
-)
+from tessera.layers.activation import SiluAndMul
+from tessera.layers.layernorm import RMSNorm
+from tessera.layers.quantization.fp8_quant import PerTokenGroupQuantFP8
+from tessera.layers.rotary import RotaryEmbedding
+from tessera.ops import native_ops
 from tessera.platforms import current_platform
 
 LLAMA3_8B: dict[str, Any] = {

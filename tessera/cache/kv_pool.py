@@ -1,31 +1,58 @@
-"""Token-granular KV storage: one K and one V buffer per layer, indexed by slot, plus the
-req_to_token table mapping (request row, position) -> slot."""
+"""Token-granular KV storage built from a KV-cache spec, and the req_to_token table mapping
+(request row, position) -> slot. Slot 0 of every buffer is the padding dump slot."""
 from __future__ import annotations
-
-import logging
 
 import torch
 
-logger = logging.getLogger(__name__)
+from tessera.cache.spec import KVCacheSpec, MHASpec, MLASpec
 
 
 class KVPool:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, size: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
-        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
-        self.size, self.dtype, self.device = size, dtype, torch.device(device)
-        shape = (size + 1, num_kv_heads, head_dim)  # +1: slot 0 is the padding dump slot
-        self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    """Per-layer buffers indexed by slot; `size` usable slots (1..size)."""
 
-    @staticmethod
-    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
-                        dtype: torch.dtype) -> int:
-        return 2 * num_layers * num_kv_heads * head_dim * torch.finfo(dtype).bits // 8
+    def __init__(self, spec: KVCacheSpec, size: int, device: torch.device | str) -> None:
+        self.spec, self.size, self.device = spec, size, torch.device(device)
+        self.dtype, self.num_layers = spec.dtype, spec.num_layers
+
+    def bytes_per_token(self) -> int:
+        return self.spec.bytes_per_token()
+
+
+class MHAKVPool(KVPool):
+    """One K and one V buffer [size + 1, kv_heads, head_dim] per layer."""
+
+    def __init__(self, spec: MHASpec, size: int, device: torch.device | str) -> None:
+        super().__init__(spec, size, device)
+        self.num_kv_heads, self.head_dim = spec.num_kv_heads, spec.head_dim
+        shape = (size + 1, spec.num_kv_heads, spec.head_dim)
+        self.k_buffers = [torch.zeros(shape, dtype=spec.dtype, device=device)
+                          for _ in range(spec.num_layers)]
+        self.v_buffers = [torch.zeros(shape, dtype=spec.dtype, device=device)
+                          for _ in range(spec.num_layers)]
 
     def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_buffers[layer_id][loc] = k.to(self.dtype)
         self.v_buffers[layer_id][loc] = v.to(self.dtype)
+
+
+class MLAKVPool(KVPool):
+    """One latent buffer [size + 1, kv_lora_rank + rope_dim] per layer."""
+
+    def __init__(self, spec: MLASpec, size: int, device: torch.device | str) -> None:
+        super().__init__(spec, size, device)
+        self.latent_buffers = [torch.zeros((size + 1, spec.latent_dim), dtype=spec.dtype,
+                                           device=device) for _ in range(spec.num_layers)]
+
+    def set_latent(self, layer_id: int, loc: torch.Tensor, latent: torch.Tensor) -> None:
+        self.latent_buffers[layer_id][loc] = latent.to(self.dtype)
+
+
+def make_kv_pool(spec: KVCacheSpec, size: int, device: torch.device | str) -> KVPool:
+    if isinstance(spec, MHASpec):
+        return MHAKVPool(spec, size, device)
+    if isinstance(spec, MLASpec):
+        return MLAKVPool(spec, size, device)
+    raise TypeError(f"no KV pool for spec {spec!r}")
 
 
 class ReqToTokenPool:

@@ -1,17 +1,18 @@
-"""Process groups. Single-process for now: tp_rank 0 of tp_size 1 unless initialized."""
-from __future__ import annotations
+"""Process groups and the communication ops layers call (identities at TP size 1)."""
+from tessera.distributed.communication import (
+    tensor_parallel_all_gather,
+    tensor_parallel_all_reduce,
+    tensor_parallel_reduce_scatter,
+)
+from tessera.distributed.parallel_state import (
+    destroy_distributed,
+    get_tp_rank,
+    get_tp_size,
+    init_distributed,
+    set_tensor_parallel,
+    tp_group,
+)
 
-_tp_rank, _tp_size = 0, 1
-
-
-def init_tensor_parallel(rank: int, size: int) -> None:
-    global _tp_rank, _tp_size
-    _tp_rank, _tp_size = rank, size
-
-
-def get_tp_rank() -> int:
-    return _tp_rank
-
-
-def get_tp_size() -> int:
-    return _tp_size
+__all__ = ["destroy_distributed", "get_tp_rank", "get_tp_size", "init_distributed",
+           "set_tensor_parallel", "tensor_parallel_all_gather",
+           "tensor_parallel_all_reduce", "tensor_parallel_reduce_scatter", "tp_group"]

@@ -70,10 +70,11 @@ class Engine:
         if not config.cache.disable_radix_cache:
             from tessera.cache.radix import RadixCache
 
-            self.prefix_cache = RadixCache(self.runner.allocator)
+            self.prefix_cache = RadixCache(self.runner.kv_cache.allocator)
         else:
             logger.info("radix prefix cache disabled by --disable-radix-cache")
-        self.scheduler = Scheduler(config.scheduler, self.runner, self.prefix_cache)
+        self.scheduler = Scheduler(config.scheduler, self.runner.kv_cache, self.runner.device,
+                                   self.prefix_cache)
         self.sampler = Sampler(backend=config.backend.sampling_backend)
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.load.seed)
@@ -273,7 +274,7 @@ class Engine:
         return True
 
     def stats(self) -> dict[str, float]:
-        alloc = self.runner.allocator
+        alloc = self.runner.kv_cache.allocator
         cached = self.prefix_cache.total_size() if self.prefix_cache is not None else 0
         return {
             "num_running_reqs": len(self.scheduler.running),

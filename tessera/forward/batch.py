@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import torch
 
@@ -45,6 +46,9 @@ class ForwardBatch:
     # is the padding up to the graph's token count (attention zeroes its output rows), and the
     # host lists above are placeholders; attention sizes its launch by num_tokens
     pad_request: bool = False
+    # what the attention backend worked out for this batch (AttentionBackend.init_forward_
+    # metadata): shared by every layer of the forward, kept with the batch it describes
+    attn_metadata: Any = None
 
     def fill_input_ids(self, positions: list[int], source: torch.Tensor, rows: list[int]) -> None:
         """input_ids[positions[i]] = source[rows[i]] on the device: the tokens a step sampled,

@@ -1,23 +1,31 @@
-"""Linear layers that know how to load their shard of a checkpoint tensor (weight_loader).
+"""Linear layers: shapes, tensor-parallel sharding and checkpoint loading around a QuantMethod.
 
-Column-parallel layers split the output dim across TP ranks, row-parallel the input dim. Merged
-layers (QKV, gate/up) hold several checkpoint tensors side by side; `shard_id` says which.
+Column-parallel layers split the output dim across TP ranks, row-parallel the input dim (and
+all-reduce their output across the group when it has more than one rank). Merged layers (QKV,
+gate/up) hold several checkpoint tensors side by side; `shard_id` says which. The weight format
+and the computation are the layer's QuantMethod (tessera.layers.quantization).
+
+Two methods fuse the step before the layer into it where a kernel exists for that (the one-row
+GEMV on CUDA, whose input stage does the norm or the activation): `forward_norm` (RMSNorm with the
+residual add, then this layer) and `forward_silu_mul` (SiLU·mul, then this layer). Elsewhere they
+are exactly the two modules called one after the other.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tessera.distributed import get_tp_rank, get_tp_size
-from tessera.ops.linear import linear
+from tessera.distributed import get_tp_rank, get_tp_size, tensor_parallel_all_reduce
+from tessera.layers.quantization import QuantMethod, UnquantizedLinearMethod, set_weight_loader
+
+if TYPE_CHECKING:
+    from tessera.layers.activation import SiluAndMul
+    from tessera.layers.layernorm import RMSNorm
 
 
-def _set_loader(param: nn.Parameter, loader) -> nn.Parameter:
-    param.weight_loader = loader
-    return param
-
-
-def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
+def default_weight_loader(param: nn.Parameter | torch.Tensor, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
                          f"{tuple(loaded.shape)}")
@@ -25,30 +33,50 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
 
 
 class LinearBase(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+    """y = x W^T (+ b) for one rank's [out_features, in_features] shard."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+                 quant_method: QuantMethod | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = _set_loader(nn.Parameter(torch.empty(out_features, in_features, dtype=dtype),
-                                               requires_grad=False), self.weight_loader)
+        self.quant_method = quant_method or UnquantizedLinearMethod()
+        self.quant_method.create_weights(self, in_features, out_features, dtype,
+                                         self.weight_loader)
         self.bias = None
         if bias:
-            self.bias = _set_loader(nn.Parameter(torch.empty(out_features, dtype=dtype),
-                                                 requires_grad=False), self.weight_loader)
+            self.bias = set_weight_loader(
+                nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False),
+                self.weight_loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.linear, except few-row CUDA inputs take our Triton kernels (tessera.ops.linear)
-        return linear(x, self.weight, self.bias)
+        return self.quant_method.apply(self, x, self.bias)
+
+    def forward_norm(self, x: torch.Tensor, residual: torch.Tensor | None,
+                     norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(norm(x + residual)), x + residual); without a residual (self(norm(x)), x)."""
+        return self.quant_method.apply_norm(self, x, residual, norm)
+
+    def forward_silu_mul(self, gate_up: torch.Tensor, act: SiluAndMul) -> torch.Tensor:
+        """self(act(gate_up)), act = SiLU·mul over the [gate | up] halves."""
+        return self.quant_method.apply_silu_mul(self, gate_up, act)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         default_weight_loader(param, loaded)
 
 
+class ReplicatedLinear(LinearBase):
+    """The whole weight on every rank."""
+
+
 class ColumnParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 quant_method: QuantMethod | None = None) -> None:
         self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
-        assert out_features % self.tp_size == 0, "output dim must divide by tp size"
-        super().__init__(in_features, out_features // self.tp_size, bias, dtype)
+        if out_features % self.tp_size:
+            raise ValueError(f"output dim {out_features} does not divide by tp size "
+                             f"{self.tp_size}")
+        super().__init__(in_features, out_features // self.tp_size, bias, dtype, quant_method)
 
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         size = param.shape[0]
@@ -56,16 +84,34 @@ class ColumnParallelLinear(LinearBase):
 
 
 class RowParallelLinear(LinearBase):
-    """Input dim sharded; the caller all-reduces the output when tp_size > 1."""
+    """Input dim sharded; the partial outputs are summed across the TP group (all-reduce), and
+    the bias added once, after the sum."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 quant_method: QuantMethod | None = None) -> None:
         self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
-        assert in_features % self.tp_size == 0, "input dim must divide by tp size"
-        super().__init__(in_features // self.tp_size, out_features, bias, dtype)
+        if in_features % self.tp_size:
+            raise ValueError(f"input dim {in_features} does not divide by tp size "
+                             f"{self.tp_size}")
+        super().__init__(in_features // self.tp_size, out_features, bias, dtype, quant_method)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.quant_method.apply(self, x, self.bias)
+        return self._reduce(self.quant_method.apply(self, x))
+
+    def forward_silu_mul(self, gate_up: torch.Tensor, act: SiluAndMul) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.quant_method.apply_silu_mul(self, gate_up, act)
+        return self._reduce(self.quant_method.apply(self, act(gate_up)))
+
+    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        out = tensor_parallel_all_reduce(partial)
+        return out if self.bias is None else out + self.bias
 
     def weight_loader(self, param, loaded, shard_id=None) -> None:
-        if param.dim() == 1:  # bias is added once, on every rank's full output
+        if param.dim() == 1:  # the bias: whole on every rank, added after the sum
             default_weight_loader(param, loaded)
             return
         size = param.shape[1]
@@ -76,9 +122,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs concatenated (e.g. gate_proj and up_proj); shard_id = index."""
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 quant_method: QuantMethod | None = None) -> None:
         self.output_sizes = output_sizes
-        super().__init__(in_features, sum(output_sizes), bias, dtype)
+        super().__init__(in_features, sum(output_sizes), bias, dtype, quant_method)
 
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         assert shard_id is not None, "merged layers load one checkpoint tensor at a time"
@@ -89,18 +136,24 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """q, k and v projections in one matmul; shard_id in {"q", "k", "v"}."""
+    """q, k and v projections in one matmul; shard_id in {"q", "k", "v"}. KV heads are replicated
+    when there are fewer of them than ranks (each rank keeps the one its query heads read)."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
-                 bias: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                 bias: bool = False, dtype: torch.dtype = torch.float32,
+                 quant_method: QuantMethod | None = None) -> None:
         tp = get_tp_size()
+        if num_heads % tp:
+            raise ValueError(f"{num_heads} attention heads do not divide by tp size {tp}")
+        if num_kv_heads % tp and tp % num_kv_heads:
+            raise ValueError(f"{num_kv_heads} KV heads and tp size {tp}: one must divide the "
+                             f"other")
         self.head_dim = head_dim
         self.num_heads = num_heads // tp
-        # KV heads are replicated when there are fewer of them than ranks
         self.num_kv_heads = max(1, num_kv_heads // tp)
         self.kv_replicas = max(1, tp // num_kv_heads)
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
-        super().__init__(hidden_size, out, bias, dtype)
+        super().__init__(hidden_size, out, bias, dtype, quant_method)
 
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -109,4 +162,5 @@ class QKVParallelLinear(ColumnParallelLinear):
             "k": (q_size, kv_size, self.tp_rank // self.kv_replicas),
             "v": (q_size + kv_size, kv_size, self.tp_rank // self.kv_replicas),
         }[shard_id]
-        default_weight_loader(param.data.narrow(0, offset, size), loaded.narrow(0, rank * size, size))
+        default_weight_loader(param.data.narrow(0, offset, size),
+                              loaded.narrow(0, rank * size, size))

@@ -1,38 +1,24 @@
-"""Llama family (Llama 2/3/3.1, Mistral) as pure math over tessera layers and ops.
+"""Llama family (Llama 2/3/3.1, Mistral) as pure math over tessera.layers.
 
 Qwen2 is this code with q/k/v bias (config.attention_bias); Qwen3 adds per-head q/k RMSNorm
-(`qk_norm=True`). Tensor parallelism, graphs and quantization are applied around the model.
+(`qk_norm=True`). Tensor parallelism, quantization and the few-row fusions are properties of the
+layers; graphs are the runner's.
 """
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from tessera.attention.layer import Attention
+from tessera.cache.spec import MHASpec
 from tessera.config.model import ModelConfig
+from tessera.layers.attention import Attention
 from tessera.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from tessera.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from tessera.ops import QKNormRotary, RMSNorm, SiluAndMul, get_rope
-from tessera.ops.linear import norm_linear, silu_mul_linear
-
-
-class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
-        super().__init__()
-        inter = config.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter],
-                                                       dtype=dtype)
-        self.down_proj = RowParallelLinear(inter, config.hidden_size, dtype=dtype)
-        self.act_fn = SiluAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.gate_up_proj(x))
-
-    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """down_proj(silu(gate) * up): one GEMV kernel for a bs=1 decode row on CUDA."""
-        return silu_mul_linear(gate_up, self.act_fn, self.down_proj)
+from tessera.layers.layernorm import RMSNorm
+from tessera.layers.linear import QKVParallelLinear, RowParallelLinear
+from tessera.layers.mlp import GatedMLP
+from tessera.layers.qk_norm_rope import QKNormRotary
+from tessera.layers.rotary import get_rope
+from tessera.models.base import CausalLM
 
 
 class LlamaAttention(nn.Module):
@@ -81,7 +67,7 @@ class LlamaDecoderLayer(nn.Module):
                  qk_norm: bool = False) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, dtype, qk_norm)
-        self.mlp = LlamaMLP(config, dtype)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -89,22 +75,21 @@ class LlamaDecoderLayer(nn.Module):
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.feed_forward(*self.attention(positions, hidden, residual))
 
-    # Each norm feeds the projection after it through norm_linear: at a bs=1 decode row on CUDA
-    # that is one GEMV kernel (the norm is its input stage), elsewhere norm then linear.
+    # Each norm feeds the projection after it through the layer's forward_norm: at a bs=1 decode
+    # row on CUDA that is one GEMV kernel (the norm is its input stage), elsewhere norm then
+    # linear.
     def attention(self, positions: torch.Tensor, hidden: torch.Tensor,
                   residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half: (o_proj output, residual stream before it)."""
-        qkv, residual = norm_linear(hidden, residual, self.input_layernorm,
-                                    self.self_attn.qkv_proj)
+        qkv, residual = self.self_attn.qkv_proj.forward_norm(hidden, residual,
+                                                             self.input_layernorm)
         return self.self_attn.attend(positions, qkv), residual
 
     def feed_forward(self, hidden: torch.Tensor,
                      residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The second half: (MLP output, residual stream before it); residual None when hidden
         is the stream itself (LlamaModel.finish)."""
-        gate_up, residual = norm_linear(hidden, residual, self.post_attention_layernorm,
-                                        self.mlp.gate_up_proj)
-        return self.mlp.down(gate_up), residual
+        return self.mlp.forward_norm(hidden, residual, self.post_attention_layernorm)
 
 
 class LlamaModel(nn.Module):
@@ -156,9 +141,8 @@ class LlamaModel(nn.Module):
         return hidden
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(CausalLM):
     qk_norm = False
-    # checkpoint name fragment -> (our merged parameter fragment, shard id)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
@@ -166,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.dtype = config, dtype
         self.model = LlamaModel(config, dtype, self.qk_norm)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
         if config.tie_word_embeddings:
@@ -175,36 +159,25 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)
 
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.trunk(input_ids, positions)
+
+    def finish(self, stream: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.finish(stream, rows)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Route each checkpoint tensor to its Parameter's weight_loader; returns loaded names."""
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:
-                continue
-            if self.config.tie_word_embeddings and name == "lm_head.weight":
-                continue  # tied: the embedding is the head
-            target, shard_id = name, None
-            for ckpt_part, (ours, sid) in self.packed_modules_mapping.items():
-                if f".{ckpt_part}." in name:
-                    target, shard_id = name.replace(ckpt_part, ours), sid
-                    break
-            if target not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in "
-                                 f"{type(self).__name__}")
-            param = params[target]
-            loader = getattr(param, "weight_loader", None)
-            if loader is None:
-                param.data.copy_(tensor)
-            elif shard_id is None:
-                loader(param, tensor)
-            else:
-                loader(param, tensor, shard_id)
-            loaded.add(target)
-        return loaded
+    def kv_cache_spec(self) -> MHASpec:
+        attn = self.model.layers[0].self_attn
+        return MHASpec(self.config.num_hidden_layers, attn.num_kv_heads, attn.head_dim,
+                       self.dtype)
+
+    def num_attention_heads(self) -> int:
+        return self.model.layers[0].self_attn.num_heads
+
+    def tied_checkpoint_names(self) -> set[str]:
+        return {"lm_head.weight"} if self.config.tie_word_embeddings else set()
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tessera.config.model import ModelConfig
+from tessera.models.base import CausalLM
 from tessera.models.presets import PRESETS, is_preset
 from tessera.models.registry import get_model_class, supported_architectures
 
@@ -92,7 +93,7 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
 
 
 def load_model(model_path: str, model_config: ModelConfig, load_format: str, dtype: torch.dtype,
-               device: torch.device | str, seed: int = 0) -> nn.Module:
+               device: torch.device | str, seed: int = 0) -> CausalLM:
     model_cls = get_model_class(model_config.architecture)
     if load_format == "auto":
         load_format = "dummy" if is_preset(model_path) else "safetensors"
@@ -111,6 +112,7 @@ def load_model(model_path: str, model_config: ModelConfig, load_format: str, dty
                              f"{' ...' if len(missing) > 8 else ''}")
     else:
         raise ValueError(f"unknown load format {load_format!r}; choose auto, safetensors, dummy")
+    model.process_weights_after_loading()
     logger.info("loaded %s (%s, %s) on %s: %.2f B parameters", model_config.architecture,
                 load_format, dtype, device,
                 sum(p.numel() for p in model.parameters()) / 1e9)

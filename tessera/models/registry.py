@@ -1,25 +1,34 @@
-"""Model classes keyed by the HF `architectures` name."""
+"""Model classes keyed by the HF `architectures` name. A new model is one module implementing
+tessera.models.base.CausalLM plus one entry here (or a `register_model` call)."""
 from __future__ import annotations
 
 import importlib
 
-from torch import nn
+from tessera.models.base import CausalLM
 
-_MODELS: dict[str, str] = {
+_MODELS: dict[str, str | type[CausalLM]] = {
     "LlamaForCausalLM": "tessera.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "tessera.models.llama:MistralForCausalLM",
-    "Qwen2ForCausalLM": "tessera.models.qwen2:Qwen2ForCausalLM",
-    "Qwen3ForCausalLM": "tessera.models.qwen3:Qwen3ForCausalLM",
+    "Qwen2ForCausalLM": "tessera.models.llama:Qwen2ForCausalLM",
+    "Qwen3ForCausalLM": "tessera.models.llama:Qwen3ForCausalLM",
 }
+
+
+def register_model(architecture: str, model: str | type[CausalLM]) -> None:
+    """Adds an architecture: a CausalLM subclass or its "module:Class" path (imported lazily)."""
+    _MODELS[architecture] = model
 
 
 def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model_class(architecture: str) -> type[nn.Module]:
+def get_model_class(architecture: str) -> type[CausalLM]:
     if architecture not in _MODELS:
         raise ValueError(f"model architecture {architecture!r} is not supported; supported: "
                          f"{', '.join(supported_architectures())}")
-    module, cls = _MODELS[architecture].split(":")
+    entry = _MODELS[architecture]
+    if not isinstance(entry, str):
+        return entry
+    module, cls = entry.split(":")
     return getattr(importlib.import_module(module), cls)

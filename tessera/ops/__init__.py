@@ -1,18 +1,12 @@
-from tessera.ops.activation import SiluAndMul
-from tessera.ops.base import MultiPlatformOp, native_ops, use_native_ops
-from tessera.ops.layernorm import RMSNorm
+"""Kernels and their registration: torch.library custom ops with fake kernels (`tessera::*`),
+Triton code (ops/triton), vendor ops (musa_ops), and the functional dispatchers that pick a kernel
+per call (linear, argmax, FP8 group quant). Modules built from them live in tessera.layers."""
+from tessera.ops.base import native_ops, triton_available, use_native_ops
 from tessera.ops.library import register_fake_if_exists
 from tessera.ops.linear import linear
-from tessera.ops.qk_norm_rope import QKNormRotary
-from tessera.ops.quant import (
-    PerTokenGroupQuantFP8,
-    per_token_group_quant_fp8,
-    per_token_group_quant_fp8_torch,
-)
-from tessera.ops.rotary import RotaryEmbedding, get_rope
+from tessera.ops.quant import per_token_group_quant_fp8, per_token_group_quant_fp8_torch
 
 __all__ = [
-    "MultiPlatformOp", "PerTokenGroupQuantFP8", "QKNormRotary", "RMSNorm", "RotaryEmbedding",
-    "SiluAndMul", "get_rope", "linear", "native_ops", "per_token_group_quant_fp8",
-    "per_token_group_quant_fp8_torch", "register_fake_if_exists", "use_native_ops",
+    "linear", "native_ops", "per_token_group_quant_fp8", "per_token_group_quant_fp8_torch",
+    "register_fake_if_exists", "triton_available", "use_native_ops",
 ]

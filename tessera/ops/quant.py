@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from tessera.ops import custom_ops  # noqa: F401  (registers tessera::per_token_group_quant_fp8)
-from tessera.ops.base import MultiPlatformOp, triton_available
+from tessera.ops.base import triton_available
 
 FP8_DTYPE = torch.float8_e4m3fn
 DEFAULT_EPS = 1e-10  # floor on a group's amax so an all-zero group gets a finite scale
@@ -32,21 +32,6 @@ def per_token_group_quant_fp8_torch(x: torch.Tensor, group_size: int,
     return x_q.reshape(x.shape), scales.squeeze(-1)
 
 
-class PerTokenGroupQuantFP8(MultiPlatformOp):
-    """Module form, bound once like every op: Triton on CUDA/MUSA, the torch reference on CPU."""
-
-    def __init__(self, group_size: int = 128, eps: float = DEFAULT_EPS, *,
-                 force_native: bool = False) -> None:
-        super().__init__(force_native)
-        self.group_size, self.eps = group_size, eps
-
-    def forward_native(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return per_token_group_quant_fp8_torch(x, self.group_size, self.eps)
-
-    def forward_cuda(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.ops.tessera.per_token_group_quant_fp8(x, self.group_size, self.eps)
-
-
 def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
                               eps: float = DEFAULT_EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Functional form for callers without a module: picks the kernel by the tensor's device
@@ -56,4 +41,4 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
     return per_token_group_quant_fp8_torch(x, group_size, eps)
 
 
-__all__ = ["PerTokenGroupQuantFP8", "per_token_group_quant_fp8", "per_token_group_quant_fp8_torch"]
+__all__ = ["DEFAULT_EPS", "FP8_DTYPE", "per_token_group_quant_fp8", "per_token_group_quant_fp8_torch"]

@@ -17,7 +17,7 @@ How it works:
     zeros): harmless to the real requests, finite, and sliced off the output.
   * Attention reads its metadata from the forward context, so the backend must be able to run a
     DECODE batch inside a capture: no allocation, no host sync, no host-side length. Backends say
-    so with `supports_decode_graph` (torch_native cannot: it loops over host lengths).
+    so with `AttentionSupport.decode_graph` (torch_native cannot: it loops over host lengths).
   * The LM head is part of the graph: each replay also leaves the float32 next-token logits of
     its rows in one static buffer (`logits`), so nothing but sampling runs after the replay.
   * All graphs share one memory pool (`model_runner.graph_pool`, also used by the piecewise
@@ -118,7 +118,7 @@ class DecodeGraphRunner:
 
     def _disabled_reason(self) -> str | None:
         backend = self.attn_backend
-        if not getattr(backend, "supports_decode_graph", False):
+        if not backend.support.decode_graph:
             return (f"attention backend {backend.name!r} cannot run inside a graph (it reads "
                     f"host-side lengths); use --attention-backend triton for decode graphs")
         return None
@@ -201,7 +201,7 @@ class DecodeGraphRunner:
             self.model_runner.record_slots(batch)
             # metadata depends only on the batch shape for graph-safe backends: computing it here
             # (at capture time) is all they need
-            backend.init_forward_metadata(batch)
+            backend.init_forward_metadata_capture(batch)
             with set_forward_context(batch, backend):
                 hidden = model(batch.input_ids, batch.positions)
             # the LM head, and the float32 cast fused into the copy to the static buffer

@@ -12,8 +12,7 @@ import torch
 
 from tessera.attention import get_attention_backend_class
 from tessera.forward.context import set_forward_context
-from tessera.cache.allocator import TokenSlotAllocator
-from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.cache.kv_cache import KVCache
 from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
 from tessera.models.loader import load_model, load_model_config
@@ -61,29 +60,33 @@ class ModelRunner:
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)
         self.max_running_requests = config.scheduler.max_running_requests
-        self.kv_cache_tokens = self._kv_cache_tokens()
-        attn = self.model.model.layers[0].self_attn
-        self.kv_pool = KVPool(mc.num_hidden_layers, attn.num_kv_heads, mc.head_dim,
-                              self.kv_cache_tokens, self.dtype, self.device)
-        self.allocator = TokenSlotAllocator(self.kv_cache_tokens, self.device)
-        # +1 row: the last row stays free for graph padding (padded requests point at it)
-        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests + 1,
-                                                self.context_length + 1, self.device)
-        self.padding_req_row = self.req_to_token_pool.free_rows.pop(0)
+        self.kv_cache_spec = self.model.kv_cache_spec()
+        # the one owner of KV memory and req_to_token; the engine hands it to the scheduler
+        self.kv_cache = KVCache(self.kv_cache_spec, self._kv_cache_tokens(),
+                                self.max_running_requests, self.context_length, self.device)
+        self.kv_cache_tokens = self.kv_cache.num_tokens
         backend_cls = get_attention_backend_class(config.backend.attention_backend)
-        self.attn_backend = backend_cls(self.kv_pool, self.req_to_token_pool, attn.num_heads,
-                                        attn.num_kv_heads, mc.head_dim)
+        self.attn_backend = backend_cls(self.kv_cache.pool, self.kv_cache.req_to_token_pool,
+                                        self.model.num_attention_heads())
         self.graph_runners: list = []  # tried in order; each says whether it can run a batch
         self.init_graph_runners()
-        logger.info("KV cache: %d tokens (%.2f GiB), context length %d, %d request rows",
-                    self.kv_cache_tokens,
-                    self.kv_cache_tokens * self._kv_bytes_per_token() / (1 << 30),
-                    self.context_length, self.max_running_requests)
+        logger.info("KV cache: %d tokens (%.2f GiB, %s), context length %d, %d request rows",
+                    self.kv_cache_tokens, self.kv_cache.memory_bytes() / (1 << 30),
+                    type(self.kv_cache_spec).__name__, self.context_length,
+                    self.max_running_requests)
 
-    def _kv_bytes_per_token(self) -> int:
-        attn = self.model.model.layers[0].self_attn
-        return KVPool.bytes_per_token(self.model_config.num_hidden_layers, attn.num_kv_heads,
-                                      self.model_config.head_dim, self.dtype)
+    # the KV cache's parts, as the graph runners and benchmarks read them
+    @property
+    def allocator(self):
+        return self.kv_cache.allocator
+
+    @property
+    def req_to_token_pool(self):
+        return self.kv_cache.req_to_token_pool
+
+    @property
+    def padding_req_row(self) -> int:
+        return self.kv_cache.padding_req_row
 
     def _kv_cache_tokens(self) -> int:
         cache = self.config.cache
@@ -94,7 +97,7 @@ class ModelRunner:
         if not 0 < cache.mem_fraction_static < 1:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         free, total = self.platform.mem_get_info()
-        per_token = self._kv_bytes_per_token()
+        per_token = self.kv_cache_spec.bytes_per_token()
         if self.device.type == "cpu":
             budget = min(free * cache.mem_fraction_static * 0.5, CPU_MAX_KV_BYTES,
                          self.max_running_requests * self.context_length * per_token)
@@ -123,10 +126,10 @@ class ModelRunner:
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
         """Records the new tokens' KV slots in req_to_token (see record_slots), then runs the
         batch on the first graph runner that can take it, else eagerly. An EXTEND batch on a
-        backend whose layer-0 extend launch writes those entries (records_extend_slots) skips
+        backend whose layer-0 extend launch writes those entries (writes_extend_slots) skips
         record_slots on every path: graph replay, eager, and the piecewise runner's fallback."""
         by_attention = (forward_batch.mode is ForwardMode.EXTEND
-                        and self.attn_backend.records_extend_slots)
+                        and self.attn_backend.support.writes_extend_slots)
         for runner in self.graph_runners:
             if runner.can_run(forward_batch):
                 if not (runner.records_slots or by_attention):
@@ -166,9 +169,8 @@ class ModelRunner:
         with set_forward_context(forward_batch, self.attn_backend):
             if rows is None:
                 return self.model(forward_batch.input_ids, forward_batch.positions)
-            backbone = self.model.model
-            return backbone.finish(backbone.trunk(forward_batch.input_ids,
-                                                  forward_batch.positions), rows)
+            return self.model.finish(self.model.trunk(forward_batch.input_ids,
+                                                      forward_batch.positions), rows)
 
     def compute_logits(self, hidden: torch.Tensor, forward_batch: ForwardBatch) -> LogitsOutput:
         """hidden: as forward_eager returns it."""

@@ -16,7 +16,7 @@ as soon as the inputs are copied, before the host works out the padded batch and
 metadata (`ReplayPlan.start`).
 
 Whole-forward graphs. Where the attention backend can be captured for extend batches
-(`supports_extend_graph`), each size also gets one graph of the entire forward: the same compiled
+(`AttentionSupport.extend_graph`), each size also gets one graph of the entire forward: the same compiled
 pieces run back to back with the attention launches between them, captured together, reading the
 batch's per-request values from static tensors of `--piecewise-cuda-graph-max-requests` + 1 request
 slots (the last one is the padding request: attention zeroes its rows); its output is the final
@@ -68,7 +68,7 @@ class PiecewiseGraphRunner:
     """Runs EXTEND batches of up to `max_tokens` tokens through the piecewise graph."""
 
     captures_logits = False  # replay gives hidden states; ModelRunner computes the logits
-    records_slots = False  # ModelRunner.forward has them written (see records_extend_slots)
+    records_slots = False  # ModelRunner.forward has them written (see AttentionSupport.writes_extend_slots)
 
     def __init__(self, model_runner: ModelRunner) -> None:
         self.model_runner = model_runner
@@ -90,8 +90,8 @@ class PiecewiseGraphRunner:
                                         config.graph.piecewise_cuda_graph_compiler)
         # the trunk: every token up to the last layer's attention; `finish` (the last layer's
         # MLP and the final norm) runs after it on the rows that get logits (LlamaModel)
-        self.backbone = CompiledBackbone(model_runner.model.model, self.backend, entry="trunk")
-        self.finish = model_runner.model.model.finish
+        self.backbone = CompiledBackbone(model_runner.model, self.backend, entry="trunk")
+        self.finish = model_runner.model.finish
         self.capture_sizes = capture_sizes(config.graph, config.parallel)
         self.max_tokens = self.capture_sizes[-1]
         # separate buffers: a view at a nonzero offset would make Dynamo add its offset as an input
@@ -105,7 +105,7 @@ class PiecewiseGraphRunner:
         # whole-forward graphs (see the module docstring): size -> (graph, output weak ref), and
         # the request slots their attention reads (the last slot: the padding request)
         self.max_full_requests = (config.graph.piecewise_cuda_graph_max_requests
-                                  if self.use_graphs and self.attn_backend.supports_extend_graph
+                                  if self.use_graphs and self.attn_backend.support.extend_graph
                                   else 0)
         self.full_graphs: dict[int, tuple[object, torch.Tensor]] = {}
         slots = self.max_full_requests + 1
@@ -126,7 +126,7 @@ class PiecewiseGraphRunner:
             else:
                 logger.info("piecewise graph: no whole-forward graphs (%s)",
                             "--piecewise-cuda-graph-max-requests 0"
-                            if self.attn_backend.supports_extend_graph else
+                            if self.attn_backend.support.extend_graph else
                             f"attention backend {self.attn_backend.name} is not capturable for "
                             f"extend batches")
         logger.info("piecewise graph: sizes %s (%s)", self.capture_sizes,
@@ -246,12 +246,16 @@ class PiecewiseGraphRunner:
             return plan
         return None
 
-    def _run(self, forward_batch: ForwardBatch, size: int,
-             started: ReplayPlan | None = None) -> torch.Tensor | None:
+    def _run(self, forward_batch: ForwardBatch, size: int, started: ReplayPlan | None = None,
+             capture: bool = False) -> torch.Tensor | None:
         """The forward through the split backbone, or the rest of a replay plan the caller
-        `start`ed. In inference mode, as when traced (a grad-mode change would fail Dynamo's
-        guards)."""
-        self.attn_backend.init_forward_metadata(forward_batch)
+        `start`ed; `capture`: inside a whole-forward graph's capture (the attention metadata
+        through the backend's capture hook). In inference mode, as when traced (a grad-mode
+        change would fail Dynamo's guards)."""
+        if capture:
+            self.attn_backend.init_forward_metadata_capture(forward_batch)
+        else:
+            self.attn_backend.init_forward_metadata(forward_batch)
         with set_forward_context(forward_batch, self.attn_backend):
             if started is not None:
                 return started.finish()
@@ -336,7 +340,8 @@ class PiecewiseGraphRunner:
                     with platform.graph_context(graph, pool=state.pool, stream=state.stream):
                         # the trunk, then the final hidden states of each slot's last token
                         # (the output's memory goes back to the pool at once, as a last piece's)
-                        output = weak_ref_tensors(self._finish_slots(self._run(batch, size)))
+                        output = weak_ref_tensors(self._finish_slots(
+                            self._run(batch, size, capture=True)))
                     self.full_graphs[size] = (graph, output)
             finally:
                 state.passthrough = False

@@ -24,7 +24,7 @@ from tessera.forward.batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from tessera.cache.radix import RadixCache
-    from tessera.runner.model_runner import ModelRunner
+    from tessera.cache.kv_cache import KVCache
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,14 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, runner: ModelRunner,
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCache, device: torch.device,
                  prefix_cache: RadixCache | None) -> None:
         self.config = config
-        self.runner = runner
-        self.allocator = runner.allocator
-        self.req_pool = runner.req_to_token_pool
+        self.device = device
+        # rows and slots come from the KV cache; this class writes only cached prefixes into
+        # req_to_token (the writer policy of tessera.cache.kv_cache)
+        self.allocator = kv_cache.allocator
+        self.req_pool = kv_cache.req_to_token_pool
         self.prefix_cache = prefix_cache
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
@@ -300,7 +302,7 @@ class Scheduler:
         # the slots each item was given this step (no read-back of req_to_token per request)
         locs = items[0].slots if len(items) == 1 else torch.cat([it.slots for it in items])
         batch = ForwardBatch.build(mode, ids, rows, [it.start for it in items],
-                                   [it.num_tokens for it in items], locs, self.runner.device)
+                                   [it.num_tokens for it in items], locs, self.device)
         if source is not None:
             batch.fill_input_ids(pending_at, source, pending_rows)
         return batch

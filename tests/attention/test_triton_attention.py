@@ -24,7 +24,8 @@ from tessera.attention.triton_ops import (
     extend_attention,
     store_kv,
 )
-from tessera.cache.kv_pool import KVPool, ReqToTokenPool
+from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
+from tessera.cache.spec import MHASpec
 from tessera.ops.triton.interpreter import patch_for_numpy_2_4
 from tessera.forward.batch import ForwardBatch, ForwardMode
 
@@ -51,7 +52,8 @@ class Case:
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
         max_context = max_context or max(seq_lens + [1])
         num_slots = sum(max(s, 1) for s in seq_lens) + max_context + 8
-        pools = [KVPool(1, num_kv_heads, head_dim, num_slots, dtype, device) for _ in range(2)]
+        pools = [MHAKVPool(MHASpec(1, num_kv_heads, head_dim, dtype), num_slots, device)
+                 for _ in range(2)]
         cache_shape = pools[0].k_buffers[0].shape
         k_init = torch.randn(cache_shape, generator=gen).to(dtype)
         v_init = torch.randn(cache_shape, generator=gen).to(dtype)
@@ -74,9 +76,8 @@ class Case:
         self.q = torch.randn(tokens, self.num_heads, head_dim, generator=gen).to(dtype).to(device)
         self.k = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
         self.v = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
-        args = (self.num_heads, num_kv_heads, head_dim)
-        self.triton = TritonAttentionBackend(pools[0], self.table, *args)
-        self.reference = TorchNativeAttentionBackend(pools[1], self.table, *args)
+        self.triton = TritonAttentionBackend(pools[0], self.table, self.num_heads)
+        self.reference = TorchNativeAttentionBackend(pools[1], self.table, self.num_heads)
 
     def run(self, backend) -> torch.Tensor:
         out = torch.full_like(self.q, float("nan"))  # rows the backend forgets stay NaN
@@ -215,7 +216,7 @@ def test_decode_fused_rope_equals_rotary_then_attention(group: int, head_dim: in
     """rope=(positions, cos_sin_cache): the decode kernel rotates q and the new k itself. Same
     output as the native rotary followed by the reference attention, and the cache receives the
     rotated k bit for bit in 16-bit dtypes (the kernel rounds as the native op does)."""
-    from tessera.ops.rotary import RotaryEmbedding
+    from tessera.layers.rotary import RotaryEmbedding
 
     case = Case([0, 9, 200, 70, 1], [1] * 5, num_kv_heads=2, group=group, head_dim=head_dim,
                 dtype=dtype, mode=ForwardMode.DECODE, seed=head_dim)
@@ -342,12 +343,12 @@ def test_extend_auto_tile_matches_reference(prefix_lens: list[int],
 
 
 def test_extend_records_the_new_slots_in_req_to_token() -> None:
-    """records_extend_slots: layer 0's extend launch writes req_to_token[row, prefix + i] for
+    """writes_extend_slots: layer 0's extend launch writes req_to_token[row, prefix + i] for
     every new token (what ModelRunner.record_slots does), leaving the rest of the table alone;
     without record_slots the launch writes nothing there."""
     from tessera.attention.triton_ops.extend_attention import ExtendAttention
 
-    assert TritonAttentionBackend.records_extend_slots
+    assert TritonAttentionBackend.support.writes_extend_slots
     case = Case([0, 45, 3], [70, 33, 1], num_kv_heads=2, group=2, head_dim=64,
                 dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=3)
     table = case.table.req_to_token
@@ -427,14 +428,14 @@ class _TwoBackends:
     def __init__(self, gen: torch.Generator, heads: int, kv_heads: int, dim: int,
                  slots: int = 300) -> None:
         self.slots = slots
-        self.pools = [KVPool(1, kv_heads, dim, slots, torch.float32, DEVICE) for _ in range(2)]
+        self.pools = [MHAKVPool(MHASpec(1, kv_heads, dim, torch.float32), slots, DEVICE)
+                      for _ in range(2)]
         for name in ("k_buffers", "v_buffers"):
             getattr(self.pools[1], name)[0].copy_(
                 torch.randn(slots + 1, kv_heads, dim, generator=gen))
         self.table = ReqToTokenPool(6, 64, DEVICE)
-        self.triton = TritonAttentionBackend(self.pools[0], self.table, heads, kv_heads, dim)
-        self.reference = TorchNativeAttentionBackend(self.pools[1], self.table, heads, kv_heads,
-                                                     dim)
+        self.triton = TritonAttentionBackend(self.pools[0], self.table, heads)
+        self.reference = TorchNativeAttentionBackend(self.pools[1], self.table, heads)
 
     def batch(self, rng: random.Random, prefix: list[int], extend: list[int],
               rows_below: int) -> ForwardBatch:
@@ -506,7 +507,7 @@ def test_decode_workspace_is_allocated_once() -> None:
                                    [0] * batch_size, [1] * batch_size,
                                    torch.zeros(batch_size, dtype=torch.int64), DEVICE)
         backend.init_forward_metadata(batch)
-        meta = backend._metadata
+        meta = batch.attn_metadata
         if meta.part_out is not None:
             assert meta.part_out.data_ptr() == ptr
     assert backend._part_out.data_ptr() == ptr

@@ -109,7 +109,7 @@ def test_whole_forward_graphs_equal_eager(runner):
     eager's logits for every size, in batches of new prompts and of decoding requests mixed with
     extends on cached prefixes."""
     pcg = pcg_of(runner)
-    if runner.attn_backend.supports_extend_graph:
+    if runner.attn_backend.support.extend_graph:
         assert pcg.max_full_requests == 4 and sorted(pcg.full_graphs) == pcg.capture_sizes
     else:
         assert pcg.max_full_requests == 0 and not pcg.full_graphs

@@ -40,7 +40,7 @@ def device() -> str:
 @pytest.fixture
 def fast_ops(monkeypatch):
     """Ops constructed during the test bind their Triton fast path (forward_cuda), even on CPU."""
-    from tessera.ops import base
+    from tessera.layers import custom_op as base
     from tessera.platforms import CudaPlatform
 
     platform = CudaPlatform()

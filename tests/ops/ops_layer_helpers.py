@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tessera.attention.base import AttentionSupport
 from tessera.forward.context import set_forward_context
 from tessera.config.model import ModelConfig
 from tessera.models.loader import default_dtype
@@ -31,6 +32,8 @@ def llama_config(hidden: int = 64, heads: int = 4, kv_heads: int = 2, head_dim: 
 
 class CausalSdpaBackend:
     """One sequence, positions 0..T-1, no cache: enough to make the layer's math complete."""
+
+    support = AttentionSupport()  # eager only, no fused rotary
 
     def forward(self, q, k, v, out, layer_id, scaling, forward_batch) -> None:
         group = q.shape[1] // k.shape[1]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops import RMSNorm, RotaryEmbedding, SiluAndMul
+from tessera.layers.activation import SiluAndMul
+from tessera.layers.layernorm import RMSNorm
+from tessera.layers.rotary import RotaryEmbedding
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -99,7 +101,7 @@ def test_rotary_matches_native_on_qkv_views(fast_ops, device, dtype, heads, kv_h
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ids_shape", [(1,), (16,), (3, 5)])
 def test_embedding_matches_native(fast_ops, device, dtype, ids_shape):
-    from tessera.ops.embedding import EmbeddingLookup
+    from tessera.layers.embedding import EmbeddingLookup
 
     op = EmbeddingLookup()
     assert op.bound_forward == "forward_cuda"
@@ -113,7 +115,7 @@ def test_embedding_matches_native(fast_ops, device, dtype, ids_shape):
 
 
 def test_embedding_out_of_range_id_reads_nothing(fast_ops, device):
-    from tessera.ops.embedding import EmbeddingLookup
+    from tessera.layers.embedding import EmbeddingLookup
 
     table = torch.randn(8, 64, device=device)
     out = EmbeddingLookup()(torch.tensor([3, 8, -1, 7], device=device), table)
@@ -130,7 +132,7 @@ def test_empty_batch(fast_ops, device):
     q, k = rope(torch.empty(0, dtype=torch.long, device=device),
                 torch.empty(0, 2, 16, device=device), torch.empty(0, 1, 16, device=device))
     assert q.shape == (0, 2, 16) and k.shape == (0, 1, 16)
-    from tessera.ops.embedding import EmbeddingLookup
+    from tessera.layers.embedding import EmbeddingLookup
 
     assert EmbeddingLookup()(torch.empty(0, dtype=torch.long, device=device),
                              torch.randn(4, 32, device=device)).shape == (0, 32)
@@ -152,7 +154,7 @@ def test_gpu_rms_norm_real_size(fast_ops, tokens):
 @pytest.mark.gpu
 @pytest.mark.parametrize("tokens", [1, 16, 4096])
 def test_gpu_embedding_real_size(fast_ops, tokens):
-    from tessera.ops.embedding import EmbeddingLookup
+    from tessera.layers.embedding import EmbeddingLookup
 
     op = EmbeddingLookup()
     table = torch.randn(128256, 4096, device="cuda", dtype=torch.bfloat16)

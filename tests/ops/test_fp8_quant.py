@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops import PerTokenGroupQuantFP8, per_token_group_quant_fp8_torch
+from tessera.layers.quantization.fp8_quant import PerTokenGroupQuantFP8
+from tessera.ops import per_token_group_quant_fp8_torch
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 

@@ -155,7 +155,7 @@ def test_fused_custom_ops_fake_match_real(device):
 
 def _layers(k: int, n: int, dtype: torch.dtype, device: str):
     from tessera.layers.linear import LinearBase
-    from tessera.ops import RMSNorm
+    from tessera.layers.layernorm import RMSNorm
 
     norm = RMSNorm(k).to(device, dtype)
     norm.weight.requires_grad_(False)  # inference weights, as the model loader leaves them
@@ -169,22 +169,22 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
 def test_norm_linear_falls_back_to_the_two_modules(monkeypatch):
     """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x. The
     ops are built for the CPU platform even on a GPU machine (they would bind their CUDA path)."""
-    from tessera.ops import SiluAndMul, base
-    from tessera.ops.linear import norm_linear, silu_mul_linear
+    from tessera.layers.activation import SiluAndMul
+    from tessera.layers import custom_op as base
     from tessera.platforms import CpuPlatform
 
     monkeypatch.setattr(base, "current_platform", CpuPlatform)
 
     norm, layer = _layers(32, 8, torch.float32, "cpu")
     x, r = torch.randn(1, 32), torch.randn(1, 32)
-    y, res = norm_linear(x, r, norm, layer)
+    y, res = layer.forward_norm(x, r, norm)
     normed, want_res = norm(x, r)
     assert torch.equal(y, layer(normed)) and torch.equal(res, want_res)
-    y, res = norm_linear(x, None, norm, layer)
+    y, res = layer.forward_norm(x, None, norm)
     assert torch.equal(y, layer(norm(x))) and res is x
     act, down = SiluAndMul(), _layers(16, 8, torch.float32, "cpu")[1]
     gate_up = torch.randn(3, 32)
-    assert torch.equal(silu_mul_linear(gate_up, act, down), down(act(gate_up)))
+    assert torch.equal(down.forward_silu_mul(gate_up, act), down(act(gate_up)))
 
 
 # ---- GPU ----------------------------------------------------------------------------------------
@@ -215,8 +215,7 @@ def test_gpu_linear_one_row_takes_the_gemv(n, k):
 def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, inter):
     """qwen3-0.6b / llama3-8b shapes, bf16, one row: the fused kernels against the unfused modules
     (norm, F.linear / SiluAndMul, F.linear): the same residual, outputs within bf16 rounding."""
-    from tessera.ops import SiluAndMul
-    from tessera.ops.linear import norm_linear, silu_mul_linear
+    from tessera.layers.activation import SiluAndMul
 
     torch.manual_seed(0)
     dt = torch.bfloat16
@@ -224,7 +223,7 @@ def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, 
     x = torch.randn(1, k, device="cuda", dtype=dt)
     r = torch.randn(1, k, device="cuda", dtype=dt)
     for residual in (r, None):
-        y, res = norm_linear(x, residual, norm, layer)
+        y, res = layer.forward_norm(x, residual, norm)
         if residual is None:
             want_res, normed = x, norm(x)
         else:
@@ -235,11 +234,11 @@ def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, 
     act, down = SiluAndMul(), _layers(inter, k, dt, "cuda")[1]
     gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=dt)
     want = F.linear(act(gate_up), down.weight, down.bias).float()
-    got = silu_mul_linear(gate_up, act, down).float()
+    got = down.forward_silu_mul(gate_up, act).float()
     assert float((got - want).norm() / want.norm()) < 1e-2
     # two rows: the modules, unchanged
     two = torch.randn(2, k, device="cuda", dtype=dt)
-    y2, _ = norm_linear(two, None, norm, layer)
+    y2, _ = layer.forward_norm(two, None, norm)
     assert torch.equal(y2, layer(norm(two)))
 
 
@@ -247,7 +246,10 @@ def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, 
 def test_gpu_pdl_chain_in_a_graph_matches_pdl_off(fast_ops):
     """A decode-layer-like chain of our kernels (norm -> GEMV -> q/k norm + rope -> GEMV ->
     silu -> GEMV) captured with PDL on replays to exactly the PDL-off result, many times."""
-    from tessera.ops import QKNormRotary, RMSNorm, RotaryEmbedding, SiluAndMul
+    from tessera.layers.activation import SiluAndMul
+    from tessera.layers.layernorm import RMSNorm
+    from tessera.layers.qk_norm_rope import QKNormRotary
+    from tessera.layers.rotary import RotaryEmbedding
     from tessera.ops.triton import pdl
 
     torch.manual_seed(0)

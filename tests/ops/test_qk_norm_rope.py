@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops import QKNormRotary, RMSNorm, RotaryEmbedding
+from tessera.layers.layernorm import RMSNorm
+from tessera.layers.qk_norm_rope import QKNormRotary
+from tessera.layers.rotary import RotaryEmbedding
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

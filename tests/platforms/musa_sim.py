@@ -126,7 +126,9 @@ def main() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from tessera.ops import RMSNorm, RotaryEmbedding, SiluAndMul
+    from tessera.layers.activation import SiluAndMul
+    from tessera.layers.layernorm import RMSNorm
+    from tessera.layers.rotary import RotaryEmbedding
     from tessera.ops.library import has_fake_kernel
     from tessera.platforms import current_platform
 

@@ -124,15 +124,7 @@ def _interpreted_triton_runner(**kw) -> ModelRunner:
     return make_runner("triton", disable_cuda_graph=True, **kw)
 
 
-@pytest.fixture
-def triton_supports_graphs(monkeypatch):
-    """Until the backend declares it itself (attention/base.py: `supports_decode_graph`)."""
-    from tessera.attention.triton import TritonAttentionBackend
-
-    monkeypatch.setattr(TritonAttentionBackend, "supports_decode_graph", True, raising=False)
-
-
-def test_replay_path_matches_eager_with_padding_and_shrinking_batches(triton_supports_graphs):
+def test_replay_path_matches_eager_with_padding_and_shrinking_batches():
     graph_runner = _interpreted_triton_runner(cuda_graph_bs=[1, 2, 4, 8])
     eager_runner = _interpreted_triton_runner()
     graphs = EagerReplayGraphRunner(graph_runner)
@@ -162,13 +154,13 @@ def test_replay_path_matches_eager_with_padding_and_shrinking_batches(triton_sup
     assert not graph_runner.req_to_token_pool.req_to_token[graph_runner.padding_req_row].any()
     used = 4096 - graph_runner.allocator.available_size()
     for layer in range(graph_runner.model_config.num_hidden_layers):
-        torch.testing.assert_close(graph_runner.kv_pool.k_buffers[layer][1:used + 1],
-                                   eager_runner.kv_pool.k_buffers[layer][1:used + 1])
-        torch.testing.assert_close(graph_runner.kv_pool.v_buffers[layer][1:used + 1],
-                                   eager_runner.kv_pool.v_buffers[layer][1:used + 1])
+        torch.testing.assert_close(graph_runner.kv_cache.pool.k_buffers[layer][1:used + 1],
+                                   eager_runner.kv_cache.pool.k_buffers[layer][1:used + 1])
+        torch.testing.assert_close(graph_runner.kv_cache.pool.v_buffers[layer][1:used + 1],
+                                   eager_runner.kv_cache.pool.v_buffers[layer][1:used + 1])
 
 
-def test_can_run_only_uniform_decode_up_to_the_largest_graph(triton_supports_graphs):
+def test_can_run_only_uniform_decode_up_to_the_largest_graph():
     runner = _interpreted_triton_runner(cuda_graph_bs=[1, 2])
     graphs = EagerReplayGraphRunner(runner)
     drv = RunnerDriver(runner)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
-from tessera.ops.base import MultiPlatformOp, use_native_ops
+from tessera.layers.custom_op import MultiPlatformOp
+from tessera.ops.base import use_native_ops
 
 
 def compute_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
-from tessera.ops.base import MultiPlatformOp
+from tessera.layers.custom_op import MultiPlatformOp
 
 
 class RMSNorm(MultiPlatformOp):

@@ -10,7 +10,7 @@ from tessera.forward.context import get_forward_context
 from tessera.forward.batch import ForwardMode
 
 if TYPE_CHECKING:
-    from tessera.ops.rotary import RotaryEmbedding
+    from tessera.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -40,14 +40,14 @@ class Attention(nn.Module):
         """attention(rotary(positions, q, k), v), as forward() takes them.
 
         A DECODE batch on a backend that fuses the rotary embedding into its decode kernel
-        (`fuses_decode_rope`: one launch instead of two per layer) passes q and k un-rotated, when
+        (`AttentionSupport.fused_decode_rope`: one launch instead of two per layer) passes q and k un-rotated, when
         run eagerly or captured into a decode graph. Under torch.compile (the piecewise graphs,
         which only run extend batches) the rotary stays a separate op in the traced graph.
         """
         if not torch.compiler.is_compiling():
             ctx = get_forward_context()
             backend, batch = ctx.attn_backend, ctx.forward_batch
-            if getattr(backend, "fuses_decode_rope", False) and batch.mode is ForwardMode.DECODE:
+            if backend.support.fused_decode_rope and batch.mode is ForwardMode.DECODE:
                 t = q.shape[0]
                 out = torch.empty((t, self.num_heads, self.head_dim), dtype=q.dtype,
                                   device=q.device)
