@@ -4,12 +4,16 @@ from __future__ import annotations
 import importlib
 
 from tessera.attention.base import AttentionBackend
+from tessera.config.fields import register_choices
 
 # name -> "module:Class"; imported lazily so optional kernels cost nothing until chosen
 ATTENTION_BACKENDS: dict[str, str] = {
     "torch_native": "tessera.attention.torch_native:TorchNativeAttentionBackend",
     "triton": "tessera.attention.triton:TritonAttentionBackend",
 }
+
+
+register_choices("attention_backend", lambda: ["auto", *sorted(ATTENTION_BACKENDS)])
 
 
 def get_attention_backend_class(name: str) -> type[AttentionBackend]:

@@ -359,6 +359,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--warmup", type=int, default=1, help="untimed runs per case")
     g.add_argument("--repeat", type=int, default=3, help="timed runs per case")
     g.add_argument("--out", default=None, help="write the results as JSON here")
+    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
+    import tessera.sampling.ops  # noqa: F401
     EngineConfig.add_cli_args(parser)
     return parser.parse_args(argv)
 

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     from tessera.config import EngineConfig
     from tessera.engine.llm import LLM
     from tessera.sampling.params import SamplingParams
+    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
+    import tessera.sampling.ops  # noqa: F401
 
     parser = argparse.ArgumentParser(prog="tessera bench offline", description=__doc__)
     parser.add_argument("--num-prompts", type=int, default=256)

@@ -13,7 +13,8 @@ place by attention between them. (d) are exactly the tensors the earlier pieces'
 which live in the shared graph memory pool at their capture-time addresses. `check_addresses`
 verifies this on every replay (tests turn it on).
 
-Memory: all graphs of all sizes use one pool, captured from the largest size down. Intermediate
+Memory: all graphs of all sizes use one pool (tessera.compilation.graphs.GraphPool, shared with
+the decode and whole-forward graphs), captured from the largest size down. Intermediate
 outputs are freed back to the pool when a capture forward returns, and the last piece's output is
 freed at once (only a weak reference is kept), so each smaller capture reuses the larger one's
 memory. That is safe because the graphs replay one forward at a time on one stream, and the
@@ -28,8 +29,8 @@ from typing import Any
 
 import torch
 
+from tessera.compilation.graphs import CapturedGraph, GraphMode, GraphPool
 from tessera.compilation.weak_ref import weak_ref_tensors
-from tessera.platforms.base import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +39,20 @@ logger = logging.getLogger(__name__)
 class GraphCaptureState:
     """Shared by every piece of one compiled backbone; the runner flips `capturing`."""
 
-    platform: Platform
-    use_graphs: bool            # False: run the compiled pieces without capture (CPU)
-    pool: Any = None            # graph memory pool handle shared by all captures
-    stream: Any = None          # the stream captures are recorded on
+    graph_pool: GraphPool | None  # None: run the compiled pieces without capture (CPU)
     capturing: bool = False     # record a graph for token counts that have none yet
     # run every piece's compiled code, no replay or capture of its own: while the runner captures
     # a whole forward (pieces and attention) into one graph
     passthrough: bool = False
     check_addresses: bool = False
-    graphs_captured: int = 0
 
+    @property
+    def use_graphs(self) -> bool:
+        return self.graph_pool is not None
 
-@dataclasses.dataclass
-class _Captured:
-    graph: Any
-    output: Any                      # weak references into the graph pool
-    input_addresses: list[int]       # data_ptr of each tensor argument at capture (0: not a tensor)
+    @property
+    def graphs_captured(self) -> int:
+        return self.graph_pool.captured[GraphMode.PIECE] if self.graph_pool is not None else 0
 
 
 TokenCount = Callable[[tuple], int]
@@ -71,7 +69,7 @@ class PieceGraphs:
         self.token_count = token_count     # None: the piece does not depend on the token count
         self.state = state
         self.is_last = is_last
-        self.graphs: dict[int, _Captured] = {}
+        self.graphs: dict[int, CapturedGraph] = {}
 
     def __call__(self, *args: Any) -> Any:
         if self.token_count is None or not self.state.use_graphs or self.state.passthrough:
@@ -88,20 +86,20 @@ class PieceGraphs:
         return self.runnable(*args)
 
     def _capture(self, num_tokens: int, args: tuple) -> Any:
-        state = self.state
-        graph = state.platform.graph_class()()
-        with state.platform.graph_context(graph, pool=state.pool, stream=state.stream):
-            output = self.runnable(*args)
-            if self.is_last:
-                # nothing in this forward reads the last output again: hand its memory back to
-                # the pool now, so the next (smaller) capture reuses it
-                output = weak_ref_tensors(output)
-        self.graphs[num_tokens] = _Captured(graph, weak_ref_tensors(output), _addresses(args))
-        state.graphs_captured += 1
+        # nothing in this forward reads the last output again: its memory goes back to the pool
+        # at once, so the next (smaller) capture reuses it
+        captured = self.state.graph_pool.capture(GraphMode.PIECE, num_tokens,
+                                                 lambda: self.runnable(*args),
+                                                 weak_output=self.is_last, inputs=args)
+        output = captured.output
+        # the replays' output: weak references (the later pieces of this forward hold the
+        # tensors themselves until it returns)
+        captured.output = weak_ref_tensors(output)
+        self.graphs[num_tokens] = captured
         return output
 
-    def _check_addresses(self, captured: _Captured, args: tuple, num_tokens: int) -> None:
-        now = _addresses(args)
+    def _check_addresses(self, captured: CapturedGraph, args: tuple, num_tokens: int) -> None:
+        now = [a.data_ptr() if isinstance(a, torch.Tensor) else 0 for a in args]
         for i, (then, addr) in enumerate(zip(captured.input_addresses, now)):
             if then != addr:
                 raise AssertionError(
@@ -130,7 +128,7 @@ class ReplayPlan:
     """
 
     def __init__(self, size: int, steps: list[Callable[[], Any]], output: Any,
-                 graph_calls: list[tuple[PieceGraphs, _Captured, tuple]],
+                 graph_calls: list[tuple[PieceGraphs, CapturedGraph, tuple]],
                  state: GraphCaptureState, lead: int = 0) -> None:
         self.size = size
         self.steps = steps
@@ -165,10 +163,6 @@ class ReplayPlan:
     def __repr__(self) -> str:
         return (f"ReplayPlan(size={self.size}, {len(self.graph_calls)} graphs, "
                 f"{len(self.steps) - len(self.graph_calls)} eager calls, lead {self.lead})")
-
-
-def _addresses(args: tuple) -> list[int]:
-    return [a.data_ptr() if isinstance(a, torch.Tensor) else 0 for a in args]
 
 
 __all__ = ["GraphCaptureState", "PieceGraphs", "ReplayPlan", "TokenCount"]

@@ -8,7 +8,17 @@ from collections.abc import Callable
 from typing import Any
 
 
-def cfg(default: Any, help: str, choices: Callable[[], list[str]] | list[str] | None = None,
+# choices that belong to a registry of a package above config (attention backends, sampling
+# backends): that package registers them here, config never imports it
+_REGISTERED_CHOICES: dict[str, Callable[[], list[str]]] = {}
+
+
+def register_choices(key: str, provider: Callable[[], list[str]]) -> None:
+    """`provider()` lists the values of fields declared with `choices=key`."""
+    _REGISTERED_CHOICES[key] = provider
+
+
+def cfg(default: Any, help: str, choices: str | list[str] | None = None,
         nargs: str | None = None, type_: type | None = None) -> Any:
     meta = {"help": help, "choices": choices, "nargs": nargs, "type": type_}
     if isinstance(default, (list, dict)):
@@ -21,8 +31,9 @@ def field_spec(f: dataclasses.Field) -> tuple[Any, type, list[str] | None]:
     check both enforce."""
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     choices = f.metadata.get("choices")
-    if callable(choices):
-        choices = choices()
+    if isinstance(choices, str):  # a registry's key; unrestricted until the registry registers
+        provider = _REGISTERED_CHOICES.get(choices)
+        choices = provider() if provider is not None else None
     if isinstance(default, bool):
         return default, bool, choices
     type_ = f.metadata.get("type") or (type(default) if default is not None else str)

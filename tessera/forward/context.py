@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class ForwardContext:
     forward_batch: ForwardBatch
-    attn_backend: Any  # an AttentionBackend (tessera.attention.base); typed loosely: layers point down
+    # an AttentionBackend (tessera.attention.base), typed loosely: forward/ sits below attention/
+    attn_backend: Any
 
 
 _context: ForwardContext | None = None
@@ -26,7 +27,8 @@ _context: ForwardContext | None = None
 
 def get_forward_context() -> ForwardContext:
     if _context is None:
-        raise RuntimeError("attention called outside set_forward_context(); use ModelRunner.forward")
+        raise RuntimeError("attention called outside set_forward_context(); use "
+                           "ModelRunner.forward")
     return _context
 
 

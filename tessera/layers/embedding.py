@@ -46,7 +46,8 @@ class EmbeddingLookup(MultiPlatformOp):
 class VocabParallelEmbedding(nn.Module):
     """Embedding table sharded over the vocab dim (the whole table when tp_size == 1)."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
         self.vocab_size = vocab_size

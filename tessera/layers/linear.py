@@ -119,7 +119,8 @@ class RowParallelLinear(LinearBase):
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
-    """Several column-parallel outputs concatenated (e.g. gate_proj and up_proj); shard_id = index."""
+    """Several column-parallel outputs concatenated (e.g. gate_proj and up_proj); shard_id is
+    the index of the one being loaded."""
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False,
                  dtype: torch.dtype = torch.float32,

@@ -7,10 +7,10 @@ The binding itself is tessera.layers.custom_op.MultiPlatformOp.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import os
 from collections.abc import Iterator
+
+from tessera.platforms import triton_available
 
 _force_native_depth = 0
 
@@ -29,12 +29,6 @@ def native_ops() -> Iterator[None]:
         yield
     finally:
         _force_native_depth -= 1
-
-
-@functools.cache
-def triton_available() -> bool:
-    """Triton is an optional dependency; without it the fast paths bind native instead."""
-    return importlib.util.find_spec("triton") is not None
 
 
 __all__ = ["native_ops", "triton_available", "use_native_ops"]

@@ -108,23 +108,6 @@ def _gemv_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("tessera::few_row_linear", mutates_args=())
-def few_row_linear(x: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None) -> torch.Tensor:
-    """tessera.ops.linear.linear run eagerly: the GEMV for one row, the stream GEMM for a few,
-    F.linear otherwise. Chosen when it runs, so a traced graph whose token count is dynamic holds
-    one call and no guard on that count."""
-    from tessera.ops.linear import linear
-
-    return linear(x, weight, bias)
-
-
-@few_row_linear.register_fake
-def _few_row_linear_fake(x: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty((x.shape[0], weight.shape[0]))
-
-
 @torch.library.custom_op("tessera::gemv_rms_norm", mutates_args=())
 def gemv_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                   eps: float, weight: torch.Tensor,
@@ -171,6 +154,6 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["embedding", "few_row_linear", "fused_add_rms_norm", "gemv", "gemv_rms_norm",
+__all__ = ["embedding", "fused_add_rms_norm", "gemv", "gemv_rms_norm",
            "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
            "rotary_embedding", "silu_and_mul"]

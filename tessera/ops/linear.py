@@ -1,9 +1,8 @@
 """linear(x, weight, bias): F.linear, except few-row inputs on CUDA run tessera's Triton kernels.
 
-Also here, for the decoder layers: `norm_linear` (an RMSNorm, with the residual add, feeding a
-linear layer) and `silu_mul_linear` (SiLU·mul feeding a linear layer). For a one-row input that
-takes the GEMV, each is ONE kernel (the GEMV's input stage does the norm or the activation:
-tessera.ops.triton.gemv); otherwise they are exactly the two modules called one after the other.
+The linear layers' fusions with the step before them (tessera.layers.linear: forward_norm,
+forward_silu_mul) use `use_gemv` to decide whether the one-row GEMV with the norm or the
+activation as its input stage (tessera.ops.triton.gemv) takes the row.
 
 A bs=1 decode step is ~4 linear layers per decoder layer at M = 1, each a pure weight stream.
 cuBLAS's M = 1 kernels were measured 1.1-3.8x slower than that stream on qwen3-0.6b's shapes and
@@ -36,19 +35,12 @@ makes the same choice when it runs (each captured size its own).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from tessera.ops import custom_ops  # noqa: F401  (registers tessera::gemv)
 from tessera.ops.base import triton_available
 from tessera.platforms import platform_of
-
-if TYPE_CHECKING:
-    from tessera.layers.linear import LinearBase
-    from tessera.ops.activation import SiluAndMul
-    from tessera.ops.layernorm import RMSNorm
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 # The stream GEMM's rows: every projection up to 16 rows; narrow ones (N <= K: o_proj,
@@ -78,7 +70,8 @@ def prepare_few_row_kernels(device: torch.device) -> None:
     """Before any CUDA graph is captured: the stream GEMM's workspace on `device`, when this
     process will use it (a no-op otherwise)."""
     # the stream GEMM only where it was measured against cuBLAS: compute capability >= 9.0
-    if _backend == "triton" and triton_available() and platform_of(device).has_warpgroup_mma(device):
+    if (_backend == "triton" and triton_available()
+            and platform_of(device).has_warpgroup_mma(device)):
         from tessera.ops.triton.stream_gemm import reserve_workspace
 
         reserve_workspace(device)
@@ -124,34 +117,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return F.linear(x, weight, bias)
 
 
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
-                layer: LinearBase) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layer(norm(x + residual)), x + residual); without a residual, (layer(norm(x)), x).
-
-    One kernel (tessera::gemv_rms_norm) when the layer would run the GEMV on x and the norm is
-    bound to its Triton path; otherwise the norm module, then the layer.
-    """
-    if (use_gemv(x, layer.weight, layer.bias) and norm.bound_forward == "forward_cuda"
-            and norm.weight.dtype == x.dtype
-            and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
-                                      and residual.is_contiguous()))):
-        return torch.ops.tessera.gemv_rms_norm(x, residual, norm.weight, norm.variance_epsilon,
-                                               layer.weight, layer.bias)
-    if residual is None:
-        return layer(norm(x)), x
-    normed, residual = norm(x, residual)
-    return layer(normed), residual
+@torch.library.custom_op("tessera::few_row_linear", mutates_args=())
+def few_row_linear(x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """tessera.ops.linear.linear run eagerly: the GEMV for one row, the stream GEMM for a few,
+    F.linear otherwise. Chosen when it runs, so a traced graph whose token count is dynamic holds
+    one call and no guard on that count."""
+    return linear(x, weight, bias)
 
 
-def silu_mul_linear(gate_up: torch.Tensor, act: SiluAndMul, layer: LinearBase) -> torch.Tensor:
-    """layer(act(gate_up)) with act = SiLU·mul over the [gate | up] halves; one kernel
-    (tessera::gemv_silu_mul) when the layer would run the GEMV and act is bound to Triton."""
-    if (use_gemv(gate_up, layer.weight, layer.bias) and act.bound_forward == "forward_cuda"
-            and gate_up.shape[-1] == 2 * layer.weight.shape[1]):
-        return torch.ops.tessera.gemv_silu_mul(gate_up, layer.weight, layer.bias)
-    return layer(act(gate_up))
+@few_row_linear.register_fake
+def _few_row_linear_fake(x: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-__all__ = ["MAX_NARROW_STREAM_ROWS", "MAX_STREAM_ROWS", "linear", "norm_linear",
-           "one_row_backend", "prepare_few_row_kernels", "set_one_row_backend", "silu_mul_linear",
-           "use_gemv", "use_stream"]
+__all__ = ["MAX_NARROW_STREAM_ROWS", "MAX_STREAM_ROWS", "linear", "one_row_backend",
+           "prepare_few_row_kernels", "set_one_row_backend", "use_gemv", "use_stream"]

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from tessera.platforms.base import Platform, PlatformKind
+from tessera.platforms.base import Platform, PlatformKind, triton_available
 from tessera.platforms.cpu import CpuPlatform
 from tessera.platforms.cuda import CudaPlatform
 from tessera.platforms.musa import MusaPlatform
@@ -69,4 +69,5 @@ def platform_of(device: torch.device) -> Platform:
 
 
 __all__ = ["CpuPlatform", "CudaPlatform", "MusaPlatform", "Platform", "PlatformKind",
-           "current_platform", "detect_platform", "platform_for_device", "platform_of"]
+           "current_platform", "detect_platform", "platform_for_device", "platform_of",
+           "triton_available"]

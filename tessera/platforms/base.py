@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import enum
+import functools
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Triton is an optional dependency; without it the fast paths bind native instead."""
+    return importlib.util.find_spec("triton") is not None
 
 
 class PlatformKind(enum.Enum):

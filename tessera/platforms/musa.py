@@ -130,6 +130,6 @@ class MusaPlatform(Platform):
 
     # ---- compilation --------------------------------------------------------------------------
     def compile_patches(self) -> list[Callable[[], None]]:
-        from tessera.compilation.fx_patches import patch_fx_device_constants
+        from tessera.platforms.fx_patches import patch_fx_device_constants
 
         return [patch_fx_device_constants]

@@ -20,27 +20,24 @@ How it works:
     so with `AttentionSupport.decode_graph` (torch_native cannot: it loops over host lengths).
   * The LM head is part of the graph: each replay also leaves the float32 next-token logits of
     its rows in one static buffer (`logits`), so nothing but sampling runs after the replay.
-  * All graphs share one memory pool (`model_runner.graph_pool`, also used by the piecewise
-    runner) and are captured largest first, so the smaller captures reuse the larger one's blocks.
+  * All graphs share one memory pool (tessera.compilation.graphs.GraphPool, also used by the
+    piecewise runner) and are captured largest first, so the smaller captures reuse the larger
+    one's blocks.
 """
 from __future__ import annotations
 
-import bisect
 import logging
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
-from tessera.forward.context import set_forward_context
+from tessera.compilation.graphs import CapturedGraph, GraphMode, padded_size
 from tessera.config.engine import GraphConfig
-from tessera.ops.argmax import argmax
 from tessera.forward.batch import ForwardBatch, ForwardMode
-
-if TYPE_CHECKING:
-    from tessera.runner.model_runner import ModelRunner
+from tessera.forward.context import set_forward_context
+from tessera.ops.argmax import argmax
+from tessera.runner.collaborators import GraphRunnerParts
 
 logger = logging.getLogger(__name__)
 
@@ -83,29 +80,20 @@ def decode_graph_batch_sizes(graph: GraphConfig, max_running_requests: int) -> l
     return sizes
 
 
-def padded_batch_size(batch_size: int, captured: list[int]) -> int:
-    """The smallest captured size >= batch_size (`captured` ascending)."""
-    i = bisect.bisect_left(captured, batch_size)
-    if i == len(captured):
-        raise ValueError(f"batch size {batch_size} exceeds the largest captured {captured[-1]}")
-    return captured[i]
-
-
 class DecodeGraphRunner:
     """Replays whole-backbone graphs for DECODE batches of up to `max_bs` requests."""
 
     captures_logits = True  # a replay also computes the logits (ModelRunner.forward reads them)
     records_slots = True  # a replay also writes req_to_token (ModelRunner.record_slots)
 
-    def __init__(self, model_runner: ModelRunner) -> None:
-        self.model_runner = model_runner
-        self.platform = model_runner.platform
-        self.attn_backend = model_runner.attn_backend
-        self.batch_sizes = decode_graph_batch_sizes(model_runner.config.graph,
-                                                    model_runner.max_running_requests)
+    def __init__(self, parts: GraphRunnerParts) -> None:
+        self.parts = parts
+        self.platform = parts.platform
+        self.attn_backend = parts.attn_backend
+        self.batch_sizes = decode_graph_batch_sizes(parts.graph, parts.max_running_requests)
         self.max_bs = self.batch_sizes[-1]
-        self.graphs: dict[int, Any] = {}
-        self.outputs: dict[int, torch.Tensor] = {}  # [bs, hidden] written by each replay
+        # per batch size; each graph's output: [bs, hidden] written by every replay
+        self.graphs: dict[int, CapturedGraph] = {}
         self.capture_seconds = 0.0
         self.capture_memory_bytes = 0
         self.disabled_reason = self._disabled_reason()
@@ -129,8 +117,8 @@ class DecodeGraphRunner:
 
     # ---- static inputs -------------------------------------------------------------------------
     def _allocate_static_buffers(self) -> None:
-        n, device = self.max_bs, self.model_runner.device
-        self.padding_req_row = self.model_runner.padding_req_row
+        n, device = self.max_bs, self.parts.device
+        self.padding_req_row = self.parts.padding_req_row
         # rows: positions, req_pool_indices, input_ids, out_cache_loc (decode_inputs' order, then
         # the slots); padding is token 0 at position 0 of the padding row, writing dump slot 0
         self._inputs = torch.zeros((4, n), dtype=torch.int64, device=device)
@@ -140,7 +128,7 @@ class DecodeGraphRunner:
         # written by the graph itself from positions (a decode token's seq_len is position + 1)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         # next-token logits of every row, written by each replay (one buffer for all sizes)
-        self.logits = torch.empty((n, self.model_runner.model_config.vocab_size),
+        self.logits = torch.empty((n, self.parts.vocab_size),
                                   dtype=torch.float32, device=device)
         # argmax of each row's logits, also written by each replay: a greedy batch's tokens
         # without a sampling launch after the graph (Sampler.sample(greedy_tokens=...))
@@ -191,14 +179,14 @@ class DecodeGraphRunner:
     # ---- capture -------------------------------------------------------------------------------
     def _forward_fn(self, bs: int) -> Callable[[], torch.Tensor]:
         batch = self._static_batch(bs)
-        model, backend = self.model_runner.model, self.attn_backend
+        model, backend, record_slots = self.parts.model, self.attn_backend, self.parts.record_slots
 
         def forward() -> torch.Tensor:
             # the step's input preparation, on the device: seq_lens, and the new tokens' slots
             # in req_to_token (padding rows write slot 0 at position 0 of the all-zero padding
             # row: it stays all zeros)
             batch.seq_lens.copy_(batch.positions + 1)
-            self.model_runner.record_slots(batch)
+            record_slots(batch)
             # metadata depends only on the batch shape for graph-safe backends: computing it here
             # (at capture time) is all they need
             backend.init_forward_metadata_capture(batch)
@@ -211,42 +199,16 @@ class DecodeGraphRunner:
 
         return forward
 
-    def _new_pool(self) -> Any:
-        return self.platform.graph_pool_handle()
-
-    def _capture_graph(self, forward: Callable[[], torch.Tensor]) -> tuple[Any, torch.Tensor]:
-        """Capture `forward` into a graph of the shared pool; returns (graph, its output)."""
-        graph = self.platform.graph_class()()
-        with self.platform.graph_context(graph, pool=self.pool, stream=self.stream):
-            out = forward()
-        return graph, out
-
-    @torch.inference_mode()
     def capture(self) -> None:
-        runner = self.model_runner
-        if getattr(runner, "graph_pool", None) is None:
-            runner.graph_pool = self._new_pool()
-        self.pool = runner.graph_pool
-        # warm-up and capture on one side stream: lazily created per-stream state (cuBLAS
-        # workspaces) then exists before the capture instead of being allocated inside it
-        self.stream = self.platform.new_stream()
-        self.platform.synchronize()
-        free_before = self.platform.mem_get_info()[0]
-        start = time.perf_counter()
-        sizes = sorted(self.batch_sizes, reverse=True)  # largest first: later ones reuse its blocks
-        for bs in tqdm(sizes, desc="capturing decode graphs", unit="graph"):
-            forward = self._forward_fn(bs)
-            with self.platform.stream_context(self.stream):
+        pool = self.parts.graph_pool
+        with pool.capturing("decode graphs", self.batch_sizes, self.parts.device) as (sizes, cost):
+            for bs in tqdm(sizes, desc="capturing decode graphs", unit="graph"):
+                forward = self._forward_fn(bs)
                 # eager warm-up: Triton compiles each kernel variant on its first launch, which
                 # must not happen inside a capture
                 forward()
-            self.graphs[bs], self.outputs[bs] = self._capture_graph(forward)
-        self.platform.synchronize()
-        self.capture_seconds = time.perf_counter() - start
-        self.capture_memory_bytes = free_before - self.platform.mem_get_info()[0]
-        logger.info("captured decode graphs for %d batch sizes (%d..%d) in %.2f s using %.1f MiB",
-                    len(sizes), sizes[-1], sizes[0], self.capture_seconds,
-                    self.capture_memory_bytes / 2**20)
+                self.graphs[bs] = pool.capture(GraphMode.DECODE, bs, forward)
+        self.capture_seconds, self.capture_memory_bytes = cost["seconds"], int(cost["bytes"])
 
     # ---- replay --------------------------------------------------------------------------------
     def can_run(self, forward_batch: ForwardBatch) -> bool:
@@ -259,7 +221,6 @@ class DecodeGraphRunner:
         Both are views of the graphs' static buffers: the next replay overwrites them, so use
         them (sample) before replaying again."""
         bs = forward_batch.batch_size
-        graph_bs = padded_batch_size(bs, self.batch_sizes)
+        graph = self.graphs[padded_size(bs, self.batch_sizes)]
         self._load_inputs(forward_batch)
-        self.graphs[graph_bs].replay()
-        return self.outputs[graph_bs][:bs]
+        return graph.replay()[:bs]

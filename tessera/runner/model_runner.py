@@ -13,6 +13,8 @@ import torch
 from tessera.attention import get_attention_backend_class
 from tessera.forward.context import set_forward_context
 from tessera.cache.kv_cache import KVCache
+from tessera.compilation.capture_sizes import capture_sizes
+from tessera.compilation.graphs import GraphPool
 from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
 from tessera.models.loader import load_model, load_model_config
@@ -20,6 +22,7 @@ from tessera.ops.linear import prepare_few_row_kernels, set_one_row_backend
 from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.runner.collaborators import GraphRunnerParts
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class LogitsOutput:
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         config = config.resolve()
+        if not config.graph.disable_piecewise_cuda_graph:
+            # a clear error now, not after the weights load, when no size suits the layout
+            capture_sizes(config.graph, config.parallel)
         if config.parallel.tp_size != 1:
             raise ValueError(f"--tp-size {config.parallel.tp_size}: tensor parallelism is not "
                              f"implemented yet (the config rules for it are); use --tp-size 1")
@@ -110,17 +116,33 @@ class ModelRunner:
                              f"raise --mem-fraction-static or pass --kv-cache-tokens")
         return tokens
 
+    def graph_runner_parts(self) -> GraphRunnerParts:
+        """What a graph runner works with (tests build graph runners from it too)."""
+        return GraphRunnerParts(
+            platform=self.platform, device=self.device, model=self.model,
+            attn_backend=self.attn_backend, kv_cache=self.kv_cache, graph_pool=self.graph_pool,
+            graph=self.config.graph, parallel=self.config.parallel,
+            max_running_requests=self.max_running_requests, context_length=self.context_length,
+            vocab_size=self.model_config.vocab_size, record_slots=self.record_slots,
+            forward_eager=self.forward_eager)
+
     def init_graph_runners(self) -> None:
-        """Decode CUDA graphs (uniform decode batches) first, then piecewise graphs (extend)."""
+        """Decode CUDA graphs (uniform decode batches) first, then piecewise graphs (extend),
+        all in one graph pool."""
         graph = self.config.graph
+        wants_graphs = not (graph.disable_cuda_graph and graph.disable_piecewise_cuda_graph)
+        self.graph_pool = (GraphPool(self.platform) if wants_graphs and (
+            self.platform.supports_full_graph or self.platform.supports_piecewise_graph)
+            else None)
+        parts = self.graph_runner_parts()
         if not graph.disable_cuda_graph:
             from tessera.runner.cuda_graph_runner import DecodeGraphRunner
 
-            self.graph_runners.append(DecodeGraphRunner(self))
+            self.graph_runners.append(DecodeGraphRunner(parts))
         if not graph.disable_piecewise_cuda_graph:
             from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 
-            self.graph_runners.append(PiecewiseGraphRunner(self))
+            self.graph_runners.append(PiecewiseGraphRunner(parts))
 
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:

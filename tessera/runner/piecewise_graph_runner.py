@@ -31,29 +31,21 @@ pieces without capture, so CI exercises everything but the capture itself.
 """
 from __future__ import annotations
 
-import bisect
-import contextlib
-import gc
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from unittest import mock
 
 import torch
 import tqdm
 
-from tessera.forward.context import set_forward_context
 from tessera.compilation.backend import CompiledBackbone, PiecewiseBackend
 from tessera.compilation.capture_sizes import capture_sizes
+from tessera.compilation.graphs import CapturedGraph, GraphMode, padded_size
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState, ReplayPlan
-from tessera.compilation.weak_ref import weak_ref_tensors
-from tessera.ops.triton.stage import stage_extend_inputs
 from tessera.forward.batch import ForwardBatch, ForwardMode
-
-if TYPE_CHECKING:
-    from tessera.runner.model_runner import ModelRunner
+from tessera.forward.context import set_forward_context
+from tessera.ops.triton.stage import stage_extend_inputs
+from tessera.runner.collaborators import GraphRunnerParts
 
 logger = logging.getLogger(__name__)
 
@@ -70,29 +62,24 @@ class PiecewiseGraphRunner:
     captures_logits = False  # replay gives hidden states; ModelRunner computes the logits
     records_slots = False  # ModelRunner.forward has them written (see AttentionSupport.writes_extend_slots)
 
-    def __init__(self, model_runner: ModelRunner) -> None:
-        self.model_runner = model_runner
-        self.platform = model_runner.platform
-        self.device = model_runner.device
-        self.attn_backend = model_runner.attn_backend
-        config = model_runner.config
-        self.use_graphs = self.platform.supports_piecewise_graph
-        self.state = GraphCaptureState(self.platform, self.use_graphs)
-        if self.use_graphs:
-            # one pool for every graph of this process (the decode graph runner may have made it)
-            if getattr(model_runner, "graph_pool", None) is None:
-                model_runner.graph_pool = self.platform.graph_pool_handle()
-            self.state.pool = model_runner.graph_pool
-            self.state.stream = self.platform.new_stream()
+    def __init__(self, parts: GraphRunnerParts) -> None:
+        self.parts = parts
+        self.platform = parts.platform
+        self.device = parts.device
+        self.attn_backend = parts.attn_backend
+        # the pool every graph of the runner shares (None: compiled pieces without capture)
+        self.graph_pool = parts.graph_pool if self.platform.supports_piecewise_graph else None
+        self.use_graphs = self.graph_pool is not None
+        self.state = GraphCaptureState(self.graph_pool)
         self.platform.apply_compile_patches()
         self.monitor = CompileMonitor("piecewise graph")
         self.backend = PiecewiseBackend(self.state, self.monitor,
-                                        config.graph.piecewise_cuda_graph_compiler)
+                                        parts.graph.piecewise_cuda_graph_compiler)
         # the trunk: every token up to the last layer's attention; `finish` (the last layer's
         # MLP and the final norm) runs after it on the rows that get logits (LlamaModel)
-        self.backbone = CompiledBackbone(model_runner.model, self.backend, entry="trunk")
-        self.finish = model_runner.model.finish
-        self.capture_sizes = capture_sizes(config.graph, config.parallel)
+        self.backbone = CompiledBackbone(parts.model, self.backend, entry="trunk")
+        self.finish = parts.model.finish
+        self.capture_sizes = capture_sizes(parts.graph, parts.parallel)
         self.max_tokens = self.capture_sizes[-1]
         # separate buffers: a view at a nonzero offset would make Dynamo add its offset as an input
         self.input_ids, self.positions, self.out_cache_loc = (
@@ -104,10 +91,10 @@ class PiecewiseGraphRunner:
         self._plan_buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         # whole-forward graphs (see the module docstring): size -> (graph, output weak ref), and
         # the request slots their attention reads (the last slot: the padding request)
-        self.max_full_requests = (config.graph.piecewise_cuda_graph_max_requests
+        self.max_full_requests = (parts.graph.piecewise_cuda_graph_max_requests
                                   if self.use_graphs and self.attn_backend.support.extend_graph
                                   else 0)
-        self.full_graphs: dict[int, tuple[object, torch.Tensor]] = {}
+        self.full_graphs: dict[int, CapturedGraph] = {}
         slots = self.max_full_requests + 1
         self.request_rows = torch.zeros(slots, dtype=torch.int64, device=self.device)
         # prefix lengths | new-token counts | first tokens | last tokens (the logit rows) |
@@ -140,7 +127,7 @@ class PiecewiseGraphRunner:
                 and 0 < forward_batch.num_tokens <= self.max_tokens)
 
     def padded_size(self, num_tokens: int) -> int:
-        return self.capture_sizes[bisect.bisect_left(self.capture_sizes, num_tokens)]
+        return padded_size(num_tokens, self.capture_sizes)
 
     def replay(self, forward_batch: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the batch's logit rows, as ModelRunner.forward_eager returns
@@ -151,7 +138,7 @@ class PiecewiseGraphRunner:
         full = self.full_graphs.get(size)
         if (full is not None and forward_batch.batch_size <= self.max_full_requests
                 and not forward_batch.return_all_logits and self._plan(size) is not None):
-            return self._replay_full(forward_batch, size, *full)
+            return self._replay_full(forward_batch, size, full)
         buffers = (self.input_ids, self.positions, self.out_cache_loc)
         # one multi-tensor launch on a GPU instead of one copy (and one zero) per buffer
         torch._foreach_copy_([b[:n] for b in buffers], [forward_batch.input_ids,
@@ -168,21 +155,21 @@ class PiecewiseGraphRunner:
         stream = self._forward(forward_batch, size)
         if stream is None:  # Dynamo wanted to recompile: refused and logged by the monitor
             self.eager_fallbacks += 1
-            return self.model_runner.forward_eager(forward_batch)
+            return self.parts.forward_eager(forward_batch)
         self.replays += 1
         # the last layer's MLP after the pieces, launched eagerly (the host is ahead of the
         # device by then), on one row per request
         return self.finish(stream[:forward_batch.num_tokens], forward_batch.logit_rows())
 
-    def _replay_full(self, forward_batch: ForwardBatch, size: int, graph: object,
-                     output: torch.Tensor) -> torch.Tensor:
+    def _replay_full(self, forward_batch: ForwardBatch, size: int,
+                     graph: CapturedGraph) -> torch.Tensor:
         b = forward_batch
         stage_extend_inputs((b.input_ids, b.positions, b.out_cache_loc),
                             (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
                              b.extend_start_loc),
                             self._static_views(size), self._request_views(),
-                            self.model_runner.padding_req_row)
-        graph.replay()
+                            self.parts.padding_req_row)
+        output = graph.replay()
         self.full_replays += 1
         return output[:b.batch_size]
 
@@ -198,7 +185,7 @@ class PiecewiseGraphRunner:
         empty = ids[:0]
         stage_extend_inputs((empty, empty, empty), (rows[:0], prefix[:0], lens[:0], starts[:0]),
                             (ids, positions, loc), self._request_views(),
-                            self.model_runner.padding_req_row)
+                            self.parts.padding_req_row)
         placeholder = [0] * rows.shape[0]  # host lists: unused by a pad_request batch
         return ForwardBatch(
             mode=ForwardMode.EXTEND, input_ids=ids, positions=positions, out_cache_loc=loc,
@@ -266,9 +253,9 @@ class PiecewiseGraphRunner:
         """`size` new tokens of requests on the all-zero padding row: every K/V write goes to the
         dump slot 0 and every key read comes from it. Requests are cut at the context length so
         the padding row is long enough."""
-        chunk = self.model_runner.context_length
+        chunk = self.parts.context_length
         lens = [min(chunk, size - start) for start in range(0, size, chunk)]
-        row = self.model_runner.padding_req_row
+        row = self.parts.padding_req_row
         batch = ForwardBatch.build(ForwardMode.EXTEND, [0] * size, [row] * len(lens),
                                    [0] * len(lens), lens, self.out_cache_loc[:size], self.device)
         for buffer in (self.input_ids, self.positions, self.out_cache_loc):
@@ -303,7 +290,8 @@ class PiecewiseGraphRunner:
     def capture(self) -> None:
         """Warm up and capture every size, largest first, in the shared pool."""
         state = self.state
-        with self._capturing() as (sizes, cost):
+        with self.graph_pool.capturing("piecewise graphs", self.capture_sizes,
+                                       self.device) as (sizes, cost):
             for size in tqdm.tqdm(sizes, desc="Capturing piecewise graphs", unit="size"):
                 batch = self._dummy_batch(size)
                 # warm-up outside capture: kernels JIT-compile and autotune on first launch
@@ -317,16 +305,17 @@ class PiecewiseGraphRunner:
                     raise RuntimeError(f"piecewise graph: Dynamo wanted to recompile for {size} "
                                        f"tokens during capture (see the warning above)")
             self._build_plans(sizes)
-        logger.info("piecewise graph: captured %d sizes x %d pieces (%d graphs) in %.1f s using "
-                    "%.2f GiB", len(sizes), len(self.backend.graph_pieces),
-                    state.graphs_captured, cost["seconds"], cost["bytes"] / (1 << 30))
+        self._add_cost(cost)
+        logger.info("piecewise graph: %d sizes x %d pieces (%d graphs)", len(sizes),
+                    len(self.backend.graph_pieces), state.graphs_captured)
 
     def capture_full(self) -> None:
         """One whole-forward graph per size, largest first, in the shared pool: the compiled
         pieces run without graphs of their own (`passthrough`) and attention launches between
         them, all captured together."""
-        platform, state = self.platform, self.state
-        with self._capturing() as (sizes, cost):
+        state = self.state
+        with self.graph_pool.capturing("whole-forward graphs", self.capture_sizes,
+                                       self.device) as (sizes, cost):
             state.passthrough = True
             try:
                 for size in tqdm.tqdm(sizes, desc="Capturing whole-forward graphs", unit="size"):
@@ -336,18 +325,21 @@ class PiecewiseGraphRunner:
                         raise RuntimeError(f"piecewise graph: Dynamo wanted to recompile for "
                                            f"{size} tokens (whole-forward capture)")
                     self._finish_slots(warm)
-                    graph = platform.graph_class()()
-                    with platform.graph_context(graph, pool=state.pool, stream=state.stream):
-                        # the trunk, then the final hidden states of each slot's last token
-                        # (the output's memory goes back to the pool at once, as a last piece's)
-                        output = weak_ref_tensors(self._finish_slots(
-                            self._run(batch, size, capture=True)))
-                    self.full_graphs[size] = (graph, output)
+                    # the trunk, then the final hidden states of each slot's last token (the
+                    # output's memory goes back to the pool at once, as a last piece's)
+                    self.full_graphs[size] = self.graph_pool.capture(
+                        GraphMode.FULL_EXTEND, size,
+                        lambda b=batch, n=size: self._finish_slots(self._run(b, n, capture=True)),
+                        weak_output=True)
             finally:
                 state.passthrough = False
-        logger.info("piecewise graph: captured %d whole-forward graphs (extend batches of <= %d "
-                    "requests) in %.1f s using %.2f GiB", len(sizes), self.max_full_requests,
-                    cost["seconds"], cost["bytes"] / (1 << 30))
+        self._add_cost(cost)
+        logger.info("piecewise graph: whole-forward graphs serve extend batches of <= %d "
+                    "requests", self.max_full_requests)
+
+    def _add_cost(self, cost: dict[str, float]) -> None:
+        self.capture_seconds += cost["seconds"]
+        self.capture_memory_bytes += int(cost["bytes"])
 
     def _finish_slots(self, stream: torch.Tensor) -> torch.Tensor:
         """A whole-forward graph's output: the final hidden states of each request slot's last
@@ -356,48 +348,3 @@ class PiecewiseGraphRunner:
         if stream.shape[0] >= FINISH_LAST_TOKENS_FROM:
             return self.finish(stream, last)
         return self.finish(stream).index_select(0, last)
-
-    @contextlib.contextmanager
-    def _capturing(self) -> Iterator[tuple[list[int], dict[str, float]]]:
-        """The setting of a capture pass: yields the sizes, largest first, with the quiet capture
-        patches, the capture stream and inference mode on; afterwards fills the pass's wall time
-        and the device memory its graphs hold into the yielded dict and adds them to
-        capture_seconds / capture_memory_bytes."""
-        platform = self.platform
-        platform.synchronize()
-        platform.empty_cache()  # eager activations before the pass are not the graphs' memory
-        free_before = platform.mem_get_info()[0]
-        start = time.perf_counter()
-        cost: dict[str, float] = {}
-        with (_quiet_capture(self.device), platform.stream_context(self.state.stream),
-              torch.inference_mode()):
-            yield sorted(self.capture_sizes, reverse=True), cost
-        platform.synchronize()
-        cost["seconds"] = time.perf_counter() - start
-        # what the graphs hold, not what the eager warm-ups left in the allocator's cache
-        platform.empty_cache()
-        cost["bytes"] = free_before - platform.mem_get_info()[0]
-        self.capture_seconds += cost["seconds"]
-        self.capture_memory_bytes += int(cost["bytes"])
-
-
-@contextlib.contextmanager
-def _quiet_capture(device: torch.device) -> Iterator[None]:
-    """Capturing ~1000 graphs: skip the per-capture cache flush and full garbage collection.
-
-    Each capture context empties the allocator cache (a synchronising cudaFree of every cached
-    block, which the eager attention between pieces then allocates again) and may run gc.collect().
-    Collect once, freeze the survivors so any later collection is cheap, and empty the cache once.
-    """
-    gc.collect()
-    gc.freeze()
-    module = torch.get_device_module(device.type)
-    patch: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if hasattr(module, "empty_cache"):
-        module.empty_cache()
-        patch = mock.patch.object(module, "empty_cache", lambda: None)
-    try:
-        with patch:
-            yield
-    finally:
-        gc.unfreeze()

@@ -10,7 +10,6 @@ from torch import nn
 from tessera.compilation.backend import CompiledBackbone, PiecewiseBackend
 from tessera.compilation.monitor import CompileMonitor
 from tessera.compilation.piecewise import GraphCaptureState
-from tessera.platforms.cpu import CpuPlatform
 
 _outside = torch.randn(16)  # a tensor that is neither an input nor a parameter/buffer
 
@@ -32,8 +31,7 @@ class Toy(nn.Module):
 
 
 def compiled(module: nn.Module) -> CompiledBackbone:
-    backend = PiecewiseBackend(GraphCaptureState(CpuPlatform(), use_graphs=False),
-                               CompileMonitor("toy"), ops=[])
+    backend = PiecewiseBackend(GraphCaptureState(None), CompileMonitor("toy"), ops=[])
     return CompiledBackbone(module, backend)
 
 

@@ -15,7 +15,7 @@ def resolve(**kw) -> EngineConfig:
 
 
 def test_off_on_a_platform_without_graphs_with_the_reason_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
+    with caplog.at_level(logging.INFO, logger="tessera.config.engine"):
         graph = resolve().graph
     assert graph.disable_piecewise_cuda_graph
     assert "piecewise CUDA graph disabled: platform cpu has no graphs" in caplog.text
@@ -28,7 +28,7 @@ def test_on_by_default_where_the_platform_has_graphs(monkeypatch):
 
 
 def test_enforce_skips_the_auto_disable(caplog):
-    with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
+    with caplog.at_level(logging.INFO, logger="tessera.config.engine"):
         graph = resolve(enforce_piecewise_cuda_graph=True).graph
     assert not graph.disable_piecewise_cuda_graph
     assert "run without capture" in caplog.text
@@ -53,10 +53,17 @@ def test_whole_forward_graph_request_limit():
         resolve(piecewise_cuda_graph_max_requests=-1)
 
 
-def test_no_capture_size_for_the_parallel_layout_fails_at_resolve():
+def test_no_capture_size_for_the_parallel_layout_fails_before_the_model_loads(monkeypatch):
+    """The capture-size rule is compilation's (capture_sizes); the runner applies it to the
+    resolved config before anything loads."""
+    from tessera.runner import model_runner
+
+    monkeypatch.setattr(model_runner, "load_model",
+                        lambda *a, **k: pytest.fail("the model must not load"))
+    config = resolve(enforce_piecewise_cuda_graph=True, tp_size=4, moe_dense_tp_size=1,
+                     piecewise_cuda_graph_tokens=[2, 6, 10])
     with pytest.raises(ValueError, match="multiple of 4"):
-        resolve(enforce_piecewise_cuda_graph=True, tp_size=4, moe_dense_tp_size=1,
-                piecewise_cuda_graph_tokens=[2, 6, 10])
+        model_runner.ModelRunner(config)
     # the same sizes are fine while PCG is off
     resolve(tp_size=4, moe_dense_tp_size=1, piecewise_cuda_graph_tokens=[2, 6, 10])
 

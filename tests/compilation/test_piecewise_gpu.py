@@ -34,7 +34,7 @@ def runner(request, tmp_path_factory):
 
 def test_every_size_is_captured_for_every_piece(runner):
     pcg = pcg_of(runner)
-    assert pcg.use_graphs and runner.graph_pool is pcg.state.pool
+    assert pcg.use_graphs and runner.graph_pool is pcg.state.graph_pool
     pieces = pcg.backend.graph_pieces
     assert len(pieces) == runner.model_config.num_hidden_layers + 1
     for piece in pieces:
@@ -173,7 +173,8 @@ def test_shares_the_pool_with_decode_graphs(tmp_path):
                              piecewise_cuda_graph_max_tokens=32)
     pcg = pcg_of(runner)
     decode_runner = runner.graph_runners[0]
-    assert decode_runner is not pcg and decode_runner.pool is pcg.state.pool is runner.graph_pool
+    assert decode_runner is not pcg
+    assert decode_runner.parts.graph_pool is pcg.state.graph_pool is runner.graph_pool
     batches = MixedBatches(runner)
     rows = batches.prefill([5, 9, 3])
     for step in range(4):

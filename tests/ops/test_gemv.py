@@ -166,7 +166,7 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
     return norm, layer
 
 
-def test_norm_linear_falls_back_to_the_two_modules(monkeypatch):
+def test_forward_norm_falls_back_to_the_two_modules(monkeypatch):
     """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x. The
     ops are built for the CPU platform even on a GPU machine (they would bind their CUDA path)."""
     from tessera.layers.activation import SiluAndMul
@@ -212,7 +212,7 @@ def test_gpu_linear_one_row_takes_the_gemv(n, k):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("k,n,inter", [(1024, 4096, 3072), (4096, 6144, 14336)])
-def test_gpu_norm_linear_and_silu_mul_linear_fold_into_the_gemv(fast_ops, k, n, inter):
+def test_gpu_forward_norm_and_forward_silu_mul_fold_into_the_gemv(fast_ops, k, n, inter):
     """qwen3-0.6b / llama3-8b shapes, bf16, one row: the fused kernels against the unfused modules
     (norm, F.linear / SiluAndMul, F.linear): the same residual, outputs within bf16 rounding."""
     from tessera.layers.activation import SiluAndMul

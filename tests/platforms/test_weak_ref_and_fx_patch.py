@@ -6,7 +6,7 @@ import torch
 import torch.fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from tessera.compilation.fx_patches import fx_device_constants_patched, patch_fx_device_constants
+from tessera.platforms.fx_patches import fx_device_constants_patched, patch_fx_device_constants
 from tessera.compilation.weak_ref import weak_ref_tensor, weak_ref_tensors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -6,6 +6,8 @@ Triton backend in Triton's interpreter. GPU (`gpu`): real graphs, bf16, against 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import logging
 
@@ -14,11 +16,8 @@ import torch
 from runner_driver import RunnerDriver
 
 from tessera.config import EngineConfig, GraphConfig
-from tessera.runner.cuda_graph_runner import (
-    DecodeGraphRunner,
-    decode_graph_batch_sizes,
-    padded_batch_size,
-)
+from tessera.compilation.graphs import CapturedGraph, GraphMode, padded_size
+from tessera.runner.cuda_graph_runner import DecodeGraphRunner, decode_graph_batch_sizes
 from tessera.forward.batch import ForwardMode
 from tessera.runner.model_runner import ModelRunner
 
@@ -54,11 +53,11 @@ def test_explicit_batch_sizes_sorted_deduplicated_and_validated() -> None:
         decode_graph_batch_sizes(GraphConfig(cuda_graph_max_bs=0), 16)
 
 
-def test_padded_batch_size_is_the_next_captured_size() -> None:
+def test_padded_size_is_the_next_captured_size() -> None:
     captured = [1, 2, 4, 8]
-    assert [padded_batch_size(b, captured) for b in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [padded_size(b, captured) for b in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
     with pytest.raises(ValueError, match="exceeds"):
-        padded_batch_size(9, captured)
+        padded_size(9, captured)
 
 
 # ---- the runner on CPU ----------------------------------------------------------------------------
@@ -72,7 +71,7 @@ def make_runner(attention_backend: str, **kw) -> ModelRunner:
 def test_torch_native_backend_disables_decode_graphs_once(caplog) -> None:
     runner = make_runner("torch_native", disable_cuda_graph=True)
     with caplog.at_level(logging.INFO, logger="tessera.runner.cuda_graph_runner"):
-        graphs = DecodeGraphRunner(runner)
+        graphs = DecodeGraphRunner(runner.graph_runner_parts())
     assert not graphs.enabled and not graphs.graphs
     messages = [r.getMessage() for r in caplog.records if "decode CUDA graphs disabled" in
                 r.getMessage()]
@@ -98,15 +97,24 @@ class _EagerGraph:
         self.out.copy_(self.forward())
 
 
+class _EagerGraphPool:
+    """A GraphPool whose captures are _EagerGraphs, for the CPU (no graph memory to measure)."""
+
+    def capture(self, mode, size, forward, **_) -> CapturedGraph:
+        graph = _EagerGraph(forward)
+        return CapturedGraph(mode, size, graph, graph.out)
+
+    @contextlib.contextmanager
+    def capturing(self, label, sizes, device):
+        yield sorted(sizes, reverse=True), {"seconds": 0.0, "bytes": 0}
+
+
 class EagerReplayGraphRunner(DecodeGraphRunner):
     replays: int = 0
 
-    def _new_pool(self):
-        return None
-
-    def _capture_graph(self, forward):
-        graph = _EagerGraph(forward)
-        return graph, graph.out
+    def __init__(self, runner: ModelRunner) -> None:
+        super().__init__(dataclasses.replace(runner.graph_runner_parts(),
+                                             graph_pool=_EagerGraphPool()))
 
     def replay(self, forward_batch):
         self.replays += 1
@@ -213,7 +221,7 @@ def test_gpu_graph_decode_equals_eager(gpu_runners, kind, bs, monkeypatch) -> No
     graph_runner, eager_runner = gpu_runners[kind]
     graphs = graph_runner.graph_runners[0]
     assert isinstance(graphs, DecodeGraphRunner) and graphs.enabled, graphs.disabled_reason
-    assert graph_runner.graph_pool is not None
+    assert graph_runner.graph_pool.captured[GraphMode.DECODE] == len(graphs.graphs)
     calls = []
     monkeypatch.setattr(graphs, "replay", lambda fb: calls.append(fb.batch_size)
                         or DecodeGraphRunner.replay(graphs, fb))
@@ -247,7 +255,7 @@ def test_gpu_capture_covers_every_size_in_one_pool(gpu_runners) -> None:
     graph_runner, eager_runner = gpu_runners["llama"]
     graphs = graph_runner.graph_runners[0]
     assert sorted(graphs.graphs) == [1, 2, 4, 8, 12, 16, 24, 32]
-    assert all(graphs.outputs[bs].shape[0] == bs for bs in graphs.batch_sizes)
+    assert all(graphs.graphs[bs].output.shape[0] == bs for bs in graphs.batch_sizes)
     assert not any(isinstance(r, DecodeGraphRunner) for r in eager_runner.graph_runners)
 
 
@@ -275,7 +283,7 @@ def test_gpu_decode_and_piecewise_graphs_share_one_pool(tiny_models, monkeypatch
     eager = _gpu_runner(path, graphs=False)
     decode_graphs, piecewise = both.graph_runners
     assert isinstance(decode_graphs, DecodeGraphRunner) and decode_graphs.enabled
-    assert decode_graphs.pool is both.graph_pool is piecewise.state.pool
+    assert decode_graphs.parts.graph_pool is both.graph_pool is piecewise.state.graph_pool
     calls = []
     monkeypatch.setattr(decode_graphs, "replay", lambda fb: calls.append(fb.batch_size)
                         or DecodeGraphRunner.replay(decode_graphs, fb))

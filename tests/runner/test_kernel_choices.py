@@ -25,7 +25,7 @@ def restore_choices():
 
 
 def test_auto_is_torch_on_cpu_and_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="tessera.config.resolve"):
+    with caplog.at_level(logging.INFO, logger="tessera.config.engine"):
         resolved = config().resolve()
     assert resolved.backend.linear_backend == "torch"
     assert "few-row linear: torch" in caplog.text

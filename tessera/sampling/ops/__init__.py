@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from tessera.config.fields import register_choices
 from tessera.sampling.ops.common import (
     FILTER_APPLY_ORDERS,
     FILTERED_ORDERS,
@@ -70,6 +71,7 @@ SAMPLING_BACKENDS: dict[str, Callable[[], SamplingBackend]] = {
     "flashinfer": _flashinfer_backend,
 }
 _AUTO = "auto"
+register_choices("sampling_backend", lambda: [_AUTO, *SAMPLING_BACKENDS])
 _default_backend = _AUTO
 _instances: dict[str, SamplingBackend] = {}
 
