@@ -37,7 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tessera.bench.timing import RunTimes
+
 if TYPE_CHECKING:
+    from tessera.bench.hf_reference import HFLatency
     from tessera.config import EngineConfig
     from tessera.forward.batch import ForwardBatch
     from tessera.runner.model_runner import ModelRunner
@@ -55,21 +58,6 @@ def per_second(ms: dict[str, float], amount: float) -> dict[str, float]:
     """`amount` per second from a time summary in ms (the fastest time gives the max rate)."""
     return {"median": amount * 1e3 / ms["median"], "min": amount * 1e3 / ms["max"],
             "max": amount * 1e3 / ms["min"]}
-
-
-@dataclasses.dataclass
-class RunTimes:
-    """One prefill + decode run of one case."""
-    prefill_ms: float
-    decode_ms: list[float]
-    first_logits: torch.Tensor  # [B, V] float32: next-token logits after the prefill
-    prefill_path: str = "eager"
-    decode_path: str = "eager"
-    # device time of runner.forward per decode step (device events; empty where there are none):
-    # the step's wall time minus this is host work the device waited for
-    decode_forward_ms: list[float] = dataclasses.field(default_factory=list)
-    # the tokens each decode step sampled, as read back ([B] per step)
-    decode_tokens: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 def measure(run: Callable[[list[list[int]], int], RunTimes], prompts: list[list[int]],
@@ -235,107 +223,6 @@ class TesseraLatency:
             runner.allocator.clear()  # the bench owns the whole pool: every slot is free again
 
 
-# ---- HF transformers ------------------------------------------------------------------------------
-def hf_config(model_path: str):
-    """The transformers config of a preset (built from its dict) or an HF model directory."""
-    import transformers
-
-    from tessera.models.presets import PRESETS, is_preset
-
-    if is_preset(model_path):
-        d = dict(PRESETS[model_path])
-        return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
-    return transformers.AutoConfig.from_pretrained(model_path)
-
-
-def hf_state_dict(model: torch.nn.Module, num_heads: int, num_kv_heads: int, head_dim: int
-                  ) -> dict[str, torch.Tensor]:
-    """tessera's weights under HF names: merged qkv_proj / gate_up_proj split back apart."""
-    q, kv = num_heads * head_dim, num_kv_heads * head_dim
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if ".qkv_proj." in name:
-            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split([q, kv, kv])):
-                out[name.replace("qkv_proj", part)] = piece
-        elif ".gate_up_proj." in name:
-            for part, piece in zip(("gate_proj", "up_proj"), tensor.chunk(2)):
-                out[name.replace("gate_up_proj", part)] = piece
-        else:
-            out[name] = tensor
-    return out
-
-
-def _rebuild_rotary(model: torch.nn.Module, device: torch.device) -> None:
-    """to_empty() leaves buffers uninitialised; the rotary inv_freq buffers are the only ones in
-    these models and are recomputed by constructing their modules again on the device."""
-    rebuilt: list[str] = []
-    for name, module in list(model.named_modules()):
-        if type(module).__name__.endswith("RotaryEmbedding"):
-            parent_name, _, attr = name.rpartition(".")
-            with torch.device(device):
-                setattr(model.get_submodule(parent_name), attr, type(module)(config=module.config))
-            rebuilt.append(name + ".")
-    stale = [n for n, _ in model.named_buffers() if not any(n.startswith(r) for r in rebuilt)]
-    if stale:
-        raise RuntimeError(f"HF model buffers left uninitialised by to_empty(): {stale[:4]}")
-
-
-class HFLatency:
-    """The same case on HF transformers (eager, default attention), same weights and tokens."""
-
-    def __init__(self, runner: ModelRunner, model_path: str) -> None:
-        import transformers
-
-        self.platform, self.device = runner.platform, runner.device
-        config = hf_config(model_path)
-        start = time.perf_counter()
-        with torch.device("meta"):  # no init pass: every weight is copied from tessera below
-            model = transformers.AutoModelForCausalLM.from_config(config, dtype=runner.dtype)
-        model.to_empty(device=self.device)
-        model.tie_weights()  # to_empty() gives tied parameters separate storage again
-        _rebuild_rotary(model, self.device)
-        attn = runner.model.model.layers[0].self_attn
-        state = hf_state_dict(runner.model, attn.num_heads, attn.num_kv_heads, attn.head_dim)
-        with torch.no_grad():
-            model.load_state_dict(state, strict=True)
-        self.model = model.eval()
-        self.attn_implementation = getattr(model.config, "_attn_implementation", None)
-        self.version = transformers.__version__
-        logger.info("HF %s (%s attention) built in %.1f s", type(model).__name__,
-                    self.attn_implementation, time.perf_counter() - start)
-
-    @torch.inference_mode()
-    def run(self, prompts: list[list[int]], output_len: int) -> RunTimes:
-        sync = self.platform.synchronize
-        ids = torch.tensor(prompts, dtype=torch.int64, device=self.device)
-        sync()
-        start = time.perf_counter()
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
-        tokens = logits.argmax(-1)
-        tokens.tolist()  # read like an engine step does (HF's generate syncs per step too)
-        sync()
-        times = RunTimes((time.perf_counter() - start) * 1e3, [], logits)
-        cache = out.past_key_values
-        for _ in range(output_len - 1):
-            start = time.perf_counter()
-            out = self.model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            tokens = out.logits[:, -1].argmax(-1)
-            tokens.tolist()
-            sync()
-            times.decode_ms.append((time.perf_counter() - start) * 1e3)
-        return times
-
-
-def logits_check(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
-    """How close HF's first-token logits are to tessera's (a wrong weight copy shows here)."""
-    ours, theirs = ours.float(), theirs.float().to(ours.device)
-    return {"max_abs_logit_diff": float((ours - theirs).abs().max()),
-            "max_abs_logit": float(ours.abs().max()),  # the scale the difference compares to
-            "first_token_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())}
-
-
 # ---- CLI ----------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -439,6 +326,8 @@ def run_case(case: Case, prompts: list[list[int]], ours: TesseraLatency, hf: HFL
     if hf is not None:
         hf_figures, hf_first = measure(hf.run, prompts, case.output_len, warmup, repeat)
         result["hf"] = hf_figures
+        from tessera.bench.hf_reference import logits_check
+
         result["hf_check"] = logits_check(first.first_logits, hf_first.first_logits)
         result["speedup_vs_hf"] = {
             "prefill": _speedup(hf_figures["prefill_ms"], figures["prefill_ms"]),
@@ -473,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ours = TesseraLatency(runner)
-    hf = HFLatency(runner, config.load.model_path) if args.compare == "hf" else None
+    hf = None
+    if args.compare == "hf":
+        from tessera.bench.hf_reference import HFLatency
+
+        hf = HFLatency(runner, config.load.model_path)
     gen = torch.Generator().manual_seed(config.load.seed)
     vocab = runner.model_config.vocab_size
     results = []

@@ -8,7 +8,7 @@ memory and graph count. Both runs are checked to produce the same logits (bf16 t
     python -m tessera.bench.pcg --out pcg_bench.json \\
         --case llama3-8b:16,256,1024 --case qwen3-0.6b:256
 
-Targets (shared/BENCHMARKS.md) are written next to the figures with a pass flag each.
+The project's targets are written next to the figures with a pass flag each.
 """
 from __future__ import annotations
 

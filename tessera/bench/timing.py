@@ -1,9 +1,13 @@
-"""Per-call timing shared by the micro-benchmarks (attention, sampling, ops)."""
+"""Timing shared by the benchmarks: per-call device timing of the micro-benchmarks (attention,
+sampling, ops) and the record of one prefill + decode run (latency, and its HF comparison)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from tessera.platforms import current_platform
 
@@ -32,3 +36,18 @@ def time_ms(fn: Callable[[], Any], warmup: int, repeat: int, inner: int = 1) -> 
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
     return times
+
+
+@dataclasses.dataclass
+class RunTimes:
+    """One prefill + decode run of one case."""
+    prefill_ms: float
+    decode_ms: list[float]
+    first_logits: torch.Tensor  # [B, V] float32: next-token logits after the prefill
+    prefill_path: str = "eager"
+    decode_path: str = "eager"
+    # device time of runner.forward per decode step (device events; empty where there are none):
+    # the step's wall time minus this is host work the device waited for
+    decode_forward_ms: list[float] = dataclasses.field(default_factory=list)
+    # the tokens each decode step sampled, as read back ([B] per step)
+    decode_tokens: list[list[int]] = dataclasses.field(default_factory=list)

@@ -1,7 +1,7 @@
 """Built-in model presets: an HF-style config (no files), dummy weights, the byte tokenizer.
 
-Shapes of qwen3-0.6b and llama3-8b are the real models' (shared/BENCHMARKS.md), so benchmarks on
-random weights measure real costs. Usable wherever a model path is accepted.
+Shapes of qwen3-0.6b and llama3-8b are the real models', so benchmarks on random weights measure
+real costs. Usable wherever a model path is accepted.
 """
 from __future__ import annotations
 
