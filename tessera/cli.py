@@ -70,7 +70,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
+    # these two register their backends as CLI choices
+    import tessera.attention
     import tessera.sampling.ops  # noqa: F401
     from tessera.config import EngineConfig
 

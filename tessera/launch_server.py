@@ -6,9 +6,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tessera.config.engine import EngineConfig
-    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
+    # these two register their backends as CLI choices
+    import tessera.attention
     import tessera.sampling.ops  # noqa: F401
+    from tessera.config.engine import EngineConfig
 
     parser = argparse.ArgumentParser(prog="python -m tessera.launch_server",
                                      description="OpenAI-compatible HTTP server")

@@ -58,7 +58,7 @@ class AttentionBackend(ABC):
         rank's query heads."""
         spec = kv_pool.spec
         if not isinstance(spec, self.support.kv_spec):
-            raise ValueError(f"attention backend {self.name!r} needs a "
+            raise TypeError(f"attention backend {self.name!r} needs a "
                              f"{self.support.kv_spec.__name__} KV cache, the model has "
                              f"{type(spec).__name__}")
         self.kv_pool = kv_pool

@@ -12,6 +12,7 @@ import torch
 
 from tessera.forward.context import get_forward_context
 
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                layer_id: int, scaling: float) -> None:
     """q [T, Hq, D], k/v [T, Hk, D] for the new tokens; writes [T, Hq, D] into `out`.

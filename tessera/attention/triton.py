@@ -44,8 +44,8 @@ from tessera.attention.triton_ops import (
 )
 from tessera.attention.triton_ops.extend_attention import ExtendAttention
 from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
-from tessera.ops.triton.launch import metadata_variant
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.ops.triton.launch import metadata_variant
 
 # Split-K policy for decode: enough (request, kv-head, split) programs for this many waves of the
 # device's SMs, at most MAX_DECODE_SPLITS splits, and (on the device, per request) at least

@@ -25,8 +25,8 @@ from tessera.attention.triton_ops import store_kv
 from tessera.bench.timing import time_ms
 from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
 from tessera.cache.spec import MHASpec
-from tessera.platforms import current_platform
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.platforms import current_platform
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,8 +138,8 @@ def profile_top(fn: Callable[[], Any], calls: int, lines: int) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tessera.forward.context import set_forward_context
     from tessera.forward.batch import ForwardBatch, ForwardMode
+    from tessera.forward.context import set_forward_context
     from tessera.runner.piecewise_graph_runner import PiecewiseGraphRunner
 
     runner = build_runner(args)

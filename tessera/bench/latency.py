@@ -104,8 +104,8 @@ class TesseraLatency:
         """The decode steps as the engine's overlap schedule runs them: step n + 1 is launched
         (its input ids taken on the device from step n's sampled tokens) before step n's tokens
         are read. A step's time is the interval between two consecutive token reads."""
-        from tessera.platforms.transfer import to_host_async
         from tessera.forward.batch import ForwardBatch, ForwardMode
+        from tessera.platforms.transfer import to_host_async
 
         runner, platform = self.runner, self.platform
         bs = len(rows)
@@ -246,7 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--warmup", type=int, default=1, help="untimed runs per case")
     g.add_argument("--repeat", type=int, default=3, help="timed runs per case")
     g.add_argument("--out", default=None, help="write the results as JSON here")
-    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
+    # these two register their backends as CLI choices
+    import tessera.attention
     import tessera.sampling.ops  # noqa: F401
     EngineConfig.add_cli_args(parser)
     return parser.parse_args(argv)

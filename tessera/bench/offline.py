@@ -15,11 +15,12 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    # these two register their backends as CLI choices
+    import tessera.attention
+    import tessera.sampling.ops  # noqa: F401
     from tessera.config import EngineConfig
     from tessera.engine.llm import LLM
     from tessera.sampling.params import SamplingParams
-    import tessera.attention  # noqa: F401  (these two register their backends as CLI choices)
-    import tessera.sampling.ops  # noqa: F401
 
     parser = argparse.ArgumentParser(prog="tessera bench offline", description=__doc__)
     parser.add_argument("--num-prompts", type=int, default=256)

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from tessera.forward.context import set_forward_context
 from tessera.bench.timing import time_ms
 from tessera.config.model import ModelConfig
-from tessera.models.loader import default_dtype
+from tessera.forward.context import set_forward_context
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.layernorm import RMSNorm
 from tessera.layers.quantization.fp8_quant import PerTokenGroupQuantFP8
 from tessera.layers.rotary import RotaryEmbedding
+from tessera.models.loader import default_dtype
 from tessera.ops import native_ops
 from tessera.platforms import current_platform
 

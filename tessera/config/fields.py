@@ -7,7 +7,6 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-
 # choices that belong to a registry of a package above config (attention backends, sampling
 # backends): that package registers them here, config never imports it
 _REGISTERED_CHOICES: dict[str, Callable[[], list[str]]] = {}

@@ -14,12 +14,12 @@ import torch
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
-from tessera.scheduler.request import FinishReason, Request
 from tessera.models.tokenizer import load_tokenizer
 from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
+from tessera.scheduler.request import FinishReason, Request
 from tessera.scheduler.scheduler import ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from tessera.attention import op as _op  # noqa: F401  (registers tessera::attention)
-from tessera.forward.context import get_forward_context
 from tessera.forward.batch import ForwardMode
+from tessera.forward.context import get_forward_context
 
 if TYPE_CHECKING:
     from tessera.layers.rotary import RotaryEmbedding

@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
 from tessera.layers.custom_op import MultiPlatformOp
+from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
 
 
 class RMSNorm(MultiPlatformOp):

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from tessera.ops import custom_ops  # noqa: F401  (registers tessera::qk_norm_rope)
 from tessera.layers.custom_op import MultiPlatformOp
 from tessera.layers.layernorm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
+from tessera.ops import custom_ops  # noqa: F401  (registers tessera::qk_norm_rope)
 from tessera.platforms import PlatformKind, current_platform
 
 

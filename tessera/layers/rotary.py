@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
 from tessera.layers.custom_op import MultiPlatformOp
+from tessera.ops import custom_ops, musa_ops  # noqa: F401  (custom_ops registers tessera::*)
 from tessera.ops.base import use_native_ops
 
 

@@ -11,17 +11,17 @@ import logging
 import torch
 
 from tessera.attention import get_attention_backend_class
-from tessera.forward.context import set_forward_context
 from tessera.cache.kv_cache import KVCache
 from tessera.compilation.capture_sizes import capture_sizes
 from tessera.compilation.graphs import GraphPool
 from tessera.config.engine import EngineConfig
 from tessera.config.model import parse_dtype
+from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.forward.context import set_forward_context
 from tessera.models.loader import load_model, load_model_config
 from tessera.ops.linear import prepare_few_row_kernels, set_one_row_backend
 from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
-from tessera.forward.batch import ForwardBatch, ForwardMode
 from tessera.runner.collaborators import GraphRunnerParts
 
 logger = logging.getLogger(__name__)

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from tessera.config.engine import SchedulerConfig
-from tessera.scheduler.request import FinishReason, Request
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.scheduler.request import FinishReason, Request
 
 if TYPE_CHECKING:
-    from tessera.cache.radix import RadixCache
     from tessera.cache.kv_cache import KVCache
+    from tessera.cache.radix import RadixCache
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from tessera.attention.triton_ops import (
 )
 from tessera.cache.kv_pool import MHAKVPool, ReqToTokenPool
 from tessera.cache.spec import MHASpec
-from tessera.ops.triton.interpreter import patch_for_numpy_2_4
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.ops.triton.interpreter import patch_for_numpy_2_4
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"

@@ -8,8 +8,8 @@ import torch
 from hf_models import save_tiny_model
 from pcg_helpers import MixedBatches, eager_logits, make_pcg_runner, pcg_and_eager_logits, pcg_of
 
-from tessera.models.presets import PRESETS
 from tessera.forward.batch import ForwardMode
+from tessera.models.presets import PRESETS
 
 pytestmark = pytest.mark.gpu
 

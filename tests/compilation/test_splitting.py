@@ -6,8 +6,8 @@ import torch
 from torch import fx
 
 from tessera.attention import op  # noqa: F401  (importing it registers tessera::attention)
-from tessera.forward import context
 from tessera.compilation import splitting
+from tessera.forward import context
 
 
 @torch.library.custom_op("tessera_test::all_reduce", mutates_args=("x",))

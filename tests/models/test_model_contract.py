@@ -79,7 +79,7 @@ def test_outside_model_matches_its_reference(checkpoint, mode):
 
 
 def test_checkpoint_without_a_weight_is_refused(checkpoint, tmp_path):
-    path, ref = checkpoint
+    _, ref = checkpoint
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     state = {k: v.contiguous() for k, v in ref.state_dict().items() if "down_proj" not in k}
     save_file(state, str(tmp_path / "model.safetensors"))

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from tessera.attention.base import AttentionSupport
-from tessera.forward.context import set_forward_context
 from tessera.config.model import ModelConfig
+from tessera.forward.context import set_forward_context
 from tessera.models.loader import default_dtype
 from tessera.ops import native_ops
 

@@ -154,8 +154,8 @@ def test_fused_custom_ops_fake_match_real(device):
 
 
 def _layers(k: int, n: int, dtype: torch.dtype, device: str):
-    from tessera.layers.linear import LinearBase
     from tessera.layers.layernorm import RMSNorm
+    from tessera.layers.linear import LinearBase
 
     norm = RMSNorm(k).to(device, dtype)
     norm.weight.requires_grad_(False)  # inference weights, as the model loader leaves them
@@ -169,8 +169,8 @@ def _layers(k: int, n: int, dtype: torch.dtype, device: str):
 def test_forward_norm_falls_back_to_the_two_modules(monkeypatch):
     """CPU (no GEMV): exactly norm then linear; without a residual the new residual is x. The
     ops are built for the CPU platform even on a GPU machine (they would bind their CUDA path)."""
-    from tessera.layers.activation import SiluAndMul
     from tessera.layers import custom_op as base
+    from tessera.layers.activation import SiluAndMul
     from tessera.platforms import CpuPlatform
 
     monkeypatch.setattr(base, "current_platform", CpuPlatform)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tessera.layers import custom_op as ops_base
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.layernorm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding, get_rope
 from tessera.ops import native_ops
-from tessera.layers import custom_op as ops_base
 from tessera.ops.library import has_fake_kernel, op_exists, register_fake_if_exists
 from tessera.platforms import CpuPlatform, CudaPlatform, MusaPlatform
 

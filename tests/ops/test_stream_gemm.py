@@ -122,14 +122,13 @@ def test_linear_few_row_dispatch_rules():
     no guard on it) only where the kernels could run."""
     import torch.nn.functional as F
 
-    from tessera.ops import custom_ops
-    from tessera.ops.linear import MAX_STREAM_ROWS, linear, use_stream
+    from tessera.ops.linear import MAX_STREAM_ROWS, few_row_linear, linear, use_stream
 
     x, w = torch.randn(MAX_STREAM_ROWS, 64), torch.randn(8, 64)
     assert not use_stream(x, w) and torch.equal(linear(x, w), F.linear(x, w))
-    torch.library.opcheck(custom_ops.few_row_linear, (x, w, None),
+    torch.library.opcheck(few_row_linear, (x, w, None),
                           test_utils=("test_schema", "test_faketensor"))
-    torch.testing.assert_close(custom_ops.few_row_linear(x, w, None), F.linear(x, w))
+    torch.testing.assert_close(few_row_linear(x, w, None), F.linear(x, w))
 
 
 def test_traced_linear_calls_the_few_row_op(monkeypatch):

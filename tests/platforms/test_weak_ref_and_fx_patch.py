@@ -6,8 +6,8 @@ import torch
 import torch.fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from tessera.platforms.fx_patches import fx_device_constants_patched, patch_fx_device_constants
 from tessera.compilation.weak_ref import weak_ref_tensor, weak_ref_tensors
+from tessera.platforms.fx_patches import fx_device_constants_patched, patch_fx_device_constants
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from runner_driver import RunnerDriver
 
-from tessera.config import EngineConfig, GraphConfig
 from tessera.compilation.graphs import CapturedGraph, GraphMode, padded_size
-from tessera.runner.cuda_graph_runner import DecodeGraphRunner, decode_graph_batch_sizes
+from tessera.config import EngineConfig, GraphConfig
 from tessera.forward.batch import ForwardMode
+from tessera.runner.cuda_graph_runner import DecodeGraphRunner, decode_graph_batch_sizes
 from tessera.runner.model_runner import ModelRunner
 
 HAS_CUDA = torch.cuda.is_available()
