@@ -7,6 +7,8 @@
 #   decode: PCG off, decode graphs on, bs 1 and 32, 128 prompt tokens, 64 output tokens;
 #   prefill: PCG on (decode graphs off), bs 1, 16 / 256 / 1024 prompt tokens, one output token;
 #     its JSON also holds the graph runners' capture seconds and memory.
+# ORDER="new base" runs this checkout first (the first run also pays for cold Triton and
+# inductor caches, which shows in its capture time: run both orders).
 # Writes under $OUT: <tree>_<run>.json + .log, ab_summary.txt (medians side by side, new / base).
 # Usage: BASE=ab_base OUT=/some/dir bash scripts/gpu/ab_trees.sh   (~7 min on an H100)
 set -uo pipefail
@@ -22,7 +24,7 @@ NEW=$PWD
 COMMON=(-m tessera.bench.latency --load-format dummy --dtype bfloat16 --attention-backend triton
         --max-running-requests 32 --cuda-graph-max-bs 32 --warmup 2 --repeat 5)
 for model in llama3-8b qwen3-0.6b; do
-  for tree in base new; do
+  for tree in ${ORDER:-base new}; do
     dir=$BASE; [ "$tree" = new ] && dir=$NEW
     PYTHONPATH="$dir" run "${tree}_decode_$model" 120 "$PY" "${COMMON[@]}" --model-path "$model" \
       --disable-piecewise-cuda-graph --batch-size 1 32 --input-len 128 --output-len 64 \
