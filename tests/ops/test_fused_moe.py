@@ -101,3 +101,15 @@ def test_fused_moe_traces_as_one_node():
     assert calls[0] in (torch.ops.tessera.fused_moe_torch,
                         torch.ops.tessera.fused_moe_torch.default)
     assert len(calls) == 2  # the op and the product: nothing of the reference's loop
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", [1, 8, 64, 512])
+@pytest.mark.parametrize("num_experts,top_k,hidden,inter", [(128, 8, 2048, 768),  # Qwen3-30B-A3B
+                                                             (8, 2, 4096, 14336)])  # Mixtral
+def test_triton_fused_moe_real_shapes_bf16(num_tokens, num_experts, top_k, hidden, inter):
+    from tessera.ops.triton.fused_moe import fused_moe
+
+    args = _problem(num_tokens, num_experts, top_k, hidden, inter, "cuda", torch.bfloat16)
+    ref = fused_moe_torch(*args).float()
+    torch.testing.assert_close(fused_moe(*args).float(), ref, atol=2e-2, rtol=2e-2)
