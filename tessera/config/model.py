@@ -8,6 +8,50 @@ import torch
 
 
 @dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """The mixture-of-experts fields of an HF config (Qwen2/3-MoE, Mixtral, DeepSeek names)."""
+
+    num_experts: int  # num_experts / num_local_experts / n_routed_experts
+    top_k: int  # num_experts_per_tok
+    intermediate_size: int  # per expert: moe_intermediate_size (Mixtral: intermediate_size)
+    norm_topk_prob: bool  # renormalise the top-k weights (Mixtral always does)
+    decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 ...
+    mlp_only_layers: tuple[int, ...] = ()  # ... and it is not listed here (dense MLP instead)
+    shared_expert_intermediate_size: int = 0  # 0: no shared experts
+    scoring_func: str = "softmax"
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+
+    def is_moe_layer(self, layer_id: int) -> bool:
+        return (layer_id not in self.mlp_only_layers
+                and (layer_id + 1) % self.decoder_sparse_step == 0)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> MoEConfig | None:
+        """None for a dense model (no expert count, or zero experts)."""
+        experts = d.get("num_experts") or d.get("num_local_experts") or d.get("n_routed_experts")
+        if not experts:
+            return None
+        if "num_experts_per_tok" not in d:
+            raise ValueError("config.json has experts but no 'num_experts_per_tok'")
+        model_type = d.get("model_type", "")
+        return cls(
+            num_experts=int(experts),
+            top_k=int(d["num_experts_per_tok"]),
+            intermediate_size=int(d.get("moe_intermediate_size") or d["intermediate_size"]),
+            norm_topk_prob=bool(d.get("norm_topk_prob", model_type == "mixtral")),
+            decoder_sparse_step=int(d.get("decoder_sparse_step") or 1),
+            mlp_only_layers=tuple(int(i) for i in d.get("mlp_only_layers") or ()),
+            shared_expert_intermediate_size=int(d.get("shared_expert_intermediate_size") or 0),
+            scoring_func=d.get("scoring_func") or "softmax",
+            n_group=int(d.get("n_group") or 1),
+            topk_group=int(d.get("topk_group") or 1),
+            routed_scaling_factor=float(d.get("routed_scaling_factor") or 1.0),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     architecture: str
     model_type: str
@@ -28,6 +72,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     hf_config: dict[str, Any] = dataclasses.field(repr=False, compare=False)
+    moe: MoEConfig | None = None  # None: a dense model
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -68,6 +113,7 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             bos_token_id=d.get("bos_token_id"),
             hf_config=d,
+            moe=MoEConfig.from_hf_dict(d),
         )
 
 

@@ -85,11 +85,14 @@ class ColumnParallelLinear(LinearBase):
 
 class RowParallelLinear(LinearBase):
     """Input dim sharded; the partial outputs are summed across the TP group (all-reduce), and
-    the bias added once, after the sum."""
+    the bias added once, after the sum. `reduce_results=False` leaves the sum to the caller,
+    which adds more partial sums before one all-reduce (an MoE layer's shared experts)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  dtype: torch.dtype = torch.float32,
-                 quant_method: QuantMethod | None = None) -> None:
+                 quant_method: QuantMethod | None = None, reduce_results: bool = True) -> None:
+        assert reduce_results or not bias, "a bias must be added after the sum, by its owner"
+        self.reduce_results = reduce_results
         self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
         if in_features % self.tp_size:
             raise ValueError(f"input dim {in_features} does not divide by tp size "
@@ -97,12 +100,12 @@ class RowParallelLinear(LinearBase):
         super().__init__(in_features // self.tp_size, out_features, bias, dtype, quant_method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tp_size == 1:
+        if self.tp_size == 1 or not self.reduce_results:
             return self.quant_method.apply(self, x, self.bias)
         return self._reduce(self.quant_method.apply(self, x))
 
     def forward_silu_mul(self, gate_up: torch.Tensor, act: SiluAndMul) -> torch.Tensor:
-        if self.tp_size == 1:
+        if self.tp_size == 1 or not self.reduce_results:
             return self.quant_method.apply_silu_mul(self, gate_up, act)
         return self._reduce(self.quant_method.apply(self, act(gate_up)))
 

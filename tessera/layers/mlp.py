@@ -16,13 +16,16 @@ class GatedMLP(nn.Module):
     model's packed_modules_mapping (gate_proj -> shard 0, up_proj -> shard 1)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, dtype: torch.dtype,
-                 quant_method: QuantMethod | None = None) -> None:
+                 quant_method: QuantMethod | None = None, reduce_results: bool = True) -> None:
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(
             hidden_size, [intermediate_size, intermediate_size], dtype=dtype,
             quant_method=quant_method)
+        # reduce_results=False: under TP the output is this rank's partial sum (see
+        # RowParallelLinear), for an owner that adds more before one all-reduce
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, dtype=dtype,
-                                           quant_method=quant_method)
+                                           quant_method=quant_method,
+                                           reduce_results=reduce_results)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,9 @@ A model is pure math composed from tessera.layers. It implements:
 * `kv_cache_spec()`: what the KV pool must hold per token and layer (tessera.cache.spec);
 * `num_attention_heads()`: this rank's query heads (the attention backend sizes its workspaces);
 * `load_weights(weights)`: route (checkpoint name, tensor) pairs to parameters through
+  `checkpoint_renames` (fragment -> fragment, e.g. Mixtral's `block_sparse_moe` -> `mlp`),
+  `expert_params_mapping` (per-expert tensors `<block>.experts.<e>.<proj>.weight` -> (our
+  stacked parameter of the block, shard id), loaded with `expert_id=e`),
   `packed_modules_mapping` (checkpoint name fragment -> (our merged parameter fragment, shard
   id)) and each parameter's `weight_loader` (which takes this rank's shard); returns the names
   of the parameters it loaded.
@@ -20,6 +23,7 @@ plus a registry entry (tessera.models.registry).
 """
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import ClassVar
@@ -29,9 +33,13 @@ from torch import nn
 
 from tessera.cache.spec import KVCacheSpec
 
+_EXPERT_TENSOR = re.compile(r"\.experts\.(\d+)\.(\w+)\.weight$")
+
 
 class CausalLM(nn.Module):
     packed_modules_mapping: ClassVar[dict[str, tuple[str, str | int]]] = {}
+    checkpoint_renames: ClassVar[dict[str, str]] = {}
+    expert_params_mapping: ClassVar[dict[str, tuple[str, int | None]]] = {}
     # checkpoint tensors that are not parameters of ours (recomputed buffers)
     skipped_checkpoint_names: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
 
@@ -65,6 +73,18 @@ class CausalLM(nn.Module):
         for name, tensor in weights:
             if any(part in name for part in self.skipped_checkpoint_names) or name in tied:
                 continue
+            for old, new in self.checkpoint_renames.items():
+                name = name.replace(old, new)
+            expert = self._expert_target(name)
+            if expert is not None:
+                target, shard_id, expert_id = expert
+                if target not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in "
+                                     f"{type(self).__name__}")
+                params[target].weight_loader(params[target], tensor, shard_id,
+                                             expert_id=expert_id)
+                loaded.add(target)
+                continue
             target, shard_id = name, None
             for ckpt_part, (ours, sid) in self.packed_modules_mapping.items():
                 if f".{ckpt_part}." in name:
@@ -83,6 +103,14 @@ class CausalLM(nn.Module):
                 loader(param, tensor, shard_id)
             loaded.add(target)
         return loaded
+
+    def _expert_target(self, name: str) -> tuple[str, int | None, int] | None:
+        """(stacked parameter, shard id, expert id) of a per-expert checkpoint tensor."""
+        match = _EXPERT_TENSOR.search(name) if self.expert_params_mapping else None
+        if match is None or match.group(2) not in self.expert_params_mapping:
+            return None
+        param, shard_id = self.expert_params_mapping[match.group(2)]
+        return f"{name[:match.start()]}.{param}", shard_id, int(match.group(1))
 
     def process_weights_after_loading(self) -> None:
         """Once every weight is in place (checkpoint or dummy): each linear layer's QuantMethod

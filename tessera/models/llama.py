@@ -6,6 +6,7 @@ layers; graphs are the runner's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -65,11 +66,15 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    """Attention, then `mlp`: any block with GatedMLP's `forward_norm` contract (the dense
+    GatedMLP by default; a FusedMoE in the MoE models)."""
+
     def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype,
-                 qk_norm: bool = False) -> None:
+                 qk_norm: bool = False, mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, dtype, qk_norm)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, dtype)
+        self.mlp = (mlp if mlp is not None
+                    else GatedMLP(config.hidden_size, config.intermediate_size, dtype))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -103,11 +108,13 @@ class LlamaModel(nn.Module):
     compiles and captures) and `finish` (the last layer's MLP and the final norm on the chosen
     rows only). On a one-request prefill of llama3-8b that skips 1/32 of the MLP work."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, qk_norm: bool = False) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, qk_norm: bool = False,
+                 make_mlp: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype, qk_norm)
-                                    for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, dtype, qk_norm, make_mlp(i) if make_mlp else None)
+            for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -153,10 +160,14 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         self.config, self.dtype = config, dtype
-        self.model = LlamaModel(config, dtype, self.qk_norm)
+        self.model = LlamaModel(config, dtype, self.qk_norm, self.make_mlp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def make_mlp(self, layer_id: int) -> nn.Module:
+        """The MLP block of layer `layer_id`; MoE models override this and nothing else."""
+        return GatedMLP(self.config.hidden_size, self.config.intermediate_size, self.dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

@@ -9,8 +9,10 @@ from tessera.models.base import CausalLM
 _MODELS: dict[str, str | type[CausalLM]] = {
     "LlamaForCausalLM": "tessera.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "tessera.models.llama:MistralForCausalLM",
+    "MixtralForCausalLM": "tessera.models.mixtral:MixtralForCausalLM",
     "Qwen2ForCausalLM": "tessera.models.llama:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "tessera.models.llama:Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM": "tessera.models.qwen3_moe:Qwen3MoeForCausalLM",
 }
 
 

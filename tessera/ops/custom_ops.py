@@ -154,6 +154,31 @@ def _per_token_group_quant_fp8_fake(x: torch.Tensor, group_size: int,
     return x_q, scales
 
 
-__all__ = ["embedding", "fused_add_rms_norm", "gemv", "gemv_rms_norm",
-           "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm",
-           "rotary_embedding", "silu_and_mul"]
+@torch.library.custom_op("tessera::fused_moe", mutates_args=())
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    from tessera.ops.triton.fused_moe import fused_moe as kernel
+
+    return kernel(x, w13, w2, topk_weights, topk_ids)
+
+
+@torch.library.custom_op("tessera::fused_moe_torch", mutates_args=())
+def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                    topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """The reference (tessera.ops.moe) as one opaque op: its per-expert loop gathers a
+    data-dependent number of rows, which torch.compile(fullgraph=True) cannot trace."""
+    from tessera.ops.moe import fused_moe_torch as reference
+
+    return reference(x, w13, w2, topk_weights, topk_ids)
+
+
+@fused_moe.register_fake
+@fused_moe_torch.register_fake
+def _fused_moe_fake(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                    topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w2.shape[1]))
+
+
+__all__ = ["embedding", "fused_add_rms_norm", "fused_moe", "fused_moe_torch", "gemv",
+           "gemv_rms_norm", "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope",
+           "rms_norm", "rotary_embedding", "silu_and_mul"]
