@@ -57,7 +57,7 @@ def test_split_has_a_piece_around_every_attention(runner):
                for p in pieces if p.is_splitting)
 
 
-def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
+def test_logits_equal_eager_for_every_size_in_mixed_batches(runner, request):
     """Every token count from 1 to the largest size (captured sizes and those padded up to one),
     each a batch mixing decoding requests, an extend on a cached prefix and a new prompt: every
     token's logits (the trunk's pieces, then the last layer's MLP on every token), and only the
@@ -65,10 +65,17 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     eagerly on every token."""
     pcg = pcg_of(runner)
     assert pcg.capture_sizes == [2, 4, 8, 12, 16, 20, 24, 28, 32, 40]
+    totals = list(range(1, MAX_TOKENS + 1))
+    if request.node.callspec.params["runner"].endswith("triton"):
+        # Triton's interpreter is slow: 1, then every captured size exactly and padded up from the
+        # count below it (each size's graph and its padding, and every mix of request kinds:
+        # 1-2 tokens no decoding request, 3-5 one, 6-8 two, 9+ three); the llama and qwen3
+        # (torch_native) runners take every count.
+        totals = sorted({1} | {s - d for s in pcg.capture_sizes for d in (0, 1)})
     refused, fallbacks = pcg.monitor.refused_recompiles, pcg.eager_fallbacks
     direct, dynamo = pcg.backbone.direct_calls, pcg.backbone.dynamo_calls
     batches = MixedBatches(runner)
-    for total in range(1, MAX_TOKENS + 1):
+    for total in totals:
         context = f"{total} tokens padded to {pcg.padded_size(total)}"
         ours, eager = pcg_and_eager_logits(runner, batches.mixed(total))
         assert ours.all_logits.shape == eager.all_logits.shape == (total,
@@ -89,7 +96,7 @@ def test_logits_equal_eager_for_every_size_in_mixed_batches(runner):
     assert (pcg.monitor.refused_recompiles, pcg.eager_fallbacks) == (refused, fallbacks)
     # after the trace, forwards call the compiled graph directly, past Dynamo's guards
     assert pcg.backend.direct is not None
-    assert pcg.backbone.direct_calls == direct + 2 * MAX_TOKENS
+    assert pcg.backbone.direct_calls == direct + 2 * len(totals)
     assert pcg.backbone.dynamo_calls == dynamo
 
 
