@@ -92,8 +92,10 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
     except Exception as e:  # noqa: BLE001 - a crash ends serving; tell the server why
         logger.error("engine loop crashed:\n%s", traceback.format_exc())
         outputs.send_pyobj(EngineFailed(f"engine crashed: {type(e).__name__}: {e}"))
+        engine.shutdown()
         _close(ctx, requests, outputs)
         raise SystemExit(1) from None
+    engine.shutdown()
     _close(ctx, requests, outputs)
 
 
@@ -125,6 +127,7 @@ class EngineLoop:
                 if os.getppid() != self.parent_pid:
                     logger.warning("server process is gone; engine exits")
                     return
+                self.engine.check_ranks()  # a TP rank that died while idle ends serving too
             if self.running and self.engine.has_unfinished():
                 outs = self.engine.step()
                 if outs:

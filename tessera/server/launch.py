@@ -17,6 +17,14 @@ def serve(args: argparse.Namespace) -> int:
     config = EngineConfig.from_cli(args)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    if config.parallel.node_rank > 0:  # a node that only runs tensor-parallel ranks
+        from tessera.engine.tp import run_node
+
+        try:
+            return run_node(config)
+        except (FileNotFoundError, ValueError) as e:
+            logger.error("%s", e)
+            return 2
     return asyncio.run(_serve(config))
 
 
