@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def run_driver(*args: str, timeout: float = 240) -> str:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, DRIVER, *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, DRIVER, *args], capture_output=True, text=True, check=False,
                           timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout.strip().splitlines()[-1]
