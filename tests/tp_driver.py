@@ -61,10 +61,33 @@ def run_generate(model: str, tp: int, engine_args: dict) -> list[list[int]]:
     return {"tokens": [o.token_ids for o in first + second], "cached": cached}
 
 
+def run_kill(model: str, tp: int) -> dict:
+    """Kill rank 1 between two generate calls: the next one must fail with a clear error and
+    leave no rank running."""
+    import signal
+
+    from tessera import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, ignore_eos=True)
+    llm = LLM(model, tp_size=tp, dist_timeout=30.0, kv_cache_tokens=512)
+    llm.generate(prompt_token_ids=PROMPTS[:1], sampling_params=params)
+    procs = llm.engine.tp_ranks.procs
+    os.kill(procs[0].pid, signal.SIGKILL)
+    try:
+        llm.generate(prompt_token_ids=PROMPTS[:2], sampling_params=params)
+        error = None
+    except RuntimeError as e:
+        error = str(e)
+    return {"error": error, "alive": [p.poll() is None for p in procs],
+            "stopped": llm.engine.tp_ranks is None}
+
+
 if __name__ == "__main__":
     mode, model, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "logits":
         torch.save(run_logits(model, tp), sys.argv[4])
         print(json.dumps({"ok": True}))
+    elif mode == "kill":
+        print(json.dumps(run_kill(model, tp)))
     else:
         print(json.dumps(run_generate(model, tp, json.loads(sys.argv[4]))))

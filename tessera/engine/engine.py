@@ -161,6 +161,21 @@ class Engine:
 
     # ---- one step -----------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """One engine step (`_step`). With tp > 1 a failed step (another rank died, a collective
+        timed out) stops every rank and raises a RuntimeError that names the rank that exited."""
+        if self.tp_ranks is None:
+            return self._step()
+        try:
+            return self._step()
+        except Exception as e:
+            ranks = self.tp_ranks
+            ranks.wait(timeout=1.0)  # a killed rank is reaped in moments; name it if it is
+            failure = ranks.failure()
+            self.shutdown()
+            raise RuntimeError(f"tensor-parallel step failed: {failure or e}; every rank was "
+                               f"stopped") from e
+
+    def _step(self) -> list[StepOutput]:
         """Run one batch and return what it (or, with the overlap schedule, the batch before it)
         produced.
 

@@ -45,6 +45,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "architecture": mc.architecture,
         "device": cfg.load.device,
         "dtype": cfg.load.dtype,
+        "tp_size": cfg.parallel.tp_size,
+        "nnodes": cfg.parallel.nnodes,
         "attention_backend": cfg.backend.attention_backend,
         "sampling_backend": cfg.backend.sampling_backend,
         "kv_cache_tokens": runner.kv_cache_tokens,

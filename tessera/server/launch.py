@@ -38,8 +38,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _log_startup(info: dict, host: str, port: int) -> None:
     graphs = ", ".join(info["graph_runners"]) or "none (eager)"
-    logger.info("model %s (%s) on %s, dtype %s", info["model_path"], info["architecture"],
-                info["device"], info["dtype"])
+    logger.info("model %s (%s) on %s, dtype %s, tp %d over %d node(s)", info["model_path"],
+                info["architecture"], info["device"], info["dtype"], info["tp_size"],
+                info["nnodes"])
     logger.info("attention backend %s, sampling backend %s; graphs: %s",
                 info["attention_backend"], info["sampling_backend"], graphs)
     logger.info("KV cache %d tokens, context length %d, max running requests %d, radix cache %s",

@@ -77,6 +77,13 @@ def test_piecewise_graph_enforced_with_tp2_equals_eager(models):
     assert pcg["tokens"] == eager["tokens"]
 
 
+def test_a_dead_rank_fails_the_next_generate_clearly_and_stops_every_rank():
+    got = json.loads(run_driver("kill", "tiny-llama", "4", timeout=180))
+    assert got["error"] is not None and "tensor-parallel step failed" in got["error"]
+    assert "rank 1" in got["error"] and "exited" in got["error"]
+    assert got["alive"] == [False, False, False] and got["stopped"]
+
+
 def test_tp_not_dividing_the_heads_is_a_clear_error_before_any_rank_starts():
     with pytest.raises(ValueError, match="--tp-size 3 does not divide the model's 4 attention"):
         LLM("tiny-llama", tp_size=3, kv_cache_tokens=256)
