@@ -56,9 +56,11 @@ def run_generate(model: str, tp: int, engine_args: dict) -> list[list[int]]:
         # the rest after: their prefixes are in the radix cache by now
         second = llm.generate(prompt_token_ids=PROMPTS[3:], sampling_params=params)
         cached = [o.num_cached_tokens for o in second]
+        graphs = [type(r).__name__ for r in llm.engine.runner.graph_runners]
     finally:
         llm.shutdown()
-    return {"tokens": [o.token_ids for o in first + second], "cached": cached}
+    return {"tokens": [o.token_ids for o in first + second], "cached": cached,
+            "graph_runners": graphs}
 
 
 def run_kill(model: str, tp: int) -> dict:

@@ -74,6 +74,7 @@ def test_piecewise_graph_enforced_with_tp2_equals_eager(models):
     pcg = json.loads(run_driver("generate", models["qwen3"], "2", json.dumps(
         {**base, "enforce_piecewise_cuda_graph": True,
          "piecewise_cuda_graph_tokens": [8, 16, 32]})))
+    assert pcg["graph_runners"] == ["PiecewiseGraphRunner"] and eager["graph_runners"] == []
     assert pcg["tokens"] == eager["tokens"]
 
 
