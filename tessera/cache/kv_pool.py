@@ -63,6 +63,10 @@ class ReqToTokenPool:
         self.req_to_token = torch.zeros((max_reqs, max_context_len), dtype=torch.int32,
                                         device=device)
         self.free_rows = list(range(max_reqs))
+        # under tensor parallelism rank 0's scheduler writes rows (cached prefixes) that the
+        # other ranks' tables must repeat: the writes since the last batch plan, in order
+        # (None: not recorded)
+        self.write_log: list[tuple[int, int, torch.Tensor]] | None = None
 
     def available_size(self) -> int:
         return len(self.free_rows)
@@ -75,6 +79,13 @@ class ReqToTokenPool:
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         self.req_to_token[row, start:start + slots.numel()] = slots.to(torch.int32)
+        if self.write_log is not None:
+            self.write_log.append((row, start, slots))
+
+    def take_write_log(self) -> list[tuple[int, int, torch.Tensor]]:
+        """The writes recorded since the last call (and a fresh log)."""
+        log, self.write_log = self.write_log or [], []
+        return log
 
     def read(self, row: int, start: int, end: int) -> torch.Tensor:
         return self.req_to_token[row, start:end].to(torch.int64)

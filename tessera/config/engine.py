@@ -93,7 +93,14 @@ class GraphConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
-    tp_size: int = cfg(1, "tensor parallel size")
+    tp_size: int = cfg(1, "tensor parallel size: one process per rank, each holding 1/tp of "
+                       "the weights and KV heads", aliases=["--tp", "--tensor-parallel-size"])
+    nnodes: int = cfg(1, "nodes the tp ranks are spread over (tp_size / nnodes ranks each)")
+    node_rank: int = cfg(0, "this node's index in 0..nnodes-1; node 0 schedules and serves")
+    dist_init_addr: str | None = cfg(None, "host:port of node 0's rendezvous (needed with "
+                                     "--nnodes > 1; default: a free port on 127.0.0.1)")
+    dist_timeout: float = cfg(60.0, "seconds a start-up or forward collective may wait for "
+                              "the other ranks before failing")
     moe_dense_tp_size: int | None = cfg(None, "TP size of dense layers in MoE models "
                                         "(1: attention data-parallel)", type_=int)
 
@@ -232,6 +239,19 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     if parallel.tp_size < 1 or (parallel.moe_dense_tp_size is not None
                                 and parallel.moe_dense_tp_size < 1):
         raise ValueError("--tp-size and --moe-dense-tp-size must be >= 1")
+    if parallel.nnodes < 1 or parallel.tp_size % parallel.nnodes:
+        raise ValueError(f"--nnodes {parallel.nnodes} must be >= 1 and divide --tp-size "
+                         f"{parallel.tp_size} (each node runs tp_size / nnodes ranks)")
+    if not 0 <= parallel.node_rank < parallel.nnodes:
+        raise ValueError(f"--node-rank {parallel.node_rank} must be in 0..{parallel.nnodes - 1}")
+    if parallel.nnodes > 1 and not parallel.dist_init_addr:
+        raise ValueError("--nnodes > 1 needs --dist-init-addr host:port (node 0's address)")
+    if parallel.dist_init_addr is not None:
+        host, _, port = parallel.dist_init_addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--dist-init-addr {parallel.dist_init_addr!r}: expected host:port")
+    if parallel.dist_timeout <= 0:
+        raise ValueError("--dist-timeout must be > 0 seconds")
 
     disable_cuda_graph = graph.disable_cuda_graph
     if not disable_cuda_graph and not platform.supports_full_graph:

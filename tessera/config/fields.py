@@ -18,8 +18,11 @@ def register_choices(key: str, provider: Callable[[], list[str]]) -> None:
 
 
 def cfg(default: Any, help: str, choices: str | list[str] | None = None,
-        nargs: str | None = None, type_: type | None = None) -> Any:
-    meta = {"help": help, "choices": choices, "nargs": nargs, "type": type_}
+        nargs: str | None = None, type_: type | None = None,
+        aliases: list[str] | None = None) -> Any:
+    """aliases: more CLI spellings of the flag (e.g. "--tp")."""
+    meta = {"help": help, "choices": choices, "nargs": nargs, "type": type_,
+            "aliases": aliases or []}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -44,12 +47,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -
     for f in dataclasses.fields(cls):
         if not f.init or "help" not in f.metadata:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", [])]
         default, type_, choices = field_spec(f)
         if type_ is bool:
-            group.add_argument(flag, action="store_true", default=default, help=f.metadata["help"])
+            group.add_argument(*flags, action="store_true", default=default,
+                               help=f.metadata["help"])
             continue
-        group.add_argument(flag, type=type_, default=default, choices=choices,
+        group.add_argument(*flags, dest=f.name, type=type_, default=default, choices=choices,
                            nargs=f.metadata.get("nargs"), help=f.metadata["help"])
 
 

@@ -5,14 +5,16 @@ from tessera.distributed.communication import (
     tensor_parallel_reduce_scatter,
 )
 from tessera.distributed.parallel_state import (
+    control_group,
     destroy_distributed,
     get_tp_rank,
     get_tp_size,
     init_distributed,
     set_tensor_parallel,
+    tensor_parallel_as,
     tp_group,
 )
 
-__all__ = ["destroy_distributed", "get_tp_rank", "get_tp_size", "init_distributed",
+__all__ = ["control_group", "destroy_distributed", "get_tp_rank", "get_tp_size", "init_distributed",
            "set_tensor_parallel", "tensor_parallel_all_gather",
-           "tensor_parallel_all_reduce", "tensor_parallel_reduce_scatter", "tp_group"]
+           "tensor_parallel_all_reduce", "tensor_parallel_as", "tensor_parallel_reduce_scatter", "tp_group"]

@@ -14,6 +14,7 @@ import torch
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
+from tessera.engine.tp import LocalRanks, start_rank_zero
 from tessera.models.tokenizer import load_tokenizer
 from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
@@ -61,7 +62,20 @@ def _uses_history(params: SamplingParams) -> bool:
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config = config.resolve()
-        self.runner = ModelRunner(config)
+        # tp > 1: this process is rank 0; the node's other ranks run tessera.runner.tp_worker
+        self.tp_ranks: LocalRanks | None = None
+        self.runner: ModelRunner | None = None
+        try:
+            if config.parallel.tp_size > 1:
+                if config.parallel.node_rank != 0:
+                    raise ValueError(f"--node-rank {config.parallel.node_rank}: only node 0 "
+                                     f"runs the engine (other nodes start their ranks with "
+                                     f"`tessera serve --node-rank k`)")
+                self.tp_ranks = start_rank_zero(config)
+            self.runner = ModelRunner(config)
+        except BaseException:
+            self.shutdown()
+            raise
         mc = self.runner.model_config
         tok_path = config.load.tokenizer_path or config.load.model_path
         self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, mc.eos_token_ids)
@@ -147,6 +161,21 @@ class Engine:
 
     # ---- one step -----------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """One engine step (`_step`). With tp > 1 a failed step (another rank died, a collective
+        timed out) stops every rank and raises a RuntimeError that names the rank that exited."""
+        if self.tp_ranks is None:
+            return self._step()
+        try:
+            return self._step()
+        except Exception as e:
+            ranks = self.tp_ranks
+            ranks.wait(timeout=1.0)  # a killed rank is reaped in moments; name it if it is
+            failure = ranks.failure()
+            self.shutdown()
+            raise RuntimeError(f"tensor-parallel step failed: {failure or e}; every rank was "
+                               f"stopped") from e
+
+    def _step(self) -> list[StepOutput]:
         """Run one batch and return what it (or, with the overlap schedule, the batch before it)
         produced.
 
@@ -263,6 +292,30 @@ class Engine:
                           num_output_tokens=len(req.output_ids),
                           num_cached_tokens=req.num_cached_tokens,
                           new_logprobs=new_lp, new_top_logprobs=new_top, stop_str=req.stop_str)
+
+    # ---- tensor-parallel ranks ----------------------------------------------------------------
+    def check_ranks(self) -> None:
+        """Raises when one of the other TP ranks has exited (the engine cannot step any more)."""
+        if self.tp_ranks is not None:
+            failure = self.tp_ranks.failure()
+            if failure is not None:
+                raise RuntimeError(failure)
+
+    def shutdown(self) -> None:
+        """Stop the other TP ranks (a stop plan, then a kill after 10 s) and leave the world.
+        A no-op at tp 1; safe to call twice."""
+        if self.tp_ranks is None:
+            return
+        from tessera.distributed import destroy_distributed
+
+        ranks, self.tp_ranks = self.tp_ranks, None
+        if self.runner is not None and ranks.failure() is None:
+            try:
+                self.runner.stop_other_ranks()
+            except Exception as e:  # noqa: BLE001 - a dead rank: kill the rest below
+                logger.warning("could not send the stop plan: %s", e)
+        ranks.stop(timeout=10.0)
+        destroy_distributed()
 
     # ---- maintenance --------------------------------------------------------------------------
     def flush_cache(self) -> bool:

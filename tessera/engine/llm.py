@@ -113,6 +113,10 @@ class LLM:
         return self.engine
 
     def shutdown(self) -> None:
+        """Frees the engine; with tp > 1 its other ranks stop and this process leaves the world
+        (a new LLM may start after)."""
+        if self.engine is not None:
+            self.engine.shutdown()
         self.engine = None
 
     def __enter__(self) -> Self:

@@ -35,6 +35,8 @@ class ForwardBatch:
     extend_prefix_lens_cpu: list[int]
     extend_seq_lens_cpu: list[int]
     return_all_logits: bool = False
+    # the rows of req_pool_indices on the host (what a TP batch plan sends; set by `build`)
+    req_pool_indices_cpu: list[int] | None = None
     # DECODE batches built from host token ids: [3, B] int64 rows positions | req_pool_indices |
     # input_ids, one tensor (the fields above are views of it), so a decode graph loads all
     # three with one copy
@@ -161,6 +163,7 @@ class ForwardBatch:
             extend_prefix_lens_cpu=list(prefix_lens),
             extend_seq_lens_cpu=list(extend_lens),
             return_all_logits=return_all_logits,
+            req_pool_indices_cpu=list(req_pool_indices),
             decode_inputs=decode_inputs,
             last_token_loc=packed[n64 - b:n64] if with_last else None,
         )

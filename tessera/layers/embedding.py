@@ -17,6 +17,7 @@ from tessera.distributed import (
     tensor_parallel_all_gather,
     tensor_parallel_all_reduce,
 )
+from tessera.layers.checkpoint_slice import reads_checkpoint_slices
 from tessera.layers.custom_op import MultiPlatformOp
 from tessera.layers.linear import default_weight_loader
 from tessera.layers.quantization import set_weight_loader
@@ -58,6 +59,7 @@ class VocabParallelEmbedding(nn.Module):
                          requires_grad=False), self.weight_loader)
         self.lookup = EmbeddingLookup()
 
+    @reads_checkpoint_slices
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         shard = loaded[self.vocab_start:self.vocab_start + self.shard_size]
         if shard.shape[0] < self.shard_size:  # last rank: pad the tail with zeros

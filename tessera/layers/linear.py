@@ -18,6 +18,11 @@ import torch
 from torch import nn
 
 from tessera.distributed import get_tp_rank, get_tp_size, tensor_parallel_all_reduce
+from tessera.layers.checkpoint_slice import (
+    CheckpointSlice,
+    materialize,
+    reads_checkpoint_slices,
+)
 from tessera.layers.quantization import QuantMethod, UnquantizedLinearMethod, set_weight_loader
 
 if TYPE_CHECKING:
@@ -25,7 +30,9 @@ if TYPE_CHECKING:
     from tessera.layers.layernorm import RMSNorm
 
 
-def default_weight_loader(param: nn.Parameter | torch.Tensor, loaded: torch.Tensor) -> None:
+def default_weight_loader(param: nn.Parameter | torch.Tensor,
+                          loaded: torch.Tensor | CheckpointSlice) -> None:
+    loaded = materialize(loaded)
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
                          f"{tuple(loaded.shape)}")
@@ -60,8 +67,15 @@ class LinearBase(nn.Module):
         """self(act(gate_up)), act = SiLU·mul over the [gate | up] halves."""
         return self.quant_method.apply_silu_mul(self, gate_up, act)
 
+    @reads_checkpoint_slices
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         default_weight_loader(param, loaded)
+
+    def checkpoint_parts(self, full: torch.Tensor) -> list[tuple[str | int | None, torch.Tensor]]:
+        """The checkpoint tensors (shard id, tensor) that this UNSHARDED layer's parameter
+        `full` is made of: how dummy weights give a TP rank exactly its shard of the TP=1
+        model (tessera.models.loader.init_dummy_weights). One tensor, no shard id, here."""
+        return [(None, full)]
 
 
 class ReplicatedLinear(LinearBase):
@@ -78,6 +92,7 @@ class ColumnParallelLinear(LinearBase):
                              f"{self.tp_size}")
         super().__init__(in_features, out_features // self.tp_size, bias, dtype, quant_method)
 
+    @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         size = param.shape[0]
         default_weight_loader(param, loaded.narrow(0, self.tp_rank * size, size))
@@ -113,6 +128,7 @@ class RowParallelLinear(LinearBase):
         out = tensor_parallel_all_reduce(partial)
         return out if self.bias is None else out + self.bias
 
+    @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         if param.dim() == 1:  # the bias: whole on every rank, added after the sum
             default_weight_loader(param, loaded)
@@ -131,6 +147,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias, dtype, quant_method)
 
+    def checkpoint_parts(self, full):
+        return list(enumerate(full.split(self.output_sizes, dim=0)))
+
+    @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         assert shard_id is not None, "merged layers load one checkpoint tensor at a time"
         size = self.output_sizes[shard_id] // self.tp_size
@@ -159,6 +179,11 @@ class QKVParallelLinear(ColumnParallelLinear):
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias, dtype, quant_method)
 
+    def checkpoint_parts(self, full):
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return list(zip("qkv", full.split([q_size, kv_size, kv_size], dim=0)))
+
+    @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         offset, size, rank = {

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tessera.cache.spec import KVCacheSpec
+from tessera.layers.checkpoint_slice import materialize, takes_slices
 
 _EXPERT_TENSOR = re.compile(r"\.experts\.(\d+)\.(\w+)\.weight$")
 
@@ -95,6 +96,8 @@ class CausalLM(nn.Module):
                                  f"{type(self).__name__}")
             param = params[target]
             loader = getattr(param, "weight_loader", None)
+            if not takes_slices(loader):  # a CheckpointSlice is read whole only here
+                tensor = materialize(tensor)
             if loader is None:
                 param.data.copy_(tensor)
             elif shard_id is None:

@@ -36,7 +36,9 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, dtype=dtype)
+        # the unsharded input dim: RowParallelLinear takes this rank's 1/tp of it
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                        config.hidden_size, dtype=dtype)
         self.rotary_emb = get_rope(self.head_dim, config.max_position_embeddings,
                                    config.rope_theta, config.rope_scaling)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None

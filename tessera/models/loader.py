@@ -6,13 +6,16 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from tessera.config.model import ModelConfig
+from tessera.distributed import get_tp_size, tensor_parallel_as
+from tessera.layers.checkpoint_slice import CheckpointSlice
 from tessera.models.base import CausalLM
 from tessera.models.presets import PRESETS, is_preset
 from tessera.models.registry import get_model_class, supported_architectures
@@ -58,13 +61,15 @@ def safetensors_files(model_path: str) -> list[str]:
     return files
 
 
-def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, CheckpointSlice]]:
+    """(name, CheckpointSlice) of every tensor: nothing is read until a weight loader narrows
+    the slice to this rank's shard (or reads it whole)."""
     from safetensors import safe_open
 
     for path in tqdm(files, desc="loading safetensors shards", unit="file"):
         with safe_open(path, framework="pt") as f:
             for name in f.keys():  # noqa: SIM118  (safe_open is not iterable)
-                yield name, f.get_tensor(name)
+                yield name, CheckpointSlice(f.get_slice(name))
 
 
 @contextlib.contextmanager
@@ -79,17 +84,46 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Seeded random weights: norms at 1, everything else N(0, 0.02), made on the model's device."""
+def init_dummy_weights(model: nn.Module, seed: int,
+                       unsharded: Callable[[], nn.Module] | None = None) -> None:
+    """Seeded random weights: norms at 1, everything else N(0, 0.02), made on the model's device.
+
+    Each parameter has its own generator, seeded by `seed` and its name, so the values do not
+    depend on the order or the sharding of the parameters: with tensor parallelism
+    (`unsharded` builds the TP=1 model on the meta device) a rank draws the whole TP=1 tensor
+    and keeps its shard through the parameter's weight loader, so TP=N holds exactly the TP=1
+    model's weights. The cost: every rank draws every full tensor (tp times the random numbers
+    of its shard, one full tensor in memory at a time): fine for tests and benchmarks of
+    moderate models, slow for large ones (load real weights there)."""
     params = list(model.named_parameters())
     device = params[0][1].device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    full_model = unsharded() if unsharded is not None else None
+    full_params = dict(full_model.named_parameters()) if full_model is not None else {}
+    full_modules = dict(full_model.named_modules()) if full_model is not None else {}
     for name, p in tqdm(params, desc="initializing dummy weights", unit="tensor",
                         disable=len(params) < 64):
         if "norm" in name:
             p.data.fill_(1.0)
-        else:
-            p.data.normal_(0.0, 0.02, generator=generator)
+            continue
+        generator = torch.Generator(device=device).manual_seed(
+            (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63))
+        shape = full_params[name].shape if full_model is not None else p.shape
+        full = torch.empty(shape, dtype=p.dtype, device=device).normal_(0.0, 0.02,
+                                                                        generator=generator)
+        if full_model is None:
+            p.data.copy_(full)
+            continue
+        module = full_modules[name.rpartition(".")[0]]
+        parts = module.checkpoint_parts(full) if hasattr(module, "checkpoint_parts") else [
+            (None, full)]
+        loader = getattr(p, "weight_loader", None)
+        for shard_id, part in parts:
+            if loader is None:
+                p.data.copy_(part)  # replicated
+            elif shard_id is None:
+                loader(p, part)
+            else:
+                loader(p, part, shard_id)
 
 
 def load_model(model_path: str, model_config: ModelConfig, load_format: str, dtype: torch.dtype,
@@ -102,7 +136,11 @@ def load_model(model_path: str, model_config: ModelConfig, load_format: str, dty
     with torch.device(device), default_dtype(dtype):
         model = model_cls(model_config, dtype)
     if load_format == "dummy":
-        init_dummy_weights(model, seed)
+        def unsharded() -> nn.Module:
+            with tensor_parallel_as(0, 1), torch.device("meta"), default_dtype(dtype):
+                return model_cls(model_config, dtype)
+
+        init_dummy_weights(model, seed, unsharded if get_tp_size() > 1 else None)
     elif load_format == "safetensors":
         loaded = model.load_weights(iterate_safetensors(safetensors_files(model_path)))
         expected = {n for n, _ in model.named_parameters()}

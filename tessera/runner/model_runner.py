@@ -22,7 +22,9 @@ from tessera.models.loader import load_model, load_model_config
 from tessera.ops.linear import prepare_few_row_kernels, set_one_row_backend
 from tessera.ops.triton import pdl
 from tessera.platforms import platform_for_device
+from tessera.runner.batch_plan import send_plan, send_stop
 from tessera.runner.collaborators import GraphRunnerParts
+from tessera.runner.tp_checks import agree_on_min, check_tp_divides, check_tp_world
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +46,15 @@ class ModelRunner:
         if not config.graph.disable_piecewise_cuda_graph:
             # a clear error now, not after the weights load, when no size suits the layout
             capture_sizes(config.graph, config.parallel)
-        if config.parallel.tp_size != 1:
-            raise ValueError(f"--tp-size {config.parallel.tp_size}: tensor parallelism is not "
-                             f"implemented yet (the config rules for it are); use --tp-size 1")
         self.config = config
-        self.device = torch.device(config.load.device)
+        self.tp_rank, self.tp_size = check_tp_world(config.parallel)
         self.platform = platform_for_device(config.load.device)
+        self.device = torch.device(config.load.device)
+        if self.tp_size > 1 and self.device.type != "cpu":
+            # each node's ranks take its devices in order
+            local = self.tp_rank % (self.tp_size // config.parallel.nnodes)
+            self.platform.set_device(local)
+            self.device = torch.device(self.device.type, local)
         self.dtype = parse_dtype(config.load.dtype)
         self.model_config = load_model_config(config.load.model_path)
         mc = self.model_config
@@ -63,6 +68,8 @@ class ModelRunner:
         set_one_row_backend(config.backend.linear_backend)
         prepare_few_row_kernels(self.device)
         pdl.set_enabled(not config.backend.disable_pdl)
+        if self.tp_size > 1:
+            check_tp_divides(self.model_config, self.tp_size)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed)
         self.max_running_requests = config.scheduler.max_running_requests
@@ -71,6 +78,10 @@ class ModelRunner:
         self.kv_cache = KVCache(self.kv_cache_spec, self._kv_cache_tokens(),
                                 self.max_running_requests, self.context_length, self.device)
         self.kv_cache_tokens = self.kv_cache.num_tokens
+        # rank 0's scheduler writes cached prefixes into req_to_token; the plans repeat them
+        self.sends_plans = self.tp_size > 1 and self.tp_rank == 0
+        if self.sends_plans:
+            self.req_to_token_pool.write_log = []
         backend_cls = get_attention_backend_class(config.backend.attention_backend)
         self.attn_backend = backend_cls(self.kv_cache.pool, self.kv_cache.req_to_token_pool,
                                         self.model.num_attention_heads())
@@ -111,6 +122,8 @@ class ModelRunner:
             # the static fraction covers weights (already resident) and the KV pool
             budget = free - total * (1 - cache.mem_fraction_static)
         tokens = int(budget // per_token)
+        if self.tp_size > 1:  # every rank's pool must hold the slots rank 0 hands out
+            tokens = agree_on_min(tokens)
         if tokens < 1:
             raise ValueError(f"no memory left for the KV cache (free {free / 2**30:.1f} GiB); "
                              f"raise --mem-fraction-static or pass --kv-cache-tokens")
@@ -144,12 +157,21 @@ class ModelRunner:
 
             self.graph_runners.append(PiecewiseGraphRunner(parts))
 
+    def stop_other_ranks(self) -> None:
+        """Rank 0 under TP: the other ranks leave their plan loop (tessera.runner.tp_worker)."""
+        if self.sends_plans:
+            send_stop()
+            self.sends_plans = False
+
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
-        """Records the new tokens' KV slots in req_to_token (see record_slots), then runs the
+        """Under TP, rank 0 first broadcasts the batch plan (tessera.runner.batch_plan) so every
+        rank runs this same forward. Records the new tokens' KV slots in req_to_token (see record_slots), then runs the
         batch on the first graph runner that can take it, else eagerly. An EXTEND batch on a
         backend whose layer-0 extend launch writes those entries (writes_extend_slots) skips
         record_slots on every path: graph replay, eager, and the piecewise runner's fallback."""
+        if self.sends_plans:
+            send_plan(forward_batch, self.req_to_token_pool)
         by_attention = (forward_batch.mode is ForwardMode.EXTEND
                         and self.attn_backend.support.writes_extend_slots)
         for runner in self.graph_runners:

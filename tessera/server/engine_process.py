@@ -45,6 +45,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "architecture": mc.architecture,
         "device": cfg.load.device,
         "dtype": cfg.load.dtype,
+        "tp_size": cfg.parallel.tp_size,
+        "nnodes": cfg.parallel.nnodes,
         "attention_backend": cfg.backend.attention_backend,
         "sampling_backend": cfg.backend.sampling_backend,
         "kv_cache_tokens": runner.kv_cache_tokens,
@@ -92,8 +94,10 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
     except Exception as e:  # noqa: BLE001 - a crash ends serving; tell the server why
         logger.error("engine loop crashed:\n%s", traceback.format_exc())
         outputs.send_pyobj(EngineFailed(f"engine crashed: {type(e).__name__}: {e}"))
+        engine.shutdown()
         _close(ctx, requests, outputs)
         raise SystemExit(1) from None
+    engine.shutdown()
     _close(ctx, requests, outputs)
 
 
@@ -125,6 +129,7 @@ class EngineLoop:
                 if os.getppid() != self.parent_pid:
                     logger.warning("server process is gone; engine exits")
                     return
+                self.engine.check_ranks()  # a TP rank that died while idle ends serving too
             if self.running and self.engine.has_unfinished():
                 outs = self.engine.step()
                 if outs:

@@ -17,6 +17,14 @@ def serve(args: argparse.Namespace) -> int:
     config = EngineConfig.from_cli(args)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    if config.parallel.node_rank > 0:  # a node that only runs tensor-parallel ranks
+        from tessera.engine.tp import run_node
+
+        try:
+            return run_node(config)
+        except (FileNotFoundError, ValueError) as e:
+            logger.error("%s", e)
+            return 2
     return asyncio.run(_serve(config))
 
 
@@ -30,8 +38,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _log_startup(info: dict, host: str, port: int) -> None:
     graphs = ", ".join(info["graph_runners"]) or "none (eager)"
-    logger.info("model %s (%s) on %s, dtype %s", info["model_path"], info["architecture"],
-                info["device"], info["dtype"])
+    logger.info("model %s (%s) on %s, dtype %s, tp %d over %d node(s)", info["model_path"],
+                info["architecture"], info["device"], info["dtype"], info["tp_size"],
+                info["nnodes"])
     logger.info("attention backend %s, sampling backend %s; graphs: %s",
                 info["attention_backend"], info["sampling_backend"], graphs)
     logger.info("KV cache %d tokens, context length %d, max running requests %d, radix cache %s",

@@ -82,7 +82,7 @@ def test_shutdown_is_final():
     ({"max_prefill_tokens": 0}, ValueError, "--max-prefill-tokens"),
     ({"cuda_graph_max_bs": 0}, ValueError, "--cuda-graph-max-bs"),
     ({"tp_size": 0}, ValueError, "--tp-size"),
-    ({"tp_size": 2}, ValueError, "tensor parallelism is not implemented yet"),
+    ({"tp_size": 3}, ValueError, "--tp-size 3 does not divide the model.s"),
     ({"no_such_flag": 1}, TypeError, "unknown engine argument"),
 ])
 def test_bad_engine_arguments_are_clear_errors(kwargs, error, match):
