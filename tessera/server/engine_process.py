@@ -6,8 +6,10 @@ process never share a GIL with the scheduler loop.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from typing import Any
@@ -21,6 +23,7 @@ from tessera.server.io_struct import (
     AddRequests,
     EngineFailed,
     EngineReady,
+    Heartbeat,
     RpcCall,
     RpcReply,
     Shutdown,
@@ -29,8 +32,12 @@ from tessera.server.io_struct import (
 
 logger = logging.getLogger(__name__)
 
-# How long an idle engine waits for a message before checking that its parent is still alive.
-_IDLE_POLL_MS = 500
+# How long an idle engine waits for a message before checking that its parent is still alive
+# (and sending a heartbeat).
+_IDLE_POLL_MS = 200
+# The longest the engine stays silent between steps: the HTTP process's /health counts a longer
+# silence as a stall (--engine-stall-timeout, well above this).
+HEARTBEAT_INTERVAL_S = 0.25
 
 
 def engine_info(engine: Any) -> dict[str, Any]:
@@ -95,6 +102,14 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
         _close(ctx, requests, outputs)
         raise SystemExit(1) from None
     _close(ctx, requests, outputs)
+    if not mp.active_children():
+        # The interpreter's teardown (torch, the model and KV pool) takes a second or more, which
+        # the server's bounded shutdown waits for; the OS frees all of it at once. (With TP rank
+        # processes of its own, the normal exit joins them.)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _close(ctx: zmq.Context, *sockets: zmq.Socket) -> None:
@@ -112,7 +127,7 @@ class EngineLoop:
         self.running = True
 
     def run(self) -> None:
-        last_parent_check = time.monotonic()
+        last_parent_check = last_beat = time.monotonic()
         while self.running:
             busy = self.engine.has_unfinished()
             # Busy: take what has arrived and step at once. Idle: block until a message comes.
@@ -125,6 +140,10 @@ class EngineLoop:
                 if os.getppid() != self.parent_pid:
                     logger.warning("server process is gone; engine exits")
                     return
+            if now - last_beat >= HEARTBEAT_INTERVAL_S:
+                # sent from the loop itself, not a thread: a step that hangs silences it
+                self.outputs.send_pyobj(Heartbeat())
+                last_beat = now
             if self.running and self.engine.has_unfinished():
                 outs = self.engine.step()
                 if outs:

@@ -57,6 +57,11 @@ class StepOutputs:
 
 
 @dataclasses.dataclass
+class Heartbeat:
+    """Sent between steps when nothing else was sent for a while: the engine loop is alive."""
+
+
+@dataclasses.dataclass
 class EngineReady:
     """Sent once the model is loaded; tells the HTTP process what it is serving."""
     info: dict[str, Any]
