@@ -151,7 +151,7 @@ async def _serve(config: EngineConfig, sock: socket.socket) -> int:
         def on_engine_death(message: str) -> None:
             nonlocal exit_code
             exit_code = 1
-            server.should_exit = True
+            server.stop_soon()
 
         client.on_death = on_engine_death
         client.run_background_tasks()

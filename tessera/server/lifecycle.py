@@ -92,6 +92,13 @@ class DrainingServer(uvicorn.Server):
         self.client.abort_all()
         self.client.request_stop()
 
+    def stop_soon(self) -> None:
+        """Stop as on a first signal, from the event loop (the engine died): no new connections,
+        and the same bound on how long running requests may keep the server up."""
+        if not self.should_exit:
+            self.should_exit = True
+            self._start_drain()
+
     def _start_drain(self) -> None:
         if self._drain is None:
             self._drain = asyncio.create_task(self._abort_after_timeout(), name="drain")
