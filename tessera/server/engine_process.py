@@ -32,11 +32,10 @@ from tessera.server.io_struct import (
 
 logger = logging.getLogger(__name__)
 
-# How long an idle engine waits for a message before checking that its parent is still alive
-# (and sending a heartbeat).
-_IDLE_POLL_MS = 200
-# The longest the engine stays silent between steps: the HTTP process's /health counts a longer
-# silence as a stall (--engine-stall-timeout, well above this).
+# How often the engine checks that its parent (the server) is still alive.
+_PARENT_CHECK_S = 0.5
+# The engine loop sends a Heartbeat this often, between steps (an idle loop wakes up for it): the
+# HTTP process's /health counts a longer silence as a stall (--engine-stall-timeout, well above).
 HEARTBEAT_INTERVAL_S = 0.25
 
 
@@ -130,11 +129,13 @@ class EngineLoop:
         last_parent_check = last_beat = time.monotonic()
         while self.running:
             busy = self.engine.has_unfinished()
-            # Busy: take what has arrived and step at once. Idle: block until a message comes.
-            if self.requests.poll(0 if busy else _IDLE_POLL_MS):
+            # Busy: take what has arrived and step at once. Idle: block until a message comes or
+            # the next heartbeat is due.
+            due_ms = (HEARTBEAT_INTERVAL_S - (time.monotonic() - last_beat)) * 1000
+            if self.requests.poll(0 if busy else max(1, int(due_ms))):
                 self._drain()
             now = time.monotonic()
-            if now - last_parent_check > _IDLE_POLL_MS / 1000:
+            if now - last_parent_check > _PARENT_CHECK_S:
                 # a server killed without a chance to stop us must not leave us running
                 last_parent_check = now
                 if os.getppid() != self.parent_pid:

@@ -58,7 +58,7 @@ class StepOutputs:
 
 @dataclasses.dataclass
 class Heartbeat:
-    """Sent between steps when nothing else was sent for a while: the engine loop is alive."""
+    """Sent by the engine loop between steps, every HEARTBEAT_INTERVAL_S: the loop is alive."""
 
 
 @dataclasses.dataclass
