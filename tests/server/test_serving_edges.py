@@ -98,6 +98,17 @@ def test_idle_connections_are_closed(server):
     assert httpx.get(server.base_url + "/health").status_code == 200
 
 
+def test_a_long_stream_outlives_the_keep_alive_timeout(server):
+    # the client sends nothing while it reads: that is not an idle connection
+    start = time.monotonic()
+    with httpx.stream("POST", server.base_url + "/v1/completions", timeout=30, json={
+            "prompt": "hi", "max_tokens": 3000, "ignore_eos": True, "stream": True}) as r:
+        for _ in r.iter_lines():
+            if time.monotonic() - start > 2.5:
+                break
+    assert time.monotonic() - start > 2.5, "the stream was cut"
+
+
 # ---- 5: dropped streams in the metrics ----------------------------------------------------------
 def _counter(base_url: str, name: str, **labels: str) -> float:
     text = httpx.get(base_url + "/metrics", timeout=10).text
