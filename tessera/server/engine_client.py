@@ -82,7 +82,7 @@ class EngineClient:
         self.info: dict[str, Any] = {}
         self.metrics: ServerMetrics | None = None
         self.dead: str | None = None
-        # when the engine last sent anything (it sends a Heartbeat between steps when quiet)
+        # when the engine last sent anything (its loop sends a Heartbeat every 0.25 s)
         self.last_heard = time.monotonic()
         self.on_death: Callable[[str], None] | None = None
         self._streams: dict[str, RequestStream] = {}   # rid -> stream

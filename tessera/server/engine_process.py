@@ -103,8 +103,8 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
     _close(ctx, requests, outputs)
     if not mp.active_children():
         # The interpreter's teardown (torch, the model and KV pool) takes a second or more, which
-        # the server's bounded shutdown waits for; the OS frees all of it at once. (With TP rank
-        # processes of its own, the normal exit joins them.)
+        # the server's bounded shutdown waits for; the OS frees all of it at once. (An engine with
+        # multiprocessing children of its own exits normally, which joins them.)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
