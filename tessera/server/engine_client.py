@@ -110,7 +110,8 @@ class EngineClient:
         # Not a daemon: the engine may start processes of its own (one per TP rank). Its stop is
         # explicit (shutdown/close_sync), and it exits by itself when this process disappears.
         proc = mp.get_context("spawn").Process(
-            target=run_engine_process, args=(config, request_path, output_path, log_level),
+            target=run_engine_process,
+            args=(config, request_path, output_path, log_level, os.getpid()),
             name="tessera-engine")
         proc.start()
         client = cls(proc, ipc_dir, ctx, request_sock, output_sock)

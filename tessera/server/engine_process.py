@@ -67,8 +67,9 @@ def engine_info(engine: Any) -> dict[str, Any]:
 
 
 def run_engine_process(config: EngineConfig, request_path: str, output_path: str,
-                       log_level: str) -> None:
-    """Entry point of the spawned process. Never raises: failures are reported over ZMQ."""
+                       log_level: str, server_pid: int) -> None:
+    """Entry point of the spawned process. Never raises: failures are reported over ZMQ. Exits
+    by itself once the server process `server_pid` is gone."""
     # Ctrl-C in a terminal reaches the whole process group; the server process decides when the
     # engine stops (it sends Shutdown), so in-flight work is not torn down mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -92,7 +93,7 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
         raise SystemExit(1) from None
     outputs.send_pyobj(EngineReady(engine_info(engine)))
     try:
-        EngineLoop(engine, requests, outputs).run()
+        EngineLoop(engine, requests, outputs, server_pid).run()
     except KeyboardInterrupt:
         pass
     except Exception as e:  # noqa: BLE001 - a crash ends serving; tell the server why
@@ -118,11 +119,14 @@ def _close(ctx: zmq.Context, *sockets: zmq.Socket) -> None:
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket) -> None:
+    def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket,
+                 server_pid: int) -> None:
         self.engine = engine
         self.requests = requests
         self.outputs = outputs
-        self.parent_pid = os.getppid()
+        # given, not os.getppid() here: a server killed while the model loaded would make that
+        # init's pid, and the engine would never notice its server is gone
+        self.parent_pid = server_pid
         self.running = True
 
     def run(self) -> None:
