@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 
@@ -42,8 +43,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tessera.engine.llm import LLM
 
     config = EngineConfig.from_cli(args)
-    flat = {k: v for k, v in config.flat().items() if k not in ("host", "port", "log_level",
-                                                                 "api_key")}
+    flat = config.engine_flat()
     try:
         params = sampling_params_from_args(args)
     except ValueError as e:
@@ -114,14 +114,21 @@ def _bench_runner(module: str):
     return run
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from tessera.server.launch import serve
+def _cmd_serve(args: argparse.Namespace, sock: socket.socket | None = None) -> int:
+    from tessera.server.launch import exit_process, serve
 
-    return serve(args) or 0
+    exit_process(serve(args, sock) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sock = None
+    if argv and argv[0] == "serve":
+        from tessera.server.launch import listen_early
+
+        sock = listen_early(argv[1:])  # claim the port before the parser imports torch
+        if isinstance(sock, int):
+            return sock
     parser = build_parser()
     if len(argv) >= 2 and argv[0] == "bench":
         # bench sub-commands own their flags
@@ -130,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, argv[2:])
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"))
+    if sock is not None:
+        return _cmd_serve(args, sock)
     return args.func(args)
 
 

@@ -18,9 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tessera.server.launch import serve
+    """Serve until stopped; the process exits from here (exit_process) once serving ends."""
+    from tessera.server.launch import exit_process, listen_early, serve
 
-    return serve(build_parser().parse_args(argv)) or 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sock = listen_early(argv)
+    if isinstance(sock, int):
+        return sock
+    exit_process(serve(build_parser().parse_args(argv), sock) or 0)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     EngineConfig.add_cli_args(parser)
     args = parser.parse_args(argv)
     config = EngineConfig.from_cli(args)
-    flat = config.flat()
-    for k in ("host", "port", "log_level", "api_key"):
-        flat.pop(k, None)
+    flat = config.engine_flat()
     llm = LLM(model=flat.pop("model_path"), **flat)
     vocab = llm.engine.vocab_size
     rng = random.Random(args.data_seed)

@@ -8,7 +8,15 @@ from tessera.config.engine import (
     SchedulerConfig,
     ServerConfig,
 )
-from tessera.config.model import ModelConfig, parse_dtype
+
+
+def __getattr__(name: str):
+    # lazy: model.py imports torch, which the server must not wait for before it claims its port
+    if name in ("ModelConfig", "parse_dtype"):
+        from tessera.config import model
+
+        return getattr(model, name)
+    raise AttributeError(name)
 
 __all__ = [
     "BackendConfig", "CacheConfig", "EngineConfig", "GraphConfig", "LoadConfig", "ModelConfig",

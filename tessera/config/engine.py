@@ -110,8 +110,23 @@ class ServerConfig:
     host: str = cfg("127.0.0.1", "address to bind (127.0.0.1 unless told otherwise)")
     port: int = cfg(30000, "port to bind")
     log_level: str = cfg("info", "logging level", choices=["debug", "info", "warning", "error"])
-    api_key: str | None = cfg(None, "require this bearer token on every route but /health* and "
-                               "/metrics")
+    api_key: str | None = cfg(None, "require this bearer token on every route but /health and "
+                               "/metrics (also from TESSERA_API_KEY or --api-key-file, which keep "
+                               "it out of the process list)")
+    api_key_file: str | None = cfg(None, "read the API key from this file (its first line)")
+    allowed_origins: list[str] | None = cfg(  # noqa: RUF009 - cfg() makes a dataclasses.field
+        None, "browser origins allowed to call the API (CORS), e.g. https://app.example.com; "
+        "default: none", nargs="+", type_=str)
+    shutdown_timeout: float = cfg(30.0, "on SIGTERM/SIGINT, let running requests finish for at "
+                                  "most this many seconds, then abort the rest (a second signal "
+                                  "exits at once)")
+    engine_stall_timeout: float = cfg(1.5, "/health turns 503 once the engine process has not "
+                                      "been heard from for this many seconds (a stuck or stopped "
+                                      "step); raise it where one step legitimately takes longer")
+    timeout_keep_alive: float = cfg(5.0, "close HTTP connections idle for this many seconds "
+                                    "(also fresh connections that never send a request)")
+    tokenizer_workers: int = cfg(2, "processes that parse, template and tokenize large request "
+                                 "bodies so they never hold up the event loop")
 
 
 def _plain(value: Any) -> Any:
@@ -167,6 +182,11 @@ class EngineConfig:
     def from_cli(cls, args: argparse.Namespace) -> EngineConfig:
         values = vars(args)
         return cls(**{name: c(**dataclass_kwargs(c, values)) for name, c in _CONCERNS.items()})
+
+    def engine_flat(self) -> dict[str, Any]:
+        """flat() without the server's fields: the keyword arguments of `LLM(...)`."""
+        server = {f.name for f in dataclasses.fields(ServerConfig)}
+        return {k: v for k, v in self.flat().items() if k not in server}
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

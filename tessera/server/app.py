@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -23,7 +24,6 @@ from tessera.server.errors import (
     error_response,
     from_value_error,
     install_error_handlers,
-    parse_body,
 )
 from tessera.server.openai_api import ReleasingStreamingResponse, get_state, router
 from tessera.server.protocol import AbortRequest, GenerateRequest
@@ -33,7 +33,18 @@ from tessera.server.state import ClientGone, ServerState, outputs
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 
 
-def create_app(state: ServerState) -> FastAPI:
+# Routes whose body is JSON: only `Content-Type: application/json` reaches them. Browsers send
+# that type cross-site only after a CORS preflight, which fails unless --allowed-origins says so;
+# "simple" requests (text/plain, forms) never get through.
+JSON_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/generate",
+                         "/abort_request"})
+# Open without the API key: liveness and Prometheus scraping.
+OPEN_ROUTES = frozenset({"/health", "/metrics"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def create_app(state: ServerState, allowed_origins: list[str] | None = None) -> FastAPI:
+    """The app; with `allowed_origins`, browsers on those origins may call it (CORS)."""
     app = FastAPI(title="tessera", version=tessera.__version__)
     app.state.server = state
     install_error_handlers(app)
@@ -47,27 +58,59 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_api_route("/flush_cache", flush_cache, methods=["POST"])
     app.add_api_route("/get_server_info", server_info, methods=["GET"])
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next: Any) -> Response:
-        # every route needs the key (the native /generate, aborts and cache flushes included),
-        # except liveness and Prometheus scraping
-        key = state.api_key
-        path = request.url.path
-        if key and not (path.startswith("/health") or path == "/metrics"):
-            given = request.headers.get("authorization") or ""
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                return error_response(401, "missing or wrong API key (Authorization: Bearer ...)",
-                                      None, "invalid_api_key")
-        return await call_next(request)
+    origins = set(allowed_origins or ())
 
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        refused = _refusal(request, state.api_key, origins)
+        return refused if refused is not None else await call_next(request)
+
+    if origins:
+        # added last, so it runs first: it answers preflights before the guard sees them
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(origins), allow_methods=["*"],
+                           allow_headers=["*"])
     return app
 
 
+def _refusal(request: Request, api_key: str | None, origins: set[str]) -> Response | None:
+    """The error response for a request that must not reach its route, else None."""
+    path, method = request.url.path, request.method
+    origin = request.headers.get("origin")
+    if (method not in _SAFE_METHODS and origin is not None and "*" not in origins
+            and origin not in origins and not _same_origin(origin, request)):
+        # a browser page elsewhere (a POST with no body or a form needs no preflight)
+        return error_response(403, f"cross-site request from {origin} refused; start the "
+                              "server with --allowed-origins to allow it", None,
+                              "origin_not_allowed")
+    if method == "POST":
+        ctype = request.headers.get("content-type")
+        if (ctype is not None or path in JSON_ROUTES) and not _is_json(ctype):
+            return error_response(415, f"Content-Type must be application/json (got "
+                                  f"{ctype or 'none'})", None, "unsupported_media_type")
+    if api_key and path not in OPEN_ROUTES:
+        # every other route needs the key: the native /generate, aborts, cache flushes and
+        # /health_generate (it runs a generation) included
+        given = request.headers.get("authorization") or ""
+        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return error_response(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                  None, "invalid_api_key")
+    return None
+
+
+def _is_json(ctype: str | None) -> bool:
+    return ctype is not None and ctype.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _same_origin(origin: str, request: Request) -> bool:
+    host = request.headers.get("host")
+    return host is not None and origin.split("://", 1)[-1].lower() == host.lower()
+
+
 async def health(request: Request) -> Response:
-    state = get_state(request)
-    if state.client.dead is not None:
-        return error_response(503, f"engine is not running: {state.client.dead}", None,
-                              "engine_dead", "server_error")
+    """200 while the engine process is alive and has been heard from within the stall bound."""
+    problem = get_state(request).engine_problem()
+    if problem is not None:
+        return error_response(503, problem, None, "engine_unhealthy", "server_error")
     return JSONResponse({"status": "ok"})
 
 
@@ -123,7 +166,8 @@ async def _engine_call(state: ServerState, method: str, timeout: float) -> Any:
 async def server_info(request: Request) -> Response:
     state = get_state(request)
     stats = await _engine_call(state, "stats", 10)
-    return JSONResponse({"version": tessera.__version__, **state.info, "engine": stats})
+    return JSONResponse({"version": tessera.__version__, **state.info,
+                         "engine_pid": state.client.proc.pid, "engine": stats})
 
 
 async def flush_cache(request: Request) -> Response:
@@ -136,7 +180,7 @@ async def flush_cache(request: Request) -> Response:
 
 async def abort_request(request: Request) -> Response:
     state = get_state(request)
-    req: AbortRequest = await parse_body(request, AbortRequest)
+    req: AbortRequest = (await state.prepare("abort", request)).request
     if not state.client.abort_group(req.rid):
         return error_response(404, f"no running request with id '{req.rid}'", "rid",
                               "request_not_found")
@@ -148,7 +192,8 @@ async def generate(request: Request) -> Response:
     """SGLang-style: {"text" | "input_ids", "sampling_params", "stream", "rid"}; streamed chunks
     carry the text so far (not a delta), like SGLang's."""
     state = get_state(request)
-    req: GenerateRequest = await parse_body(request, GenerateRequest)
+    prep = await state.prepare("generate", request)
+    req: GenerateRequest = prep.request
     try:
         params = SamplingParams.from_dict(req.sampling_params)
     except (ValueError, TypeError) as e:
@@ -158,7 +203,8 @@ async def generate(request: Request) -> Response:
     if params.n != 1:
         raise bad_request("/generate runs one sample; use /v1/completions for n > 1",
                           "sampling_params.n")
-    ids = req.input_ids if req.input_ids is not None else state.tokenizer.encode(req.text or "")
+    assert prep.prompts is not None
+    ids = prep.prompts[0]
     param = "input_ids" if req.input_ids is not None else "text"
     rid = req.rid or state.new_id("gen")
     start = time.perf_counter()

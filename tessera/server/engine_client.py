@@ -30,6 +30,7 @@ from tessera.server.io_struct import (
     EngineFailed,
     EngineReady,
     GenerateItem,
+    Heartbeat,
     RpcCall,
     RpcReply,
     Shutdown,
@@ -56,7 +57,16 @@ class RequestStream:
     queue: asyncio.Queue[StepOutput | EngineDeadError]
     start: float
     unfinished: set[str]
+    prompt_lens: dict[str, int]
     last_token_time: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_output: dict[str, StepOutput] = dataclasses.field(default_factory=dict)
+
+    def abort_output(self, rid: str) -> StepOutput:
+        """The final delta of a sample ended here rather than by the engine (at shutdown)."""
+        last = self.last_output.get(rid)
+        return StepOutput(rid, [], "", True, "abort", self.prompt_lens[rid],
+                          last.num_output_tokens if last else 0,
+                          last.num_cached_tokens if last else 0)
 
 
 class EngineClient:
@@ -72,6 +82,8 @@ class EngineClient:
         self.info: dict[str, Any] = {}
         self.metrics: ServerMetrics | None = None
         self.dead: str | None = None
+        # when the engine last sent anything (its loop sends a Heartbeat every 0.25 s)
+        self.last_heard = time.monotonic()
         self.on_death: Callable[[str], None] | None = None
         self._streams: dict[str, RequestStream] = {}   # rid -> stream
         self._groups: dict[str, RequestStream] = {}    # group id -> stream
@@ -79,6 +91,7 @@ class EngineClient:
         self._rpc_replies: dict[int, asyncio.Future[Any]] = {}
         self._call_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self._stop_sent = False
 
     # ---- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -97,7 +110,8 @@ class EngineClient:
         # Not a daemon: the engine may start processes of its own (one per TP rank). Its stop is
         # explicit (shutdown/close_sync), and it exits by itself when this process disappears.
         proc = mp.get_context("spawn").Process(
-            target=run_engine_process, args=(config, request_path, output_path, log_level),
+            target=run_engine_process,
+            args=(config, request_path, output_path, log_level, os.getpid()),
             name="tessera-engine")
         proc.start()
         client = cls(proc, ipc_dir, ctx, request_sock, output_sock)
@@ -114,6 +128,7 @@ class EngineClient:
             if await self.output_sock.poll(500):
                 msg = await self.output_sock.recv_pyobj()
                 if isinstance(msg, EngineReady):
+                    self.last_heard = time.monotonic()  # the load took long; the engine did not
                     return msg.info
                 if isinstance(msg, EngineFailed):
                     raise EngineStartError(msg.message)
@@ -127,13 +142,23 @@ class EngineClient:
         self._tasks = [asyncio.create_task(self._recv_loop(), name="engine-recv"),
                        asyncio.create_task(self._watch_process(), name="engine-watch")]
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Ask the engine to exit (it frees its KV with its process), then close the sockets;
+        after `timeout` seconds the engine process is terminated."""
         for t in self._tasks:
             t.cancel()
         if self.proc.is_alive():
-            self._send(Shutdown())
-            await asyncio.to_thread(self.proc.join, 10)
+            self.request_stop()
+            await asyncio.to_thread(self.proc.join, timeout)
+        if self.dead is None:
+            self.dead = "the server is shutting down"  # no more sends on the closed sockets
         self.close_sync()
+
+    def request_stop(self) -> None:
+        """Tell the engine to exit after what it has received (aborts included); once only."""
+        if not self._stop_sent and self.dead is None:
+            self._stop_sent = True
+            self._send(Shutdown())
 
     def close_sync(self) -> None:
         if self.proc.is_alive():
@@ -154,7 +179,8 @@ class EngineClient:
         if group_id in self._groups:
             raise ValueError(f"request id {group_id!r} is already in use")
         rids = [it.rid for it in items]
-        stream = RequestStream(group_id, rids, asyncio.Queue(), time.perf_counter(), set(rids))
+        stream = RequestStream(group_id, rids, asyncio.Queue(), time.perf_counter(), set(rids),
+                               {it.rid: len(it.prompt_ids) for it in items})
         # register before sending: the first delta may arrive right behind the reply
         for rid in rids:
             self._streams[rid] = stream
@@ -175,11 +201,34 @@ class EngineClient:
         return stream
 
     def release(self, stream: RequestStream) -> None:
-        """Done with a request: abort whatever of it still runs and stop routing its deltas."""
-        if stream.unfinished and self.dead is None:
-            self._send(AbortRequests(sorted(stream.unfinished)))
+        """Done with a request: abort whatever of it still runs and stop routing its deltas.
+
+        Samples still unfinished here were left by their client (a disconnect): they are counted
+        as finished with reason "abort", and the request as a client disconnect.
+        """
+        if stream.unfinished:
+            if self.dead is None:
+                self._send(AbortRequests(sorted(stream.unfinished)))
+            if self.metrics is not None:
+                for _ in stream.unfinished:
+                    self.metrics.finished("abort")
+                self.metrics.client_disconnects.inc()
         stream.unfinished.clear()
         self._unregister(stream)
+
+    def abort_all(self) -> int:
+        """End every running sample now with finish_reason "abort" (the engine is told to free
+        them; its own abort deltas, arriving later, are dropped). Returns the requests ended."""
+        rids = [rid for rid in self._streams if self._streams[rid].unfinished]
+        if rids and self.dead is None:
+            self._send(AbortRequests(sorted(rids)))
+        groups = {self._streams[rid].group_id for rid in rids}
+        self._route([self._streams[rid].abort_output(rid) for rid in rids])
+        return len(groups)
+
+    def silent_for(self) -> float:
+        """Seconds since the engine last sent anything."""
+        return time.monotonic() - self.last_heard
 
     def abort_group(self, group_id: str) -> bool:
         stream = self._groups.get(group_id)
@@ -216,7 +265,9 @@ class EngineClient:
     async def _recv_loop(self) -> None:
         try:
             while True:
-                if not self._dispatch(await self.output_sock.recv_pyobj()):
+                msg = await self.output_sock.recv_pyobj()
+                self.last_heard = time.monotonic()
+                if not self._dispatch(msg):
                     return
         except Exception as e:  # without this loop nothing is answered: fail loudly
             logger.exception("receiving from the engine failed")
@@ -226,6 +277,8 @@ class EngineClient:
         """Handle one engine message; False once the engine reported its own failure."""
         if isinstance(msg, StepOutputs):
             self._route(msg.outputs)
+        elif isinstance(msg, Heartbeat):
+            pass  # its arrival time is all it says
         elif isinstance(msg, AddReply):
             fut = self._add_replies.get(msg.batch_id)
             if fut is not None and not fut.done():
@@ -259,6 +312,7 @@ class EngineClient:
                     m.itl.observe((now - last) / n_new)
                 m.generation_tokens.inc(n_new)
                 stream.last_token_time[out.rid] = now
+            stream.last_output[out.rid] = out
             if out.finished:
                 stream.unfinished.discard(out.rid)
                 del self._streams[out.rid]

@@ -6,8 +6,10 @@ process never share a GIL with the scheduler loop.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from typing import Any
@@ -21,6 +23,7 @@ from tessera.server.io_struct import (
     AddRequests,
     EngineFailed,
     EngineReady,
+    Heartbeat,
     RpcCall,
     RpcReply,
     Shutdown,
@@ -29,8 +32,11 @@ from tessera.server.io_struct import (
 
 logger = logging.getLogger(__name__)
 
-# How long an idle engine waits for a message before checking that its parent is still alive.
-_IDLE_POLL_MS = 500
+# How often the engine checks that its parent (the server) is still alive.
+_PARENT_CHECK_S = 0.5
+# The engine loop sends a Heartbeat this often, between steps (an idle loop wakes up for it): the
+# HTTP process's /health counts a longer silence as a stall (--engine-stall-timeout, well above).
+HEARTBEAT_INTERVAL_S = 0.25
 
 
 def engine_info(engine: Any) -> dict[str, Any]:
@@ -63,8 +69,9 @@ def engine_info(engine: Any) -> dict[str, Any]:
 
 
 def run_engine_process(config: EngineConfig, request_path: str, output_path: str,
-                       log_level: str) -> None:
-    """Entry point of the spawned process. Never raises: failures are reported over ZMQ."""
+                       log_level: str, server_pid: int) -> None:
+    """Entry point of the spawned process. Never raises: failures are reported over ZMQ. Exits
+    by itself once the server process `server_pid` is gone."""
     # Ctrl-C in a terminal reaches the whole process group; the server process decides when the
     # engine stops (it sends Shutdown), so in-flight work is not torn down mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -88,7 +95,7 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
         raise SystemExit(1) from None
     outputs.send_pyobj(EngineReady(engine_info(engine)))
     try:
-        EngineLoop(engine, requests, outputs).run()
+        EngineLoop(engine, requests, outputs, server_pid).run()
     except KeyboardInterrupt:
         pass
     except Exception as e:  # noqa: BLE001 - a crash ends serving; tell the server why
@@ -99,6 +106,14 @@ def run_engine_process(config: EngineConfig, request_path: str, output_path: str
         raise SystemExit(1) from None
     engine.shutdown()
     _close(ctx, requests, outputs)
+    if not mp.active_children():
+        # The interpreter's teardown (torch, the model and KV pool) takes a second or more, which
+        # the server's bounded shutdown waits for; the OS frees all of it at once. (An engine with
+        # multiprocessing children of its own exits normally, which joins them.)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _close(ctx: zmq.Context, *sockets: zmq.Socket) -> None:
@@ -108,28 +123,37 @@ def _close(ctx: zmq.Context, *sockets: zmq.Socket) -> None:
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket) -> None:
+    def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket,
+                 server_pid: int) -> None:
         self.engine = engine
         self.requests = requests
         self.outputs = outputs
-        self.parent_pid = os.getppid()
+        # given, not os.getppid() here: a server killed while the model loaded would make that
+        # init's pid, and the engine would never notice its server is gone
+        self.parent_pid = server_pid
         self.running = True
 
     def run(self) -> None:
-        last_parent_check = time.monotonic()
+        last_parent_check = last_beat = time.monotonic()
         while self.running:
             busy = self.engine.has_unfinished()
-            # Busy: take what has arrived and step at once. Idle: block until a message comes.
-            if self.requests.poll(0 if busy else _IDLE_POLL_MS):
+            # Busy: take what has arrived and step at once. Idle: block until a message comes or
+            # the next heartbeat is due.
+            due_ms = (HEARTBEAT_INTERVAL_S - (time.monotonic() - last_beat)) * 1000
+            if self.requests.poll(0 if busy else max(1, int(due_ms))):
                 self._drain()
             now = time.monotonic()
-            if now - last_parent_check > _IDLE_POLL_MS / 1000:
+            if now - last_parent_check > _PARENT_CHECK_S:
                 # a server killed without a chance to stop us must not leave us running
                 last_parent_check = now
                 if os.getppid() != self.parent_pid:
                     logger.warning("server process is gone; engine exits")
                     return
                 self.engine.check_ranks()  # a TP rank that died while idle ends serving too
+            if now - last_beat >= HEARTBEAT_INTERVAL_S:
+                # sent from the loop itself, not a thread: a step that hangs silences it
+                self.outputs.send_pyobj(Heartbeat())
+                last_beat = now
             if self.running and self.engine.has_unfinished():
                 outs = self.engine.step()
                 if outs:

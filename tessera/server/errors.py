@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = (status, message, param,
                                                                        code, type_)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # raised in tokenizer worker processes: pickle every field, not just the message
+        return (APIError, (self.status, self.message, self.param, self.code, self.type))
 
     def response(self) -> JSONResponse:
         return error_response(self.status, self.message, self.param, self.code, self.type)
@@ -134,20 +138,6 @@ async def read_body(request: Request) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def parse_body(request: Request, model: type[BaseModel]) -> Any:
-    """Validate the raw body (any content-type) against `model`; errors become APIError 400."""
-    body = await read_body(request)
-    if not body:
-        raise bad_request("the request body is empty; send a JSON object")
-    try:
-        obj = model.model_validate_json(body)
-    except ValidationError as e:
-        raise from_validation_errors(e.errors(include_url=False), model) from None
-    if obj.model_extra:
-        logger.debug("ignoring unknown fields %s on %s", sorted(obj.model_extra), request.url.path)
-    return obj
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -57,6 +57,11 @@ class StepOutputs:
 
 
 @dataclasses.dataclass
+class Heartbeat:
+    """Sent by the engine loop between steps, every HEARTBEAT_INTERVAL_S: the loop is alive."""
+
+
+@dataclasses.dataclass
 class EngineReady:
     """Sent once the model is loaded; tells the HTTP process what it is serving."""
     info: dict[str, Any]

@@ -48,6 +48,10 @@ class ServerMetrics:
                                          registry=r).labels(model_name)
         self.num_requests = Counter("tessera:request_success", "samples finished, by reason",
                                     [*label, "finish_reason"], registry=r)
+        self.client_disconnects = Counter(
+            "tessera:client_disconnects", "requests whose client went away before every sample "
+            "finished (those samples count as request_success{finish_reason=\"abort\"})", label,
+            registry=r).labels(model_name)
         self.model_name = model_name
         self.ttft = Histogram("tessera:time_to_first_token_seconds", "time to first token",
                               label, buckets=_TTFT_BUCKETS, registry=r).labels(model_name)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tessera.engine.engine import StepOutput
 from tessera.sampling.params import SamplingParams
 from tessera.server.engine_client import EngineDeadError, RequestStream
-from tessera.server.errors import bad_request, error_body, from_value_error, parse_body
+from tessera.server.errors import bad_request, error_body, from_value_error
 from tessera.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from tessera.server.state import ClientGone, ServerState, choice_index, outputs
 
@@ -138,9 +138,11 @@ def chat_logprobs(state: ServerState, ids: list[int], lps: list[float],
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     state = get_state(request)
-    req: CompletionRequest = await parse_body(request, CompletionRequest)
+    prep = await state.prepare("completions", request)
+    req: CompletionRequest = prep.request
     state.check_model(req.model)
-    prompts = _completion_prompts(state, req.prompt)
+    prompts = prep.prompts
+    assert prompts is not None
     params = build_params(req, req.max_tokens if req.max_tokens is not None else 16,
                           logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0)
     return await _serve(state, request, req, prompts, params, chat=False)
@@ -149,15 +151,11 @@ async def completions(request: Request) -> Response:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = get_state(request)
-    req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
+    prep = await state.prepare("chat", request)
+    req: ChatCompletionRequest = prep.request
     state.check_model(req.model)
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                for m in req.messages]
-    try:
-        text = state.tokenizer.apply_chat_template(messages)
-    except Exception as e:  # noqa: BLE001 - templates raise for invalid conversations
-        raise bad_request(f"messages: the chat template rejected them: {e}", "messages") from None
-    ids = state.tokenizer.encode(text)
+    assert prep.prompts is not None
+    ids = prep.prompts[0]
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
         # OpenAI's default is "until the context is full"; the KV pool bounds it too
@@ -165,16 +163,6 @@ async def chat_completions(request: Request) -> Response:
     params = build_params(req, max_tokens, logprobs=req.logprobs,
                           top_logprobs=req.top_logprobs or 0)
     return await _serve(state, request, req, [ids], params, chat=True)
-
-
-def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
-    if isinstance(prompt, str):
-        return [state.tokenizer.encode(prompt)]
-    if isinstance(prompt[0], str):
-        return [state.tokenizer.encode(p) for p in prompt]
-    if isinstance(prompt[0], int):
-        return [list(prompt)]
-    return [list(p) for p in prompt]
 
 
 async def _serve(state: ServerState, request: Request, req: CompletionRequest |

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,8 +15,11 @@ from tessera.engine.engine import StepOutput
 from tessera.models.tokenizer import Tokenizer
 from tessera.sampling.params import SamplingParams
 from tessera.server.engine_client import EngineClient, EngineDeadError, RequestStream
-from tessera.server.errors import APIError, from_value_error
+from tessera.server.errors import APIError, from_value_error, read_body
 from tessera.server.io_struct import GenerateItem
+from tessera.server.prepare import Prepared, PreparePool, TokenizerSpec
+
+logger = logging.getLogger(__name__)
 
 
 class ClientGone(Exception):
@@ -30,7 +34,10 @@ class ServerState:
     client: EngineClient
     tokenizer: Tokenizer
     info: dict[str, Any]
+    pool: PreparePool
+    tokenizer_spec: TokenizerSpec
     api_key: str | None = None
+    engine_stall_timeout: float = 1.5
     _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
 
     @property
@@ -45,6 +52,29 @@ class ServerState:
     def new_id(self, prefix: str) -> str:
         # unique across restarts (uuid) and cheap to read in logs (counter)
         return f"{prefix}-{uuid.uuid4().hex[:16]}{next(self._counter)}"
+
+    async def prepare(self, kind: str, request: Request) -> Prepared:
+        """Read the body and turn it into the validated request of route `kind` plus its prompts'
+        token ids (in a worker process when the body is large); APIError 400/413 if it is bad."""
+        body = await read_body(request)
+        prep = await self.pool.run(kind, body, self.tokenizer_spec, self.info["context_length"])
+        if prep.request.model_extra:
+            logger.debug("ignoring unknown fields %s on %s", sorted(prep.request.model_extra),
+                         request.url.path)
+        return prep
+
+    def engine_problem(self) -> str | None:
+        """Why the engine cannot serve right now (dead, or silent past the stall bound)."""
+        client = self.client
+        if client.dead is not None:
+            return f"engine is not running: {client.dead}"
+        if not client.proc.is_alive():
+            return f"engine process exited with code {client.proc.exitcode}"
+        silent = client.silent_for()
+        if silent > self.engine_stall_timeout:
+            return (f"engine has not been heard from for {silent:.1f} s (stuck in a step, or "
+                    f"stopped; --engine-stall-timeout {self.engine_stall_timeout:g})")
+        return None
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model not in (self.model_name, self.info["model_path"]):

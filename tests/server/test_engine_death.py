@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -11,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tessera.server.testing import ServerProcess
+from tessera.server.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -55,3 +56,32 @@ def test_killed_engine_ends_streams_with_an_error_and_stops_the_server():
         assert server.proc.wait(30) == 1
     finally:
         server.stop()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except OSError:
+        return True
+
+
+def test_a_server_killed_while_the_model_loads_leaves_no_process_behind():
+    """SIGKILL gives the server no chance to stop its engine and tokenizer workers: each must
+    notice by itself (the engine only once its model is loaded) and exit."""
+    cmd = [sys.executable, "-m", "tessera.launch_server", "--host", "127.0.0.1", "--port",
+           str(free_port())]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(server.pid)) < 3:  # the engine and the tokenizer workers
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        children = _children(server.pid)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if not _gone(pid)]
+        time.sleep(0.2)
