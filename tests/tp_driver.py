@@ -57,10 +57,11 @@ def run_generate(model: str, tp: int, engine_args: dict) -> list[list[int]]:
         second = llm.generate(prompt_token_ids=PROMPTS[3:], sampling_params=params)
         cached = [o.num_cached_tokens for o in second]
         graphs = [type(r).__name__ for r in llm.engine.runner.graph_runners]
+        retractions = llm.engine.scheduler.num_retractions
     finally:
         llm.shutdown()
     return {"tokens": [o.token_ids for o in first + second], "cached": cached,
-            "graph_runners": graphs}
+            "graph_runners": graphs, "retractions": retractions}
 
 
 def run_kill(model: str, tp: int) -> dict:

@@ -66,6 +66,19 @@ def test_greedy_outputs_equal_with_chunked_prefill_and_radix_cache(models):
     assert got["cached"] == ref["cached"] and max(got["cached"]) > 16  # prefixes were reused
 
 
+def test_greedy_outputs_equal_through_retraction(models):
+    """A KV pool too small for the batch's outputs: requests are retracted and re-admitted (their
+    slots freed and re-allocated on rank 0, written on every rank through the plan), and TP=2
+    still produces TP=1's tokens."""
+    args = json.dumps({"kv_cache_tokens": 96, "max_running_requests": 4,
+                       "chunked_prefill_size": 16, "disable_piecewise_cuda_graph": True,
+                       "disable_radix_cache": True})
+    ref = json.loads(run_driver("generate", models["llama"], "1", args))
+    got = json.loads(run_driver("generate", models["llama"], "2", args))
+    assert ref["retractions"] > 0, "the pool was meant to force a retraction"
+    assert got["tokens"] == ref["tokens"] and got["retractions"] == ref["retractions"]
+
+
 def test_piecewise_graph_enforced_with_tp2_equals_eager(models):
     """The compiled pieces hold the TP communication ops (custom ops with fake kernels)."""
     base = {"kv_cache_tokens": 1024, "max_running_requests": 4, "chunked_prefill_size": 16}

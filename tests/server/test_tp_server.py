@@ -65,6 +65,35 @@ def test_serve_tp2_answers_the_openai_client_like_tp1():
                                            extra_body={"ignore_eos": True})
         assert "".join(c.choices[0].text for c in pieces if c.choices) == expected
         assert "tensor parallel: 2 ranks" in server.log_text()
+        _disconnect_frees_kv(server.base_url)
+
+
+def _stats(base: str) -> dict:
+    return httpx.get(f"{base}/get_server_info", timeout=10).json()["engine"]
+
+
+def _disconnect_frees_kv(base: str) -> None:
+    """A stream the client drops mid-way is aborted: the rows and slots that rank 0 handed out
+    for it (every rank writes the same slots through the batch plan) are free again, and the
+    next request on the TP engine is answered."""
+    body = {"prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 6:
+                break  # leave with the stream open: the server sees the disconnect
+    deadline = time.monotonic() + 15
+    while True:
+        stats = _stats(base)
+        if stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0:
+            break
+        assert time.monotonic() < deadline, f"the dropped stream still runs: {stats}"
+        time.sleep(0.1)
+    assert stats["kv_used_tokens"] == 0
+    assert stats["kv_free_tokens"] + stats["kv_cached_tokens"] == stats["kv_pool_size"]
+    assert stats["generation_tokens_total"] < 2000
+    r = httpx.post(f"{base}/v1/completions", timeout=30,
+                   json={"prompt": "still there?", "max_tokens": 4})
+    assert r.status_code == 200
 
 
 def test_rank_killed_mid_stream_ends_the_stream_and_every_process():
