@@ -75,6 +75,9 @@ class BackendConfig:
                               "Triton GEMV / stream GEMM or torch's F.linear; auto: triton on "
                               "CUDA with Triton",
                               choices=["auto", "triton", "torch"])
+    grammar_backend: str = cfg("xgrammar", "structured output (json_schema / regex / ebnf "
+                               "constraints, response_format, forced tool calls); none: such "
+                               "requests are refused", choices=["xgrammar", "none"])
     disable_pdl: bool = cfg(False, "no programmatic dependent launch for tessera's Triton "
                             "kernels (on by default where the GPU has it, compute capability "
                             ">= 9.0; see tessera/ops/triton/pdl.py)")
@@ -115,6 +118,13 @@ class ServerConfig:
     log_level: str = cfg("info", "logging level", choices=["debug", "info", "warning", "error"])
     api_key: str | None = cfg(None, "require this bearer token on every route but /health* and "
                                "/metrics")
+    chat_template: str | None = cfg(None, "chat template for /v1/chat/completions: a Jinja file, "
+                                    "an inline Jinja string, or 'chatml'; default: the "
+                                    "tokenizer's own (without one, chat requests are refused)")
+    tool_call_parser: str | None = cfg(None, "how tool calls are read from the output",
+                                       choices=["hermes", "qwen25", "llama3", "mistral"])
+    reasoning_parser: str | None = cfg(None, "split <think> reasoning from the answer",
+                                       choices=["qwen3", "deepseek-r1"])
 
 
 def _plain(value: Any) -> Any:

@@ -39,6 +39,13 @@ class Request:
     output_logprobs: list[float] = dataclasses.field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
     first_token_time: float | None = None
+    # structured output: the request's grammar state (scheduler.grammar.RequestGrammar) or None
+    grammar: Any = None
+    # prompt logprobs (params.prompt_logprobs): one (logprob, top alternatives) per prompt token
+    # after the first, filled chunk by chunk as the prompt is prefilled
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] = dataclasses.field(
+        default_factory=list)
+    prompt_logprobs_sent: bool = False
     # overlap schedule: tokens sampled on the device by a step whose result the engine has not
     # read yet. They count in seq_len (the next step decodes from them) but are not in
     # output_ids; pending_source is (token tensor on the device, row) of the newest one.

@@ -25,7 +25,12 @@ from tessera.server.errors import (
     install_error_handlers,
     parse_body,
 )
-from tessera.server.openai_api import ReleasingStreamingResponse, get_state, router
+from tessera.server.openai_api import (
+    ReleasingStreamingResponse,
+    check_constraint,
+    get_state,
+    router,
+)
 from tessera.server.protocol import AbortRequest, GenerateRequest
 from tessera.server.state import ClientGone, ServerState, outputs
 
@@ -155,6 +160,8 @@ async def generate(request: Request) -> Response:
         err = from_value_error(ValueError(str(e)), openai_names=False)
         err.param = f"sampling_params.{err.param}" if err.param else "sampling_params"
         raise err from None
+    if params.grammar is not None:
+        check_constraint(state, params.grammar, f"sampling_params.{params.grammar[0]}")
     if params.n != 1:
         raise bad_request("/generate runs one sample; use /v1/completions for n > 1",
                           "sampling_params.n")

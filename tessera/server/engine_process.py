@@ -47,6 +47,7 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "dtype": cfg.load.dtype,
         "attention_backend": cfg.backend.attention_backend,
         "sampling_backend": cfg.backend.sampling_backend,
+        "grammar_backend": cfg.backend.grammar_backend,
         "kv_cache_tokens": runner.kv_cache_tokens,
         "context_length": engine.context_length,
         "vocab_size": engine.vocab_size,

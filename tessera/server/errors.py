@@ -75,7 +75,8 @@ UNION_HINTS = {
 _API_PARAMS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p",
                "repetition_penalty", "frequency_penalty", "presence_penalty", "stop",
                "stop_token_ids", "n", "seed", "logprobs", "top_logprobs", "ignore_eos",
-               "skip_special_tokens")
+               "skip_special_tokens", "logit_bias", "json_schema", "regex", "ebnf",
+               "response_format", "tools", "tool_choice", "echo", "prompt_logprobs")
 
 
 def from_validation_errors(errors: list[dict[str, Any]], model: type[BaseModel] | None = None
@@ -145,9 +146,23 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
         obj = model.model_validate_json(body)
     except ValidationError as e:
         raise from_validation_errors(e.errors(include_url=False), model) from None
-    if obj.model_extra:
-        logger.debug("ignoring unknown fields %s on %s", sorted(obj.model_extra), request.url.path)
+    _log_unknown(obj, request.url.path)
     return obj
+
+
+_LOGGED_UNKNOWN: set[tuple[str, str]] = set()
+
+
+def _log_unknown(obj: BaseModel, path: str) -> None:
+    """Unknown fields are ignored, as OpenAI ignores them; each is logged once per endpoint so
+    a client relying on one can find out why it has no effect."""
+    from tessera.server.protocol import REFUSED
+
+    for name in obj.model_extra or ():
+        if name in REFUSED or (path, name) in _LOGGED_UNKNOWN:
+            continue
+        _LOGGED_UNKNOWN.add((path, name))
+        logger.info("ignoring unknown field '%s' on %s (logged once)", name, path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -46,6 +46,7 @@ async def _serve(config: EngineConfig) -> int:
 
     from tessera.models.tokenizer import load_tokenizer
     from tessera.server.app import create_app
+    from tessera.server.chat_template import ChatTemplate
     from tessera.server.engine_client import EngineClient, EngineStartError
     from tessera.server.state import ServerState
 
@@ -69,7 +70,16 @@ async def _serve(config: EngineConfig) -> int:
     info = client.info
     tokenizer = load_tokenizer(info["tokenizer_path"], info["vocab_size"],
                                tuple(info["eos_token_ids"]))
-    state = ServerState(client, tokenizer, info, api_key=config.server.api_key)
+    try:
+        template = ChatTemplate(tokenizer, config.server.chat_template)
+    except (OSError, ValueError) as e:
+        logger.error("%s", e)
+        await client.shutdown()
+        sock.close()
+        return 2
+    state = ServerState(client, tokenizer, info, api_key=config.server.api_key,
+                        chat_template=template, tool_call_parser=config.server.tool_call_parser,
+                        reasoning_parser=config.server.reasoning_parser)
     debug = config.server.log_level == "debug"
     server = uvicorn.Server(uvicorn.Config(
         create_app(state), log_level=config.server.log_level, access_log=debug,

@@ -31,6 +31,9 @@ class ServerState:
     tokenizer: Tokenizer
     info: dict[str, Any]
     api_key: str | None = None
+    chat_template: Any = None  # server.chat_template.ChatTemplate
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
     _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
 
     @property
