@@ -40,6 +40,11 @@ def _call_from_obj(obj: Any, args_key: str) -> ParsedCall | None:
     return ParsedCall(obj["name"], args if isinstance(args, str) else json.dumps(args))
 
 
+def _between(text: str, calls: list[ParsedCall]) -> str:
+    """Text around call blocks; the newlines between and after blocks are layout, not content."""
+    return text if not calls or text.strip() else ""
+
+
 class HermesParser:
     start, end = "<tool_call>", "</tool_call>"
 
@@ -50,7 +55,7 @@ class HermesParser:
         while True:
             i = rest.find(self.start)
             if i < 0:
-                return content + rest, calls
+                return content + _between(rest, calls), calls
             j = rest.find(self.end, i)
             body = rest[i + len(self.start):j if j >= 0 else len(rest)]
             call = None
@@ -60,7 +65,7 @@ class HermesParser:
                 pass
             if call is None:
                 return content + rest, calls
-            content += rest[:i]
+            content += _between(rest[:i], calls)
             calls.append(call)
             rest = rest[j + len(self.end):] if j >= 0 else ""
 
@@ -157,9 +162,14 @@ class StreamingToolParser:
                 keep = self._partial_marker(text)
                 content = text[:len(text) - keep]
                 self._held = text[len(text) - keep:]
+                if self.num_calls and not content.strip():
+                    # layout between or after calls unless text follows (HermesParser.parse)
+                    self._held, content = content + self._held, ""
                 self._emitted_content |= bool(content.strip())
                 return content, []
             content, text = text[:i], text[i:]
+            if self.num_calls and not content.strip():
+                content = ""
             self._calling = True
         else:
             content = ""
@@ -188,5 +198,7 @@ class StreamingToolParser:
         if not held:
             return "", []
         content, calls = self.parser.parse(held)
+        if self.num_calls and not content.strip():
+            content = ""
         self.num_calls += len(calls)
         return content, calls
