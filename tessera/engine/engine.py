@@ -44,6 +44,8 @@ class StepOutput:
     # prompt logprobs (SamplingParams.prompt_logprobs), on the request's first output: one
     # (logprob, [(id, logprob) alternatives]) per prompt token after the first
     prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
+    # seconds from arrival to first admission, on the request's first token
+    queue_time: float | None = None
 
 
 @dataclasses.dataclass
@@ -277,9 +279,12 @@ class Engine:
                 continue
             req.output_ids.append(tok)
             self.num_generated_tokens_total += 1
+            queue_time = None
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.num_cached_tokens_total += req.num_cached_tokens
+                if req.admit_time is not None:
+                    queue_time = req.admit_time - req.arrival
             new_lp = [logprobs[j]] if logprobs is not None and req.params.logprobs else []
             new_top: list[list[tuple[int, float]]] = []
             if top is not None and req.params.top_logprobs:
@@ -289,6 +294,7 @@ class Engine:
             if req.grammar is not None and not req.finished:
                 self._advance_grammar(req, tok)
             outputs.append(self._output(req, [tok], new_lp, new_top))
+            outputs[-1].queue_time = queue_time
             if req.finished:
                 self.scheduler.finish(req)
         return outputs

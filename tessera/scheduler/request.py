@@ -31,6 +31,7 @@ class Request:
     prefix_node: Any = None         # locked prefix-cache node (or None)
     num_cached_tokens: int = 0      # prompt tokens served from the prefix cache (first admission)
     admitted_once: bool = False
+    admit_time: float | None = None  # time.monotonic() of the first admission
     num_retractions: int = 0
     # output
     finish_reason: FinishReason | None = None

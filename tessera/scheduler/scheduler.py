@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -167,6 +168,8 @@ class Scheduler:
         if slots is None:
             self._release_kv(req, keep_in_cache=False)
             return None
+        if not req.admitted_once:
+            req.admit_time = time.monotonic()
         req.admitted_once = True
         return self._extend_item(req, n, slots)
 

@@ -57,6 +57,7 @@ class RequestStream:
     start: float
     unfinished: set[str]
     last_token_time: dict[str, float] = dataclasses.field(default_factory=dict)
+    first_token_time: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class EngineClient:
@@ -189,6 +190,14 @@ class EngineClient:
             self._send(AbortRequests(sorted(stream.unfinished)))
         return True
 
+    def abort_all(self) -> int:
+        """Abort every running request; returns how many requests (API requests, not samples)
+        had unfinished samples."""
+        streams = [s for s in self._groups.values() if s.unfinished]
+        for stream in streams:
+            self._send(AbortRequests(sorted(stream.unfinished)))
+        return len(streams)
+
     async def call(self, method: str, timeout: float = 30.0) -> Any:
         """A maintenance call ('stats', 'flush_cache') answered by the engine between steps."""
         if self.dead is not None:
@@ -255,6 +264,9 @@ class EngineClient:
                 if last is None:
                     m.ttft.observe(now - stream.start)
                     m.prompt_tokens.inc(out.num_prompt_tokens)
+                    stream.first_token_time[out.rid] = now
+                    if out.queue_time is not None:
+                        m.queue_time.observe(out.queue_time)
                 else:
                     m.itl.observe((now - last) / n_new)
                 m.generation_tokens.inc(n_new)
@@ -266,6 +278,9 @@ class EngineClient:
                     m.finished(out.finish_reason)
                     if out.finish_reason != "abort":
                         m.e2e.observe(now - stream.start)
+                        first = stream.first_token_time.get(out.rid)
+                        if first is not None and out.num_output_tokens > 1:
+                            m.tpot.observe((now - first) / (out.num_output_tokens - 1))
             stream.queue.put_nowait(out)
 
     async def _watch_process(self) -> None:

@@ -250,19 +250,63 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class GenerateRequest(_Strict):
-    """Native /generate (SGLang-style): one prompt as text or token ids."""
-    text: str | None = None
-    input_ids: Annotated[list[int], Field(min_length=1)] | None = None
-    sampling_params: dict[str, Any] = Field(default_factory=dict)
+    """Native /generate (SGLang's): one prompt or a batch, as text or token ids; per-prompt
+    values may be lists (one per prompt)."""
+    text: str | Annotated[list[str], Field(min_length=1)] | None = None
+    input_ids: (Annotated[list[int], Field(min_length=1)]
+                | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
+                | None) = None
+    sampling_params: dict[str, Any] | Annotated[list[dict[str, Any]], Field(min_length=1)] = (
+        Field(default_factory=dict))
     stream: bool = False
     rid: str | None = None
+    return_logprob: bool = False
+    # prompt positions from which input_token_logprobs start (-1: none, only the output's)
+    logprob_start_len: int = -1
+    top_logprobs_num: Annotated[int, Field(ge=0, le=20)] = 0
+    return_text_in_logprobs: bool = False
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
         if (self.text is None) == (self.input_ids is None):
             raise ValueError("input_ids or text: give exactly one of them")
+        if self.logprob_start_len < -1:
+            raise ValueError("logprob_start_len must be -1 (output only) or a prompt position")
         return self
+
+    @property
+    def is_batch(self) -> bool:
+        return isinstance(self.text, list) or (
+            isinstance(self.input_ids, list) and isinstance(self.input_ids[0], list))
 
 
 class AbortRequest(_Strict):
-    rid: str
+    rid: str | None = None
+    abort_all: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AbortRequest:
+        if (self.rid is None) == (not self.abort_all):
+            raise ValueError("rid or abort_all: give a rid, or abort_all true")
+        return self
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's /tokenize: a prompt, or chat messages rendered by the chat template."""
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt or messages: give exactly one of them")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = None
+    tokens: list[int]

@@ -57,15 +57,19 @@ class ServerState:
     def token_str(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    async def submit(self, group_id: str, prompts: list[list[int]], params: SamplingParams,
-                     prompt_param: str = "prompt", openai_names: bool = True) -> RequestStream:
-        """Send n samples of each prompt; sample k of prompt i is choice i * n + k."""
-        n = params.n
+    async def submit(self, group_id: str, prompts: list[list[int]],
+                     params: SamplingParams | list[SamplingParams], prompt_param: str = "prompt",
+                     openai_names: bool = True) -> RequestStream:
+        """Send n samples of each prompt (params: one for all prompts, or one per prompt, with
+        the same n); sample k of prompt i is choice i * n + k."""
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        n = per_prompt[0].n
         items = []
         for i, ids in enumerate(prompts):
+            p = per_prompt[i]
             for k in range(n):
-                seed = None if params.seed is None else params.seed + k
-                sample = dataclasses.replace(params, n=1, seed=seed)
+                seed = None if p.seed is None else p.seed + k
+                sample = dataclasses.replace(p, n=1, seed=seed)
                 items.append(GenerateItem(f"{group_id}-{i * n + k}", ids, sample))
         try:
             return await self.client.generate(group_id, items)
