@@ -102,3 +102,54 @@ def test_continue_final_message_extends_the_assistant_turn(client, hf):
     out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1,
                                          extra_body={"continue_final_message": True})
     assert out.usage.prompt_tokens == len(expected)
+
+
+LM_EVAL_DOCS = [("The capital of France is", " Paris."), ("One, two,", " three"),
+                ("Cats and", " dogs are friends"), ("x", " y")]
+LM_EVAL_TASK = """task: tessera_tiny_loglikelihood
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{continuation}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+"""
+
+
+def test_lm_eval_local_completions_loglikelihood_equals_hf(server, model_dir, hf, tmp_path,
+                                                           monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    import json
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"context": c, "continuation": t}) + "\n"
+                            for c, t in LM_EVAL_DOCS))
+    (tmp_path / "task.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    results = lm_eval.simple_evaluate(
+        model="local-completions", tasks=["tessera_tiny_loglikelihood"],
+        model_args=f"model=tiny,base_url={server.base_url}/v1/completions,"
+                   f"tokenizer_backend=huggingface,tokenizer={model_dir},num_concurrent=1,"
+                   "max_retries=1,tokenized_requests=True",
+        task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
+    samples = sorted(results["samples"]["tessera_tiny_loglikelihood"], key=lambda s: s["doc_id"])
+    model, tok = hf
+    for (context, continuation), sample in zip(LM_EVAL_DOCS, samples, strict=True):
+        ctx = tok.encode(context, add_special_tokens=False)
+        whole = tok.encode(context + continuation, add_special_tokens=False)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+        expected = math.fsum(float(logprobs[i - 1, whole[i]]) for i in range(len(ctx),
+                                                                             len(whole)))
+        loglikelihood = sample["resps"][0][0][0]
+        assert loglikelihood == pytest.approx(expected, abs=1e-4)
