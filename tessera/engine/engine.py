@@ -20,6 +20,7 @@ from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
+from tessera.engine.generation_config import load_generation_config
 from tessera.engine.prompt_logprobs import collect_prompt_logprobs
 from tessera.scheduler.grammar import create_grammar_backend
 from tessera.scheduler.scheduler import ScheduledBatch, Scheduler
@@ -74,7 +75,9 @@ class Engine:
         self.runner = ModelRunner(config)
         mc = self.runner.model_config
         tok_path = config.load.tokenizer_path or config.load.model_path
-        self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, mc.eos_token_ids)
+        self.generation_defaults = load_generation_config(config.load.model_path)
+        self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, (
+            *mc.eos_token_ids, *self.generation_defaults.eos_token_ids))
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.prefix_cache = None
         if not config.cache.disable_radix_cache:

@@ -52,6 +52,7 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "context_length": engine.context_length,
         "vocab_size": engine.vocab_size,
         "eos_token_ids": sorted(engine.eos_token_ids),
+        "generation_defaults": engine.generation_defaults.sampling,
         "max_running_requests": cfg.scheduler.max_running_requests,
         "chunked_prefill_size": cfg.scheduler.chunked_prefill_size,
         "radix_cache": engine.prefix_cache is not None,

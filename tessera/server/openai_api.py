@@ -62,8 +62,12 @@ def get_state(request: Request) -> ServerState:
 
 
 def build_params(req: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int,
-                 constraint: tuple[str, str] | None = None, **extra: Any) -> SamplingParams:
+                 constraint: tuple[str, str] | None = None,
+                 defaults: dict[str, Any] | None = None, **extra: Any) -> SamplingParams:
+    """SamplingParams of a request; `defaults` (the checkpoint's generation_config.json) fill
+    the sampling fields the request does not set."""
     kwargs: dict[str, Any] = {
+        **(defaults or {}),
         "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens, "n": req.n,
         "seed": req.seed, "stop": req.stop, "stop_token_ids": req.stop_token_ids,
         "ignore_eos": req.ignore_eos, "skip_special_tokens": req.skip_special_tokens,
@@ -125,7 +129,7 @@ async def completions(request: Request) -> Response:
     want_lp = req.logprobs is not None
     params = build_params(req, req.max_tokens if req.max_tokens is not None else 16,
                           logprobs=want_lp, top_logprobs=req.logprobs or 0,
-                          constraint=constraint,
+                          constraint=constraint, defaults=state.info.get("generation_defaults"),
                           prompt_logprobs=req.logprobs if req.echo and want_lp else None)
     texts = _prompt_texts(state, req.prompt, prompts) if req.echo else []
     return await _serve(state, request, req, prompts, params, chat=False, echo_texts=texts)
@@ -160,7 +164,8 @@ async def chat_completions(request: Request) -> Response:
         # OpenAI's default is "until the context is full"; the KV pool bounds it too
         max_tokens = max(1, state.max_total_tokens - len(ids))
     params = build_params(req, max_tokens, logprobs=req.logprobs,
-                          top_logprobs=req.top_logprobs or 0, constraint=constraint)
+                          top_logprobs=req.top_logprobs or 0, constraint=constraint,
+                          defaults=state.info.get("generation_defaults"))
 
     def chat_output() -> ChatOutput:
         parser = (StreamingToolParser(create_tool_parser(state.tool_call_parser))

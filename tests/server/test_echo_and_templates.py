@@ -2,7 +2,9 @@
 chat prompts rendered as HF renders them (one BOS) with a Llama-3-style tokenizer."""
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import openai
 import pytest
@@ -19,6 +21,9 @@ def model_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("llama3ish"))
     save_tiny_model(path, "llama")
     save_llama3_style_tokenizer(path)
+    # Llama 3 instruct's pattern: a second EOS (<|eot_id|>, 257 here) and sampling defaults
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": [2, 257], "temperature": 0.0}, f)
     return path
 
 
@@ -84,6 +89,20 @@ def test_logprobs_zero_reports_the_sampled_token(client):
         assert top == {tok: chosen}
 
 
+def test_generation_config_defaults_and_eos(client, server):
+    import httpx
+
+    info = httpx.get(f"{server.base_url}/get_model_info").json()
+    assert 257 in info["eos_token_ids"] and 2 in info["eos_token_ids"]
+    kw = {"model": "tiny", "prompt": "defaults", "max_tokens": 8, "seed": 3,
+          "extra_body": {"ignore_eos": True}}
+    default = client.completions.create(**kw).choices[0].text  # temperature 0 from the file
+    assert default == client.completions.create(**kw, temperature=0).choices[0].text
+    sampled = {client.completions.create(**{**kw, "seed": s}, temperature=1.0).choices[0].text
+               for s in range(4)}
+    assert len(sampled) > 1  # an explicit temperature overrides the default
+
+
 def test_chat_prompt_has_one_bos_like_hf(client, hf):
     _, tok = hf
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -127,8 +146,6 @@ def test_lm_eval_local_completions_loglikelihood_equals_hf(server, model_dir, hf
                                                            monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
-
-    import json
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
