@@ -26,6 +26,24 @@ def _attention_choices() -> list[str]:
     return ["auto", *sorted(ATTENTION_BACKENDS)]
 
 
+def _tool_parser_choices() -> list[str]:
+    from tessera.server.tool_parsers import TOOL_PARSERS
+
+    return sorted(TOOL_PARSERS)
+
+
+def _reasoning_parser_choices() -> list[str]:
+    from tessera.server.reasoning import REASONING_PARSERS
+
+    return sorted(REASONING_PARSERS)
+
+
+def _grammar_choices() -> list[str]:
+    from tessera.scheduler.grammar import GRAMMAR_BACKENDS
+
+    return list(GRAMMAR_BACKENDS)
+
+
 def _sampling_choices() -> list[str]:
     return ["auto", "triton", "torch", "flashinfer"]
 
@@ -77,7 +95,7 @@ class BackendConfig:
                               choices=["auto", "triton", "torch"])
     grammar_backend: str = cfg("xgrammar", "structured output (json_schema / regex / ebnf "
                                "constraints, response_format, forced tool calls); none: such "
-                               "requests are refused", choices=["xgrammar", "none"])
+                               "requests are refused", choices=_grammar_choices)
     disable_pdl: bool = cfg(False, "no programmatic dependent launch for tessera's Triton "
                             "kernels (on by default where the GPU has it, compute capability "
                             ">= 9.0; see tessera/ops/triton/pdl.py)")
@@ -122,9 +140,9 @@ class ServerConfig:
                                     "an inline Jinja string, or 'chatml'; default: the "
                                     "tokenizer's own (without one, chat requests are refused)")
     tool_call_parser: str | None = cfg(None, "how tool calls are read from the output",
-                                       choices=["hermes", "qwen25", "llama3", "mistral"])
+                                       choices=_tool_parser_choices)
     reasoning_parser: str | None = cfg(None, "split <think> reasoning from the answer",
-                                       choices=["qwen3", "deepseek-r1"])
+                                       choices=_reasoning_parser_choices)
 
 
 def _plain(value: Any) -> Any:

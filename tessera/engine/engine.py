@@ -252,8 +252,7 @@ class Engine:
         if not rows or self.grammar_backend is None:
             return None
         bitmask = self.grammar_backend.new_bitmask(len(reqs), pin=device.type != "cpu")
-        for j, grammar in rows:
-            grammar.fill(bitmask, j)
+        self.grammar_backend.fill_bitmask(bitmask, [j for j, _ in rows], [g for _, g in rows])
         return bitmask.to(device, non_blocking=True)
 
     def _process(self, step: _InFlight) -> list[StepOutput]:

@@ -9,9 +9,10 @@ worker thread: `add_request` starts it and the scheduler admits the request once
 the scheduling loop never waits for a compile. Compiled grammars are cached by (kind, text): the n
 samples of a request, and repeated schemas, compile once.
 
-Per request a `RequestGrammar` holds an xgrammar matcher: the engine fills the request's row of the
-step's token bitmask before sampling (while the forward runs on the device) and feeds it every
-token the request outputs. The matcher lives on the request, so retraction (which recomputes KV,
+Per request a `RequestGrammar` holds an xgrammar matcher: the engine fills the step's token bitmask
+for all grammar rows in one batched call (`XGrammarBackend.fill_bitmask`, C++ threads) after the
+forward was launched, so it runs while the device computes, and feeds each matcher every token its
+request outputs. The matcher lives on the request, so retraction (which recomputes KV,
 not tokens) and the prefix cache (which shares KV, not sampling state) leave it untouched.
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ class XGrammarBackend:
         self.compiler = xgr.GrammarCompiler(_tokenizer_info(tokenizer, vocab_size, stop_ids),
                                             max_threads=2, cache_enabled=False)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "grammar-compile")
+        # fills a batch's rows in C++ threads, without the GIL
+        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
         self._cache: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = (
             collections.OrderedDict())
 
@@ -118,6 +121,12 @@ class XGrammarBackend:
         words = (self.vocab_size + 31) // 32
         return torch.full((rows, words), -1, dtype=torch.int32, pin_memory=pin)
 
+    def fill_bitmask(self, bitmask: torch.Tensor, rows: list[int],
+                     grammars: list[RequestGrammar]) -> None:
+        """bitmask[rows[i]] = the tokens grammars[i] allows next (one batched call)."""
+        self._batch.batch_fill_next_token_bitmask([g.matcher for g in grammars], bitmask,
+                                                  indices=rows)
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -144,10 +153,6 @@ class RequestGrammar:
 
         self.matcher = xgr.GrammarMatcher(self._compiled.result())
         return True
-
-    def fill(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the allowed next tokens into `bitmask[row]`."""
-        self.matcher.fill_next_token_bitmask(bitmask, row)
 
     def accept(self, token: int) -> bool:
         """Advance past an output token; False if the grammar does not allow it."""
