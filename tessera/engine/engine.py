@@ -88,8 +88,17 @@ class Engine:
             logger.info("radix prefix cache disabled by --disable-radix-cache")
         self.scheduler = Scheduler(config.scheduler, self.runner, self.prefix_cache)
         self.sampler = Sampler(backend=config.backend.sampling_backend)
-        self.grammar_backend = create_grammar_backend(
-            config.backend.grammar_backend, self.tokenizer, mc.vocab_size, self.eos_token_ids)
+        self.grammar_backend = None
+        try:
+            self.grammar_backend = create_grammar_backend(
+                config.backend.grammar_backend, self.tokenizer, mc.vocab_size,
+                self.eos_token_ids)
+        except Exception as e:  # noqa: BLE001 - a tokenizer xgrammar cannot read
+            if isinstance(e, ValueError) and "pip install" in str(e):
+                raise  # a missing package is a setup error the user must see at once
+            logger.error("structured output is off: the grammar backend could not read this "
+                         "tokenizer (%s: %s); constrained requests will be refused",
+                         type(e).__name__, e)
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.load.seed)
         self._next_rid = 0

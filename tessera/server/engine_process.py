@@ -47,7 +47,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "dtype": cfg.load.dtype,
         "attention_backend": cfg.backend.attention_backend,
         "sampling_backend": cfg.backend.sampling_backend,
-        "grammar_backend": cfg.backend.grammar_backend,
+        "grammar_backend": "none" if engine.grammar_backend is None else
+                           engine.grammar_backend.name,
         "kv_cache_tokens": runner.kv_cache_tokens,
         "context_length": engine.context_length,
         "vocab_size": engine.vocab_size,

@@ -211,7 +211,9 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                         state.model_name, [len(p) for p in prompts], params.n, chat, prompts,
                         echo_texts=echo_texts or [],
                         stop_token_ids=frozenset(params.stop_token_ids),
-                        continuous_usage=options is not None and options.continuous_usage_stats)
+                        continuous_usage=options is not None and options.continuous_usage_stats,
+                        token_name=_token_id_name if req.return_tokens_as_token_ids
+                        else state.token_str)
     choices = [Choice(i) for i in range(len(prompts) * params.n)]
     for c in choices:
         c.chat = chat_output() if chat_output is not None else None
@@ -235,6 +237,10 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
     return JSONResponse(body)
 
 
+def _token_id_name(token_id: int) -> str:
+    return f"token_id:{token_id}"
+
+
 def _finish_reason(c: Choice) -> str | None:
     if c.chat is not None and c.chat.has_calls and c.finish_reason == "stop":
         return "tool_calls"
@@ -247,18 +253,18 @@ def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str
         c.chat.feed(c.text)
         c.chat.finish()
         return {"index": c.index, "message": c.chat.message(),
-                "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, c.top_logprobs)
-                if want_lp else None, "finish_reason": _finish_reason(c),
+                "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
+                                          c.top_logprobs) if want_lp else None, "finish_reason": _finish_reason(c),
                 **c.stop_fields(meta)}
     text, lp = c.text, None
     if meta.echo_texts:
         prompt = meta.prompts[c.index // meta.n]
         text = meta.echo_texts[c.index // meta.n] + text
         if want_lp:
-            lp = echo_logprobs(state, c, prompt)
+            lp = echo_logprobs(meta.token_name, c, prompt)
     if want_lp:
-        lp = merge_logprobs(lp, completion_logprobs(state, c, c.token_ids, c.logprobs,
-                                                    c.top_logprobs))
+        lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, c.token_ids,
+                                                    c.logprobs, c.top_logprobs))
     return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
             **c.stop_fields(meta)}
 
@@ -308,8 +314,8 @@ def _chunk_choice(state: ServerState, meta: ResponseMeta, c: Choice, out: StepOu
                 delta[key] = delta.get(key, type(value)()) + value
         if not (delta or out.finished or has_lp):
             return None
-        lp = (chat_logprobs(state, out.new_token_ids, out.new_logprobs, out.new_top_logprobs)
-              if has_lp else None)
+        lp = (chat_logprobs(meta.token_name, out.new_token_ids, out.new_logprobs,
+                            out.new_top_logprobs) if has_lp else None)
         return {"index": c.index, "delta": delta, "logprobs": lp,
                 "finish_reason": _finish_reason(c) if out.finished else None, **stop}
     text, lp = out.new_text, None
@@ -317,11 +323,11 @@ def _chunk_choice(state: ServerState, meta: ResponseMeta, c: Choice, out: StepOu
         prompt = meta.prompts[c.index // meta.n]
         text = meta.echo_texts[c.index // meta.n] + text
         if c.prompt_logprobs is not None:
-            lp = echo_logprobs(state, c, prompt)
+            lp = echo_logprobs(meta.token_name, c, prompt)
     if not (text or out.finished or has_lp or lp):
         return None
     if has_lp:
-        lp = merge_logprobs(lp, completion_logprobs(state, c, out.new_token_ids,
+        lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, out.new_token_ids,
                                                     out.new_logprobs, out.new_top_logprobs))
     return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": out.finish_reason,
             **stop}

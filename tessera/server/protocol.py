@@ -85,6 +85,7 @@ class SamplingFields(_Strict):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     rid: str | None = None  # optional client-chosen id (for /abort_request)
+    return_tokens_as_token_ids: bool = False  # vLLM: logprobs name tokens "token_id:<id>"
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     # structured output (SGLang's extra fields); at most one
     json_schema: str | dict[str, Any] | None = None

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tessera.engine.engine import StepOutput
-from tessera.server.state import ServerState
+
+# token id -> its text in logprobs (or "token_id:<id>" with vLLM's return_tokens_as_token_ids)
+TokenName = Callable[[int], str]
 
 
 @dataclasses.dataclass
@@ -22,6 +25,7 @@ class ResponseMeta:
     echo_texts: list[str] = dataclasses.field(default_factory=list)  # completions echo: per prompt
     stop_token_ids: frozenset[int] = frozenset()
     continuous_usage: bool = False   # stream_options.continuous_usage_stats
+    token_name: TokenName = str      # how logprobs name a token (set per request)
 
 
 @dataclasses.dataclass
@@ -75,35 +79,35 @@ def usage(meta: ResponseMeta, choices: list[Choice]) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-def _top_dict(state: ServerState, chosen: tuple[int, float] | None,
+def _top_dict(name: TokenName, chosen: tuple[int, float] | None,
               top: list[tuple[int, float]]) -> dict[str, float]:
     """OpenAI completions' top_logprobs entry: the alternatives plus the chosen token (as vLLM
     reports it, so logprobs=0 still names the sampled token)."""
-    out = {state.token_str(t): lp for t, lp in top}
+    out = {name(t): lp for t, lp in top}
     if chosen is not None:
-        out.setdefault(state.token_str(chosen[0]), chosen[1])
+        out.setdefault(name(chosen[0]), chosen[1])
     return out
 
 
-def completion_logprobs(state: ServerState, choice: Choice, ids: list[int], lps: list[float],
+def completion_logprobs(name: TokenName, choice: Choice, ids: list[int], lps: list[float],
                         tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
-    tokens = [state.token_str(t) for t in ids]
+    tokens = [name(t) for t in ids]
     offsets = []
     for tok in tokens:
         offsets.append(choice.text_offset)
         choice.text_offset += len(tok)
     return {"tokens": tokens, "token_logprobs": list(lps),
-            "top_logprobs": [_top_dict(state, (t, lp), tops[j] if j < len(tops) else [])
+            "top_logprobs": [_top_dict(name, (t, lp), tops[j] if j < len(tops) else [])
                              for j, (t, lp) in enumerate(zip(ids, lps))],
             "text_offset": offsets}
 
 
-def echo_logprobs(state: ServerState, choice: Choice, prompt: list[int]) -> dict[str, Any]:
+def echo_logprobs(name: TokenName, choice: Choice, prompt: list[int]) -> dict[str, Any]:
     """The prompt's part of completions logprobs with echo: the first token has none."""
     lps = choice.prompt_logprobs or []
-    part = completion_logprobs(state, choice, prompt[1:], [lp for lp, _ in lps],
+    part = completion_logprobs(name, choice, prompt[1:], [lp for lp, _ in lps],
                                [top for _, top in lps])
-    first = state.token_str(prompt[0])
+    first = name(prompt[0])
     choice.text_offset += len(first)
     return {"tokens": [first, *part["tokens"]],
             "token_logprobs": [None, *part["token_logprobs"]],
@@ -117,10 +121,10 @@ def merge_logprobs(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     return {k: a[k] + b[k] for k in a}
 
 
-def chat_logprobs(state: ServerState, ids: list[int], lps: list[float],
+def chat_logprobs(name: TokenName, ids: list[int], lps: list[float],
                   tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
     def entry(tid: int, lp: float) -> dict[str, Any]:
-        tok = state.token_str(tid)
+        tok = name(tid)
         return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
 
     content = []

@@ -133,3 +133,17 @@ def test_sglang_metric_names(server, client):
                  "queue_time_seconds_count", "time_per_output_token_seconds_count",
                  "time_to_first_token_seconds_count", "e2e_request_latency_seconds_count"):
         assert any(ln.startswith(f"tessera:{name}{{") for ln in text.splitlines()), name
+
+
+def test_return_tokens_as_token_ids(server, client):
+    ids = post(server, "/generate", {"text": "ids", "sampling_params": GREEDY})["output_ids"]
+    lp = client.completions.create(model=MODEL, prompt="ids", max_tokens=5, temperature=0,
+                                   logprobs=1, extra_body={"ignore_eos": True,
+                                                           "return_tokens_as_token_ids": True}
+                                   ).choices[0].logprobs
+    assert lp.tokens == [f"token_id:{t}" for t in ids]
+    assert all(f"token_id:{t}" in top for t, top in zip(ids, lp.top_logprobs))
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=3, logprobs=True,
+        top_logprobs=1, extra_body={"return_tokens_as_token_ids": True})
+    assert all(t.token.startswith("token_id:") for t in chat.choices[0].logprobs.content)
