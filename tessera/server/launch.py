@@ -31,8 +31,9 @@ def listen_early(argv: list[str]) -> socket.socket | int | None:
     pre.add_argument("-h", "--help", action="store_true")
     known, _ = pre.parse_known_args(argv)
     # nodes other than node 0 serve no HTTP (they only run tensor-parallel ranks)
-    if known.help or not known.port.isdigit() or known.node_rank not in ("0", ""):
-        return None
+    if (known.help or not known.port.isdigit() or int(known.port) > 65535
+            or known.node_rank not in ("0", "")):
+        return None  # the full parse and validation report a bad port with its own message
     _setup_logging(known.log_level)
     try:
         return _listen(known.host, int(known.port))

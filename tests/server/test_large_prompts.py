@@ -12,6 +12,9 @@ import pytest
 
 from tessera.server.testing import ServerProcess
 
+# timing bounds: run alone, after the parallel suite (scripts/test.sh)
+pytestmark = pytest.mark.serial
+
 BIG = 30 << 20
 NUM_STREAMS = 16
 

@@ -13,6 +13,9 @@ import pytest
 
 from tessera.server.testing import ServerProcess
 
+# timing bounds: run alone, after the parallel suite (scripts/test.sh)
+pytestmark = pytest.mark.serial
+
 ALLOWED = "https://app.example.com"
 SERVER_ARGS = ["--kv-cache-tokens", "16384", "--allowed-origins", ALLOWED,
                "--timeout-keep-alive", "1", "--engine-stall-timeout", "1"]

@@ -9,8 +9,12 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tessera.server.testing import ServerProcess
+
+# timing bounds: run alone, after the parallel suite (scripts/test.sh)
+pytestmark = pytest.mark.serial
 
 SHUTDOWN_TIMEOUT = 2.0
 
