@@ -70,9 +70,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # these two register their backends as CLI choices
+    # these register their backends / parsers as CLI choices
     import tessera.attention
-    import tessera.sampling.ops  # noqa: F401
+    import tessera.sampling.ops
+    import tessera.scheduler.grammar
+    import tessera.server.reasoning
+    import tessera.server.tool_parsers  # noqa: F401
     from tessera.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)

@@ -6,9 +6,12 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # these two register their backends as CLI choices
+    # these register their backends / parsers as CLI choices
     import tessera.attention
-    import tessera.sampling.ops  # noqa: F401
+    import tessera.sampling.ops
+    import tessera.scheduler.grammar
+    import tessera.server.reasoning
+    import tessera.server.tool_parsers  # noqa: F401
     from tessera.config.engine import EngineConfig
 
     parser = argparse.ArgumentParser(prog="python -m tessera.launch_server",

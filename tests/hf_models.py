@@ -70,3 +70,37 @@ def load_hf(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         kw["experts_implementation"] = "eager"
     model = tf.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, **kw)
     return model.to(device).eval()
+
+
+# Llama 3's chat format: the template writes the BOS itself, and the tokenizer's post-processor
+# adds one too when asked for special tokens (the double-BOS trap).
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def save_llama3_style_tokenizer(path: str, chat_template: str | None = LLAMA3_CHAT_TEMPLATE
+                                ) -> str:
+    """A byte-level tokenizer (no merges: one token per byte, 256 ids, then the 4 specials)
+    whose post-processor prepends <|begin_of_text|>, as Llama 3's does; fits TINY's vocab."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(LLAMA3_SPECIALS)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+        special_tokens=[("<|begin_of_text|>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return path

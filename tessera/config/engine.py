@@ -65,6 +65,9 @@ class BackendConfig:
                               "Triton GEMV / stream GEMM or torch's F.linear; auto: triton on "
                               "CUDA with Triton",
                               choices=["auto", "triton", "torch"])
+    grammar_backend: str = cfg("xgrammar", "structured output (json_schema / regex / ebnf "
+                               "constraints, response_format, forced tool calls); none: such "
+                               "requests are refused", choices="grammar_backend")
     disable_pdl: bool = cfg(False, "no programmatic dependent launch for tessera's Triton "
                             "kernels (on by default where the GPU has it, compute capability "
                             ">= 9.0; see tessera/ops/triton/pdl.py)")
@@ -127,6 +130,13 @@ class ServerConfig:
                                     "(also fresh connections that never send a request)")
     tokenizer_workers: int = cfg(2, "processes that parse, template and tokenize large request "
                                  "bodies so they never hold up the event loop")
+    chat_template: str | None = cfg(None, "chat template for /v1/chat/completions: a Jinja file, "
+                                    "an inline Jinja string, or 'chatml'; default: the "
+                                    "tokenizer's own (without one, chat requests are refused)")
+    tool_call_parser: str | None = cfg(None, "how tool calls are read from the output",
+                                       choices="tool_call_parser")
+    reasoning_parser: str | None = cfg(None, "split <think> reasoning from the answer",
+                                       choices="reasoning_parser")
 
 
 def _plain(value: Any) -> Any:

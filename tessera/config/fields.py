@@ -7,8 +7,9 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-# choices that belong to a registry of a package above config (attention backends, sampling
-# backends): that package registers them here, config never imports it
+# choices that belong to a registry of a package above config (attention / sampling / grammar
+# backends, tool-call and reasoning parsers): that package registers them here, config never
+# imports it
 _REGISTERED_CHOICES: dict[str, Callable[[], list[str]]] = {}
 
 

@@ -14,12 +14,15 @@ import torch
 
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
+from tessera.engine.generation_config import load_generation_config
+from tessera.engine.prompt_logprobs import collect_prompt_logprobs
 from tessera.engine.tp import LocalRanks, start_rank_zero
 from tessera.models.tokenizer import load_tokenizer
 from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
+from tessera.scheduler.grammar import create_grammar_backend
 from tessera.scheduler.request import FinishReason, Request
 from tessera.scheduler.scheduler import ScheduledBatch, Scheduler
 
@@ -40,6 +43,11 @@ class StepOutput:
     new_logprobs: list[float] = dataclasses.field(default_factory=list)
     new_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
     stop_str: str | None = None
+    # prompt logprobs (SamplingParams.prompt_logprobs), on the request's first output: one
+    # (logprob, [(id, logprob) alternatives]) per prompt token after the first
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
+    # seconds from arrival to first admission, on the request's first token
+    queue_time: float | None = None
 
 
 @dataclasses.dataclass
@@ -50,13 +58,16 @@ class _InFlight:
     logprobs: torch.Tensor | None
     top_logprobs: tuple[torch.Tensor, torch.Tensor] | None
     event: Any                        # recorded after the copies; None on the CPU
-    needs_history: bool               # some request samples from its output history (penalties)
+    needs_history: bool               # some request samples from its output history
+                                      # (penalties, grammars)
 
 
-def _uses_history(params: SamplingParams) -> bool:
-    """Penalties read the output so far: such a request's next step waits for its last token."""
-    return (params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
-            or params.presence_penalty != 0.0)
+def _uses_history(req: Request) -> bool:
+    """Penalties and grammars read the output so far: such a request's next step waits for its
+    last token."""
+    params = req.params
+    return (req.grammar is not None or params.repetition_penalty != 1.0
+            or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0)
 
 
 class Engine:
@@ -78,7 +89,9 @@ class Engine:
             raise
         mc = self.runner.model_config
         tok_path = config.load.tokenizer_path or config.load.model_path
-        self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, mc.eos_token_ids)
+        self.generation_defaults = load_generation_config(config.load.model_path)
+        self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, (
+            *mc.eos_token_ids, *self.generation_defaults.eos_token_ids))
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.prefix_cache = None
         if not config.cache.disable_radix_cache:
@@ -90,6 +103,17 @@ class Engine:
         self.scheduler = Scheduler(config.scheduler, self.runner.kv_cache, self.runner.device,
                                    self.prefix_cache)
         self.sampler = Sampler(backend=config.backend.sampling_backend)
+        self.grammar_backend = None
+        try:
+            self.grammar_backend = create_grammar_backend(
+                config.backend.grammar_backend, self.tokenizer, mc.vocab_size,
+                self.eos_token_ids)
+        except Exception as e:
+            if isinstance(e, ValueError) and "pip install" in str(e):
+                raise  # a missing package is a setup error the user must see at once
+            logger.error("structured output is off: the grammar backend could not read this "
+                         "tokenizer (%s: %s); constrained requests will be refused",
+                         type(e).__name__, e)
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.load.seed)
         self._next_rid = 0
@@ -119,6 +143,17 @@ class Engine:
         if len(prompt_ids) >= self.context_length:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens but the context length is "
                              f"{self.context_length}; shorten the prompt")
+        bad = [t for t in params.logit_bias or () if t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"logit_bias has token ids outside the vocabulary [0, "
+                             f"{self.vocab_size}): {bad[:5]}")
+        bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids outside the vocabulary [0, {self.vocab_size}): "
+                             f"{bad[:5]}")
+        if params.grammar is not None and self.grammar_backend is None:
+            raise ValueError(f"{params.grammar[0]}: structured output is off on this server "
+                             "(started with --grammar-backend none)")
         need = min(len(prompt_ids) + params.max_new_tokens, self.context_length)
         if need > self.runner.kv_cache_tokens:
             raise ValueError(f"request needs up to {need} KV tokens (prompt {len(prompt_ids)} + "
@@ -137,9 +172,11 @@ class Engine:
                       arrival=time.monotonic())
         req.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop,
                                                  params.skip_special_tokens)
+        if params.grammar is not None and self.grammar_backend is not None:
+            req.grammar = self.grammar_backend.request_grammar(*params.grammar)
         self.requests[rid] = req
         self.num_prompt_tokens_total += len(prompt_ids)
-        if params.max_new_tokens == 0:
+        if params.max_new_tokens == 0 and params.prompt_logprobs is None:
             req.finish_reason = FinishReason.LENGTH
             self._pending_finished.append(req)
         else:
@@ -188,6 +225,7 @@ class Engine:
         Length limits are known ahead and never cost the extra step. Batches whose sampling needs
         the exact output history (penalties) read the step before first.
         """
+        self._pending_finished += self.scheduler.take_failed()
         outputs = [self._output(req, [], [], []) for req in self._pending_finished]
         self._pending_finished = []
         previous = self._in_flight
@@ -210,6 +248,8 @@ class Engine:
         """Forward and sample `batch`; the tokens are copied to the host without waiting."""
         out = self.runner.forward(batch.forward_batch)
         logits, greedy = out.next_token_logits, out.greedy_tokens
+        if out.all_logits is not None:
+            collect_prompt_logprobs(batch.items, out.all_logits)
         sampling_items = [(i, it) for i, it in enumerate(batch.items) if it.samples]
         for it in batch.items:
             if not it.samples:
@@ -221,7 +261,7 @@ class Engine:
         if len(rows) != logits.shape[0]:
             logits = logits[rows]
             greedy = greedy[rows] if greedy is not None else None
-        needs_history = any(_uses_history(r.params) for r in reqs)
+        needs_history = any(_uses_history(r) for r in reqs)
         info = SamplingBatchInfo.build(
             params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
             step_ids=[len(r.output_ids) + r.pending_tokens for r in reqs],
@@ -229,6 +269,7 @@ class Engine:
             prompt_ids=[r.prompt_ids for r in reqs] if needs_history else None,
             vocab_size=logits.shape[-1], device=logits.device,
             eos_token_ids=sorted(self.eos_token_ids))
+        info.token_bitmask = self._grammar_bitmask(reqs, logits.device)
         result = self.sampler.sample(logits, info, greedy_tokens=greedy)
         for j, req in enumerate(reqs):
             req.pending_tokens += 1
@@ -239,6 +280,19 @@ class Engine:
         return _InFlight(reqs, tokens, logprobs,
                          None if result.top_logprobs is None else (top_vals, top_ids),
                          copied, needs_history)
+
+    def _grammar_bitmask(self, reqs: list[Request], device: torch.device) -> torch.Tensor | None:
+        """The batch's token bitmask when some request follows a grammar (None otherwise).
+
+        Filled on the host after the forward was launched, so the matchers' work overlaps the
+        device's; each grammar request already accepted its last token (`_uses_history` made
+        the step before finish first)."""
+        rows = [(j, r.grammar) for j, r in enumerate(reqs) if r.grammar is not None]
+        if not rows or self.grammar_backend is None:
+            return None
+        bitmask = self.grammar_backend.new_bitmask(len(reqs), pin=device.type != "cpu")
+        self.grammar_backend.fill_bitmask(bitmask, [j for j, _ in rows], [g for _, g in rows])
+        return bitmask.to(device, non_blocking=True)
 
     def _process(self, step: _InFlight) -> list[StepOutput]:
         """Read a launched step's tokens (the step's one wait for the device) and advance its
@@ -259,21 +313,42 @@ class Engine:
                 req.pending_source = None
             if req.finished:  # stopped (or aborted) while this step ran: its token is dropped
                 continue
+            if req.params.max_new_tokens == 0:  # ran for its prompt logprobs only
+                req.finish_reason = FinishReason.LENGTH
+                outputs.append(self._output(req, [], [], []))
+                self.scheduler.finish(req)
+                continue
             req.output_ids.append(tok)
             self.num_generated_tokens_total += 1
+            queue_time = None
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.num_cached_tokens_total += req.num_cached_tokens
+                if req.admit_time is not None:
+                    queue_time = req.admit_time - req.arrival
             new_lp = [logprobs[j]] if logprobs is not None and req.params.logprobs else []
             new_top: list[list[tuple[int, float]]] = []
             if top is not None and req.params.top_logprobs:
                 n = req.params.top_logprobs
                 new_top = [list(zip(top[1][j][:n], top[0][j][:n]))]
             req.check_finish(tok)
+            if req.grammar is not None and not req.finished:
+                self._advance_grammar(req, tok)
             outputs.append(self._output(req, [tok], new_lp, new_top))
+            outputs[-1].queue_time = queue_time
             if req.finished:
                 self.scheduler.finish(req)
         return outputs
+
+    @staticmethod
+    def _advance_grammar(req: Request, token: int) -> None:
+        """Feed the grammar its request's new token; a complete grammar ends the request."""
+        if not req.grammar.accept(token):
+            # only a token the mask forbade gets here (a row with every token masked)
+            logger.error("request %s: token %d breaks its grammar; stopping it", req.rid, token)
+            req.finish_reason = FinishReason.STOP
+        elif req.grammar.terminated:
+            req.finish_reason = FinishReason.STOP
 
     def _output(self, req: Request, new_ids: list[int], new_lp: list[float],
                 new_top: list[list[tuple[int, float]]]) -> StepOutput:
@@ -285,13 +360,18 @@ class Engine:
         if req.finished:
             text += req.detokenizer.flush()
             self.requests.pop(req.rid, None)
+        prompt_lps = None
+        if req.params.prompt_logprobs is not None and not req.prompt_logprobs_sent:
+            req.prompt_logprobs_sent = True
+            prompt_lps = req.prompt_logprobs
         return StepOutput(rid=req.rid, new_token_ids=new_ids, new_text=text,
                           finished=req.finished,
                           finish_reason=req.finish_reason.value if req.finished else None,
                           num_prompt_tokens=len(req.prompt_ids),
                           num_output_tokens=len(req.output_ids),
                           num_cached_tokens=req.num_cached_tokens,
-                          new_logprobs=new_lp, new_top_logprobs=new_top, stop_str=req.stop_str)
+                          new_logprobs=new_lp, new_top_logprobs=new_top, stop_str=req.stop_str,
+                          prompt_logprobs=prompt_lps)
 
     # ---- tensor-parallel ranks ----------------------------------------------------------------
     def check_ranks(self) -> None:

@@ -18,7 +18,7 @@ class Tokenizer(Protocol):
     eos_token_ids: set[int]
     vocab_size: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str: ...
 
@@ -37,7 +37,8 @@ class ByteTokenizer:
         self.eos_token_ids = {256, 258}
         self._special_ids = {v: k for k, v in self.SPECIALS.items()}
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """UTF-8 bytes, special tokens' text as their ids (there is no BOS to add)."""
         ids: list[int] = []
         i = 0
         while i < len(text):
@@ -81,8 +82,8 @@ class HFTokenizer:
         eos = self.tok.eos_token_id
         self.eos_token_ids = set() if eos is None else {eos}
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=True)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -18,6 +18,8 @@ from typing import Any
 GREEDY_TEMPERATURE_EPS = 1e-5
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
+GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf")
 
 
 @dataclasses.dataclass
@@ -62,6 +64,19 @@ class SamplingParams:
     """Return the log-probability of each generated token."""
     top_logprobs: int = 0
     """Also return this many most likely alternatives per position (0..20); needs logprobs."""
+    prompt_logprobs: int | None = None
+    """Log-probability of every prompt token after the first (given the tokens before it) plus
+    this many most likely alternatives per position (0..20); None: off. Such a request computes
+    its whole prompt (no prefix-cache reuse), since cached tokens have no logits."""
+    logit_bias: dict[int, float] | None = None
+    """token id -> value added to its logit before sampling, values in [-100, 100] (OpenAI's)."""
+    json_schema: str | None = None
+    """Constrain the output to JSON matching this schema (a JSON string); needs a grammar
+    backend. At most one of json_schema / regex / ebnf."""
+    regex: str | None = None
+    """Constrain the output to a full match of this regular expression."""
+    ebnf: str | None = None
+    """Constrain the output to this EBNF grammar (GBNF syntax, start rule `root`)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,6 +118,26 @@ class SamplingParams:
                      0 <= self.top_logprobs <= MAX_TOP_LOGPROBS)
         if self.top_logprobs > 0 and not self.logprobs:
             raise ValueError(f"top_logprobs={self.top_logprobs} needs logprobs=True")
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _as_int("prompt_logprobs", self.prompt_logprobs)
+            _check_range("prompt_logprobs", self.prompt_logprobs, f"[0, {MAX_TOP_LOGPROBS}]",
+                         0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS)
+        self.logit_bias = _normalize_logit_bias(self.logit_bias)
+        grammars = [name for name in GRAMMAR_FIELDS if getattr(self, name) is not None]
+        for name in grammars:
+            if not isinstance(getattr(self, name), str):
+                raise _wrong_type(name, "a string", getattr(self, name))
+        if len(grammars) > 1:
+            raise ValueError(f"{' and '.join(grammars)}: give at most one output constraint")
+
+    @property
+    def grammar(self) -> tuple[str, str] | None:
+        """(kind, text) of the output constraint: kind is one of GRAMMAR_FIELDS; None if none."""
+        for name in GRAMMAR_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        return None
 
     @property
     def is_greedy(self) -> bool:
@@ -180,6 +215,26 @@ def _normalize_stop(stop: object) -> list[str]:
             # An empty stop string would match before the first token and end every request.
             raise ValueError("stop strings must be non-empty, got ''")
     return list(dict.fromkeys(items))  # dedupe, keep the caller's order
+
+
+def _normalize_logit_bias(bias: object) -> dict[int, float] | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, Mapping):
+        raise _wrong_type("logit_bias", "an object mapping token ids to numbers", bias)
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        # JSON object keys are strings: "50256" names token 50256
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
+        tid = _as_int("logit_bias key", key)
+        if tid < 0:
+            raise ValueError(f"logit_bias keys must be token ids >= 0, got {key!r}")
+        v = _as_float(f"logit_bias[{tid}]", value)
+        _check_range(f"logit_bias[{tid}]", v, f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
+                     -MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS)
+        out[tid] = v
+    return out or None
 
 
 def _normalize_stop_token_ids(ids: object) -> list[int]:

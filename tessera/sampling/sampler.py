@@ -1,7 +1,7 @@
 """Batched sampling on plain torch (any device): logits [B, V] -> one token per row.
 
-One pass handles every request's own parameters: penalties -> min_new_tokens mask -> temperature
--> softmax -> min-p -> top-k -> top-p -> draw. Greedy rows take the argmax of the penalized
+One pass handles every request's own parameters: penalties -> logit bias -> min_new_tokens mask
+-> grammar bitmask -> temperature -> softmax -> min-p -> top-k -> top-p -> draw. Greedy rows take the argmax of the penalized
 logits. Python work is per batch (building `SamplingBatchInfo` from host lists); the hot path has
 no per-request loop, no host<->device sync and no torch.Generator.
 
@@ -33,6 +33,7 @@ from tessera.platforms.transfer import to_device_async
 from tessera.sampling.logprobs import LOGPROBS_MODES, LogprobsMode, gather_logprobs
 from tessera.sampling.params import SamplingParams
 from tessera.sampling.penalties import PenaltyInfo, apply_penalties
+from tessera.sampling.processors import LogitBias, apply_grammar_mask, apply_logit_bias
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ class SamplingBatchInfo:
     need_min_p: bool
     need_logprobs: bool
     max_top_logprobs: int
+    logit_bias: LogitBias | None = None
+    # int32 [B, ceil(V / 32)] (xgrammar's layout), host or device; set by the caller after build
+    # when some row follows a grammar (rows without one are all ones)
+    token_bitmask: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -170,7 +175,8 @@ class SamplingBatchInfo:
             need_top_p=any(p.top_p < 1.0 for p in sampled),
             need_min_p=any(p.min_p > 0.0 for p in sampled),
             need_logprobs=bool(with_logprobs),
-            max_top_logprobs=max((p.top_logprobs for p in with_logprobs), default=0))
+            max_top_logprobs=max((p.top_logprobs for p in with_logprobs), default=0),
+            logit_bias=LogitBias.build(params, vocab_size, device))
 
 
 @dataclasses.dataclass
@@ -289,6 +295,10 @@ class Sampler:
             assert info.min_tokens_ids is not None
             processed = processed.index_put((info.min_tokens_rows, info.min_tokens_ids),
                                             processed.new_full((1,), float("-inf")))
+        if info.logit_bias is not None:
+            processed = apply_logit_bias(processed, info.logit_bias)
+        if info.token_bitmask is not None:
+            processed = apply_grammar_mask(processed, info.token_bitmask)
         scaled = processed
         if info.all_greedy and greedy_tokens is not None and processed is raw:
             token_ids = greedy_tokens  # argmax of these very logits, done by the forward

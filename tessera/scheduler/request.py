@@ -31,6 +31,7 @@ class Request:
     prefix_node: Any = None         # locked prefix-cache node (or None)
     num_cached_tokens: int = 0      # prompt tokens served from the prefix cache (first admission)
     admitted_once: bool = False
+    admit_time: float | None = None  # time.monotonic() of the first admission
     num_retractions: int = 0
     # output
     finish_reason: FinishReason | None = None
@@ -39,6 +40,13 @@ class Request:
     output_logprobs: list[float] = dataclasses.field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
     first_token_time: float | None = None
+    # structured output: the request's grammar state (scheduler.grammar.RequestGrammar) or None
+    grammar: Any = None
+    # prompt logprobs (params.prompt_logprobs): one (logprob, top alternatives) per prompt token
+    # after the first, filled chunk by chunk as the prompt is prefilled
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] = dataclasses.field(
+        default_factory=list)
+    prompt_logprobs_sent: bool = False
     # overlap schedule: tokens sampled on the device by a step whose result the engine has not
     # read yet. They count in seq_len (the next step decodes from them) but are not in
     # output_ids; pending_source is (token tensor on the device, row) of the newest one.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,6 +63,7 @@ class Scheduler:
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
         self.num_retractions = 0
+        self.failed: list[Request] = []
         # KV tokens kept free per decoding request when admitting new work. Doubles after a
         # retraction and decays back, so admission does not immediately re-fill the pool and
         # thrash (admit -> retract -> admit ...).
@@ -153,8 +155,10 @@ class Scheduler:
         req.req_row = row
         cache = self.prefix_cache
         if cache is not None:
-            # leave at least one token to run: its logits give the next token
-            match = cache.match_prefix(req.fill_ids[: req.seq_len - 1])
+            # leave at least one token to run: its logits give the next token. Prompt
+            # logprobs need every prompt token's logits: such a request reuses nothing
+            wants_logits = req.params.prompt_logprobs is not None
+            match = cache.match_prefix([] if wants_logits else req.fill_ids[: req.seq_len - 1])
             cache.inc_lock_ref(match.last_node)
             if match.length:
                 self.req_pool.write(row, 0, match.slots)
@@ -166,6 +170,8 @@ class Scheduler:
         if slots is None:
             self._release_kv(req, keep_in_cache=False)
             return None
+        if not req.admitted_once:
+            req.admit_time = time.monotonic()
         req.admitted_once = True
         return self._extend_item(req, n, slots)
 
@@ -223,7 +229,9 @@ class Scheduler:
         num_decoding = sum(1 for r in self.running if r.seq_len - r.kv_len == 1)
         reserve = int(num_decoding * self.decode_reserve)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
-            req = self.waiting[0]
+            req = self._next_admissible()
+            if req is None:
+                break
             if req.pending_tokens:
                 break  # retracted with a token still on the device: admitted once it is read
             if chunk <= 0 and prefill and req.seq_len > budget:
@@ -231,7 +239,7 @@ class Scheduler:
             item = self._admit(req, budget if chunk > 0 else req.seq_len, reserve)
             if item is None:
                 break
-            self.waiting.popleft()
+            self.waiting.remove(req)
             self.running.append(req)
             prefill.append(item)
             budget -= item.num_tokens
@@ -270,6 +278,29 @@ class Scheduler:
         mode = ForwardMode.EXTEND if prefill else ForwardMode.DECODE
         return ScheduledBatch(mode, items, self._forward_batch(mode, items))
 
+    def _next_admissible(self) -> Request | None:
+        """The first waiting request whose grammar (if any) is compiled: a compile in progress
+        holds back only its own request. One whose compile failed is finished here (engine:
+        `take_failed`)."""
+        for req in list(self.waiting):
+            grammar = req.grammar
+            if grammar is None or req.pending_tokens:
+                return req
+            if not grammar.ready():
+                continue
+            if grammar.error is None:
+                return req
+            logger.error("request %s: %s", req.rid, grammar.error)
+            self.waiting.remove(req)
+            req.finish_reason = FinishReason.ABORT
+            self.failed.append(req)
+        return None
+
+    def take_failed(self) -> list[Request]:
+        """Requests finished by the scheduler itself since the last call (grammar errors)."""
+        failed, self.failed = self.failed, []
+        return failed
+
     def _retract_one(self, keep: set[int]) -> bool:
         """Retract the most recently admitted decoding request not in `keep`."""
         for req in reversed(self.running):
@@ -301,8 +332,12 @@ class Scheduler:
         rows = [it.req.req_row for it in items]
         # the slots each item was given this step (no read-back of req_to_token per request)
         locs = items[0].slots if len(items) == 1 else torch.cat([it.slots for it in items])
+        # prompt logprobs need the logits of every prompt token a chunk runs
+        all_logits = any(it.req.params.prompt_logprobs is not None
+                         and it.start < len(it.req.prompt_ids) - 1 for it in items)
         batch = ForwardBatch.build(mode, ids, rows, [it.start for it in items],
-                                   [it.num_tokens for it in items], locs, self.device)
+                                   [it.num_tokens for it in items], locs, self.device,
+                                   return_all_logits=all_logits)
         if source is not None:
             batch.fill_input_ids(pending_at, source, pending_rows)
         return batch

@@ -4,9 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,17 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import tessera
 from tessera.sampling.params import SamplingParams
+from tessera.server import native_api
 from tessera.server.engine_client import EngineDeadError
-from tessera.server.errors import (
-    APIError,
-    bad_request,
-    error_body,
-    error_response,
-    from_value_error,
-    install_error_handlers,
-)
-from tessera.server.openai_api import ReleasingStreamingResponse, get_state, router
-from tessera.server.protocol import AbortRequest, GenerateRequest
+from tessera.server.errors import APIError, bad_request, error_response, install_error_handlers
+from tessera.server.openai_api import get_state, router
 from tessera.server.state import ClientGone, ServerState, outputs
 
 # /health_generate gives up after this long (a healthy but saturated server may queue it).
@@ -37,7 +28,8 @@ HEALTH_GENERATE_TIMEOUT_S = 30.0
 # that type cross-site only after a CORS preflight, which fails unless --allowed-origins says so;
 # "simple" requests (text/plain, forms) never get through.
 JSON_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/generate",
-                         "/abort_request"})
+                         "/abort_request", "/tokenize", "/detokenize", "/v1/tokenize",
+                         "/v1/detokenize"})
 # Open without the API key: liveness and Prometheus scraping.
 OPEN_ROUTES = frozenset({"/health", "/metrics"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -53,8 +45,14 @@ def create_app(state: ServerState, allowed_origins: list[str] | None = None) -> 
     app.add_api_route("/health_generate", health_generate, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/generate", generate, methods=["POST"])
-    app.add_api_route("/abort_request", abort_request, methods=["POST"])
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
+    app.add_api_route("/generate", native_api.generate, methods=["POST"])
+    app.add_api_route("/abort_request", native_api.abort_request, methods=["POST"])
+    app.add_api_route("/get_model_info", native_api.get_model_info, methods=["GET"])
+    for path, endpoint in (("tokenize", native_api.tokenize),
+                           ("detokenize", native_api.detokenize)):
+        app.add_api_route(f"/{path}", endpoint, methods=["POST"])
+        app.add_api_route(f"/v1/{path}", endpoint, methods=["POST"])
     app.add_api_route("/flush_cache", flush_cache, methods=["POST"])
     app.add_api_route("/get_server_info", server_info, methods=["GET"])
 
@@ -144,12 +142,22 @@ async def metrics(request: Request) -> Response:
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": int(time.time()),
+            "owned_by": "tessera", "root": state.info["model_path"],
+            "max_model_len": state.info["context_length"]}
+
+
 async def list_models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [_model_card(get_state(request))]})
+
+
+async def get_model(request: Request, model_id: str) -> Response:
     state = get_state(request)
-    return JSONResponse({"object": "list", "data": [{
-        "id": state.model_name, "object": "model", "created": int(time.time()),
-        "owned_by": "tessera", "root": state.info["model_path"],
-        "max_model_len": state.info["context_length"]}]})
+    if model_id not in (state.model_name, state.info["model_path"]):
+        return error_response(404, f"model '{model_id}' does not exist; this server serves "
+                              f"'{state.model_name}'", "model", "model_not_found")
+    return JSONResponse(_model_card(state))
 
 
 async def _engine_call(state: ServerState, method: str, timeout: float) -> Any:
@@ -176,99 +184,3 @@ async def flush_cache(request: Request) -> Response:
         raise bad_request("cannot flush the cache while requests are running or queued; "
                           "retry when the server is idle", None, "requests_running")
     return JSONResponse({"success": True, "message": "prefix cache flushed"})
-
-
-async def abort_request(request: Request) -> Response:
-    state = get_state(request)
-    req: AbortRequest = (await state.prepare("abort", request)).request
-    if not state.client.abort_group(req.rid):
-        return error_response(404, f"no running request with id '{req.rid}'", "rid",
-                              "request_not_found")
-    return JSONResponse({"success": True, "rid": req.rid})
-
-
-# ---- native /generate -------------------------------------------------------------------------
-async def generate(request: Request) -> Response:
-    """SGLang-style: {"text" | "input_ids", "sampling_params", "stream", "rid"}; streamed chunks
-    carry the text so far (not a delta), like SGLang's."""
-    state = get_state(request)
-    prep = await state.prepare("generate", request)
-    req: GenerateRequest = prep.request
-    try:
-        params = SamplingParams.from_dict(req.sampling_params)
-    except (ValueError, TypeError) as e:
-        err = from_value_error(ValueError(str(e)), openai_names=False)
-        err.param = f"sampling_params.{err.param}" if err.param else "sampling_params"
-        raise err from None
-    if params.n != 1:
-        raise bad_request("/generate runs one sample; use /v1/completions for n > 1",
-                          "sampling_params.n")
-    assert prep.prompts is not None
-    ids = prep.prompts[0]
-    param = "input_ids" if req.input_ids is not None else "text"
-    rid = req.rid or state.new_id("gen")
-    start = time.perf_counter()
-    stream = await state.submit(rid, [ids], params, param, openai_names=False)
-    if req.stream:
-        return ReleasingStreamingResponse(_generate_sse(state, request, stream, rid, start),
-                                          release=lambda: state.client.release(stream))
-    result = _GenerateResult(rid, start)
-    try:
-        async with contextlib.aclosing(outputs(state, request, stream)) as outs:
-            async for out in outs:
-                result.add(out)
-    except ClientGone:
-        return Response(status_code=499)
-    except EngineDeadError as e:
-        return JSONResponse(error_body(f"the engine stopped: {e}", None, "engine_dead",
-                                       "server_error"), status_code=503)
-    return JSONResponse(result.body())
-
-
-class _GenerateResult:
-    def __init__(self, rid: str, start: float) -> None:
-        self.rid, self.start = rid, start
-        self.text = ""
-        self.output_ids: list[int] = []
-        self.logprobs: list[list[float | int]] = []
-        self.last: Any = None
-
-    def add(self, out: Any) -> None:
-        self.text += out.new_text
-        self.output_ids += out.new_token_ids
-        self.logprobs += [[lp, t] for lp, t in zip(out.new_logprobs, out.new_token_ids)]
-        self.last = out
-
-    def body(self) -> dict[str, Any]:
-        out = self.last
-        finish = None
-        if out is not None and out.finished:
-            finish = {"type": out.finish_reason}
-            if out.stop_str is not None:
-                finish["matched"] = out.stop_str
-        meta: dict[str, Any] = {
-            "id": self.rid, "finish_reason": finish,
-            "prompt_tokens": out.num_prompt_tokens if out else 0,
-            "completion_tokens": out.num_output_tokens if out else 0,
-            "cached_tokens": out.num_cached_tokens if out else 0,
-            "e2e_latency": time.perf_counter() - self.start}
-        if self.logprobs:
-            meta["output_token_logprobs"] = self.logprobs
-        return {"text": self.text, "output_ids": self.output_ids, "meta_info": meta}
-
-
-async def _generate_sse(state: ServerState, request: Request, stream: Any, rid: str,
-                        start: float) -> AsyncIterator[str]:
-    result = _GenerateResult(rid, start)
-    try:
-        async with contextlib.aclosing(outputs(state, request, stream)) as outs:
-            async for out in outs:
-                result.add(out)
-                if out.new_text or out.finished:
-                    yield f"data: {json.dumps(result.body(), ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
-    except ClientGone:
-        return
-    except EngineDeadError as e:
-        yield f"data: {json.dumps(error_body(f'the engine stopped: {e}'))}\n\n"
-        yield "data: [DONE]\n\n"

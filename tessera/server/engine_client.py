@@ -60,6 +60,7 @@ class RequestStream:
     prompt_lens: dict[str, int]
     last_token_time: dict[str, float] = dataclasses.field(default_factory=dict)
     last_output: dict[str, StepOutput] = dataclasses.field(default_factory=dict)
+    first_token_time: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def abort_output(self, rid: str) -> StepOutput:
         """The final delta of a sample ended here rather than by the engine (at shutdown)."""
@@ -218,7 +219,8 @@ class EngineClient:
 
     def abort_all(self) -> int:
         """End every running sample now with finish_reason "abort" (the engine is told to free
-        them; its own abort deltas, arriving later, are dropped). Returns the requests ended."""
+        them; its own abort deltas, arriving later, are dropped). Returns the requests ended:
+        shutdown's drain and /abort_request's abort_all both end requests this way."""
         rids = [rid for rid in self._streams if self._streams[rid].unfinished]
         if rids and self.dead is None:
             self._send(AbortRequests(sorted(rids)))
@@ -308,6 +310,9 @@ class EngineClient:
                 if last is None:
                     m.ttft.observe(now - stream.start)
                     m.prompt_tokens.inc(out.num_prompt_tokens)
+                    stream.first_token_time[out.rid] = now
+                    if out.queue_time is not None:
+                        m.queue_time.observe(out.queue_time)
                 else:
                     m.itl.observe((now - last) / n_new)
                 m.generation_tokens.inc(n_new)
@@ -320,6 +325,9 @@ class EngineClient:
                     m.finished(out.finish_reason)
                     if out.finish_reason != "abort":
                         m.e2e.observe(now - stream.start)
+                        first = stream.first_token_time.get(out.rid)
+                        if first is not None and out.num_output_tokens > 1:
+                            m.tpot.observe((now - first) / (out.num_output_tokens - 1))
             stream.queue.put_nowait(out)
 
     async def _watch_process(self) -> None:

@@ -55,10 +55,13 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "nnodes": cfg.parallel.nnodes,
         "attention_backend": cfg.backend.attention_backend,
         "sampling_backend": cfg.backend.sampling_backend,
+        "grammar_backend": "none" if engine.grammar_backend is None else
+                           engine.grammar_backend.name,
         "kv_cache_tokens": runner.kv_cache_tokens,
         "context_length": engine.context_length,
         "vocab_size": engine.vocab_size,
         "eos_token_ids": sorted(engine.eos_token_ids),
+        "generation_defaults": engine.generation_defaults.sampling,
         "max_running_requests": cfg.scheduler.max_running_requests,
         "chunked_prefill_size": cfg.scheduler.chunked_prefill_size,
         "radix_cache": engine.prefix_cache is not None,

@@ -133,6 +133,7 @@ async def _serve(config: EngineConfig, sock: socket.socket) -> int:
 
     from tessera.models.tokenizer import load_tokenizer
     from tessera.server.app import create_app
+    from tessera.server.chat_template import ChatTemplate
     from tessera.server.engine_client import EngineClient, EngineStartError
     from tessera.server.lifecycle import DrainingServer, IdleTimeoutH11Protocol
     from tessera.server.prepare import PreparePool, TokenizerSpec, remember_tokenizer
@@ -150,11 +151,21 @@ async def _serve(config: EngineConfig, sock: socket.socket) -> int:
             return 1
         info = client.info
         spec = TokenizerSpec(info["tokenizer_path"], info["vocab_size"],
-                             tuple(info["eos_token_ids"]))
+                             tuple(info["eos_token_ids"]), opts.chat_template,
+                             opts.tool_call_parser)
         tokenizer = load_tokenizer(spec.path, spec.vocab_size, spec.eos_token_ids)
-        remember_tokenizer(spec, tokenizer)  # small bodies are prepared here, with this one
+        try:
+            template = ChatTemplate(tokenizer, opts.chat_template)
+        except (OSError, ValueError) as e:
+            logger.error("%s", e)
+            await client.shutdown()
+            return 2
+        # small bodies are prepared here, with these (the workers load their own)
+        remember_tokenizer(spec, tokenizer, template)
         state = ServerState(client, tokenizer, info, pool, spec, api_key=opts.api_key,
-                            engine_stall_timeout=opts.engine_stall_timeout)
+                            engine_stall_timeout=opts.engine_stall_timeout,
+                            chat_template=template, tool_call_parser=opts.tool_call_parser,
+                            reasoning_parser=opts.reasoning_parser)
         debug = opts.log_level == "debug"
         server = DrainingServer(uvicorn.Config(
             create_app(state, opts.allowed_origins), log_level=opts.log_level, access_log=debug,

@@ -6,6 +6,8 @@ by the HTTP process as deltas arrive, so they measure what clients see (includin
 """
 from __future__ import annotations
 
+import time
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -59,6 +61,20 @@ class ServerMetrics:
                              label, buckets=_ITL_BUCKETS, registry=r).labels(model_name)
         self.e2e = Histogram("tessera:e2e_request_latency_seconds", "request latency",
                              label, buckets=_E2E_BUCKETS, registry=r).labels(model_name)
+        # SGLang's names (dashboards built for `sglang:` series work on `tessera:` ones)
+        self.num_queue_reqs = gauge("num_queue_reqs", "requests waiting to be scheduled "
+                                    "(SGLang's name for num_queued_reqs)")
+        self.token_usage = gauge("token_usage", "fraction of the KV pool in use (SGLang's name "
+                                 "for kv_usage_ratio)")
+        self.gen_throughput = gauge("gen_throughput", "generated tokens per second since the "
+                                    "previous scrape")
+        self.queue_time = Histogram("tessera:queue_time_seconds", "arrival in the engine to "
+                                    "first admission", label, buckets=_TTFT_BUCKETS,
+                                    registry=r).labels(model_name)
+        self.tpot = Histogram("tessera:time_per_output_token_seconds", "time per output token "
+                              "after the first, per finished sample", label,
+                              buckets=_ITL_BUCKETS, registry=r).labels(model_name)
+        self._last_scrape: tuple[float, float] | None = None  # (time, generation tokens)
 
     def update_engine_stats(self, stats: dict[str, float]) -> None:
         pool = max(stats["kv_pool_size"], 1)
@@ -68,6 +84,12 @@ class ServerMetrics:
         self.kv_used_tokens.set(stats["kv_used_tokens"])
         self.kv_cached_tokens.set(stats["kv_cached_tokens"])
         self.kv_usage_ratio.set(1.0 - stats["kv_free_tokens"] / pool)
+        self.num_queue_reqs.set(stats["num_queued_reqs"])
+        self.token_usage.set(1.0 - stats["kv_free_tokens"] / pool)
+        now, tokens = time.monotonic(), stats["generation_tokens_total"]
+        if self._last_scrape is not None and now > self._last_scrape[0]:
+            self.gen_throughput.set((tokens - self._last_scrape[1]) / (now - self._last_scrape[0]))
+        self._last_scrape = (now, tokens)
         prompt = stats["prompt_tokens_total"]
         self.cache_hit_rate.set(stats["cached_tokens_total"] / prompt if prompt else 0.0)
 

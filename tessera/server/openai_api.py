@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +12,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tessera.engine.engine import StepOutput
 from tessera.sampling.params import SamplingParams
+from tessera.server.chat import ChatOutput, output_constraint
 from tessera.server.engine_client import EngineDeadError, RequestStream
 from tessera.server.errors import bad_request, error_body, from_value_error
 from tessera.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tessera.server.reasoning import create_reasoning_parser
+from tessera.server.responses import (
+    Choice,
+    ResponseMeta,
+    chat_logprobs,
+    completion_logprobs,
+    echo_logprobs,
+    merge_logprobs,
+    sse_event,
+    usage,
+)
 from tessera.server.state import ClientGone, ServerState, choice_index, outputs
+from tessera.server.tool_parsers import StreamingToolParser, create_tool_parser
 
 router = APIRouter()
 
@@ -44,47 +56,20 @@ def get_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-@dataclasses.dataclass
-class ResponseMeta:
-    id: str
-    object: str
-    created: int
-    model: str
-    prompt_lens: list[int]
-    n: int
-    chat: bool
-
-
-@dataclasses.dataclass
-class Choice:
-    index: int
-    text: str = ""
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    logprobs: list[float] = dataclasses.field(default_factory=list)
-    top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
-    finish_reason: str | None = None
-    num_output_tokens: int = 0
-    num_cached_tokens: int = 0
-    text_offset: int = 0  # completions logprobs: offset of the next token in the text
-
-    def add(self, out: StepOutput) -> None:
-        self.text += out.new_text
-        self.token_ids += out.new_token_ids
-        self.logprobs += out.new_logprobs
-        self.top_logprobs += out.new_top_logprobs
-        self.num_output_tokens = out.num_output_tokens
-        self.num_cached_tokens = out.num_cached_tokens
-        if out.finished:
-            self.finish_reason = out.finish_reason
-
-
-def build_params(req: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
-                 ) -> SamplingParams:
+def build_params(req: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int,
+                 constraint: tuple[str, str] | None = None,
+                 defaults: dict[str, Any] | None = None, **extra: Any) -> SamplingParams:
+    """SamplingParams of a request; `defaults` (the checkpoint's generation_config.json) fill
+    the sampling fields the request does not set."""
     kwargs: dict[str, Any] = {
+        **(defaults or {}),
         "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens, "n": req.n,
         "seed": req.seed, "stop": req.stop, "stop_token_ids": req.stop_token_ids,
         "ignore_eos": req.ignore_eos, "skip_special_tokens": req.skip_special_tokens,
-        "logprobs": logprobs, "top_logprobs": top_logprobs}
+        "logprobs": logprobs, "top_logprobs": top_logprobs, "logit_bias": req.logit_bias,
+        **extra}
+    if constraint is not None:
+        kwargs[constraint[0]] = constraint[1]
     for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                  "frequency_penalty", "presence_penalty"):
         value = getattr(req, name)
@@ -96,78 +81,93 @@ def build_params(req: SamplingFields, max_tokens: int, logprobs: bool, top_logpr
         raise from_value_error(e) from None
 
 
-def usage(meta: ResponseMeta, choices: list[Choice]) -> dict[str, Any]:
-    prompt = sum(meta.prompt_lens)
-    completion = sum(c.num_output_tokens for c in choices)
-    # cached tokens count once per prompt, like its prompt tokens
-    cached = sum(max(c.num_cached_tokens for c in choices[i * meta.n:(i + 1) * meta.n])
-                 for i in range(len(meta.prompt_lens)))
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+def check_constraint(state: ServerState, constraint: tuple[str, str] | None,
+                     param: str) -> None:
+    """A 400 naming `param` for a constraint the grammar backend cannot use (before the engine
+    compiles it)."""
+    if constraint is None:
+        return
+    if state.info.get("grammar_backend", "none") == "none":
+        raise bad_request(f"{param}: structured output is off on this server (started with "
+                          "--grammar-backend none)", param)
+    from tessera.scheduler.grammar import check_grammar
+
+    try:
+        check_grammar(*constraint)
+    except ValueError as e:
+        raise bad_request(f"{param}: {e}", param) from None
 
 
-# ---- logprobs in OpenAI's two shapes ------------------------------------------------------------
-def completion_logprobs(state: ServerState, choice: Choice, ids: list[int], lps: list[float],
-                        tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
-    tokens = [state.token_str(t) for t in ids]
-    offsets = []
-    for tok in tokens:
-        offsets.append(choice.text_offset)
-        choice.text_offset += len(tok)
-    return {"tokens": tokens, "token_logprobs": lps,
-            "top_logprobs": [{state.token_str(t): lp for t, lp in top} for top in tops]
-            if tops else None,
-            "text_offset": offsets}
-
-
-def chat_logprobs(state: ServerState, ids: list[int], lps: list[float],
-                  tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
-    def entry(tid: int, lp: float) -> dict[str, Any]:
-        tok = state.token_str(tid)
-        return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
-
-    content = []
-    for j, (tid, lp) in enumerate(zip(ids, lps)):
-        top = tops[j] if j < len(tops) else []
-        content.append({**entry(tid, lp), "top_logprobs": [entry(t, v) for t, v in top]})
-    return {"content": content}
+def _extras_constraint(req: CompletionRequest) -> tuple[str, tuple[str, str]] | None:
+    given = [(name, getattr(req, name)) for name in ("json_schema", "regex", "ebnf")
+             if getattr(req, name) is not None]
+    if len(given) > 1:
+        raise bad_request(f"{given[0][0]} and {given[1][0]}: only one output constraint per "
+                          "request", given[1][0])
+    if not given:
+        return None
+    name, value = given[0]
+    return name, (name, value if isinstance(value, str) else json.dumps(value))
 
 
 # ---- endpoints ------------------------------------------------------------------------------------
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     state = get_state(request)
+    # parsed, checked for refused fields and tokenized off the event loop when large
     prep = await state.prepare("completions", request)
     req: CompletionRequest = prep.request
     state.check_model(req.model)
     prompts = prep.prompts
     assert prompts is not None
+    named = _extras_constraint(req)
+    constraint = named[1] if named else None
+    check_constraint(state, constraint, named[0] if named else "json_schema")
+    want_lp = req.logprobs is not None
     params = build_params(req, req.max_tokens if req.max_tokens is not None else 16,
-                          logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0)
-    return await _serve(state, request, req, prompts, params, chat=False)
+                          logprobs=want_lp, top_logprobs=req.logprobs or 0,
+                          constraint=constraint, defaults=state.info.get("generation_defaults"),
+                          prompt_logprobs=req.logprobs if req.echo and want_lp else None)
+    # echo: each prompt as sent, or its ids decoded (prepare did that)
+    texts = prep.texts or []
+    return await _serve(state, request, req, prompts, params, chat=False, echo_texts=texts)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = get_state(request)
+    # parsed, templated (with the tools) and tokenized off the event loop when large
     prep = await state.prepare("chat", request)
     req: ChatCompletionRequest = prep.request
     state.check_model(req.model)
     assert prep.prompts is not None
     ids = prep.prompts[0]
+    mode = prep.tool_mode
+    constraint = output_constraint(req, mode)
+    check_constraint(state, constraint, "tool_choice" if mode.kind in ("named", "required")
+                     else "response_format" if req.response_format is not None
+                     else "json_schema")
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
         # OpenAI's default is "until the context is full"; the KV pool bounds it too
         max_tokens = max(1, state.max_total_tokens - len(ids))
     params = build_params(req, max_tokens, logprobs=req.logprobs,
-                          top_logprobs=req.top_logprobs or 0)
-    return await _serve(state, request, req, [ids], params, chat=True)
+                          top_logprobs=req.top_logprobs or 0, constraint=constraint,
+                          defaults=state.info.get("generation_defaults"))
+
+    def chat_output() -> ChatOutput:
+        parser = (StreamingToolParser(create_tool_parser(state.tool_call_parser))
+                  if mode.kind == "auto" and state.tool_call_parser else None)
+        return ChatOutput(mode, create_reasoning_parser(state.reasoning_parser,
+                                                        req.separate_reasoning), parser)
+
+    return await _serve(state, request, req, [ids], params, chat=True, chat_output=chat_output)
 
 
 async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                  ChatCompletionRequest, prompts: list[list[int]], params: SamplingParams,
-                 chat: bool) -> Response:
+                 chat: bool, chat_output: Callable[[], ChatOutput] | None = None,
+                 echo_texts: list[str] | None = None) -> Response:
     if len(prompts) * params.n > MAX_SAMPLES_PER_REQUEST:
         raise bad_request(f"prompts x n = {len(prompts) * params.n} samples; at most "
                           f"{MAX_SAMPLES_PER_REQUEST} per request", "n")
@@ -184,11 +184,19 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                 f"lower {name}", name)
     group = req.rid or state.new_id("chatcmpl" if chat else "cmpl")
     stream = await state.submit(group, prompts, params, "messages" if chat else "prompt")
+    options = req.stream_options
     meta = ResponseMeta(group, "chat.completion" if chat else "text_completion", int(time.time()),
-                        state.model_name, [len(p) for p in prompts], params.n, chat)
+                        state.model_name, [len(p) for p in prompts], params.n, chat, prompts,
+                        echo_texts=echo_texts or [],
+                        stop_token_ids=frozenset(params.stop_token_ids),
+                        continuous_usage=options is not None and options.continuous_usage_stats,
+                        token_name=_token_id_name if req.return_tokens_as_token_ids
+                        else state.token_str)
     choices = [Choice(i) for i in range(len(prompts) * params.n)]
+    for c in choices:
+        c.chat = chat_output() if chat_output is not None else None
     if req.stream:
-        include_usage = req.stream_options is not None and req.stream_options.include_usage
+        include_usage = options is not None and options.include_usage
         return ReleasingStreamingResponse(
             _sse(state, request, stream, meta, choices, include_usage),
             release=lambda: state.client.release(stream))
@@ -207,19 +215,37 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
     return JSONResponse(body)
 
 
+def _token_id_name(token_id: int) -> str:
+    return f"token_id:{token_id}"
+
+
+def _finish_reason(c: Choice) -> str | None:
+    if c.chat is not None and c.chat.has_calls and c.finish_reason == "stop":
+        return "tool_calls"
+    return c.finish_reason
+
+
 def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str, Any]:
-    want_lp = bool(c.logprobs)
+    want_lp = bool(c.logprobs) or c.prompt_logprobs is not None
     if meta.chat:
-        return {"index": c.index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, c.top_logprobs)
-                if want_lp else None, "finish_reason": c.finish_reason}
-    lp = (completion_logprobs(state, c, c.token_ids, c.logprobs, c.top_logprobs)
-          if want_lp else None)
-    return {"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason}
-
-
-def _sse_event(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+        c.chat.feed(c.text)
+        c.chat.finish()
+        return {"index": c.index, "message": c.chat.message(),
+                "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
+                                          c.top_logprobs) if want_lp else None,
+                "finish_reason": _finish_reason(c),
+                **c.stop_fields(meta)}
+    text, lp = c.text, None
+    if meta.echo_texts:
+        prompt = meta.prompts[c.index // meta.n]
+        text = meta.echo_texts[c.index // meta.n] + text
+        if want_lp:
+            lp = echo_logprobs(meta.token_name, c, prompt)
+    if want_lp:
+        lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, c.token_ids,
+                                                    c.logprobs, c.top_logprobs))
+    return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
+            **c.stop_fields(meta)}
 
 
 async def _sse(state: ServerState, request: Request, stream: RequestStream, meta: ResponseMeta,
@@ -228,37 +254,59 @@ async def _sse(state: ServerState, request: Request, stream: RequestStream, meta
     head = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model}
     try:
         if meta.chat:  # OpenAI opens every chat choice with a role-only delta
-            yield _sse_event({**head, "choices": [
+            yield sse_event({**head, "choices": [
                 {"index": c.index, "delta": {"role": "assistant", "content": ""},
                  "logprobs": None, "finish_reason": None} for c in choices]})
+        started: set[int] = set()
         async with contextlib.aclosing(outputs(state, request, stream)) as outs:
             async for out in outs:
                 c = choices[choice_index(out.rid)]
                 c.add(out)
-                if not (out.new_text or out.finished or out.new_logprobs):
-                    continue  # the detokenizer is holding back a partial character or stop
-                yield _sse_event({**head, "choices": [_chunk_choice(state, meta, c, out)]})
+                first = c.index not in started
+                started.add(c.index)
+                chunk = _chunk_choice(state, meta, c, out, first)
+                if chunk is None:
+                    continue  # the detokenizer or a parser is holding text back
+                event = {**head, "choices": [chunk]}
+                if meta.continuous_usage:
+                    event["usage"] = usage(meta, choices)
+                yield sse_event(event)
         if include_usage:
-            yield _sse_event({**head, "choices": [], "usage": usage(meta, choices)})
+            yield sse_event({**head, "choices": [], "usage": usage(meta, choices)})
         yield "data: [DONE]\n\n"
     except ClientGone:
         return
     except EngineDeadError as e:
-        yield _sse_event(error_body(f"the engine stopped: {e}", None, "engine_dead",
-                                    "server_error"))
+        yield sse_event(error_body(f"the engine stopped: {e}", None, "engine_dead",
+                                   "server_error"))
         yield "data: [DONE]\n\n"
 
 
-def _chunk_choice(state: ServerState, meta: ResponseMeta, c: Choice, out: StepOutput
-                  ) -> dict[str, Any]:
+def _chunk_choice(state: ServerState, meta: ResponseMeta, c: Choice, out: StepOutput,
+                  first: bool) -> dict[str, Any] | None:
     has_lp = bool(out.new_logprobs)
+    stop = c.stop_fields(meta) if out.finished else {}
     if meta.chat:
-        lp = (chat_logprobs(state, out.new_token_ids, out.new_logprobs, out.new_top_logprobs)
-              if has_lp else None)
-        delta = {"content": out.new_text} if out.new_text or not out.finished else {}
+        delta = c.chat.feed(out.new_text)
+        if out.finished:
+            for key, value in c.chat.finish().items():
+                delta[key] = delta.get(key, type(value)()) + value
+        if not (delta or out.finished or has_lp):
+            return None
+        lp = (chat_logprobs(meta.token_name, out.new_token_ids, out.new_logprobs,
+                            out.new_top_logprobs) if has_lp else None)
         return {"index": c.index, "delta": delta, "logprobs": lp,
-                "finish_reason": out.finish_reason}
-    lp = (completion_logprobs(state, c, out.new_token_ids, out.new_logprobs,
-                              out.new_top_logprobs) if has_lp else None)
-    return {"index": c.index, "text": out.new_text, "logprobs": lp,
-            "finish_reason": out.finish_reason}
+                "finish_reason": _finish_reason(c) if out.finished else None, **stop}
+    text, lp = out.new_text, None
+    if first and meta.echo_texts:
+        prompt = meta.prompts[c.index // meta.n]
+        text = meta.echo_texts[c.index // meta.n] + text
+        if c.prompt_logprobs is not None:
+            lp = echo_logprobs(meta.token_name, c, prompt)
+    if not (text or out.finished or has_lp or lp):
+        return None
+    if has_lp:
+        lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, out.new_token_ids,
+                                                    out.new_logprobs, out.new_top_logprobs))
+    return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": out.finish_reason,
+            **stop}

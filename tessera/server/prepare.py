@@ -27,12 +27,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tessera.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from tessera.server.chat import tool_mode
+from tessera.server.chat_template import ChatTemplate
 from tessera.server.errors import APIError, bad_request, from_validation_errors
 from tessera.server.protocol import (
     AbortRequest,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     GenerateRequest,
+    TokenizeRequest,
+    check_refused,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,7 +48,8 @@ INLINE_BODY_BYTES = 16 << 10
 _NORMALIZER_SHRINK = 4
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "completions": CompletionRequest, "chat": ChatCompletionRequest,
-    "generate": GenerateRequest, "abort": AbortRequest}
+    "generate": GenerateRequest, "abort": AbortRequest, "tokenize": TokenizeRequest,
+    "detokenize": DetokenizeRequest}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,27 +58,42 @@ class TokenizerSpec:
     path: str | None
     vocab_size: int
     eos_token_ids: tuple[int, ...]
+    chat_template: str | None = None     # --chat-template (None: the tokenizer's own)
+    tool_call_parser: str | None = None  # --tool-call-parser
 
 
 @dataclasses.dataclass
 class Prepared:
     request: Any                          # the validated pydantic request
     prompts: list[list[int]] | None       # token ids per prompt; None for bodies without one
+    texts: list[str] | None = None        # completions echo: each prompt's text; detokenize
+    tool_mode: Any = None                 # chat: its server.chat.ToolMode
 
 
-# Each process keeps its tokenizer (and its longest token) once loaded.
+# Each process keeps its tokenizer (and its longest token) and chat template once loaded.
 _tokenizers: dict[TokenizerSpec, tuple[Tokenizer, int | None]] = {}
+_templates: dict[TokenizerSpec, ChatTemplate] = {}
 
 
-def remember_tokenizer(spec: TokenizerSpec, tokenizer: Tokenizer) -> None:
-    """Use an already loaded tokenizer for `spec` in this process."""
+def remember_tokenizer(spec: TokenizerSpec, tokenizer: Tokenizer,
+                       template: ChatTemplate | None = None) -> None:
+    """Use an already loaded tokenizer (and chat template) for `spec` in this process."""
     _tokenizers[spec] = (tokenizer, max_token_bytes(tokenizer))
+    if template is not None:
+        _templates[spec] = template
 
 
 def _tokenizer(spec: TokenizerSpec) -> tuple[Tokenizer, int | None]:
     if spec not in _tokenizers:
         remember_tokenizer(spec, load_tokenizer(spec.path, spec.vocab_size, spec.eos_token_ids))
     return _tokenizers[spec]
+
+
+def _template(spec: TokenizerSpec) -> ChatTemplate:
+    if spec not in _templates:
+        # the server checked the --chat-template source at start-up
+        _templates[spec] = ChatTemplate(_tokenizer(spec)[0], spec.chat_template)
+    return _templates[spec]
 
 
 def max_token_bytes(tokenizer: Tokenizer) -> int | None:
@@ -88,8 +109,8 @@ def max_token_bytes(tokenizer: Tokenizer) -> int | None:
 
 
 def prepare(kind: str, body: bytes, spec: TokenizerSpec, context_length: int) -> Prepared:
-    """Validate `body` as the request of route `kind` and tokenize its prompts; raise APIError
-    (a 400 naming the field) for anything wrong with it."""
+    """Validate `body` as the request of route `kind`, render its chat template and tokenize its
+    prompts; raise APIError (a 400 naming the field) for anything wrong with it."""
     if not body:
         raise bad_request("the request body is empty; send a JSON object")
     model = _REQUEST_MODELS[kind]
@@ -100,8 +121,12 @@ def prepare(kind: str, body: bytes, spec: TokenizerSpec, context_length: int) ->
     if kind == "abort":
         return Prepared(req, None)
     tokenizer, per_token = _tokenizer(spec)
+    if kind == "detokenize":
+        if any(not 0 <= t < spec.vocab_size for t in req.tokens):
+            return Prepared(req, None)  # the handler names them
+        return Prepared(req, None, [tokenizer.decode(req.tokens)])
 
-    def encode(text: str, param: str) -> list[int]:
+    def encode(text: str, param: str, add_special_tokens: bool = True) -> list[int]:
         if per_token is not None:
             nbytes = len(text.encode("utf-8"))
             at_least = -(-nbytes // per_token)
@@ -109,30 +134,49 @@ def prepare(kind: str, body: bytes, spec: TokenizerSpec, context_length: int) ->
                 raise bad_request(f"{param}: the prompt is {nbytes} bytes, so at least {at_least} "
                                   f"tokens, but the context length is {context_length}; shorten "
                                   "the prompt", param)
-        return tokenizer.encode(text)
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     if kind == "completions":
-        prompt = req.prompt
-        if isinstance(prompt, str):
-            return Prepared(req, [encode(prompt, "prompt")])
-        if isinstance(prompt[0], str):
-            return Prepared(req, [encode(p, "prompt") for p in prompt])
-        if isinstance(prompt[0], int):
-            return Prepared(req, [list(prompt)])
-        return Prepared(req, [list(p) for p in prompt])
+        check_refused(req)
+        return _completion(req, encode, tokenizer)
     if kind == "chat":
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in req.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages)
-        except Exception as e:  # noqa: BLE001 - templates raise for invalid conversations
-            raise bad_request(f"messages: the chat template rejected them: {e}",
-                              "messages") from None
-        return Prepared(req, [encode(text, "messages")])
-    # generate
+        check_refused(req)
+        mode = tool_mode(req, spec.tool_call_parser)
+        # encoded without the tokenizer's specials, as HF's apply_chat_template(tokenize=True)
+        # does: a template that writes the BOS gets one BOS (see chat_template.py)
+        text = _template(spec).render_text(
+            [m.for_template() for m in req.messages], mode.tools,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message, kwargs=req.chat_template_kwargs)
+        return Prepared(req, [encode(text, "messages", add_special_tokens=False)],
+                        tool_mode=mode)
+    if kind == "tokenize":  # reports the count, so no context bound
+        if req.messages is not None:
+            ids = _template(spec).render_ids([m.for_template() for m in req.messages], None,
+                                             add_generation_prompt=req.add_generation_prompt)
+        else:
+            ids = tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+        return Prepared(req, [ids])
+    # generate: one prompt or a batch
     if req.input_ids is not None:
-        return Prepared(req, [list(req.input_ids)])
-    return Prepared(req, [encode(req.text or "", "text")])
+        return Prepared(req, [list(p) for p in req.input_ids] if req.is_batch
+                        else [list(req.input_ids)])
+    texts = req.text if isinstance(req.text, list) else [req.text or ""]
+    return Prepared(req, [encode(t, "text") for t in texts])
+
+
+def _completion(req: CompletionRequest, encode: Any, tokenizer: Tokenizer) -> Prepared:
+    """Prompt ids of a completion and, for echo, each prompt's text (as sent, or decoded)."""
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        return Prepared(req, [encode(prompt, "prompt")], [prompt] if req.echo else None)
+    if isinstance(prompt[0], str):
+        return Prepared(req, [encode(p, "prompt") for p in prompt],
+                        list(prompt) if req.echo else None)
+    ids = [list(prompt)] if isinstance(prompt[0], int) else [list(p) for p in prompt]
+    texts = ([tokenizer.decode(p, skip_special_tokens=False) for p in ids] if req.echo
+             else None)
+    return Prepared(req, ids, texts)
 
 
 def _worker_init(parent_pid: int) -> None:

@@ -18,6 +18,7 @@ from tessera.server.engine_client import EngineClient, EngineDeadError, RequestS
 from tessera.server.errors import APIError, from_value_error, read_body
 from tessera.server.io_struct import GenerateItem
 from tessera.server.prepare import Prepared, PreparePool, TokenizerSpec
+from tessera.server.protocol import REFUSED
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class ServerState:
     tokenizer_spec: TokenizerSpec
     api_key: str | None = None
     engine_stall_timeout: float = 1.5
+    chat_template: Any = None  # server.chat_template.ChatTemplate
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
     _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
 
     @property
@@ -58,9 +62,7 @@ class ServerState:
         token ids (in a worker process when the body is large); APIError 400/413 if it is bad."""
         body = await read_body(request)
         prep = await self.pool.run(kind, body, self.tokenizer_spec, self.info["context_length"])
-        if prep.request.model_extra:
-            logger.debug("ignoring unknown fields %s on %s", sorted(prep.request.model_extra),
-                         request.url.path)
+        _log_unknown(prep.request, request.url.path)
         return prep
 
     def engine_problem(self) -> str | None:
@@ -84,15 +86,19 @@ class ServerState:
     def token_str(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    async def submit(self, group_id: str, prompts: list[list[int]], params: SamplingParams,
-                     prompt_param: str = "prompt", openai_names: bool = True) -> RequestStream:
-        """Send n samples of each prompt; sample k of prompt i is choice i * n + k."""
-        n = params.n
+    async def submit(self, group_id: str, prompts: list[list[int]],
+                     params: SamplingParams | list[SamplingParams], prompt_param: str = "prompt",
+                     openai_names: bool = True) -> RequestStream:
+        """Send n samples of each prompt (params: one for all prompts, or one per prompt, with
+        the same n); sample k of prompt i is choice i * n + k."""
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        n = per_prompt[0].n
         items = []
         for i, ids in enumerate(prompts):
+            p = per_prompt[i]
             for k in range(n):
-                seed = None if params.seed is None else params.seed + k
-                sample = dataclasses.replace(params, n=1, seed=seed)
+                seed = None if p.seed is None else p.seed + k
+                sample = dataclasses.replace(p, n=1, seed=seed)
                 items.append(GenerateItem(f"{group_id}-{i * n + k}", ids, sample))
         try:
             return await self.client.generate(group_id, items)
@@ -101,6 +107,19 @@ class ServerState:
         except EngineDeadError as e:
             raise APIError(503, f"the engine is not running: {e}", None, "engine_dead",
                            "server_error") from None
+
+
+_LOGGED_UNKNOWN: set[tuple[str, str]] = set()
+
+
+def _log_unknown(obj: Any, path: str) -> None:
+    """Unknown fields are ignored, as OpenAI ignores them; each is logged once per endpoint so
+    a client relying on one can find out why it has no effect (refused ones got a 400)."""
+    for name in obj.model_extra or ():
+        if name in REFUSED or (path, name) in _LOGGED_UNKNOWN:
+            continue
+        _LOGGED_UNKNOWN.add((path, name))
+        logger.info("ignoring unknown field '%s' on %s (logged once)", name, path)
 
 
 def choice_index(rid: str) -> int:
