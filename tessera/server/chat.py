@@ -4,7 +4,8 @@ response_format imply, and each choice's output split into reasoning, content an
 tool_choice (OpenAI semantics, constrained the way vLLM constrains them):
 - "none": no tools reach the template and nothing is parsed.
 - "auto" (the default when tools are given): tools go to the template; the `--tool-call-parser`
-  reads the calls the model chose to write in its own format. Without a parser this is a 400.
+  reads the calls the model chose to write in its own format (only the first one unless
+  parallel_tool_calls). Without a parser this is a 400.
 - "required": the output is constrained (grammar backend) to a JSON array of
   `{"name": <one of the tools>, "parameters": <its schema>}`, one item unless
   parallel_tool_calls; each item becomes a tool call.
@@ -35,6 +36,7 @@ class ToolMode:
     kind: str                      # "none" | "auto" | "required" | "named"
     name: str | None = None        # the named function
     tools: list[dict[str, Any]] | None = None  # what the template gets
+    parallel: bool = True          # parallel_tool_calls: false keeps the first call only
 
 
 def tool_mode(req: ChatCompletionRequest, parser_name: str | None) -> ToolMode:
@@ -48,7 +50,7 @@ def tool_mode(req: ChatCompletionRequest, parser_name: str | None) -> ToolMode:
         raise bad_request("tool_choice 'auto' needs the server to be started with "
                           "--tool-call-parser (hermes, qwen25, llama3, mistral); 'required', a "
                           "named function or 'none' work without one", "tool_choice")
-    return ToolMode(choice, None, tools)
+    return ToolMode(choice, None, tools, req.parallel_tool_calls)
 
 
 def output_constraint(req: ChatCompletionRequest, mode: ToolMode) -> tuple[str, str] | None:
@@ -137,6 +139,8 @@ class ChatOutput:
                 more_text, more = self.tool_parser.finish()
                 text, parsed = text + more_text, parsed + more
             content = text
+            if not self.mode.parallel:  # parallel_tool_calls: false
+                parsed = parsed[:max(0, 1 - len(self.calls))]
             calls = [c.to_openai(len(self.calls) + i) for i, c in enumerate(parsed)]
         if self.mode.kind in ("none", "auto") and content:
             self.content += content

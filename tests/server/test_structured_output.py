@@ -164,6 +164,16 @@ def test_auto_tool_calls_in_the_hermes_format(client):
     assert final.message.tool_calls[0].function.arguments == call.function.arguments
 
 
+def test_parallel_tool_calls_false_keeps_the_first_call(client):
+    block = ('"<tool_call>\\n{\\"name\\": \\"get_time\\", \\"arguments\\": {\\"zone\\": '
+             '\\"" ("UTC" | "CET") "\\"}}\\n</tool_call>"')
+    kw = {"model": MODEL, "messages": MESSAGES, "tools": [TIME], "temperature": 1.0, "seed": 2,
+          "max_tokens": 200, "extra_body": {"ebnf": f"root ::= {block} {block}"}}
+    assert len(client.chat.completions.create(**kw).choices[0].message.tool_calls) == 2
+    one = client.chat.completions.create(**kw, parallel_tool_calls=False).choices[0].message
+    assert len(one.tool_calls) == 1 and one.tool_calls[0].function.name == "get_time"
+
+
 def test_reasoning_is_split_from_the_answer(client):
     kw = {"model": MODEL, "messages": MESSAGES, "temperature": 1.0, "seed": 8, "max_tokens": 40,
           "extra_body": {"regex": "<think>[a-z]{3,8}</think>\n\n[a-z]{3,8}"}}
