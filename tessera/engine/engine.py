@@ -108,7 +108,7 @@ class Engine:
             self.grammar_backend = create_grammar_backend(
                 config.backend.grammar_backend, self.tokenizer, mc.vocab_size,
                 self.eos_token_ids)
-        except Exception as e:  # noqa: BLE001 - a tokenizer xgrammar cannot read (any error)
+        except Exception as e:  # a tokenizer xgrammar cannot read (any error of its own)
             if isinstance(e, ValueError) and "pip install" in str(e):
                 raise  # a missing package is a setup error the user must see at once
             logger.error("structured output is off: the grammar backend could not read this "
