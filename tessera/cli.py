@@ -120,7 +120,10 @@ def _bench_runner(module: str):
 def _cmd_serve(args: argparse.Namespace, sock: socket.socket | None = None) -> int:
     from tessera.server.launch import exit_process, serve
 
-    exit_process(serve(args, sock) or 0)
+    code = serve(args, sock) or 0
+    if code == 2:  # a bad flag, refused before the engine or workers started: a plain return
+        return code
+    exit_process(code)
 
 
 def main(argv: list[str] | None = None) -> int:
