@@ -4,6 +4,7 @@ refused, /health answers within 100 ms and 16 running streams keep their inter-t
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 
@@ -12,8 +13,13 @@ import pytest
 
 from tessera.server.testing import ServerProcess
 
-# timing bounds: run alone, after the parallel suite (scripts/test.sh)
-pytestmark = pytest.mark.serial
+# timing bounds: run alone, after the parallel suite (scripts/test.sh). The client (16 streams,
+# three uploads), the server, the engine and two tokenizer workers each want a core: with fewer
+# than 4 the budgets measure CPU starvation, not the server (on 2 cores /health p99 came out
+# 100-230 ms with and without other load on the host, inter-token gaps up to 640 ms).
+pytestmark = [pytest.mark.serial,
+              pytest.mark.skipif((os.cpu_count() or 1) < 4,
+                                 reason="needs >= 4 cores to measure the latency budgets")]
 
 BIG = 30 << 20
 NUM_STREAMS = 16
