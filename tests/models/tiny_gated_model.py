@@ -7,8 +7,6 @@ is all it takes: the model built from tessera.layers, plus `register_model` (the
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +20,7 @@ from tessera.layers.linear import QKVParallelLinear, RowParallelLinear
 from tessera.layers.mlp import GatedMLP
 from tessera.layers.rotary import get_rope
 from tessera.models.base import CausalLM
+from tessera.models.llama import LlamaForCausalLM
 from tessera.models.registry import register_model
 
 ARCHITECTURE = "TinyGatedForCausalLM"
@@ -55,10 +54,8 @@ class TinyGatedBlock(nn.Module):
 
 
 class TinyGatedForCausalLM(CausalLM):
-    packed_modules_mapping: ClassVar[dict[str, tuple[str, str | int]]] = {
-        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-    }
+    # the same merged q/k/v and gate/up projections as the Llama family's
+    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()

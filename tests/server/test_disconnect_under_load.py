@@ -8,6 +8,7 @@ import time
 import httpx
 import openai
 import pytest
+from server_procs import engine_stats, wait_until_idle
 
 from tessera.server.testing import ServerProcess
 
@@ -78,10 +79,6 @@ async def _load(base_url: str) -> list:
     return results
 
 
-def _stats(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/get_server_info", timeout=10).json()["engine"]
-
-
 def test_half_disconnect_rest_complete_and_kv_is_freed(server):
     base = server.base_url
     results = asyncio.run(_load(base))
@@ -90,20 +87,14 @@ def test_half_disconnect_rest_complete_and_kv_is_freed(server):
     assert all(r == ("length", FULL_TOKENS) for r in full), full[:5]
 
     # every abandoned request must be aborted, not run to its 3000 tokens
-    deadline = time.monotonic() + 15
-    while True:
-        stats = _stats(base)
-        if stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0:
-            break
-        assert time.monotonic() < deadline, f"abandoned requests still running: {stats}"
-        time.sleep(0.1)
+    stats = wait_until_idle(base, 15, "abandoned requests still running")
     assert stats["kv_used_tokens"] == 0
     assert stats["kv_free_tokens"] + stats["kv_cached_tokens"] == stats["kv_pool_size"]
     assert stats["generation_tokens_total"] < NUM_REQUESTS * FULL_TOKENS * 4
 
     flushed = httpx.post(f"{base}/flush_cache", timeout=30)
     assert flushed.status_code == 200, flushed.text
-    stats = _stats(base)
+    stats = engine_stats(base)
     assert stats["kv_free_tokens"] == stats["kv_pool_size"]
 
     start = time.perf_counter()

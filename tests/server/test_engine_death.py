@@ -11,24 +11,11 @@ import time
 
 import httpx
 import pytest
+from server_procs import child_pids
 
 from tessera.server.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
-                kids.append(int(entry))
-    return kids
 
 
 def test_killed_engine_ends_streams_with_an_error_and_stops_the_server():
@@ -44,7 +31,7 @@ def test_killed_engine_ends_streams_with_an_error_and_stops_the_server():
         reader = threading.Thread(target=stream)
         reader.start()
         time.sleep(1.0)  # the request is running
-        engines = _children(server.proc.pid)
+        engines = child_pids(server.proc.pid)
         assert engines, "the server should have an engine child process"
         for pid in engines:
             os.kill(pid, signal.SIGKILL)
@@ -74,10 +61,10 @@ def test_a_server_killed_while_the_model_loads_leaves_no_process_behind():
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while len(_children(server.pid)) < 3:  # the engine and the tokenizer workers
+        while len(child_pids(server.pid)) < 3:  # the engine and the tokenizer workers
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        children = _children(server.pid)
+        children = child_pids(server.pid)
     finally:
         server.kill()
         server.wait()

@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+from server_procs import child_pids, wait_until_idle
 
 from tessera import LLM, SamplingParams
 from tessera.server.testing import ServerProcess, free_port
@@ -22,20 +23,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 ARGS = ["--model-path", "tiny-llama", "--kv-cache-tokens", "4096", "--max-running-requests", "4",
         "--dist-timeout", "30"]
 PROMPT = "The quick brown fox"
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
-                kids.append(int(entry))
-    return kids
 
 
 def _alive(pid: int) -> bool:
@@ -68,10 +55,6 @@ def test_serve_tp2_answers_the_openai_client_like_tp1():
         _disconnect_frees_kv(server.base_url)
 
 
-def _stats(base: str) -> dict:
-    return httpx.get(f"{base}/get_server_info", timeout=10).json()["engine"]
-
-
 def _disconnect_frees_kv(base: str) -> None:
     """A stream the client drops mid-way is aborted: the rows and slots that rank 0 handed out
     for it (every rank writes the same slots through the batch plan) are free again, and the
@@ -81,13 +64,7 @@ def _disconnect_frees_kv(base: str) -> None:
         for i, _ in enumerate(r.iter_lines()):
             if i >= 6:
                 break  # leave with the stream open: the server sees the disconnect
-    deadline = time.monotonic() + 15
-    while True:
-        stats = _stats(base)
-        if stats["num_running_reqs"] == 0 and stats["num_queued_reqs"] == 0:
-            break
-        assert time.monotonic() < deadline, f"the dropped stream still runs: {stats}"
-        time.sleep(0.1)
+    stats = wait_until_idle(base, 15, "the dropped stream still runs")
     assert stats["kv_used_tokens"] == 0
     assert stats["kv_free_tokens"] + stats["kv_cached_tokens"] == stats["kv_pool_size"]
     assert stats["generation_tokens_total"] < 2000
@@ -100,8 +77,8 @@ def test_rank_killed_mid_stream_ends_the_stream_and_every_process():
     server = ServerProcess([*ARGS, "--tp", "2"]).start()
     try:
         # the server's children: the engine (rank 0) and multiprocessing's resource tracker
-        engines = [pid for pid in _children(server.proc.pid) if _children(pid)]
-        ranks = [pid for engine in engines for pid in _children(engine)]
+        engines = [pid for pid in child_pids(server.proc.pid) if child_pids(pid)]
+        ranks = [pid for engine in engines for pid in child_pids(engine)]
         assert len(engines) == 1 and len(ranks) == 1, (engines, ranks)
         lines: list[str] = []
 
