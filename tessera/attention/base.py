@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tessera.cache.kv_pool import KVPool, ReqToTokenPool
-from tessera.cache.spec import MHASpec
+from tessera.cache.spec import MHASpec, MLASpec
 from tessera.forward.batch import ForwardBatch, ForwardMode
 
 
@@ -64,7 +64,10 @@ class AttentionBackend(ABC):
         self.kv_pool = kv_pool
         self.req_to_token_pool = req_to_token_pool
         self.num_heads = num_heads
-        self.num_kv_heads, self.head_dim = spec.num_kv_heads, spec.head_dim
+        if isinstance(spec, MLASpec):  # MQA over the latent: one shared "head" per token
+            self.num_kv_heads, self.head_dim = 1, spec.latent_dim
+        else:
+            self.num_kv_heads, self.head_dim = spec.num_kv_heads, spec.head_dim
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Work out the batch's metadata once per forward (shared by all layers) and store it on

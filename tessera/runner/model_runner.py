@@ -82,7 +82,8 @@ class ModelRunner:
         self.sends_plans = self.tp_size > 1 and self.tp_rank == 0
         if self.sends_plans:
             self.req_to_token_pool.write_log = []
-        backend_cls = get_attention_backend_class(config.backend.attention_backend)
+        backend_cls = get_attention_backend_class(config.backend.attention_backend,
+                                                  self.kv_cache_spec)
         self.attn_backend = backend_cls(self.kv_cache.pool, self.kv_cache.req_to_token_pool,
                                         self.model.num_attention_heads())
         self.graph_runners: list = []  # tried in order; each says whether it can run a batch
