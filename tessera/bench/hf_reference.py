@@ -31,11 +31,17 @@ def hf_config(model_path: str):
 
 def hf_state_dict(model: torch.nn.Module, num_heads: int, num_kv_heads: int, head_dim: int
                   ) -> dict[str, torch.Tensor]:
-    """tessera's weights under HF names: merged qkv_proj / gate_up_proj split back apart."""
+    """tessera's weights under HF names: merged qkv_proj / gate_up_proj split back apart; stacked
+    experts (w13 [E, 2I, H], w2 [E, H, I]) under transformers 5's stacked names, which hold the
+    same layout (gate rows before up rows)."""
     q, kv = num_heads * head_dim, num_kv_heads * head_dim
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        if ".qkv_proj." in name:
+        if name.endswith(".w13_weight") or name.endswith(".w2_weight"):
+            hf_name = "experts.gate_up_proj" if name.endswith(".w13_weight") else \
+                "experts.down_proj"
+            out[name.rpartition(".")[0] + "." + hf_name] = tensor
+        elif ".qkv_proj." in name:
             for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split([q, kv, kv])):
                 out[name.replace("qkv_proj", part)] = piece
         elif ".gate_up_proj." in name:
@@ -64,7 +70,10 @@ def _rebuild_rotary(model: torch.nn.Module, device: torch.device) -> None:
 class HFLatency:
     """The same case on HF transformers (eager, default attention), same weights and tokens."""
 
-    def __init__(self, runner: ModelRunner, model_path: str) -> None:
+    def __init__(self, runner: ModelRunner, model_path: str,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+        """Weights copied from `runner`'s model, or from `state` (tessera_state_for_hf's host
+        copy, when the runner had to be freed first to make room)."""
         import transformers
 
         self.platform, self.device = runner.platform, runner.device
@@ -75,9 +84,8 @@ class HFLatency:
         model.to_empty(device=self.device)
         model.tie_weights()  # to_empty() gives tied parameters separate storage again
         _rebuild_rotary(model, self.device)
-        spec = runner.model.kv_cache_spec()
-        state = hf_state_dict(runner.model, runner.model.num_attention_heads(),
-                              spec.num_kv_heads, spec.head_dim)
+        if state is None:
+            state = tessera_state_for_hf(runner)
         with torch.no_grad():
             model.load_state_dict(state, strict=True)
         self.model = model.eval()
@@ -108,6 +116,25 @@ class HFLatency:
             sync()
             times.decode_ms.append((time.perf_counter() - start) * 1e3)
         return times
+
+
+def tessera_state_for_hf(runner: ModelRunner, device: str | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """The runner's weights under HF names (on `device` when given: "cpu" keeps a host copy)."""
+    spec = runner.model.kv_cache_spec()
+    state = hf_state_dict(runner.model, runner.model.num_attention_heads(), spec.num_kv_heads,
+                          spec.head_dim)
+    if device is not None:
+        state = {name: tensor.to(device) for name, tensor in state.items()}
+    return state
+
+
+def fits_beside(runner: ModelRunner) -> bool:
+    """Whether a second copy of the model's weights (HF's) fits in the device memory left free
+    beside the runner, with 10% to spare for HF's activations and cache."""
+    free, _ = runner.platform.mem_get_info()
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    return weights * 1.1 < free
 
 
 def logits_check(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:

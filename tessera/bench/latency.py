@@ -318,22 +318,48 @@ def _speedup(hf: dict[str, float] | None, ours: dict[str, float] | None) -> floa
     return None if hf is None or ours is None else hf["median"] / ours["median"]
 
 
-def run_case(case: Case, prompts: list[list[int]], ours: TesseraLatency, hf: HFLatency | None,
-             warmup: int, repeat: int) -> dict[str, Any]:
+def run_case(case: Case, prompts: list[list[int]], ours: TesseraLatency, warmup: int,
+             repeat: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """tessera's figures for one case, and its first-token logits (for the HF check)."""
     figures, first = measure(ours.run, prompts, case.output_len, warmup, repeat)
     result: dict[str, Any] = {**dataclasses.asdict(case), **figures,
                               "prefill_path": first.prefill_path,
                               "decode_path": first.decode_path if case.output_len > 1 else None}
-    if hf is not None:
-        hf_figures, hf_first = measure(hf.run, prompts, case.output_len, warmup, repeat)
-        result["hf"] = hf_figures
-        from tessera.bench.hf_reference import logits_check
+    return result, first.first_logits.cpu()
 
-        result["hf_check"] = logits_check(first.first_logits, hf_first.first_logits)
-        result["speedup_vs_hf"] = {
-            "prefill": _speedup(hf_figures["prefill_ms"], figures["prefill_ms"]),
-            "decode": _speedup(hf_figures["decode_ms_per_step"], figures["decode_ms_per_step"])}
-    return result
+
+def add_hf_case(result: dict[str, Any], first_logits: torch.Tensor, prompts: list[list[int]],
+                hf: HFLatency, warmup: int, repeat: int) -> None:
+    from tessera.bench.hf_reference import logits_check
+
+    hf_figures, hf_first = measure(hf.run, prompts, result["output_len"], warmup, repeat)
+    result["hf"] = hf_figures
+    result["hf_check"] = logits_check(first_logits, hf_first.first_logits.cpu())
+    result["speedup_vs_hf"] = {
+        "prefill": _speedup(hf_figures["prefill_ms"], result["prefill_ms"]),
+        "decode": _speedup(hf_figures["decode_ms_per_step"], result["decode_ms_per_step"])}
+
+
+def build_hf(runner: ModelRunner, ours: TesseraLatency, model_path: str
+             ) -> tuple[HFLatency, str]:
+    """The HF model for --compare hf, and how it was placed: beside the runner when both copies
+    of the weights fit, else ("sequential") after a host copy of the weights was taken and the
+    runner's device memory (weights, KV pool, graphs) released: a 30B MoE in bf16 does not fit
+    twice on one 80 GB GPU. tessera's cases have all run by then."""
+    import gc
+
+    from tessera.bench.hf_reference import HFLatency, fits_beside, tessera_state_for_hf
+
+    if fits_beside(runner):
+        return HFLatency(runner, model_path), "beside"
+    logger.info("HF's copy of the weights does not fit beside tessera's: releasing tessera's "
+                "device memory first (its cases are done)")
+    state = tessera_state_for_hf(runner, device="cpu")
+    runner.release_device_memory()
+    ours.runner = None
+    gc.collect()
+    runner.platform.empty_cache()
+    return HFLatency(runner, model_path, state=state), "sequential"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,19 +389,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ours = TesseraLatency(runner)
-    hf = None
-    if args.compare == "hf":
-        from tessera.bench.hf_reference import HFLatency
-
-        hf = HFLatency(runner, config.load.model_path)
     gen = torch.Generator().manual_seed(config.load.seed)
     vocab = runner.model_config.vocab_size
-    results = []
-    for case in cases:
-        prompts = torch.randint(0, vocab, (case.batch_size, case.input_len),
-                                generator=gen).tolist()
-        results.append(run_case(case, prompts, ours, hf, args.warmup, args.repeat))
+    all_prompts = [torch.randint(0, vocab, (case.batch_size, case.input_len),
+                                 generator=gen).tolist() for case in cases]
+    results, first_logits = [], []
+    for case, prompts in zip(cases, all_prompts):
+        result, logits = run_case(case, prompts, ours, args.warmup, args.repeat)
+        results.append(result)
+        first_logits.append(logits)
         logger.info("done: %s", case)
+    graph_capture = {type(g).__name__: {
+        "seconds": getattr(g, "capture_seconds", None),
+        "memory_mib": getattr(g, "capture_memory_bytes", 0) / 2**20}
+        for g in runner.graph_runners}
+    hf = hf_placement = None
+    if args.compare == "hf":
+        hf, hf_placement = build_hf(runner, ours, config.load.model_path)
+        for result, logits, prompts in zip(results, first_logits, all_prompts):
+            add_hf_case(result, logits, prompts, hf, args.warmup, args.repeat)
     report = {
         "benchmark": "latency", "model": config.load.model_path,
         "config": {"engine": config.flat(),
@@ -384,15 +416,13 @@ def main(argv: list[str] | None = None) -> int:
                              "repeat": args.repeat, "compare": args.compare}},
         **git_info(), "device_name": runner.platform.device_name(),
         "torch_version": torch.__version__, "init_s": init_s,
-        "graph_capture": {type(g).__name__: {
-            "seconds": getattr(g, "capture_seconds", None),
-            "memory_mib": getattr(g, "capture_memory_bytes", 0) / 2**20}
-            for g in runner.graph_runners},
+        "graph_capture": graph_capture,
         "results": results,
     }
     if hf is not None:
         report["hf"] = {"transformers_version": hf.version,
-                        "attn_implementation": hf.attn_implementation}
+                        "attn_implementation": hf.attn_implementation,
+                        "placement": hf_placement}
     print_table(f"tessera bench latency: {config.load.model_path} on {report['device_name']} "
                 f"({config.load.dtype}, attention {config.backend.attention_backend}, "
                 f"init {init_s:.1f} s)", results, hf is not None)

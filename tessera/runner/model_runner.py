@@ -158,6 +158,19 @@ class ModelRunner:
 
             self.graph_runners.append(PiecewiseGraphRunner(parts))
 
+    def release_device_memory(self) -> None:
+        """Drop what this runner holds on the device (graphs and their pool, compiled pieces, KV
+        cache, weights); the runner cannot run a batch afterwards. For a benchmark that needs the
+        memory for another model once tessera's cases are done (bench latency --compare hf)."""
+        self.graph_runners.clear()
+        self.graph_pool = None
+        self.attn_backend = None
+        self.kv_cache = None
+        self.model = None
+        torch._dynamo.reset()  # compiled pieces keep references to the weights they traced
+        self.platform.synchronize()
+        self.platform.empty_cache()
+
     def stop_other_ranks(self) -> None:
         """Rank 0 under TP: the other ranks leave their plan loop (tessera.runner.tp_worker)."""
         if self.sends_plans:

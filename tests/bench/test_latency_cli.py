@@ -30,7 +30,7 @@ def test_latency_json_with_hf_comparison(tmp_path, capsys) -> None:
     assert report["benchmark"] == "latency" and report["model"] == "tiny-llama"
     assert report["device_name"] and report["torch_version"] == torch.__version__
     assert isinstance(report["git_commit"], str) and report["git_commit"]
-    assert report["hf"]["transformers_version"]
+    assert report["hf"]["transformers_version"] and report["hf"]["placement"] == "beside"
     assert report["config"]["engine"]["model_path"] == "tiny-llama"
     assert report["config"]["bench"]["batch_size"] == [1, 3]
     results = report["results"]
@@ -54,6 +54,22 @@ def test_latency_json_with_hf_comparison(tmp_path, capsys) -> None:
         assert r["hf_check"]["first_token_agreement"] == 1.0
     table = capsys.readouterr().out
     assert "decode ms/step" in table and "HF decode" in table
+
+
+def test_moe_hf_comparison_after_releasing_tessera(tmp_path, monkeypatch) -> None:
+    """A model whose second copy does not fit (forced here) is compared sequentially: tessera's
+    cases first, then its device memory released and HF built from a host copy of the weights;
+    the stacked experts land in HF's stacked `experts.gate_up_proj` / `down_proj`."""
+    from tessera.bench import hf_reference
+
+    monkeypatch.setattr(hf_reference, "fits_beside", lambda runner: False)
+    rc, report = run_bench(tmp_path, "--model-path", "tiny-qwen3-moe", "--batch-size", "2",
+                           "--input-len", "6", "--output-len", "3", "--compare", "hf")
+    assert rc == 0 and report["hf"]["placement"] == "sequential"
+    (r,) = report["results"]
+    check_figure(r["hf"]["decode_ms_per_step"])
+    assert r["hf_check"]["max_abs_logit_diff"] < 1e-4
+    assert r["hf_check"]["first_token_agreement"] == 1.0
 
 
 def test_hf_copy_of_a_tied_qk_norm_checkpoint(tmp_path) -> None:
