@@ -37,10 +37,10 @@ def hf_state_dict(model: torch.nn.Module, num_heads: int, num_kv_heads: int, hea
     q, kv = num_heads * head_dim, num_kv_heads * head_dim
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        if name.endswith(".w13_weight") or name.endswith(".w2_weight"):
-            hf_name = "experts.gate_up_proj" if name.endswith(".w13_weight") else \
-                "experts.down_proj"
-            out[name.rpartition(".")[0] + "." + hf_name] = tensor
+        stacked = {"w13_weight": "experts.gate_up_proj", "w2_weight": "experts.down_proj"}
+        prefix, _, last = name.rpartition(".")
+        if last in stacked:
+            out[f"{prefix}.{stacked[last]}"] = tensor
         elif ".qkv_proj." in name:
             for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split([q, kv, kv])):
                 out[name.replace("qkv_proj", part)] = piece
