@@ -49,6 +49,14 @@ class SchedulerConfig:
     chunked_prefill_size: int = cfg(2048, "max new tokens per extend batch; -1 turns chunking off")
     max_running_requests: int = cfg(256, "cap on requests running at once")
     max_prefill_tokens: int = cfg(16384, "max tokens prefilled in one batch")
+    init_new_token_ratio: float = cfg(0.7, "share of a running request's remaining output "
+                                      "budget admission reserves KV for, at start and after "
+                                      "each retraction's reset decays (see "
+                                      "tessera.scheduler.admission)")
+    min_new_token_ratio: float = cfg(0.1, "lowest that share decays to (the floor learned from "
+                                     "finished requests' use of their budget may be higher)")
+    new_token_ratio_decay_steps: int = cfg(600, "steps without a retraction over which the "
+                                           "share decays from its start to its floor")
     schedule_policy: str = cfg("fcfs", "queue order: fcfs, or lpm (longest prefix match first)",
                                choices=["fcfs", "lpm"])
     disable_overlap_schedule: bool = cfg(False, "read each step's tokens before scheduling the "
@@ -254,6 +262,11 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
 
     if sched.chunked_prefill_size == 0 or sched.chunked_prefill_size < -1:
         raise ValueError("--chunked-prefill-size must be a positive token count or -1 (off)")
+    if not 0 <= sched.min_new_token_ratio <= sched.init_new_token_ratio <= 1:
+        raise ValueError(f"need 0 <= --min-new-token-ratio ({sched.min_new_token_ratio}) <= "
+                         f"--init-new-token-ratio ({sched.init_new_token_ratio}) <= 1")
+    if sched.new_token_ratio_decay_steps < 1:
+        raise ValueError("--new-token-ratio-decay-steps must be >= 1")
     if sched.max_running_requests < 1:
         raise ValueError("--max-running-requests must be >= 1")
     if sched.max_prefill_tokens < 1:

@@ -21,6 +21,7 @@ import torch
 
 from tessera.config.engine import SchedulerConfig
 from tessera.forward.batch import ForwardBatch, ForwardMode
+from tessera.scheduler.admission import NewTokenRatio, RetractionLog, remaining_output
 from tessera.scheduler.request import FinishReason, Request
 
 if TYPE_CHECKING:
@@ -64,10 +65,10 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_retractions = 0
         self.failed: list[Request] = []
-        # KV tokens kept free per decoding request when admitting new work. Doubles after a
-        # retraction and decays back, so admission does not immediately re-fill the pool and
-        # thrash (admit -> retract -> admit ...).
-        self.decode_reserve = 1.0
+        # the share of their remaining output budget running requests are assumed to still
+        # write: admission keeps that much KV free for them (tessera.scheduler.admission)
+        self.new_token_ratio = NewTokenRatio(config)
+        self.retraction_log = RetractionLog()
 
     # ---- queue --------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -129,6 +130,8 @@ class Scheduler:
         req.prefix_node, req.prefix_len = match.last_node, match.length
 
     def finish(self, req: Request) -> None:
+        if req.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
+            self.new_token_ratio.finished(req)
         if req in self.running:
             self.running.remove(req)
         elif req in self.waiting:  # retracted while its last token was still pending
@@ -142,13 +145,18 @@ class Scheduler:
         self._release_kv(req, keep_in_cache=True)
         req.num_retractions += 1
         self.num_retractions += 1
+        self.retraction_log.retract(req)
         self.waiting.appendleft(req)
         logger.warning("KV cache full: retracted request %s after %d output tokens "
                        "(%d retractions so far)", req.rid, len(req.output_ids),
                        self.num_retractions)
 
     # ---- admission ----------------------------------------------------------------------------
-    def _admit(self, req: Request, budget: int, reserve: int) -> BatchItem | None:
+    def _admit(self, req: Request, budget: int, headroom: int | None) -> BatchItem | None:
+        """Admit `req` with a first chunk of at most `budget` tokens, if the pool has room for
+        that chunk and, unless `headroom` is None (nothing else runs: a lone request only needs
+        its chunk to fit), for everything the request will still take (NewTokenRatio.reserve)
+        within `headroom` slots."""
         row = self.req_pool.alloc()
         if row is None:
             return None
@@ -166,7 +174,9 @@ class Scheduler:
         if not req.admitted_once:
             req.num_cached_tokens = min(req.prefix_len, len(req.prompt_ids))
         n = min(req.seq_len - req.kv_len, budget)
-        slots = self._alloc_slots(n) if self._room_for(n, reserve) else None
+        fits = (self._free_slots() >= n if headroom is None
+                else self.new_token_ratio.reserve(req) <= headroom)
+        slots = self._alloc_slots(n) if fits else None
         if slots is None:
             self._release_kv(req, keep_in_cache=False)
             return None
@@ -175,11 +185,12 @@ class Scheduler:
         req.admitted_once = True
         return self._extend_item(req, n, slots)
 
-    def _room_for(self, n: int, reserve: int) -> bool:
+    def _free_slots(self) -> int:
+        """Slots an allocation can get: free ones and evictable prefix-cache ones."""
         free = self.allocator.available_size()
         if self.prefix_cache is not None:
             free += self.prefix_cache.evictable_size()
-        return free - n >= reserve
+        return free
 
     def _extend_item(self, req: Request, n: int, slots: torch.Tensor) -> BatchItem:
         # req_to_token gets these slots from the forward (ModelRunner.record_slots)
@@ -224,10 +235,12 @@ class Scheduler:
                 break
             prefill.append(self._extend_item(req, n, slots))
             budget -= n
-        # 2. admit waiting requests while there is budget and room
+        # 2. admit waiting requests while there is budget and room: the KV free beyond what the
+        # running requests will still take must hold all a new request will take
         self._order_waiting()
-        num_decoding = sum(1 for r in self.running if r.seq_len - r.kv_len == 1)
-        reserve = int(num_decoding * self.decode_reserve)
+        headroom = None
+        if self.waiting and (self.running or prefill):
+            headroom = self._free_slots() - sum(map(self.new_token_ratio.reserve, self.running))
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
             req = self._next_admissible()
             if req is None:
@@ -236,11 +249,15 @@ class Scheduler:
                 break  # retracted with a token still on the device: admitted once it is read
             if chunk <= 0 and prefill and req.seq_len > budget:
                 break  # without chunking a prompt runs whole; the next batch takes it
-            item = self._admit(req, budget if chunk > 0 else req.seq_len, reserve)
+            item = self._admit(req, budget if chunk > 0 else req.seq_len, headroom)
             if item is None:
                 break
+            # what it holds now came out of the free slots; what it will still take is reserved
+            headroom = (self._free_slots() if headroom is None else headroom - item.num_tokens
+                        ) - self.new_token_ratio.reserve(req)
             self.waiting.remove(req)
             self.running.append(req)
+            self.retraction_log.admit()
             prefill.append(item)
             budget -= item.num_tokens
         # 3. every decoding request advances by one token; retract if KV runs out
@@ -269,9 +286,8 @@ class Scheduler:
             decode.append(self._extend_item(req, 1, slots))
         running = set(map(id, self.running))
         decode = [it for it in decode if id(it.req) in running]
-        retracted = self.num_retractions > retractions_before
-        self.decode_reserve = (min(self.decode_reserve * 2, 64.0) if retracted
-                               else max(1.0, self.decode_reserve * 0.9))
+        self.new_token_ratio.step(retracted=self.num_retractions > retractions_before)
+        self.retraction_log.maybe_log(self.new_token_ratio)
         items = prefill + decode
         if not items:
             return None
@@ -302,12 +318,16 @@ class Scheduler:
         return failed
 
     def _retract_one(self, keep: set[int]) -> bool:
-        """Retract the most recently admitted decoding request not in `keep`."""
-        for req in reversed(self.running):
-            if id(req) not in keep:
-                self.retract(req)
-                return True
-        return False
+        """Retract the running request not in `keep` that loses least: the one furthest from
+        finishing (most output budget left: it would hold and grow its KV longest, and what it
+        has produced is kept: its tokens are prefilled again, not decoded again), on a tie the
+        one holding most KV (frees most). Its KV goes to the prefix cache, so re-admission
+        recomputes only what was evicted meanwhile."""
+        candidates = [r for r in self.running if id(r) not in keep]
+        if not candidates:
+            return False
+        self.retract(max(candidates, key=lambda r: (remaining_output(r), r.kv_len)))
+        return True
 
     def _forward_batch(self, mode: ForwardMode, items: list[BatchItem]) -> ForwardBatch:
         ids: list[int] = []

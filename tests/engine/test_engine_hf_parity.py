@@ -58,8 +58,10 @@ def test_greedy_matches_hf_with_chunked_prefill(model_and_reference):
 def test_greedy_matches_hf_under_retraction(model_and_reference, caplog):
     path, prompts, ref = model_and_reference
     caplog.set_level(logging.WARNING, logger="tessera.scheduler.scheduler")
-    # 700 tokens hold only a few of these requests at once: the scheduler must retract
-    got, _, stats = _run(path, prompts, chunked_prefill_size=64, kv_cache_tokens=700)
+    # 700 tokens hold only a few of these requests at once; admission told to reserve nothing
+    # for their outputs (new-token ratio 0) overcommits the pool, so the scheduler must retract
+    got, _, stats = _run(path, prompts, chunked_prefill_size=64, kv_cache_tokens=700,
+                         init_new_token_ratio=0.0, min_new_token_ratio=0.0)
     assert stats["num_retractions"] > 0
     assert any("retracted" in r.message for r in caplog.records)
     assert got == ref

@@ -45,8 +45,10 @@ def test_retraction_and_cache_keep_grammar_outputs(overlap):
                              disable_overlap_schedule=not overlap)
     assert retractions == 0
     check(roomy)
-    # a pool that forces retractions (8 of them here), and the radix cache on
+    # a pool that forces retractions (admission reserving nothing for outputs: ratio 0), and
+    # the radix cache on
     tight, retractions = run(24, kv_cache_tokens=300, chunked_prefill_size=32,
-                             max_running_requests=24, disable_overlap_schedule=not overlap)
+                             max_running_requests=24, disable_overlap_schedule=not overlap,
+                             init_new_token_ratio=0.0, min_new_token_ratio=0.0)
     assert retractions > 0
     assert tight == roomy

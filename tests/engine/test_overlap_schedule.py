@@ -83,7 +83,9 @@ def test_overlap_gives_what_reading_every_step_gives() -> None:
 
 def test_overlap_with_context_limit_and_retraction() -> None:
     """Requests that run into the context length, in a pool small enough to retract."""
-    kw = {"context_length": 96, "kv_cache_tokens": 260}
+    # admission reserving nothing for outputs (ratio 0) overcommits the pool: retractions
+    kw = {"context_length": 96, "kv_cache_tokens": 260, "init_new_token_ratio": 0.0,
+          "min_new_token_ratio": 0.0}
     sync, overlap = _engine(False, **kw), _engine(True, **kw)
     rng = random.Random(1)
     work = [([rng.randrange(3, 200) for _ in range(rng.randint(40, 80))],
