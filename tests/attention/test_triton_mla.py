@@ -131,8 +131,8 @@ class MLACase:
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 # (heads, kv_lora_rank, rope_dim): DeepSeek's shape scaled down; 20 heads: two decode head blocks
-# and a partly masked extend block; 48 latent dims: masked past the power of two
-SHAPES = [(4, 32, 16), (20, 64, 32), (3, 48, 16)]
+# and a partly masked extend block; 48 latent and 24 rope dims: masked past the powers of two
+SHAPES = [(4, 32, 16), (20, 64, 32), (3, 48, 24)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

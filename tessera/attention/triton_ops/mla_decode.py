@@ -238,7 +238,9 @@ def mla_decode_attention(
         NUM_HEADS=num_heads, KV_LORA_RANK=kv_lora_rank, ROPE_DIM=rope_dim, BLOCK_H=block_h,
         BLOCK_L=block_l, BLOCK_R=max(16, triton.next_power_of_2(rope_dim)), BLOCK_N=block_n,
         NUM_SPLITS=num_splits, MIN_SPLIT_LEN=min_split_len,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+        # (tests) fp32 tiles of 512 dims: one stage fits shared memory
+        num_stages=1 if q.dtype == torch.float32 else 2,
     )
     if num_splits > 1:
         _mla_decode_reduce_kernel[(batch, num_heads)](
