@@ -137,10 +137,12 @@ class TritonMLABackend(AttentionBackend):
         if isinstance(meta, _MLADecodeMetadata):
             num_rows = meta.batch_size
             stored = min(b.out_cache_loc.shape[0], num_rows)
-            store_latent(k[:stored], cache, b.out_cache_loc[:stored])
+            # one launch (two with splits: the reduce) stores the new latents and attends, the
+            # newest key from registers
             mla_decode_attention(q[:num_rows], cache, out[:num_rows], table, b.req_pool_indices,
                                  b.seq_lens, scaling, meta.part_out, meta.part_lse,
-                                 min_split_len=MIN_KEYS_PER_SPLIT)
+                                 min_split_len=MIN_KEYS_PER_SPLIT, new=k[:stored],
+                                 new_loc=b.out_cache_loc[:stored])
         else:
             num_rows = meta.num_real_tokens
             store_latent(k[:num_rows], cache, b.out_cache_loc[:num_rows])

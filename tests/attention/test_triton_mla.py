@@ -181,16 +181,26 @@ def test_decode_matches_reference(heads: int, kv_lora_rank: int, rope_dim: int,
     case.check(TOL[dtype], real_rows=4)
 
 
+@pytest.mark.parametrize("fused_store", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
-def test_decode_kernel_splits_and_empty_rows(num_splits: int) -> None:
+def test_decode_kernel_splits_and_empty_rows(num_splits: int, fused_store: bool) -> None:
     """Splits of 16 keys exercise the split-K reduce (a request using fewer splits than
-    launched, one using all); seq_len 0 rows (padding) give zeros."""
+    launched, one using all); seq_len 0 rows (padding) give zeros. With fused_store the kernel
+    also stores the new latents and takes the newest key from `new` instead of the cache; the
+    last request has no new row (N < B) and reads everything from the cache."""
     case = MLACase([0, 4, 70, 130, 0, 40], [1] * 6, heads=4, kv_lora_rank=32, rope_dim=16,
-                   dtype=torch.float32, mode=ForwardMode.DECODE, seed=num_splits)
+                   dtype=torch.float32, mode=ForwardMode.DECODE, seed=num_splits,
+                   strided_k=fused_store)
     want, want_cache = reference_mla(case.q, case.k, case.initial_cache,
                                      case.table.req_to_token, case.batch, case.scaling, 32)
     b, cache = case.batch, case.pool.latent_buffers[0]
-    store_latent(case.k, cache, b.out_cache_loc)
+    loc = b.out_cache_loc
+    if fused_store:  # request 5's latent stored up front, the others by the kernel
+        store_latent(case.k[5:], cache, loc[5:])
+        new = {"new": case.k[:5], "new_loc": loc[:5]}
+    else:
+        store_latent(case.k, cache, loc)
+        new = {}
     seq_lens = b.seq_lens.clone()
     seq_lens[4] = 0
     workspace = (None, None)
@@ -199,11 +209,15 @@ def test_decode_kernel_splits_and_empty_rows(num_splits: int) -> None:
         workspace = tuple(torch.full(s, float("nan"), device=DEVICE) for s in shapes)
     out = torch.full((6, 4, 32), float("nan"), device=DEVICE)
     mla_decode_attention(case.q, cache, out, case.table.req_to_token, b.req_pool_indices,
-                         seq_lens, case.scaling, *workspace, min_split_len=16, block_n=16)
+                         seq_lens, case.scaling, *workspace, min_split_len=16, block_n=16, **new)
     rows = [0, 1, 2, 3, 5]
     torch.testing.assert_close(out[rows], want[rows], atol=2e-5, rtol=0)
     assert torch.all(out[4] == 0)
-    assert torch.equal(cache, want_cache)
+    stored = torch.ones(cache.shape[0], dtype=torch.bool, device=DEVICE)
+    stored[loc[4]] = not fused_store  # a seq_len 0 row (padding) stores nothing in the kernel
+    assert torch.equal(cache[stored], want_cache[stored])
+    if fused_store:
+        assert torch.equal(cache[loc[4]], case.initial_cache[loc[4]])
 
 
 @pytest.mark.parametrize("mode", [ForwardMode.EXTEND, ForwardMode.DECODE])

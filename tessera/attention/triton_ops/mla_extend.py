@@ -128,9 +128,10 @@ def _mla_extend_kernel(
 
 def mla_extend_tile(num_heads: int, kv_lora_rank: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_H, BLOCK_T, BLOCK_N, num_warps, num_stages): query rows per program 32 at
-    DeepSeek's 512 latent dims (the fp32 accumulator is rows x 512: 8 warps keep it at 64
-    registers a thread), 64 below 256; heads first, tokens for the rest of the rows. Starting
-    points by register and shared-memory budget, not measured yet."""
+    DeepSeek's 512 latent dims, 64 below 256; heads first, tokens for the rest of the rows.
+    At 512 dims (the fp32 accumulator is rows x 512) sm_90's ptxas fits 32 rows, 32-key tiles
+    and 8 warps in 207 registers without spilling (86 KB of shared memory); 64 rows, or 4 warps,
+    spill. Not timed on a GPU yet."""
     if kv_lora_rank > 256:
         rows, block_n, warps, stages = 32, 32, 8, 2
     else:
