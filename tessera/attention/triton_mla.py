@@ -7,16 +7,19 @@ tokens' normalised c_kv | rotated k_pe), v a view of k's first L dims (unused: t
 first L dims of every cached latent), out [T, H, L]. It stores k at out_cache_loc in the layer's
 latent buffer, then writes out[i, h] = softmax_j(scaling * q[i, h]·latent_j)·latent_j[:L] over
 the request's cached prefix and its new tokens up to i, and zeroes the rows past the real tokens.
-Every key, the new ones included, is read through req_to_token: the runner records the new
-tokens' slots before the forward (this backend does not declare `writes_extend_slots`).
+The runner records the new tokens' slots in req_to_token before the forward (this backend does
+not declare `writes_extend_slots`). Extend stores the new latents (`store_latent`), then reads
+every key through req_to_token; decode is one launch (two with split-K) that also stores them
+and takes each request's newest key from k itself (`mla_decode_attention`).
 
 CUDA graphs (decode). forward in DECODE mode allocates nothing, never synchronises with the host
 and reads no host-side list: the store and the attention read lengths and slots on the device,
 the split count is a pure function of the batch size (`decode_num_splits`, fixed per captured
 graph; seq_lens may change freely between replays), and the split-K workspace is allocated once
 in __init__ for every batch size (the same backend instance must serve capture and replay).
-Padding requests (row 0, seq_len 1 or 0, slot 0) store their latent in the dump slot 0 and give
-finite garbage or zeros; rows of q/out past len(req_pool_indices) are zeroed. Extend batches are
+Padding requests (row 0, slot 0) with seq_len 1 store their latent in the dump slot 0 and give
+finite garbage; with seq_len 0 they store nothing and give zeros. Rows of q/out past
+len(req_pool_indices) are zeroed; rows past len(out_cache_loc) store nothing. Extend batches are
 not captured whole (extend_graph False): the launch is sized by the host's max_extend_len.
 """
 from __future__ import annotations

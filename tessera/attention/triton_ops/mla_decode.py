@@ -193,7 +193,8 @@ def store_latent(latent: torch.Tensor, cache: torch.Tensor, loc: torch.Tensor) -
     model's k is a strided view: c_kv and k_pe written into one buffer). cache [slots, D];
     loc [T] integer slots. Padding rows aimed at the dump slot 0 are allowed (the last writer
     wins; slot 0 is never read for a real token). Graph-safe: loc is only read on the device."""
-    latent = latent.reshape(latent.shape[0], -1) if latent.dim() == 3 else latent
+    assert latent.dim() == 2 or latent.shape[1] == 1, latent.shape
+    latent = latent[:, 0] if latent.dim() == 3 else latent  # [T, 1, D]: the one shared head
     num_tokens, dim = latent.shape
     assert loc.shape[0] == num_tokens and cache.shape[-1] == dim, (loc.shape, latent.shape,
                                                                    cache.shape)
@@ -267,7 +268,8 @@ def mla_decode_attention(
         lse_strides = (part_lse.stride(0), part_lse.stride(1))
     assert (new is None) == (new_loc is None), "pass new and new_loc together"
     if new is not None and new_loc is not None:
-        new = new.reshape(new.shape[0], -1) if new.dim() == 3 else new
+        assert new.dim() == 2 or new.shape[1] == 1, new.shape
+        new = new[:, 0] if new.dim() == 3 else new
         assert new.shape[1] == qk_dim and new.stride(-1) == 1, new.shape
         assert new_loc.shape[0] == new.shape[0] <= batch, (new_loc.shape, new.shape, batch)
         num_new, new_stride = new.shape[0], new.stride(0)
