@@ -104,7 +104,7 @@ class FusedMoE(nn.Module):
                              routed_scaling_factor=moe.routed_scaling_factor)
         return cls(hidden_size, moe.intermediate_size, moe.num_experts, routing, dtype,
                    shared_intermediate_size=moe.shared_expert_intermediate_size,
-                   shared_expert_gate=shared_expert_gate)
+                   shared_expert_gate=shared_expert_gate, correction_bias=moe.correction_bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | None,
                       expert_id: int) -> None:
