@@ -33,11 +33,47 @@ def make_config(kind: str, tied: bool = False):
         return tf.Qwen3MoeConfig(**TINY, head_dim=16, tie_word_embeddings=tied,
                                  rope_theta=1000000.0, num_experts=8, num_experts_per_tok=6,
                                  moe_intermediate_size=16, norm_topk_prob=False)
+    if kind in DEEPSEEK_KINDS:
+        return _deepseek_config(kind, tied)
     if kind == "mixtral":
         return tf.MixtralConfig(**{**TINY, "intermediate_size": 48}, tie_word_embeddings=tied,
                                 rope_theta=1000000.0, num_local_experts=4,
                                 num_experts_per_tok=2)
     raise ValueError(kind)
+
+
+DEEPSEEK_KINDS = ("deepseek_v2", "deepseek_v2_qlora", "deepseek_v3")
+
+
+def _deepseek_config(kind: str, tied: bool):
+    """Three layers (one dense, two sparse) of MLA + MoE with shared experts and YaRN:
+    deepseek_v2: q_proj, group-limited softmax routing, routed scaling; deepseek_v2_qlora:
+    q_a_proj / q_b_proj, plain greedy top-k, a YaRN attention factor != 1; deepseek_v3: q_lora,
+    sigmoid scores with a correction bias (noaux_tc), renormalised, NeoX rotary, and the
+    multi-token-prediction layer V3 checkpoints carry."""
+    import transformers as tf
+
+    base = {**TINY, "num_hidden_layers": 3, "num_key_value_heads": 4,
+            "tie_word_embeddings": tied, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 8, "v_head_dim": 16, "first_k_dense_replace": 1,
+            "n_routed_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 32}
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32,
+            "beta_slow": 1, "original_max_position_embeddings": 256}
+    if kind == "deepseek_v2":
+        return tf.DeepseekV2Config(**base, q_lora_rank=None, n_shared_experts=2,
+                                   topk_method="group_limited_greedy", n_group=4, topk_group=2,
+                                   routed_scaling_factor=1.5,
+                                   rope_parameters={**yarn, "mscale": 0.707,
+                                                    "mscale_all_dim": 0.707})
+    if kind == "deepseek_v2_qlora":
+        return tf.DeepseekV2Config(**base, q_lora_rank=24, n_shared_experts=1,
+                                   topk_method="greedy",
+                                   rope_parameters={**yarn, "mscale": 1.0,
+                                                    "mscale_all_dim": 0.707})
+    return tf.DeepseekV3Config(**base, q_lora_rank=24, n_shared_experts=1, n_group=4,
+                               topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
+                               rope_interleave=False, num_mtp_layers=1,
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
 
 def save_tiny_model(path: str, kind: str, tied: bool = False, seed: int = 0,
@@ -54,6 +90,9 @@ def save_tiny_model(path: str, kind: str, tied: bool = False, seed: int = 0,
                 p.add_(torch.randn_like(p) * 0.1)
             else:
                 p.normal_(0, 0.08)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3: make the bias matter
+                b.normal_(0, 0.1)
     model.to(dtype).save_pretrained(path)
     return path
 
@@ -64,7 +103,8 @@ def load_hf(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     kw = {}
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
-    if config.get("num_experts") or config.get("num_local_experts"):
+    if (config.get("num_experts") or config.get("num_local_experts")
+            or config.get("n_routed_experts")):
         # the plain per-expert loop: the simplest oracle, and 3x faster on the CPU than the
         # default grouped_mm
         kw["experts_implementation"] = "eager"

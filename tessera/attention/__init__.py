@@ -15,6 +15,7 @@ ATTENTION_BACKENDS: dict[str, str] = {
 # the same names for models whose KV cache is an MLASpec (DeepSeek-V2/V3's latent cache): a name
 # missing here has no MLA implementation and is refused for such a model
 MLA_ATTENTION_BACKENDS: dict[str, str] = {
+    "torch_native": "tessera.attention.torch_native_mla:TorchNativeMLABackend",
     "triton": "tessera.attention.triton_mla:TritonMLABackend",
 }
 

@@ -22,6 +22,7 @@ class MoEConfig:
     n_group: int = 1
     topk_group: int = 1
     routed_scaling_factor: float = 1.0
+    correction_bias: bool = False  # DeepSeek-V3's e_score_correction_bias on the router
 
     def is_moe_layer(self, layer_id: int) -> bool:
         return (layer_id not in self.mlp_only_layers
@@ -36,6 +37,8 @@ class MoEConfig:
         if "num_experts_per_tok" not in d:
             raise ValueError("config.json has experts but no 'num_experts_per_tok'")
         model_type = d.get("model_type", "")
+        if model_type in ("deepseek_v2", "deepseek_v3"):
+            return cls._from_deepseek(d, int(experts))
         return cls(
             num_experts=int(experts),
             top_k=int(d["num_experts_per_tok"]),
@@ -49,6 +52,72 @@ class MoEConfig:
             topk_group=int(d.get("topk_group") or 1),
             routed_scaling_factor=float(d.get("routed_scaling_factor") or 1.0),
         )
+
+    @classmethod
+    def _from_deepseek(cls, d: dict[str, Any], experts: int) -> MoEConfig:
+        """DeepSeek-V2/V3 names: layer i is sparse when i >= first_k_dense_replace and
+        i % moe_layer_freq == 0 (the others are dense: mlp_only_layers); n_shared_experts
+        shared experts of moe_intermediate_size each run as one MLP; `topk_method` picks the
+        routing: greedy (softmax top-k), group_limited_greedy (softmax, best groups by their
+        best expert) or noaux_tc (sigmoid, e_score_correction_bias, best groups by the sum of
+        their two best biased scores). V3 configs written by transformers carry no
+        topk_method / scoring_func: noaux_tc with sigmoid is what the V3 model does."""
+        v3 = d.get("model_type") == "deepseek_v3"
+        method = d.get("topk_method") or ("noaux_tc" if v3 else "greedy")
+        if method not in ("greedy", "group_limited_greedy", "noaux_tc"):
+            raise ValueError(f"unsupported DeepSeek topk_method {method!r}; tessera supports "
+                             f"greedy, group_limited_greedy and noaux_tc")
+        grouped = method != "greedy"
+        first_dense = int(d.get("first_k_dense_replace") or 0)
+        freq = int(d.get("moe_layer_freq") or 1)
+        layers = int(d.get("num_hidden_layers") or 0)
+        dense = tuple(i for i in range(layers) if i < first_dense or i % freq)
+        intermediate = int(d["moe_intermediate_size"])
+        scoring = d.get("scoring_func") or ("sigmoid" if method == "noaux_tc" else "softmax")
+        return cls(
+            num_experts=experts,
+            top_k=int(d["num_experts_per_tok"]),
+            intermediate_size=intermediate,
+            norm_topk_prob=bool(d.get("norm_topk_prob", v3)),
+            mlp_only_layers=dense,
+            shared_expert_intermediate_size=int(d.get("n_shared_experts") or 0) * intermediate,
+            scoring_func=scoring,
+            n_group=int(d.get("n_group") or 1) if grouped else 1,
+            topk_group=int(d.get("topk_group") or 1) if grouped else 1,
+            routed_scaling_factor=float(d.get("routed_scaling_factor") or 1.0),
+            correction_bias=method == "noaux_tc",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3): queries through q_proj, or the low-rank
+    q_a_proj -> q_a_layernorm -> q_b_proj when q_lora_rank is set; keys and values from one
+    kv_lora_rank latent per token plus a shared qk_rope_head_dim rotary key."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    rope_interleave: bool = True  # the rotary pairs are (x0, x1), (x2, x3), ... (GPT-J style)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> MLAConfig | None:
+        """None for a model without a latent KV (no kv_lora_rank)."""
+        if not d.get("kv_lora_rank"):
+            return None
+        q_lora = d.get("q_lora_rank")
+        return cls(q_lora_rank=int(q_lora) if q_lora else None,
+                   kv_lora_rank=int(d["kv_lora_rank"]),
+                   qk_nope_head_dim=int(d["qk_nope_head_dim"]),
+                   qk_rope_head_dim=int(d["qk_rope_head_dim"]),
+                   v_head_dim=int(d["v_head_dim"]),
+                   rope_interleave=bool(d.get("rope_interleave", True)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +142,7 @@ class ModelConfig:
     bos_token_id: int | None
     hf_config: dict[str, Any] = dataclasses.field(repr=False, compare=False)
     moe: MoEConfig | None = None  # None: a dense model
+    mla: MLAConfig | None = None  # None: K/V per head (MHA / GQA)
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -114,6 +184,7 @@ class ModelConfig:
             bos_token_id=d.get("bos_token_id"),
             hf_config=d,
             moe=MoEConfig.from_hf_dict(d),
+            mla=MLAConfig.from_hf_dict(d),
         )
 
 

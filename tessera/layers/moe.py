@@ -104,12 +104,23 @@ class FusedMoE(nn.Module):
                              routed_scaling_factor=moe.routed_scaling_factor)
         return cls(hidden_size, moe.intermediate_size, moe.num_experts, routing, dtype,
                    shared_intermediate_size=moe.shared_expert_intermediate_size,
-                   shared_expert_gate=shared_expert_gate)
+                   shared_expert_gate=shared_expert_gate, correction_bias=moe.correction_bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | None,
-                      expert_id: int) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
+                      shard_id: int | None = None, expert_id: int | None = None) -> None:
         """One expert's checkpoint tensor into the stack: gate_proj/w1 (shard 0) or
-        up_proj/w3 (shard 1) [I, H] into w13, down_proj/w2 [H, I] into w2; this rank's I/tp."""
+        up_proj/w3 (shard 1) [I, H] into w13, down_proj/w2 [H, I] into w2; this rank's I/tp.
+        Without an expert id, `loaded` is the whole TP=1 stack ([E, 2I, H] or [E, H, I]: how
+        dummy weights reach a rank, tessera.models.loader.init_dummy_weights)."""
+        if expert_id is None:
+            assert shard_id is None, "a whole stack has no shard id"
+            for e in range(self.num_experts):
+                if param is self.w13_weight:
+                    for shard, half in enumerate(loaded[e].chunk(2, dim=0)):
+                        self.weight_loader(param, half, shard, e)
+                else:
+                    self.weight_loader(param, loaded[e], None, e)
+            return
         if not 0 <= expert_id < self.num_experts:
             raise ValueError(f"expert {expert_id} out of range: the layer has "
                              f"{self.num_experts} experts")

@@ -52,6 +52,15 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.attend(positions, self.qkv_proj(hidden))
 
+    def forward_norm(self, positions: torch.Tensor, hidden: torch.Tensor,
+                     residual: torch.Tensor | None,
+                     norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(norm(hidden + residual)), hidden + residual): the norm feeds qkv_proj through
+        its forward_norm (at a bs=1 decode row on CUDA one GEMV kernel, the norm its input
+        stage; elsewhere norm then linear)."""
+        qkv, residual = self.qkv_proj.forward_norm(hidden, residual, norm)
+        return self.attend(positions, qkv), residual
+
     def attend(self, positions: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
         """Everything after the q/k/v projection: rotary (+ q/k norm), attention, o_proj."""
         t = qkv.shape[0]
@@ -68,13 +77,16 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Attention, then `mlp`: any block with GatedMLP's `forward_norm` contract (the dense
-    GatedMLP by default; a FusedMoE in the MoE models)."""
+    """`self_attn`, then `mlp`: any attention block with LlamaAttention's `forward_norm`
+    contract (LlamaAttention by default; DeepSeek's MLA), and any MLP block with GatedMLP's
+    (the dense GatedMLP by default; a FusedMoE in the MoE models)."""
 
     def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype,
-                 qk_norm: bool = False, mlp: nn.Module | None = None) -> None:
+                 qk_norm: bool = False, mlp: nn.Module | None = None,
+                 self_attn: nn.Module | None = None) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_id, dtype, qk_norm)
+        self.self_attn = (self_attn if self_attn is not None
+                          else LlamaAttention(config, layer_id, dtype, qk_norm))
         self.mlp = (mlp if mlp is not None
                     else GatedMLP(config.hidden_size, config.intermediate_size, dtype))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -84,15 +96,13 @@ class LlamaDecoderLayer(nn.Module):
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.feed_forward(*self.attention(positions, hidden, residual))
 
-    # Each norm feeds the projection after it through the layer's forward_norm: at a bs=1 decode
-    # row on CUDA that is one GEMV kernel (the norm is its input stage), elsewhere norm then
-    # linear.
+    # Each norm feeds the projection after it through the block's forward_norm: at a bs=1
+    # decode row on CUDA that is one GEMV kernel (the norm is its input stage), elsewhere norm
+    # then linear.
     def attention(self, positions: torch.Tensor, hidden: torch.Tensor,
                   residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half: (o_proj output, residual stream before it)."""
-        qkv, residual = self.self_attn.qkv_proj.forward_norm(hidden, residual,
-                                                             self.input_layernorm)
-        return self.self_attn.attend(positions, qkv), residual
+        return self.self_attn.forward_norm(positions, hidden, residual, self.input_layernorm)
 
     def feed_forward(self, hidden: torch.Tensor,
                      residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +121,13 @@ class LlamaModel(nn.Module):
     rows only). On a one-request prefill of llama3-8b that skips 1/32 of the MLP work."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, qk_norm: bool = False,
-                 make_mlp: Callable[[int], nn.Module] | None = None) -> None:
+                 make_mlp: Callable[[int], nn.Module] | None = None,
+                 make_attention: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, dtype, qk_norm, make_mlp(i) if make_mlp else None)
+            LlamaDecoderLayer(config, i, dtype, qk_norm, make_mlp(i) if make_mlp else None,
+                              make_attention(i) if make_attention else None)
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -162,7 +174,8 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         self.config, self.dtype = config, dtype
-        self.model = LlamaModel(config, dtype, self.qk_norm, self.make_mlp)
+        self.model = LlamaModel(config, dtype, self.qk_norm, self.make_mlp,
+                                self.make_attention)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -170,6 +183,10 @@ class LlamaForCausalLM(CausalLM):
     def make_mlp(self, layer_id: int) -> nn.Module:
         """The MLP block of layer `layer_id`; MoE models override this and nothing else."""
         return GatedMLP(self.config.hidden_size, self.config.intermediate_size, self.dtype)
+
+    def make_attention(self, layer_id: int) -> nn.Module:
+        """The attention block of layer `layer_id` (DeepSeek's MLA overrides it)."""
+        return LlamaAttention(self.config, layer_id, self.dtype, self.qk_norm)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

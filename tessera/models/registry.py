@@ -7,6 +7,8 @@ import importlib
 from tessera.models.base import CausalLM
 
 _MODELS: dict[str, str | type[CausalLM]] = {
+    "DeepseekV2ForCausalLM": "tessera.models.deepseek_v2:DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM": "tessera.models.deepseek_v2:DeepseekV3ForCausalLM",
     "LlamaForCausalLM": "tessera.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "tessera.models.llama:MistralForCausalLM",
     "MixtralForCausalLM": "tessera.models.mixtral:MixtralForCausalLM",
