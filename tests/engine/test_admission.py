@@ -73,7 +73,7 @@ def run_workload(**engine: object) -> tuple[int, int, list[int]]:
 
 def test_long_outputs_do_not_thrash_the_pool() -> None:
     # reserving nothing for outputs (ratio 0: the old admission's overcommit) thrashes ...
-    thrash, thrash_repeated, lengths = run_workload(init_new_token_ratio=0.0,
+    thrash, _, lengths = run_workload(init_new_token_ratio=0.0,
                                                     min_new_token_ratio=0.0)
     assert thrash >= 5
     # ... the default ratio (learned floor) keeps retractions under 1 per 100 requests and
