@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tessera.bench.timing import RunTimes
+from tessera.cache.spec import MHASpec
 
 if TYPE_CHECKING:
     from tessera.runner.model_runner import ModelRunner
@@ -35,8 +36,16 @@ def hf_state_dict(model: torch.nn.Module, num_heads: int, num_kv_heads: int, hea
     experts (w13 [E, 2I, H], w2 [E, H, I]) under transformers 5's stacked names, which hold the
     same layout (gate rows before up rows)."""
     q, kv = num_heads * head_dim, num_kv_heads * head_dim
+    # the model's checkpoint renames undone (e.g. DeepSeek's shared_experts -> shared_expert);
+    # parameters only: buffers are tessera's own (DeepSeek's absorbed w_uk / w_uv)
+    renames = getattr(model, "checkpoint_renames", {})
     out: dict[str, torch.Tensor] = {}
+    buffers = {name for name, _ in model.named_buffers()}
     for name, tensor in model.state_dict().items():
+        if name in buffers:
+            continue
+        for checkpoint_name, ours in renames.items():
+            name = name.replace(ours, checkpoint_name)
         stacked = {"w13_weight": "experts.gate_up_proj", "w2_weight": "experts.down_proj"}
         prefix, _, last = name.rpartition(".")
         if last in stacked:
@@ -122,8 +131,11 @@ def tessera_state_for_hf(runner: ModelRunner, device: str | None = None
                          ) -> dict[str, torch.Tensor]:
     """The runner's weights under HF names (on `device` when given: "cpu" keeps a host copy)."""
     spec = runner.model.kv_cache_spec()
-    state = hf_state_dict(runner.model, runner.model.num_attention_heads(), spec.num_kv_heads,
-                          spec.head_dim)
+    heads = runner.model.num_attention_heads()
+    # MLA models (MLASpec) have no merged qkv_proj to split: the head figures go unused
+    kv_heads, head_dim = (spec.num_kv_heads, spec.head_dim) if isinstance(spec, MHASpec) else \
+        (heads, 0)
+    state = hf_state_dict(runner.model, heads, kv_heads, head_dim)
     if device is not None:
         state = {name: tensor.to(device) for name, tensor in state.items()}
     return state

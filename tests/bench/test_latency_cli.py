@@ -56,14 +56,16 @@ def test_latency_json_with_hf_comparison(tmp_path, capsys) -> None:
     assert "decode ms/step" in table and "HF decode" in table
 
 
-def test_moe_hf_comparison_after_releasing_tessera(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("model", ["tiny-qwen3-moe", "tiny-deepseek-v2"])
+def test_moe_hf_comparison_after_releasing_tessera(tmp_path, monkeypatch, model) -> None:
     """A model whose second copy does not fit (forced here) is compared sequentially: tessera's
     cases first, then its device memory released and HF built from a host copy of the weights;
-    the stacked experts land in HF's stacked `experts.gate_up_proj` / `down_proj`."""
+    the stacked experts land in HF's stacked `experts.gate_up_proj` / `down_proj`, DeepSeek's
+    shared experts under their checkpoint name, its absorbed MLA buffers left out."""
     from tessera.bench import hf_reference
 
     monkeypatch.setattr(hf_reference, "fits_beside", lambda runner: False)
-    rc, report = run_bench(tmp_path, "--model-path", "tiny-qwen3-moe", "--batch-size", "2",
+    rc, report = run_bench(tmp_path, "--model-path", model, "--batch-size", "2",
                            "--input-len", "6", "--output-len", "3", "--compare", "hf")
     assert rc == 0 and report["hf"]["placement"] == "sequential"
     (r,) = report["results"]
