@@ -46,7 +46,10 @@ class CacheConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-    chunked_prefill_size: int = cfg(2048, "max new tokens per extend batch; -1 turns chunking off")
+    chunked_prefill_size: int | None = cfg(None, "max new tokens per extend batch; -1 turns "
+                                           "chunking off (default: from the device's memory: "
+                                           "8192 at >= 60 GiB, 4096 at >= 24 GiB, else 2048; "
+                                           "2048 on CPU)", type_=int)
     max_running_requests: int = cfg(256, "cap on requests running at once")
     max_prefill_tokens: int = cfg(16384, "max tokens prefilled in one batch")
     init_new_token_ratio: float = cfg(0.7, "share of a running request's remaining output "
@@ -260,6 +263,10 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     backend = dataclasses.replace(backend, attention_backend=attention, sampling_backend=sampling,
                                   linear_backend=linear)
 
+    if sched.chunked_prefill_size is None:
+        chunk, why = auto_chunked_prefill_size(platform)
+        logger.info("chunked prefill size auto -> %d (%s)", chunk, why)
+        sched = dataclasses.replace(sched, chunked_prefill_size=chunk)
     if sched.chunked_prefill_size == 0 or sched.chunked_prefill_size < -1:
         raise ValueError("--chunked-prefill-size must be a positive token count or -1 (off)")
     if not 0 <= sched.min_new_token_ratio <= sched.init_new_token_ratio <= 1:
@@ -329,4 +336,17 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
                                 disable_piecewise_cuda_graph=disable_pcg,
                                 piecewise_cuda_graph_max_tokens=pcg_max,
                                 piecewise_cuda_graph_compiler=pcg_compiler)
-    return dataclasses.replace(config, load=load, backend=backend, graph=graph, resolved=True)
+    return dataclasses.replace(config, load=load, backend=backend, graph=graph, scheduler=sched,
+                               resolved=True)
+
+
+def auto_chunked_prefill_size(platform: Any) -> tuple[int, str]:
+    """Tokens per prefill chunk when none is given, and why: larger chunks run prefill's GEMMs
+    nearer their peak and take fewer steps, and cost activation memory (and piecewise-graph
+    captures up to that size), so they grow with the device's memory."""
+    if platform.device_type == "cpu":
+        return 2048, "CPU"
+    total = platform.mem_get_info()[1]
+    gib = total / 2**30
+    size = 8192 if gib >= 60 else 4096 if gib >= 24 else 2048
+    return size, f"{gib:.0f} GiB of device memory"

@@ -80,3 +80,23 @@ def test_cpu_runner_builds_the_piecewise_runner_only_when_enforced():
 
     assert PiecewiseGraphRunner not in kinds()
     assert kinds(enforce_piecewise_cuda_graph=True) == [PiecewiseGraphRunner]
+
+
+def test_chunked_prefill_size_follows_the_device_memory():
+    from tessera.config.engine import auto_chunked_prefill_size
+
+    class Device:
+        device_type = "cuda"
+
+        def __init__(self, gib: float) -> None:
+            self.total = int(gib * 2**30)
+
+        def mem_get_info(self) -> tuple[int, int]:
+            return self.total // 2, self.total
+
+    assert auto_chunked_prefill_size(Device(79.2)) == (8192, "79 GiB of device memory")
+    assert auto_chunked_prefill_size(Device(139))[0] == 8192
+    assert auto_chunked_prefill_size(Device(40))[0] == 4096
+    assert auto_chunked_prefill_size(Device(16))[0] == 2048
+    assert resolve().scheduler.chunked_prefill_size == 2048  # CPU
+    assert resolve(chunked_prefill_size=300).scheduler.chunked_prefill_size == 300
