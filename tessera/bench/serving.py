@@ -196,6 +196,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return await send(http, url, model, req)
 
         start = time.perf_counter()
+        profiling = (asyncio.create_task(start_profile(http, base, args))
+                     if args.profile else None)
         tasks = []
         for req in requests:
             tasks.append(asyncio.create_task(one(req)))
@@ -203,7 +205,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(rng.exponential(1.0 / args.request_rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
-    return summarize(args, base, model, results, duration)
+        trace = await stop_profile(http, base, profiling) if profiling is not None else None
+    summary = summarize(args, base, model, results, duration)
+    if args.profile:
+        summary["profile_trace"] = trace
+    return summary
+
+
+async def start_profile(http: httpx.AsyncClient, base: str, args: argparse.Namespace) -> None:
+    """--profile: after --profile-start-s seconds of the workload, the server traces the next
+    --profile-steps engine steps (POST /start_profile; tessera.engine.profiler)."""
+    await asyncio.sleep(args.profile_start_s)
+    r = await http.post(base.rstrip("/") + "/start_profile",
+                        json={"num_steps": args.profile_steps})
+    r.raise_for_status()
+
+
+async def stop_profile(http: httpx.AsyncClient, base: str, profiling: asyncio.Task
+                       ) -> str | None:
+    """The trace's path on the server (stopped here if the workload ended first)."""
+    if not profiling.done():
+        profiling.cancel()
+        return None
+    profiling.result()  # a refused start raises here
+    r = await http.post(base.rstrip("/") + "/stop_profile")
+    r.raise_for_status()
+    return r.json().get("trace")
 
 
 def _dist_ms(values: list[float]) -> dict[str, float]:
@@ -260,6 +287,8 @@ def print_table(s: dict[str, Any]) -> None:
     print("=" * 60)
     for err in s["errors"]:
         print(f"error: {err}")
+    if "profile_trace" in s:
+        print(f"profile trace (on the server): {s['profile_trace'] or 'none: the workload ended before it started'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="per-request timeout (s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output-file", default=None, help="write the results as JSON here")
+    p.add_argument("--profile", action="store_true",
+                   help="have the server write a torch-profiler trace of --profile-steps engine "
+                        "steps (its path is in the results; see POST /start_profile)")
+    p.add_argument("--profile-steps", type=int, default=50)
+    p.add_argument("--profile-start-s", type=float, default=5.0,
+                   help="seconds into the workload the trace starts (past the ramp-up)")
     return p
 
 
@@ -297,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--num-prompts and --max-concurrency must be >= 1")
     if args.request_rate <= 0:
         raise SystemExit("--request-rate must be > 0 (inf: all at once)")
+    if args.profile_steps < 1 or args.profile_start_s < 0:
+        raise SystemExit("--profile-steps must be >= 1 and --profile-start-s >= 0")
     if not 0.0 <= args.random_range_ratio <= 1.0:
         raise SystemExit("--random-range-ratio must be in [0, 1]")
     summary = asyncio.run(run(args))

@@ -148,6 +148,8 @@ class ServerConfig:
                                        choices="tool_call_parser")
     reasoning_parser: str | None = cfg(None, "split <think> reasoning from the answer",
                                        choices="reasoning_parser")
+    profile_dir: str | None = cfg(None, "where POST /start_profile traces are written (default: "
+                                  "$TESSERA_PROFILE_DIR or /tmp/tessera-profiles)")
 
 
 def _plain(value: Any) -> Any:

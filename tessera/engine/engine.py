@@ -15,6 +15,7 @@ import torch
 from tessera.config.engine import EngineConfig
 from tessera.engine.detokenizer import IncrementalDetokenizer
 from tessera.engine.generation_config import load_generation_config
+from tessera.engine.profiler import StepProfiler, profile_dir
 from tessera.engine.prompt_logprobs import collect_prompt_logprobs
 from tessera.engine.tp import LocalRanks, start_rank_zero
 from tessera.models.tokenizer import load_tokenizer
@@ -102,6 +103,8 @@ class Engine:
             logger.info("radix prefix cache disabled by --disable-radix-cache")
         self.scheduler = Scheduler(config.scheduler, self.runner.kv_cache, self.runner.device,
                                    self.prefix_cache)
+        self.profiler = StepProfiler(profile_dir(config.server.profile_dir),
+                                     self.runner.device.type)
         self.sampler = Sampler(backend=config.backend.sampling_backend)
         self.grammar_backend = None
         try:
@@ -200,6 +203,14 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """One engine step (`_step`). With tp > 1 a failed step (another rank died, a collective
         timed out) stops every rank and raises a RuntimeError that names the rank that exited."""
+        if self.profiler.active:
+            with torch.profiler.record_function("engine_step"):
+                outputs = self._step_guarded()
+            self.profiler.step_done()
+            return outputs
+        return self._step_guarded()
+
+    def _step_guarded(self) -> list[StepOutput]:
         if self.tp_ranks is None:
             return self._step()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import time
 from typing import Any
 
@@ -16,7 +17,13 @@ import tessera
 from tessera.sampling.params import SamplingParams
 from tessera.server import native_api
 from tessera.server.engine_client import EngineDeadError
-from tessera.server.errors import APIError, bad_request, error_response, install_error_handlers
+from tessera.server.errors import (
+    APIError,
+    bad_request,
+    error_response,
+    install_error_handlers,
+    read_body,
+)
 from tessera.server.openai_api import get_state, router
 from tessera.server.state import ClientGone, ServerState, outputs
 
@@ -55,6 +62,8 @@ def create_app(state: ServerState, allowed_origins: list[str] | None = None) -> 
         app.add_api_route(f"/v1/{path}", endpoint, methods=["POST"])
     app.add_api_route("/flush_cache", flush_cache, methods=["POST"])
     app.add_api_route("/get_server_info", server_info, methods=["GET"])
+    app.add_api_route("/start_profile", start_profile, methods=["POST"])
+    app.add_api_route("/stop_profile", stop_profile, methods=["POST"])
 
     origins = set(allowed_origins or ())
 
@@ -160,9 +169,9 @@ async def get_model(request: Request, model_id: str) -> Response:
     return JSONResponse(_model_card(state))
 
 
-async def _engine_call(state: ServerState, method: str, timeout: float) -> Any:
+async def _engine_call(state: ServerState, method: str, timeout: float, **args: Any) -> Any:
     try:
-        return await state.client.call(method, timeout=timeout)
+        return await state.client.call(method, timeout=timeout, **args)
     except EngineDeadError as e:
         raise APIError(503, f"engine is not running: {e}", None, "engine_dead",
                        "server_error") from None
@@ -176,6 +185,37 @@ async def server_info(request: Request) -> Response:
     stats = await _engine_call(state, "stats", 10)
     return JSONResponse({"version": tessera.__version__, **state.info,
                          "engine_pid": state.client.proc.pid, "engine": stats})
+
+
+async def start_profile(request: Request) -> Response:
+    """Start a torch-profiler trace of the engine's steps (tessera.engine.profiler); body
+    optional: {"num_steps": N} stops it by itself after N steps."""
+    state = get_state(request)
+    body = await read_body(request)
+    num_steps = None
+    if body.strip():
+        try:
+            args = json.loads(body)
+        except ValueError:
+            raise bad_request("the body is not valid JSON", None, "invalid_json") from None
+        if not isinstance(args, dict) or set(args) - {"num_steps"}:
+            raise bad_request("the body takes only num_steps", None, "invalid_request")
+        num_steps = args.get("num_steps")
+        if num_steps is not None and (type(num_steps) is not int or num_steps < 1):
+            raise bad_request("num_steps must be a positive integer", "num_steps",
+                              "invalid_value")
+    answer = await _engine_call(state, "start_profile", 30, num_steps=num_steps)
+    if not answer["success"]:
+        raise bad_request(answer["message"], None, "profile_refused")
+    return JSONResponse(answer)
+
+
+async def stop_profile(request: Request) -> Response:
+    """Stop the trace and write it; answers its path ("trace")."""
+    answer = await _engine_call(get_state(request), "stop_profile", 120)
+    if not answer["success"]:
+        raise bad_request(answer["message"], None, "profile_not_running")
+    return JSONResponse(answer)
 
 
 async def flush_cache(request: Request) -> Response:

@@ -240,14 +240,14 @@ class EngineClient:
             self._send(AbortRequests(sorted(stream.unfinished)))
         return True
 
-    async def call(self, method: str, timeout: float = 30.0) -> Any:
-        """A maintenance call ('stats', 'flush_cache') answered by the engine between steps."""
+    async def call(self, method: str, timeout: float = 30.0, **args: Any) -> Any:
+        """A maintenance call (io_struct.RpcCall) answered by the engine between steps."""
         if self.dead is not None:
             raise EngineDeadError(self.dead)
         call_id = next(self._call_ids)
         fut = asyncio.get_running_loop().create_future()
         self._rpc_replies[call_id] = fut
-        self._send(RpcCall(call_id, method))
+        self._send(RpcCall(call_id, method, args))
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:

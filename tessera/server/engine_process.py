@@ -201,4 +201,8 @@ class EngineLoop:
             return RpcReply(call.call_id, self.engine.stats())
         if call.method == "flush_cache":
             return RpcReply(call.call_id, self.engine.flush_cache())
+        if call.method == "start_profile":
+            return RpcReply(call.call_id, self.engine.profiler.start(call.args.get("num_steps")))
+        if call.method == "stop_profile":
+            return RpcReply(call.call_id, self.engine.profiler.stop())
         return RpcReply(call.call_id, error=f"unknown engine call {call.method!r}")

@@ -39,9 +39,11 @@ class AbortRequests:
 
 @dataclasses.dataclass
 class RpcCall:
-    """A maintenance call answered between steps: 'stats' or 'flush_cache'."""
+    """A maintenance call answered between steps: 'stats', 'flush_cache', 'start_profile'
+    (args: num_steps) or 'stop_profile'."""
     call_id: int
     method: str
+    args: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

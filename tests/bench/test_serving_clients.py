@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -14,8 +15,9 @@ SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256"]
 
 
 @pytest.fixture(scope="module")
-def base_url():
-    with ServerProcess(SERVER_ARGS) as s:
+def base_url(tmp_path_factory):
+    profiles = tmp_path_factory.mktemp("profiles")
+    with ServerProcess([*SERVER_ARGS, "--profile-dir", str(profiles)]) as s:
         yield s.base_url
 
 
@@ -45,6 +47,19 @@ def test_bench_serving_poisson_rate(base_url, tmp_path):
                    "--request-rate", "40", "--output-file", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["completed"] == 8 and r["request_rate"] == 40.0
+
+
+def test_bench_serving_profile(base_url, tmp_path, capsys):
+    out = tmp_path / "serving.json"
+    rc = cli.main(["bench", "serving", "--base-url", base_url, "--num-prompts", "16",
+                   "--random-input-len", "32", "--random-output-len", "24", "--random-range-ratio",
+                   "1.0", "--max-concurrency", "4", "--profile", "--profile-steps", "5",
+                   "--profile-start-s", "0", "--output-file", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["completed"] == 16
+    trace = r["profile_trace"]
+    assert trace.endswith(".trace.json.gz") and os.path.exists(trace)  # same host here
+    assert trace in capsys.readouterr().out
 
 
 def test_gsm8k_synthetic(base_url, tmp_path, capsys):
