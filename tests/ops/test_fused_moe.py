@@ -43,6 +43,21 @@ def test_triton_fused_moe_with_explicit_blocks(device):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_tokens,top_k", [(1, 2), (3, 6), (4, 8)])
+def test_small_batch_path_matches_reference(device, num_tokens, top_k):
+    """Decode-sized batches take the per-pair GEMVs (no sort): several K steps and N blocks per
+    program, masked tails (hidden 96, inter 80 against 16 x 32 tiles)."""
+    from tessera.ops.triton.fused_moe import fused_moe
+    from tessera.ops.triton.fused_moe_small import SMALL_BATCH_MAX_PAIRS, fused_moe_small_batch
+
+    args = _problem(num_tokens, 8, top_k, 96, 80, device, seed=2)
+    assert num_tokens * top_k <= SMALL_BATCH_MAX_PAIRS  # what fused_moe dispatches to
+    ref = fused_moe_torch(*args)
+    torch.testing.assert_close(fused_moe_small_batch(*args, block_n=16, block_k=32), ref,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_moe(*args), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_reference_is_a_sum_of_dense_expert_mlps():
     """The reference against the formula, token by token (no sorting, no gathering)."""
     x, w13, w2, weights, ids = _problem(6, 4, 2, 16, 8, "cpu", seed=2)
@@ -104,8 +119,9 @@ def test_fused_moe_traces_as_one_node():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("num_tokens", [1, 8, 64, 512])
+@pytest.mark.parametrize("num_tokens", [1, 4, 8, 64, 512, 4096])
 @pytest.mark.parametrize("num_experts,top_k,hidden,inter", [(128, 8, 2048, 768),  # Qwen3-30B-A3B
+                                                             (64, 6, 2048, 1408),  # DS-V2-Lite
                                                              (8, 2, 4096, 14336)])  # Mixtral
 def test_triton_fused_moe_real_shapes_bf16(num_tokens, num_experts, top_k, hidden, inter):
     from tessera.ops.triton.fused_moe import fused_moe

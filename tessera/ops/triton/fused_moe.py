@@ -11,7 +11,9 @@ one expert's (tessera.ops.moe.moe_align_block_size). Then:
 3. the K rows of each token summed (torch).
 
 Padding rows of a block (pair index T*K) load zeros and store nothing; blocks past the used
-length return at once. Block sizes come from tessera.ops.triton.moe_config.
+length return at once. Block sizes come from tessera.ops.triton.moe_config. Up to
+SMALL_BATCH_MAX_PAIRS pairs (decode at small batch) there is nothing to group and the per-pair
+GEMVs of tessera.ops.triton.fused_moe_small run instead (unless a config is passed).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import triton
 import triton.language as tl
 
 from tessera.ops.moe import moe_align_block_size
+from tessera.ops.triton.fused_moe_small import SMALL_BATCH_MAX_PAIRS, fused_moe_small_batch
 from tessera.ops.triton.moe_config import MoEKernelConfig, get_moe_config
 
 
@@ -112,6 +115,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
         f"expert weights {tuple(w13.shape)} / {tuple(w2.shape)} do not fit hidden {hidden}")
     if num_tokens == 0:
         return x.new_zeros((0, hidden))
+    if config is None and num_tokens * top_k <= SMALL_BATCH_MAX_PAIRS:
+        return fused_moe_small_batch(x, w13, w2, topk_weights, topk_ids)
     cfg = config or get_moe_config(num_tokens, num_experts, inter, hidden, top_k)
     x = x if x.stride(-1) == 1 else x.contiguous()
     w13, w2 = w13.contiguous(), w2.contiguous()
