@@ -55,10 +55,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     prompts = args.prompt or ["Hello, my name is"]
+    inputs: dict = {"prompts": prompts}
     if args.chat:
-        prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}])
-                   for p in prompts]
-    for p, out in zip(prompts, llm.generate(prompts, params)):
+        # the server's renderer: --chat-template, else the tokenizer's own; ids as HF's
+        # apply_chat_template(tokenize=True) gives them (BOS once)
+        from tessera.server.chat_template import ChatTemplate
+        from tessera.server.errors import APIError
+
+        template = ChatTemplate(llm.tokenizer, args.chat_template)
+        try:
+            inputs = {"prompt_token_ids": [
+                template.render_ids([{"role": "user", "content": p}], None) for p in prompts]}
+        except APIError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            llm.shutdown()
+            return 2
+    for p, out in zip(prompts, llm.generate(**inputs, sampling_params=params)):
         if len(prompts) > 1:
             print(f"--- prompt: {p!r}")
         print(out.text)
@@ -84,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run prompts offline and print the completions")
     gen.add_argument("--prompt", action="append", help="prompt text (repeatable)")
     gen.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    gen.add_argument("--chat-template", default=None,
+                     help="with --chat: a Jinja file, an inline Jinja string, or 'chatml' "
+                          "(default: the tokenizer's own; without one --chat is refused)")
     EngineConfig.add_cli_args(gen)
     gen.add_argument("--log-level", default="info")
     add_sampling_args(gen)

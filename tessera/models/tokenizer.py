@@ -89,13 +89,13 @@ class HFTokenizer:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(messages, tokenize=False,
-                                                add_generation_prompt=True)
-        import jinja2
-
-        return jinja2.Template(CHATML_TEMPLATE).render(messages=messages,
-                                                        add_generation_prompt=True)
+        """The tokenizer's own template; none is an error, not a silent ChatML (which would
+        prompt a model in a format it was not trained on)."""
+        if not getattr(self.tok, "chat_template", None):
+            raise ValueError("this tokenizer has no chat template; pass one (--chat-template: "
+                             "a file, a Jinja string, or 'chatml')")
+        return self.tok.apply_chat_template(messages, tokenize=False,
+                                            add_generation_prompt=True)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
