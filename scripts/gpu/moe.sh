@@ -11,7 +11,7 @@
 # moe_summary.txt. Usage: OUT=/some/dir PART=kernels bash scripts/gpu/moe.sh
 set -uo pipefail
 source "$(dirname "$0")/common.sh"
-run_setup moe.sh 570 moe_summary.txt 1
+run_setup moe.sh "${BUDGET_S:-570}" moe_summary.txt 1
 status=0
 "$PY" -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton",
 triton.__version__, "transformers", transformers.__version__, "device",
