@@ -31,6 +31,11 @@ class LoadConfig:
                      choices=["auto", "bfloat16", "float16", "float32"])
     device: str = cfg("auto", "auto: the detected platform's device (cuda, musa) else cpu")
     seed: int = cfg(0, "random seed for dummy weights and unseeded sampling")
+    quantization: str | None = cfg(None, "weight format: fp8 = block FP8 (a checkpoint whose "
+                                   "quantization_config says fp8 with weight_block_size, or "
+                                   "any 16/32-bit checkpoint quantized to 128x128 blocks while "
+                                   "loading); none = unquantized; default: the checkpoint's own",
+                                   choices=["none", "fp8"])
     context_length: int | None = cfg(None, "max tokens per request (default: the model's)", type_=int)
     served_model_name: str | None = cfg(None, "model name in the API (default: the model path)")
 

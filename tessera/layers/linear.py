@@ -23,7 +23,8 @@ from tessera.layers.checkpoint_slice import (
     materialize,
     reads_checkpoint_slices,
 )
-from tessera.layers.quantization import QuantMethod, UnquantizedLinearMethod, set_weight_loader
+from tessera.layers.quantization import QuantMethod, set_weight_loader
+from tessera.layers.quantization.base import default_linear_method
 
 if TYPE_CHECKING:
     from tessera.layers.activation import SiluAndMul
@@ -36,7 +37,42 @@ def default_weight_loader(param: nn.Parameter | torch.Tensor,
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
                          f"{tuple(loaded.shape)}")
+    if param.dtype == torch.float8_e4m3fn and loaded.dtype != param.dtype:
+        # a cast would silently drop the tensor's block scales
+        raise ValueError(f"an FP8 parameter got a {loaded.dtype} checkpoint tensor: the "
+                         f"checkpoint's weights are not in the format its quantization_config "
+                         f"declares")
     param.data.copy_(loaded)
+
+
+def load_shard(param: torch.Tensor, loaded: torch.Tensor | CheckpointSlice, dim: int,
+               param_start: int, size: int, loaded_start: int,
+               block: tuple[int, ...] | None = None) -> None:
+    """Copies `size` rows (along `dim`) of the checkpoint tensor from `loaded_start` into the
+    parameter from `param_start`. Offsets are in weight elements; for a block-scale tensor
+    (`block`: elements per scale entry along each dim, e.g. weight_scale_inv's [128, 128]) they
+    are turned into scale entries, which needs every offset and size to be whole blocks, except
+    a tensor copied whole (its last block may be partial)."""
+    if block is not None:
+        b = block[dim]
+        blocks = -(-size // b)
+        if param_start == 0 and loaded_start == 0 and loaded.shape[dim] == blocks:
+            size = blocks
+        elif param_start % b or loaded_start % b or size % b:
+            raise ValueError(
+                f"block-quantized weight: a shard of {size} rows at checkpoint offset "
+                f"{loaded_start} (parameter offset {param_start}) along dim {dim} does not fall "
+                f"on the {b}-row scale blocks; this layer's split (tensor parallel size, or "
+                f"merged q/k/v or gate/up sizes) must be a multiple of {b}")
+        else:
+            param_start, size, loaded_start = param_start // b, size // b, loaded_start // b
+    default_weight_loader(param.narrow(dim, param_start, size),
+                          loaded.narrow(dim, loaded_start, size))
+
+
+def _block(param: torch.Tensor) -> tuple[int, ...] | None:
+    """Elements per entry of a block-scale parameter (set by its QuantMethod), else None."""
+    return getattr(param, "block_shape", None)
 
 
 class LinearBase(nn.Module):
@@ -46,7 +82,8 @@ class LinearBase(nn.Module):
                  quant_method: QuantMethod | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.quant_method = quant_method or UnquantizedLinearMethod()
+        self.params_dtype = dtype
+        self.quant_method = quant_method or default_linear_method()
         self.quant_method.create_weights(self, in_features, out_features, dtype,
                                          self.weight_loader)
         self.bias = None
@@ -57,6 +94,16 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
+
+    def set_quant_method(self, method: QuantMethod) -> None:
+        """Another weight format, before any weight is loaded: the old method's parameters
+        and ops go (the bias stays)."""
+        for name in [n for n in self._parameters if n != "bias"]:
+            del self._parameters[name]
+        self._modules.clear()  # a method's op modules (a linear layer has no others)
+        self.quant_method = method
+        method.create_weights(self, self.in_features, self.out_features, self.params_dtype,
+                              self.weight_loader)
 
     def forward_norm(self, x: torch.Tensor, residual: torch.Tensor | None,
                      norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,8 +141,8 @@ class ColumnParallelLinear(LinearBase):
 
     @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
-        size = param.shape[0]
-        default_weight_loader(param, loaded.narrow(0, self.tp_rank * size, size))
+        size = self.out_features
+        load_shard(param.data, loaded, 0, 0, size, self.tp_rank * size, _block(param))
 
 
 class RowParallelLinear(LinearBase):
@@ -133,8 +180,8 @@ class RowParallelLinear(LinearBase):
         if param.dim() == 1:  # the bias: whole on every rank, added after the sum
             default_weight_loader(param, loaded)
             return
-        size = param.shape[1]
-        default_weight_loader(param, loaded.narrow(1, self.tp_rank * size, size))
+        size = self.in_features
+        load_shard(param.data, loaded, 1, 0, size, self.tp_rank * size, _block(param))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -155,8 +202,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         assert shard_id is not None, "merged layers load one checkpoint tensor at a time"
         size = self.output_sizes[shard_id] // self.tp_size
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
-        shard = loaded.narrow(0, self.tp_rank * size, size)
-        default_weight_loader(param.data.narrow(0, offset, size), shard)
+        load_shard(param.data, loaded, 0, offset, size, self.tp_rank * size, _block(param))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -191,5 +237,4 @@ class QKVParallelLinear(ColumnParallelLinear):
             "k": (q_size, kv_size, self.tp_rank // self.kv_replicas),
             "v": (q_size + kv_size, kv_size, self.tp_rank // self.kv_replicas),
         }[shard_id]
-        default_weight_loader(param.data.narrow(0, offset, size),
-                              loaded.narrow(0, rank * size, size))
+        load_shard(param.data, loaded, 0, offset, size, rank * size, _block(param))

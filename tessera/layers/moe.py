@@ -25,27 +25,11 @@ from torch import nn
 
 from tessera.config.model import MoEConfig
 from tessera.distributed import get_tp_rank, get_tp_size, tensor_parallel_all_reduce
-from tessera.layers.custom_op import MultiPlatformOp
-from tessera.layers.linear import ReplicatedLinear, default_weight_loader
+from tessera.layers.linear import ReplicatedLinear, load_shard
 from tessera.layers.mlp import GatedMLP
 from tessera.layers.moe_router import MoERouting, select_experts
-from tessera.layers.quantization import set_weight_loader
-from tessera.ops import custom_ops  # noqa: F401  (registers tessera::fused_moe*)
-
-
-class MoEExperts(MultiPlatformOp):
-    """The routed experts' output [T, H] for hidden states, stacked weights and a routing."""
-
-    def __init__(self, *, force_native: bool = False) -> None:
-        super().__init__(force_native)
-
-    def forward_native(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                       topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return torch.ops.tessera.fused_moe_torch(x, w13, w2, topk_weights, topk_ids)
-
-    def forward_cuda(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                     topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return torch.ops.tessera.fused_moe(x, w13, w2, topk_weights, topk_ids)
+from tessera.layers.quantization.base import current_quant_config
+from tessera.layers.quantization.moe_methods import MoEExperts, UnquantizedMoEMethod
 
 
 class MoEGate(nn.Module):
@@ -81,13 +65,11 @@ class FusedMoE(nn.Module):
         self.hidden_size = hidden_size
         self.local_intermediate = intermediate_size // self.tp_size
         self.gate = MoEGate(hidden_size, num_experts, dtype, correction_bias)
-        self.w13_weight = set_weight_loader(nn.Parameter(
-            torch.empty(num_experts, 2 * self.local_intermediate, hidden_size, dtype=dtype),
-            requires_grad=False), self.weight_loader)
-        self.w2_weight = set_weight_loader(nn.Parameter(
-            torch.empty(num_experts, hidden_size, self.local_intermediate, dtype=dtype),
-            requires_grad=False), self.weight_loader)
-        self.expert_op = MoEExperts(force_native=force_native)
+        config = current_quant_config()
+        self.quant_method = (config.moe_method() if config is not None
+                             else UnquantizedMoEMethod(force_native=force_native))
+        self.quant_method.create_weights(self, num_experts, self.local_intermediate,
+                                         hidden_size, dtype, self.weight_loader)
         self.shared_expert = (GatedMLP(hidden_size, shared_intermediate_size, dtype,
                                        reduce_results=False)
                               if shared_intermediate_size else None)
@@ -125,13 +107,15 @@ class FusedMoE(nn.Module):
             raise ValueError(f"expert {expert_id} out of range: the layer has "
                              f"{self.num_experts} experts")
         size, start = self.local_intermediate, self.tp_rank * self.local_intermediate
-        if param is self.w13_weight:
-            assert shard_id in (0, 1), f"w13 shard id must be 0 (gate) or 1 (up), not {shard_id}"
-            default_weight_loader(param.data[expert_id].narrow(0, shard_id * size, size),
-                                  loaded.narrow(0, start, size))
+        # a format's block scales (w13_weight_scale_inv, ...) shard like their weight, in
+        # whole blocks (param.block_shape: elements per scale entry)
+        block = getattr(param, "block_shape", None)
+        if param.expert_part == "w2":  # [E, H, I] (or its scales): I is dim 1
+            assert shard_id is None, f"w2 takes no shard id, got {shard_id}"
+            load_shard(param.data[expert_id], loaded, 1, 0, size, start, block)
         else:
-            assert param is self.w2_weight and shard_id is None
-            default_weight_loader(param.data[expert_id], loaded.narrow(1, start, size))
+            assert shard_id in (0, 1), f"w13 shard id must be 0 (gate) or 1 (up), not {shard_id}"
+            load_shard(param.data[expert_id], loaded, 0, shard_id * size, size, start, block)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(topk_weights [T, K] float32, topk_ids [T, K]) of hidden states x [T, H]."""
@@ -140,7 +124,7 @@ class FusedMoE(nn.Module):
     def partial(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's part of the block's output (the whole output at TP size 1)."""
         topk_weights, topk_ids = self.route(x)
-        out = self.expert_op(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        out = self.quant_method.apply(self, x, topk_weights, topk_ids)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_expert_gate is not None:
@@ -161,4 +145,4 @@ class FusedMoE(nn.Module):
         return self(normed), residual
 
 
-__all__ = ["FusedMoE", "MoEExperts", "MoEGate"]
+__all__ = ["FusedMoE", "MoEExperts", "MoEGate", "UnquantizedMoEMethod"]

@@ -13,7 +13,8 @@ A model is pure math composed from tessera.layers. It implements:
 * `load_weights(weights)`: route (checkpoint name, tensor) pairs to parameters through
   `checkpoint_renames` (fragment -> fragment, e.g. Mixtral's `block_sparse_moe` -> `mlp`),
   `expert_params_mapping` (per-expert tensors `<block>.experts.<e>.<proj>.weight` -> (our
-  stacked parameter of the block, shard id), loaded with `expert_id=e`),
+  stacked parameter of the block, shard id), loaded with `expert_id=e`; a block-FP8
+  checkpoint's `<proj>.weight_scale_inv` goes to that parameter's `_scale_inv` sibling),
   `packed_modules_mapping` (checkpoint name fragment -> (our merged parameter fragment, shard
   id)) and each parameter's `weight_loader` (which takes this rank's shard); returns the names
   of the parameters it loaded.
@@ -34,7 +35,8 @@ from torch import nn
 from tessera.cache.spec import KVCacheSpec
 from tessera.layers.checkpoint_slice import materialize, takes_slices
 
-_EXPERT_TENSOR = re.compile(r"\.experts\.(\d+)\.(\w+)\.weight$")
+# per-expert weights and, in block-FP8 checkpoints, their block scales
+_EXPERT_TENSOR = re.compile(r"\.experts\.(\d+)\.(\w+)\.(weight|weight_scale_inv)$")
 
 
 class CausalLM(nn.Module):
@@ -113,7 +115,8 @@ class CausalLM(nn.Module):
         if match is None or match.group(2) not in self.expert_params_mapping:
             return None
         param, shard_id = self.expert_params_mapping[match.group(2)]
-        return f"{name[:match.start()]}.{param}", shard_id, int(match.group(1))
+        suffix = "_scale_inv" if match.group(3) == "weight_scale_inv" else ""
+        return f"{name[:match.start()]}.{param}{suffix}", shard_id, int(match.group(1))
 
     def process_weights_after_loading(self) -> None:
         """Once every weight is in place (checkpoint or dummy): each linear layer's QuantMethod

@@ -16,6 +16,10 @@ from tqdm import tqdm
 from tessera.config.model import ModelConfig
 from tessera.distributed import get_tp_size, tensor_parallel_as
 from tessera.layers.checkpoint_slice import CheckpointSlice
+from tessera.layers.linear import LinearBase
+from tessera.layers.quantization import UnquantizedLinearMethod
+from tessera.layers.quantization.base import quantization as quantization_scope
+from tessera.layers.quantization.fp8 import resolve_quant_config
 from tessera.models.base import CausalLM
 from tessera.models.presets import PRESETS, is_preset
 from tessera.models.registry import get_model_class, supported_architectures
@@ -108,8 +112,12 @@ def init_dummy_weights(model: nn.Module, seed: int,
         generator = torch.Generator(device=device).manual_seed(
             (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63))
         shape = full_params[name].shape if full_model is not None else p.shape
-        full = torch.empty(shape, dtype=p.dtype, device=device).normal_(0.0, 0.02,
-                                                                        generator=generator)
+        if hasattr(p, "block_shape"):  # block-FP8 scales: unit scales of the drawn fp8 values
+            full = torch.ones(shape, dtype=p.dtype, device=device)
+        else:  # fp8 weights are drawn in float32 (no normal_ for fp8) and rounded
+            draw = torch.float32 if p.dtype == torch.float8_e4m3fn else p.dtype
+            full = torch.empty(shape, dtype=draw, device=device).normal_(
+                0.0, 0.02, generator=generator).to(p.dtype)
         if full_model is None:
             p.data.copy_(full)
             continue
@@ -126,19 +134,50 @@ def init_dummy_weights(model: nn.Module, seed: int,
                 loader(p, part, shard_id)
 
 
+def keep_unquantized(model: CausalLM, names: tuple[str, ...]) -> None:
+    """Linear layers named by a checkpoint's `modules_to_not_convert` get unquantized weights
+    (the names are checkpoint names: q_proj matches our qkv_proj through the model's
+    packed_modules_mapping). Names that match no quantized layer (lm_head, an MoE router) are
+    unquantized here anyway."""
+    ours = []
+    for name in names:
+        for ckpt_part, (our_part, _) in model.packed_modules_mapping.items():
+            name = name.replace(ckpt_part, our_part)
+        ours.append(name)
+    for module_name, module in model.named_modules():
+        method = getattr(module, "quant_method", None)
+        if not isinstance(module, LinearBase) or isinstance(method, UnquantizedLinearMethod):
+            continue
+        if any(module_name == n or module_name.endswith(f".{n}") or f".{n}." in
+               f".{module_name}." for n in ours):
+            module.set_quant_method(UnquantizedLinearMethod())
+
+
 def load_model(model_path: str, model_config: ModelConfig, load_format: str, dtype: torch.dtype,
-               device: torch.device | str, seed: int = 0) -> CausalLM:
+               device: torch.device | str, seed: int = 0,
+               quantization: str | None = None) -> CausalLM:
+    """The model with its weights. `quantization` is `--quantization` (None: the checkpoint's
+    own quantization_config decides; see tessera.layers.quantization.fp8)."""
     model_cls = get_model_class(model_config.architecture)
     if load_format == "auto":
         load_format = "dummy" if is_preset(model_path) else "safetensors"
     if load_format == "safetensors" and is_preset(model_path):
         raise ValueError(f"preset {model_path!r} has no weight files; use --load-format dummy")
-    with torch.device(device), default_dtype(dtype):
+    quant = resolve_quant_config(model_config.hf_config, quantization)
+    with torch.device(device), default_dtype(dtype), quantization_scope(quant):
         model = model_cls(model_config, dtype)
+        if quant is not None and getattr(quant, "modules_to_not_convert", ()):
+            keep_unquantized(model, quant.modules_to_not_convert)
+    if quant is not None:
+        logger.info("quantization: %s", quant)
     if load_format == "dummy":
         def unsharded() -> nn.Module:
-            with tensor_parallel_as(0, 1), torch.device("meta"), default_dtype(dtype):
-                return model_cls(model_config, dtype)
+            with (tensor_parallel_as(0, 1), torch.device("meta"), default_dtype(dtype),
+                  quantization_scope(quant)):
+                model = model_cls(model_config, dtype)
+                if quant is not None and getattr(quant, "modules_to_not_convert", ()):
+                    keep_unquantized(model, quant.modules_to_not_convert)
+                return model
 
         init_dummy_weights(model, seed, unsharded if get_tp_size() > 1 else None)
     elif load_format == "safetensors":

@@ -179,6 +179,63 @@ def _fused_moe_fake(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     return x.new_empty((x.shape[0], w2.shape[1]))
 
 
-__all__ = ["embedding", "fused_add_rms_norm", "fused_moe", "fused_moe_torch", "gemv",
-           "gemv_rms_norm", "gemv_silu_mul", "per_token_group_quant_fp8", "qk_norm_rope",
-           "rms_norm", "rotary_embedding", "silu_and_mul"]
+@torch.library.custom_op("tessera::fused_moe_fp8", mutates_args=())
+def fused_moe_fp8(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  w13_scale_inv: torch.Tensor, w2_scale_inv: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor, block_n: int,
+                  block_k: int) -> torch.Tensor:
+    """Block-FP8 experts (formats: tessera.ops.triton.fused_moe_fp8)."""
+    from tessera.ops.triton.fused_moe_fp8 import fused_moe_fp8 as kernel
+    from tessera.platforms import platform_of
+
+    fp8_dot = platform_of(x.device).has_fp8_mma(x.device)
+    return kernel(x, w13, w2, w13_scale_inv, w2_scale_inv, topk_weights, topk_ids, block_n,
+                  block_k, fp8_dot=fp8_dot)
+
+
+@torch.library.custom_op("tessera::fused_moe_fp8_torch", mutates_args=())
+def fused_moe_fp8_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                        w13_scale_inv: torch.Tensor, w2_scale_inv: torch.Tensor,
+                        topk_weights: torch.Tensor, topk_ids: torch.Tensor, block_n: int,
+                        block_k: int) -> torch.Tensor:
+    """The block-FP8 experts' reference (tessera.ops.moe) as one opaque op, like
+    fused_moe_torch."""
+    from tessera.ops.moe import fused_moe_fp8_torch as reference
+
+    return reference(x, w13, w2, w13_scale_inv, w2_scale_inv, topk_weights, topk_ids,
+                     (block_n, block_k))
+
+
+@fused_moe_fp8.register_fake
+@fused_moe_fp8_torch.register_fake
+def _fused_moe_fp8_fake(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                        w13_scale_inv: torch.Tensor, w2_scale_inv: torch.Tensor,
+                        topk_weights: torch.Tensor, topk_ids: torch.Tensor, block_n: int,
+                        block_k: int) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w2.shape[1]))
+
+
+@torch.library.custom_op("tessera::w8a8_block_fp8_matmul", mutates_args=())
+def w8a8_block_fp8_matmul(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                          b_scales: torch.Tensor, block_n: int, block_k: int,
+                          out_dtype: torch.dtype) -> torch.Tensor:
+    """Block-scaled FP8 GEMM (formats: tessera.ops.fp8_gemm); FP8 tensor-core dots where the
+    platform has them, float32 dots of the exactly upcast tiles elsewhere."""
+    from tessera.ops.triton.fp8_gemm import w8a8_block_fp8_matmul as kernel
+    from tessera.platforms import platform_of
+
+    fp8_dot = platform_of(a.device).has_fp8_mma(a.device)
+    return kernel(a, a_scales, b, b_scales, block_n, block_k, out_dtype, fp8_dot=fp8_dot)
+
+
+@w8a8_block_fp8_matmul.register_fake
+def _w8a8_block_fp8_matmul_fake(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
+                                b_scales: torch.Tensor, block_n: int, block_k: int,
+                                out_dtype: torch.dtype) -> torch.Tensor:
+    return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=out_dtype)
+
+
+__all__ = ["embedding", "fused_add_rms_norm", "fused_moe", "fused_moe_fp8", "fused_moe_fp8_torch",
+           "fused_moe_torch", "gemv", "gemv_rms_norm", "gemv_silu_mul",
+           "per_token_group_quant_fp8", "qk_norm_rope", "rms_norm", "rotary_embedding",
+           "silu_and_mul", "w8a8_block_fp8_matmul"]

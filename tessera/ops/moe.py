@@ -13,14 +13,21 @@ partial sum (the layer all-reduces it).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from tessera.ops.fp8_reference import dequantize_block_fp8, fp8_round_trip
+
 
 def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                    topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+                    topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    act_round: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> torch.Tensor:
     """The reference: one loop over the experts that got tokens, each a gathered dense MLP.
-    Accumulates in float32 and returns x's dtype."""
+    Accumulates in float32 and returns x's dtype. `act_round` (if given) is applied to the
+    SiLU·mul output before the down projection (the FP8 path's activation quantization)."""
     num_tokens, top_k = topk_ids.shape
     inter = w13.shape[1] // 2
     out = torch.zeros((num_tokens, w2.shape[1]), dtype=torch.float32, device=x.device)
@@ -38,8 +45,26 @@ def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         tokens = pairs // top_k
         gate_up = F.linear(x[tokens], w13[expert])
         act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+        if act_round is not None:
+            act = act_round(act)
         down = F.linear(act, w2[expert]).float()
         out.index_add_(0, tokens, down * topk_weights.reshape(-1)[pairs].float()[:, None])
+    return out.to(x.dtype)
+
+
+def fused_moe_fp8_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                        w13_scale_inv: torch.Tensor, w2_scale_inv: torch.Tensor,
+                        topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                        block: tuple[int, int]) -> torch.Tensor:
+    """The block-FP8 experts' reference: w13 [E, 2I, H] / w2 [E, H, I] float8_e4m3fn with
+    block scales [E, 2I/bn, H/bk] / [E, H/bn, I/bk] (dequantized = fp8 * scale_inv per block),
+    activations (x, and the SiLU·mul output) rounded through per-token-group FP8 with groups of
+    bk, as the Triton kernel (tessera.ops.triton.fused_moe_fp8) computes. float32 math."""
+    group = block[1]
+    w13_f = dequantize_block_fp8(w13, w13_scale_inv, block)
+    w2_f = dequantize_block_fp8(w2, w2_scale_inv, block)
+    out = fused_moe_torch(fp8_round_trip(x, group), w13_f, w2_f, topk_weights, topk_ids,
+                          act_round=lambda a: fp8_round_trip(a, group))
     return out.to(x.dtype)
 
 
@@ -80,4 +105,4 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int
     return sorted_ids, expert_ids, num_padded
 
 
-__all__ = ["fused_moe_torch", "moe_align_block_size"]
+__all__ = ["fused_moe_fp8_torch", "fused_moe_torch", "moe_align_block_size"]

@@ -93,6 +93,11 @@ class Platform(ABC):
         """Warpgroup MMAs (the stream GEMM's few-row path was measured only where they exist)."""
         return False
 
+    def has_fp8_mma(self, device: torch.device) -> bool:
+        """Tensor-core MMAs on float8_e4m3fn operands (Triton's fp8 tl.dot); without them the
+        block-FP8 kernels upcast their tiles to float32 (exact for e4m3 values)."""
+        return False
+
     # ---- graphs, streams, events --------------------------------------------------------------
     def graph_class(self) -> type:
         raise RuntimeError(f"platform {self.kind.value} has no graphs")

@@ -9,6 +9,11 @@ from tessera.platforms.base import Platform, PlatformKind
 
 
 @functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+@functools.cache
 def _capability_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
@@ -50,6 +55,13 @@ class CudaPlatform(Platform):
 
     def has_warpgroup_mma(self, device: torch.device) -> bool:
         return hopper_or_newer(device)
+
+    def has_fp8_mma(self, device: torch.device) -> bool:
+        # FP8 tensor cores arrived with Ada (compute capability 8.9) and Hopper
+        if device.type != "cuda" or torch.version.cuda is None:
+            return False
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return _capability(index) >= (8, 9)
 
     def device_count(self) -> int:
         return torch.cuda.device_count()

@@ -71,7 +71,8 @@ class ModelRunner:
         if self.tp_size > 1:
             check_tp_divides(self.model_config, self.tp_size)
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
-                                self.dtype, self.device, config.load.seed)
+                                self.dtype, self.device, config.load.seed,
+                                config.load.quantization)
         self.max_running_requests = config.scheduler.max_running_requests
         self.kv_cache_spec = self.model.kv_cache_spec()
         # the one owner of KV memory and req_to_token; the engine hands it to the scheduler

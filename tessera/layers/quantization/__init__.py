@@ -1,11 +1,17 @@
-"""Weight formats of linear layers (QuantMethod) and the quantizers they use."""
+"""Weight formats of linear layers (QuantMethod) and MoE experts (MoEMethod), the model-wide
+QuantConfig that picks them, and the quantizers they use. Block FP8 is
+tessera.layers.quantization.fp8 (imported where a model is loaded, not here: importing this
+package must stay cheap for every layer module)."""
 from tessera.layers.quantization.base import (
-    QUANT_METHODS,
+    MoEMethod,
+    QuantConfig,
     QuantMethod,
     UnquantizedLinearMethod,
-    get_quant_method,
+    current_quant_config,
+    default_linear_method,
+    quantization,
     set_weight_loader,
 )
 
-__all__ = ["QUANT_METHODS", "QuantMethod", "UnquantizedLinearMethod", "get_quant_method",
-           "set_weight_loader"]
+__all__ = ["MoEMethod", "QuantConfig", "QuantMethod", "UnquantizedLinearMethod",
+           "current_quant_config", "default_linear_method", "quantization", "set_weight_loader"]

@@ -11,8 +11,9 @@ the method too: `apply_norm` / `apply_silu_mul` default to the two steps one aft
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,12 +96,59 @@ class UnquantizedLinearMethod(QuantMethod):
         return super().apply_silu_mul(layer, gate_up, act)
 
 
-# --quantization values -> the method every linear layer of the model gets
-QUANT_METHODS: dict[str, type[QuantMethod]] = {"none": UnquantizedLinearMethod}
+class MoEMethod(ABC):
+    """The expert-weight format of a FusedMoE block (tessera.layers.moe): which stacked
+    parameters exist and how the routed experts' output is computed from them."""
+
+    @abstractmethod
+    def create_weights(self, layer: nn.Module, num_experts: int, intermediate: int, hidden: int,
+                       dtype: torch.dtype, weight_loader: WeightLoader) -> None:
+        """Registers `w13_weight` [E, 2I, H], `w2_weight` [E, H, I] (+ the format's scales) for
+        this rank's intermediate share I."""
+
+    @abstractmethod
+    def apply(self, layer: nn.Module, x: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+        """The routed experts' output [T, H] (this rank's partial sum under TP)."""
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once after every checkpoint tensor is loaded (no-op by default)."""
 
 
-def get_quant_method(name: str | None) -> QuantMethod:
-    name = name or "none"
-    if name not in QUANT_METHODS:
-        raise ValueError(f"unknown quantization {name!r}; choose one of {sorted(QUANT_METHODS)}")
-    return QUANT_METHODS[name]()
+class QuantConfig(ABC):
+    """A model's quantization: which method its linear layers and MoE blocks get. Models never
+    see it: the loader builds the model inside `quantization(config)`, and layers built there
+    without an explicit method ask `current_quant_config()`."""
+
+    name: str
+
+    @abstractmethod
+    def linear_method(self) -> QuantMethod: ...
+
+    @abstractmethod
+    def moe_method(self) -> MoEMethod: ...
+
+
+_current_config: QuantConfig | None = None
+
+
+@contextlib.contextmanager
+def quantization(config: QuantConfig | None) -> Iterator[None]:
+    """Layers built inside take their methods from `config` (None: unquantized)."""
+    global _current_config
+    previous, _current_config = _current_config, config
+    try:
+        yield
+    finally:
+        _current_config = previous
+
+
+def current_quant_config() -> QuantConfig | None:
+    return _current_config
+
+
+def default_linear_method() -> QuantMethod:
+    """The method of a linear layer built now without one: the current config's, else
+    unquantized."""
+    config = _current_config
+    return config.linear_method() if config is not None else UnquantizedLinearMethod()
