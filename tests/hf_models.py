@@ -97,6 +97,66 @@ def save_tiny_model(path: str, kind: str, tied: bool = False, seed: int = 0,
     return path
 
 
+FP8_BLOCK = (128, 128)
+FP8_KEPT_LAYER = "model.layers.1.self_attn.o_proj"  # in modules_to_not_convert
+
+
+def _fp8_config(kind: str, layers: int):
+    import transformers as tf
+
+    common = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": layers,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128,
+              "vocab_size": 300, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+              "rope_theta": 1000000.0, "tie_word_embeddings": False}
+    if kind == "qwen3":
+        return tf.Qwen3Config(**common)
+    return tf.Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
+                             moe_intermediate_size=128, norm_topk_prob=True,
+                             decoder_sparse_step=1, mlp_only_layers=[0])
+
+
+def save_fp8_pair(root: str, kind: str, layers: int = 2) -> tuple[str, str, str]:
+    """A tiny Qwen3 / Qwen3-MoE (dims multiples of 128) saved three ways: (unquantized dir,
+    block-FP8 dir, dequantized dir). The FP8 one is an HF "fp8" checkpoint: every `*_proj`
+    weight but FP8_KEPT_LAYER's as float8_e4m3fn + `weight_scale_inv` per 128x128 block, and
+    `quantization_config` (listing FP8_KEPT_LAYER in modules_to_not_convert); the dequantized
+    one holds fp8 * scale_inv in float32, what HF runs as the oracle."""
+    import transformers as tf
+    from safetensors.torch import load_file, save_file
+
+    from tessera.ops.fp8_reference import dequantize_block_fp8, quantize_block_fp8
+
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(_fp8_config(kind, layers), torch_dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    dirs = [os.path.join(root, d) for d in ("plain", "fp8", "dequantized")]
+    for d in (dirs[0], dirs[2]):
+        model.save_pretrained(d)
+    state = load_file(os.path.join(dirs[0], "model.safetensors"))
+    fp8, dequantized = {}, {}
+    for name, tensor in state.items():
+        quantize = name.endswith("_proj.weight") and not name.startswith(FP8_KEPT_LAYER)
+        if not quantize:
+            fp8[name] = dequantized[name] = tensor
+            continue
+        q, s = quantize_block_fp8(tensor, FP8_BLOCK)
+        fp8[name], fp8[name + "_scale_inv"] = q, s
+        dequantized[name] = dequantize_block_fp8(q, s, FP8_BLOCK)
+    os.makedirs(dirs[1])
+    save_file(fp8, os.path.join(dirs[1], "model.safetensors"), metadata={"format": "pt"})
+    save_file(dequantized, os.path.join(dirs[2], "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(dirs[0], "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": list(FP8_BLOCK),
+                                     "activation_scheme": "dynamic", "fmt": "e4m3",
+                                     "modules_to_not_convert": ["lm_head", FP8_KEPT_LAYER]}
+    with open(os.path.join(dirs[1], "config.json"), "w") as f:
+        json.dump(config, f)
+    return dirs[0], dirs[1], dirs[2]
+
+
 def load_hf(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     import transformers as tf
 

@@ -26,73 +26,21 @@ size and fails both.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-from hf_models import load_hf
+from hf_models import FP8_BLOCK as BLOCK
+from hf_models import FP8_KEPT_LAYER as KEEP
+from hf_models import load_hf, save_fp8_pair
 from runner_driver import RunnerDriver
 from test_hf_parity import hf_logits, make_runner
 
 from tessera.forward.batch import ForwardMode
-from tessera.ops.fp8_gemm import dequantize_block_fp8, quantize_block_fp8
-from tessera.ops.fp8_reference import fp8_round_trip
+from tessera.ops.fp8_reference import dequantize_block_fp8, fp8_round_trip, quantize_block_fp8
 
 EXACT_FRACTION = 1e-2
 PLAIN_FRACTION = 0.1
-BLOCK = (128, 128)
-KEEP = "model.layers.1.self_attn.o_proj"  # listed in modules_to_not_convert
-
-
-def _config(kind: str):
-    import transformers as tf
-
-    common = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128,
-              "vocab_size": 300, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
-              "rope_theta": 1000000.0, "tie_word_embeddings": False}
-    if kind == "qwen3":
-        return tf.Qwen3Config(**common)
-    return tf.Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
-                             moe_intermediate_size=128, norm_topk_prob=True,
-                             decoder_sparse_step=1, mlp_only_layers=[0])
-
-
-def _save_pair(root: str, kind: str) -> tuple[str, str, str]:
-    """(unquantized dir, fp8 dir, dequantized dir for HF)."""
-    import transformers as tf
-    from safetensors.torch import load_file, save_file
-
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(_config(kind), torch_dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
-    dirs = [os.path.join(root, d) for d in ("plain", "fp8", "dequantized")]
-    for d in (dirs[0], dirs[2]):
-        model.save_pretrained(d)
-    state = load_file(os.path.join(dirs[0], "model.safetensors"))
-    fp8, dequantized = {}, {}
-    for name, tensor in state.items():
-        quantize = name.endswith("_proj.weight") and not name.startswith(KEEP)
-        if not quantize:
-            fp8[name] = dequantized[name] = tensor
-            continue
-        q, s = quantize_block_fp8(tensor, BLOCK)
-        fp8[name], fp8[name + "_scale_inv"] = q, s
-        dequantized[name] = dequantize_block_fp8(q, s, BLOCK)
-    os.makedirs(dirs[1])
-    save_file(fp8, os.path.join(dirs[1], "model.safetensors"), metadata={"format": "pt"})
-    save_file(dequantized, os.path.join(dirs[2], "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(dirs[0], "config.json")) as f:
-        config = json.load(f)
-    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": list(BLOCK),
-                                     "activation_scheme": "dynamic", "fmt": "e4m3",
-                                     "modules_to_not_convert": ["lm_head", KEEP]}
-    with open(os.path.join(dirs[1], "config.json"), "w") as f:
-        json.dump(config, f)
-    return dirs[0], dirs[1], dirs[2]
 
 
 def _round_activations_like_tessera(hf, unquantized: str | None = KEEP) -> None:
@@ -146,7 +94,7 @@ def _check(runner, hf, fraction: float) -> None:
 
 @pytest.mark.parametrize("kind", ["qwen3", "qwen3_moe"])
 def test_block_fp8_checkpoint_matches_hf_on_dequantized_weights(tmp_path, kind):
-    _, fp8, dequantized = _save_pair(str(tmp_path), kind)
+    _, fp8, dequantized = save_fp8_pair(str(tmp_path), kind)
     hf = load_hf(dequantized)
     runner = make_runner(fp8)
     layers = runner.model.model.layers
@@ -164,7 +112,7 @@ def test_block_fp8_checkpoint_matches_hf_on_dequantized_weights(tmp_path, kind):
 
 
 def test_quantization_flag_quantizes_an_unquantized_checkpoint(tmp_path):
-    plain, _, dequantized = _save_pair(str(tmp_path), "qwen3")
+    plain, _, dequantized = save_fp8_pair(str(tmp_path), "qwen3")
     runner = make_runner(plain, quantization="fp8")
     qkv = runner.model.model.layers[0].self_attn.qkv_proj
     assert qkv.weight.dtype == torch.float8_e4m3fn and qkv.weight_scale_inv.shape == (4, 2)
@@ -182,6 +130,6 @@ def test_quantization_flag_quantizes_an_unquantized_checkpoint(tmp_path):
 
 
 def test_quantization_none_on_an_fp8_checkpoint_is_refused(tmp_path):
-    _, fp8, _ = _save_pair(str(tmp_path), "qwen3")
+    _, fp8, _ = save_fp8_pair(str(tmp_path), "qwen3")
     with pytest.raises(ValueError, match="--quantization none: the checkpoint is quantized"):
         make_runner(fp8, quantization="none")

@@ -98,6 +98,58 @@ def replace_torch_device() -> None:
     torch.device = DeviceFactory
 
 
+def compile_fp8_ops(mode) -> dict[str, object]:
+    """torch.compile(fullgraph=True) of the block-FP8 ops (group quant + block GEMM, FP8 fused
+    MoE) and the plain fused MoE on fake musa tensors: which forward each op bound, the graphs
+    Dynamo produced (one means no graph break), the ops in them, and the output metadata, all
+    from the fake kernels (no kernel can run here)."""
+    from tessera.layers.quantization.fp8_quant import (
+        BlockFP8Linear,
+        Fp8MoEExperts,
+        PerTokenGroupQuantFP8,
+    )
+    from tessera.layers.quantization.moe_methods import MoEExperts
+
+    quant, linear = PerTokenGroupQuantFP8(128), BlockFP8Linear((128, 128))
+    fp8_experts, experts = Fp8MoEExperts((128, 128)), MoEExperts()
+    with mode:
+        x = torch.randn(12, 256, dtype=torch.bfloat16, device="musa")
+        w = torch.empty(384, 256, dtype=torch.float8_e4m3fn, device="musa")
+        w_s = torch.empty(3, 2, dtype=torch.float32, device="musa")
+        w13 = torch.empty(4, 512, 384, dtype=torch.float8_e4m3fn, device="musa")
+        w2 = torch.empty(4, 384, 256, dtype=torch.float8_e4m3fn, device="musa")
+        w13_s = torch.empty(4, 4, 3, dtype=torch.float32, device="musa")
+        w2_s = torch.empty(4, 3, 2, dtype=torch.float32, device="musa")
+        w13_bf16 = torch.empty(4, 512, 384, dtype=torch.bfloat16, device="musa")
+        w2_bf16 = torch.empty(4, 384, 256, dtype=torch.bfloat16, device="musa")
+        topk_w = torch.rand(12, 2, device="musa")
+        topk_ids = torch.randint(0, 4, (12, 2), device="musa")
+
+    def block(x):
+        x_q, x_s = quant(x)
+        h = linear(x, w, w_s)  # [12, 384]: group quant + block GEMM inside the op module
+        h = fp8_experts(h, w13, w2, w13_s, w2_s, topk_w, topk_ids)
+        return x_q, x_s, experts(h, w13_bf16, w2_bf16, topk_w, topk_ids)
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(block, backend=backend, fullgraph=True, dynamic=True)
+    with mode:
+        x_q, x_s, out = compiled(x)
+    targets = sorted({str(n.target) for gm in graphs for n in gm.graph.nodes
+                      if n.op == "call_function" and "tessera" in str(n.target)})
+    return {"bound": {type(op).__name__: op.bound_forward
+                      for op in (quant, linear, fp8_experts, experts)},
+            "graphs": len(graphs), "targets": targets,
+            "x_q": [str(x_q.device), list(x_q.shape), str(x_q.dtype)],
+            "x_s": [list(x_s.shape), str(x_s.dtype)],
+            "out": [str(out.device), list(out.shape), str(out.dtype)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vendor-ops", action="store_true")
@@ -211,6 +263,7 @@ def main() -> None:
     check("fx_run_unpatched", run_traced)
     platform.apply_compile_patches()
     check("fx_run_patched", run_traced)
+    check("fp8_compile", lambda: compile_fp8_ops(mode))
     print("RESULTS " + json.dumps(results))
 
 

@@ -93,3 +93,22 @@ def test_fx_device_constant_needs_the_patch(sim):
     # with torch.device untouched, a renamed PrivateUse1 device alone prints and runs fine
     assert sim["vendor_keep_device"]["fx_run_unpatched"] == "ok [12, 64]"
     assert sim["vendor_keep_device"]["fx_run_patched"] == "ok [12, 64]"
+
+
+@pytest.mark.parametrize("variant", ["vendor", "no_vendor"])
+def test_fp8_and_moe_ops_compile_through_their_fake_kernels(sim, variant):
+    """Group quant, block GEMM, FP8 and plain fused MoE under torch.compile(fullgraph=True) on
+    fake musa tensors: one graph (no break), each op one node, shapes from the fake kernels.
+    torch_musa ships no vendor kernels for these, so MUSA binds their Triton paths (compiled by
+    torch_musa's Triton backend) with or without its other fused ops."""
+    result = sim[variant]["fp8_compile"]
+    assert result["bound"] == {"PerTokenGroupQuantFP8": "forward_cuda",
+                               "BlockFP8Linear": "forward_cuda",
+                               "Fp8MoEExperts": "forward_cuda", "MoEExperts": "forward_cuda"}
+    assert result["graphs"] == 1
+    assert result["targets"] == ["tessera.fused_moe", "tessera.fused_moe_fp8",
+                                 "tessera.per_token_group_quant_fp8",
+                                 "tessera.w8a8_block_fp8_matmul"]
+    assert result["x_q"] == ["musa:0", [12, 256], "torch.float8_e4m3fn"]
+    assert result["x_s"] == [[12, 2], "torch.float32"]
+    assert result["out"] == ["musa:0", [12, 384], "torch.bfloat16"]
