@@ -6,9 +6,12 @@
 * Routed experts: stacked weights `w13_weight [E, 2I/tp, H]` (gate rows, then up rows) and
   `w2_weight [E, H, I/tp]`, filled from per-expert checkpoint tensors by `weight_loader(param,
   tensor, shard_id, expert_id)` (shard 0 = gate_proj / w1, 1 = up_proj / w3; w2 takes
-  down_proj / w2). The computation is `MoEExperts`, bound once per platform: the Triton fused
-  MoE (`tessera::fused_moe`) on CUDA/MUSA, the per-expert torch reference
-  (`tessera::fused_moe_torch`) elsewhere; each is one opaque node under torch.compile.
+  down_proj / w2). Their format and the computation are the block's MoEMethod
+  (`quant_method`, from the current QuantConfig like a linear layer's): unquantized, the
+  weights in the model dtype and `MoEExperts`, bound once per platform: the Triton fused MoE
+  (`tessera::fused_moe`) on CUDA/MUSA, the per-expert torch reference
+  (`tessera::fused_moe_torch`) elsewhere, each one opaque node under torch.compile; block FP8
+  adds `*_weight_scale_inv` block scales (tessera.layers.quantization.fp8).
 * Shared experts (Qwen2-MoE, DeepSeek): a GatedMLP every token goes through, optionally scaled
   by sigmoid(`shared_expert_gate`(x)) (Qwen2-MoE).
 

@@ -90,7 +90,8 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def init_dummy_weights(model: nn.Module, seed: int,
                        unsharded: Callable[[], nn.Module] | None = None) -> None:
-    """Seeded random weights: norms at 1, everything else N(0, 0.02), made on the model's device.
+    """Seeded random weights: norms and block-FP8 scales at 1, everything else N(0, 0.02) (fp8
+    weights rounded from it), made on the model's device.
 
     Each parameter has its own generator, seeded by `seed` and its name, so the values do not
     depend on the order or the sharding of the parameters: with tensor parallelism
@@ -106,18 +107,16 @@ def init_dummy_weights(model: nn.Module, seed: int,
     full_modules = dict(full_model.named_modules()) if full_model is not None else {}
     for name, p in tqdm(params, desc="initializing dummy weights", unit="tensor",
                         disable=len(params) < 64):
-        if "norm" in name:
+        if "norm" in name or hasattr(p, "block_shape"):  # block-FP8 scales: unit scales
             p.data.fill_(1.0)
             continue
         generator = torch.Generator(device=device).manual_seed(
             (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63))
         shape = full_params[name].shape if full_model is not None else p.shape
-        if hasattr(p, "block_shape"):  # block-FP8 scales: unit scales of the drawn fp8 values
-            full = torch.ones(shape, dtype=p.dtype, device=device)
-        else:  # fp8 weights are drawn in float32 (no normal_ for fp8) and rounded
-            draw = torch.float32 if p.dtype == torch.float8_e4m3fn else p.dtype
-            full = torch.empty(shape, dtype=draw, device=device).normal_(
-                0.0, 0.02, generator=generator).to(p.dtype)
+        # fp8 weights are drawn in float32 (no normal_ for fp8) and rounded
+        draw = torch.float32 if p.dtype == torch.float8_e4m3fn else p.dtype
+        full = torch.empty(shape, dtype=draw, device=device).normal_(
+            0.0, 0.02, generator=generator).to(p.dtype)
         if full_model is None:
             p.data.copy_(full)
             continue
