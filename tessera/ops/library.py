@@ -29,7 +29,15 @@ def op_exists(qualname: str) -> bool:
 
 def has_fake_kernel(qualname: str) -> bool:
     """Whether FakeTensorMode can already run the op: a Python fake kernel, a C++ Meta kernel, or a
-    composite (decomposing) kernel that needs no fake of its own."""
+    composite (decomposing) kernel that needs no fake of its own.
+
+    An op made by torch.library.custom_op is asked directly: it puts its real implementation
+    under CompositeExplicitAutograd and a raising placeholder in the fake registry, so neither
+    says whether `register_fake` was called."""
+    from torch._library.custom_ops import OPDEFS
+
+    if qualname in OPDEFS:
+        return OPDEFS[qualname]._abstract_fn is not None
     if any(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
            for key in ("Meta", "CompositeImplicitAutograd", "CompositeExplicitAutograd")):
         return True

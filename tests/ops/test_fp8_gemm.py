@@ -125,6 +125,18 @@ def test_custom_op_traces_as_one_node():
     assert len(calls) == 2  # the op and the product
 
 
+def test_a_custom_op_without_fake_kernel_is_detected():
+    """torch.library.custom_op puts the real kernel under CompositeExplicitAutograd and a
+    raising placeholder in the fake registry: neither may count as a fake kernel."""
+    @torch.library.custom_op("tessera_test_probe::no_fake_yet", mutates_args=())
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    assert not has_fake_kernel("tessera_test_probe::no_fake_yet")
+    probe.register_fake(lambda x: torch.empty_like(x))
+    assert has_fake_kernel("tessera_test_probe::no_fake_yet")
+
+
 def _import_all(package) -> None:
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         importlib.import_module(info.name)
