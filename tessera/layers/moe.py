@@ -100,7 +100,7 @@ class FusedMoE(nn.Module):
         if expert_id is None:
             assert shard_id is None, "a whole stack has no shard id"
             for e in range(self.num_experts):
-                if param is self.w13_weight:
+                if param.expert_part == "w13":
                     for shard, half in enumerate(loaded[e].chunk(2, dim=0)):
                         self.weight_loader(param, half, shard, e)
                 else:

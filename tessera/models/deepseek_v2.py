@@ -86,12 +86,9 @@ class DeepseekV2MLA(nn.Module):
 
     @torch.no_grad()
     def absorb_kv_b_proj(self) -> None:
-        """Fill w_uk / w_uv from kv_b_proj's weight (this rank's heads)."""
-        weight = self.kv_b_proj.weight
-        if not weight.is_floating_point() or weight.element_size() < 2:
-            raise NotImplementedError(
-                f"MLA needs kv_b_proj as a 16/32-bit weight to split it per head; it is "
-                f"{weight.dtype} after loading")
+        """Fill w_uk / w_uv from kv_b_proj's weight (this rank's heads), decoded by its
+        QuantMethod (a block-FP8 kv_b_proj is dequantized: fp8 * weight_scale_inv)."""
+        weight = self.kv_b_proj.quant_method.dense_weight(self.kv_b_proj, self.w_uk.dtype)
         per_head = weight.view(self.num_heads, self.nope_dim + self.v_head_dim,
                                self.kv_lora_rank)
         self.w_uk.copy_(per_head[:, :self.nope_dim])

@@ -48,6 +48,12 @@ class QuantMethod(ABC):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Called once after every checkpoint tensor is loaded (no-op by default)."""
 
+    def dense_weight(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's weight [out, in] as a plain `dtype` tensor, for models that split or
+        fold a projection's weight after loading (DeepSeek's kv_b_proj); the format's own
+        decoding (block FP8: fp8 * scale_inv) where it has one."""
+        return layer.weight.to(dtype)
+
     def apply_norm(self, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None,
                    norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """(apply(norm(x + residual)), x + residual); without a residual, (apply(norm(x)), x)."""

@@ -38,7 +38,7 @@ from tessera.layers.quantization.base import (
 )
 from tessera.layers.quantization.fp8_quant import BlockFP8Linear, Fp8MoEExperts
 from tessera.layers.quantization.moe_methods import UnquantizedMoEMethod, add_expert_param
-from tessera.ops.fp8_reference import FP8_DTYPE, quantize_block_fp8
+from tessera.ops.fp8_reference import FP8_DTYPE, dequantize_block_fp8, quantize_block_fp8
 
 DEFAULT_BLOCK = (128, 128)
 
@@ -139,6 +139,12 @@ class Fp8LinearMethod(QuantMethod):
 
     def apply(self, layer, x, bias=None) -> torch.Tensor:
         return layer.fp8_linear(x, layer.weight, layer.weight_scale_inv, bias)
+
+    def dense_weight(self, layer, dtype) -> torch.Tensor:
+        if layer.weight.dtype != FP8_DTYPE:  # online quantization, not yet quantized
+            return layer.weight.to(dtype)
+        return dequantize_block_fp8(layer.weight, layer.weight_scale_inv, self.config.block,
+                                    dtype)
 
 
 class Fp8MoEMethod(MoEMethod):
