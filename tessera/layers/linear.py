@@ -47,32 +47,41 @@ def default_weight_loader(param: nn.Parameter | torch.Tensor,
 
 def load_shard(param: torch.Tensor, loaded: torch.Tensor | CheckpointSlice, dim: int,
                param_start: int, size: int, loaded_start: int,
-               block: tuple[int, ...] | None = None) -> None:
+               block: tuple[int, ...] | None = None,
+               checkpoint_block: tuple[int, ...] | None = None) -> None:
     """Copies `size` rows (along `dim`) of the checkpoint tensor from `loaded_start` into the
-    parameter from `param_start`. Offsets are in weight elements; for a block-scale tensor
-    (`block`: elements per scale entry along each dim, e.g. weight_scale_inv's [128, 128]) they
-    are turned into scale entries, which needs every offset and size to be whole blocks, except
-    a tensor copied whole (its last block may be partial)."""
+    parameter from `param_start`. Offsets are in weight elements. For a block-scale tensor
+    (`block`: weight elements per scale entry along each dim, e.g. weight_scale_inv's
+    [128, 128]) they are turned into scale entries: every offset must fall on a block, and a
+    size may end inside one only where the checkpoint tensor ends. A checkpoint whose blocks
+    are coarser (`checkpoint_block`, a multiple of `block`) has each scale repeated over the
+    finer entries first."""
     if block is not None:
         b = block[dim]
-        blocks = -(-size // b)
-        if param_start == 0 and loaded_start == 0 and loaded.shape[dim] == blocks:
-            size = blocks
-        elif param_start % b or loaded_start % b or size % b:
+        if checkpoint_block is not None and checkpoint_block[dim] != b:
+            loaded = materialize(loaded).repeat_interleave(checkpoint_block[dim] // b, dim=dim)
+        if param_start % b or loaded_start % b:
+            raise ValueError(
+                f"block-quantized weight: a shard at checkpoint offset {loaded_start} "
+                f"(parameter offset {param_start}) along dim {dim} does not start on a {b}-row "
+                f"scale block; this layer's split (tensor parallel size) must be a multiple of "
+                f"{b} there")
+        entries = -(-size // b)
+        if size % b and loaded_start // b + entries < loaded.shape[dim]:
             raise ValueError(
                 f"block-quantized weight: a shard of {size} rows at checkpoint offset "
-                f"{loaded_start} (parameter offset {param_start}) along dim {dim} does not fall "
-                f"on the {b}-row scale blocks; this layer's split (tensor parallel size, or "
-                f"merged q/k/v or gate/up sizes) must be a multiple of {b}")
-        else:
-            param_start, size, loaded_start = param_start // b, size // b, loaded_start // b
+                f"{loaded_start} ends inside a {b}-row scale block; the tensor parallel split "
+                f"must be a multiple of {b}")
+        param_start, size, loaded_start = param_start // b, entries, loaded_start // b
     default_weight_loader(param.narrow(dim, param_start, size),
                           loaded.narrow(dim, loaded_start, size))
 
 
-def _block(param: torch.Tensor) -> tuple[int, ...] | None:
-    """Elements per entry of a block-scale parameter (set by its QuantMethod), else None."""
-    return getattr(param, "block_shape", None)
+def _block(param: torch.Tensor) -> dict:
+    """A block-scale parameter's granularity and its checkpoint's (set by its QuantMethod);
+    nothing for other parameters."""
+    return {"block": getattr(param, "block_shape", None),
+            "checkpoint_block": getattr(param, "checkpoint_block", None)}
 
 
 class LinearBase(nn.Module):
@@ -142,7 +151,7 @@ class ColumnParallelLinear(LinearBase):
     @reads_checkpoint_slices
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         size = self.out_features
-        load_shard(param.data, loaded, 0, 0, size, self.tp_rank * size, _block(param))
+        load_shard(param.data, loaded, 0, 0, size, self.tp_rank * size, **_block(param))
 
 
 class RowParallelLinear(LinearBase):
@@ -181,7 +190,7 @@ class RowParallelLinear(LinearBase):
             default_weight_loader(param, loaded)
             return
         size = self.in_features
-        load_shard(param.data, loaded, 1, 0, size, self.tp_rank * size, _block(param))
+        load_shard(param.data, loaded, 1, 0, size, self.tp_rank * size, **_block(param))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -202,7 +211,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         assert shard_id is not None, "merged layers load one checkpoint tensor at a time"
         size = self.output_sizes[shard_id] // self.tp_size
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
-        load_shard(param.data, loaded, 0, offset, size, self.tp_rank * size, _block(param))
+        load_shard(param.data, loaded, 0, offset, size, self.tp_rank * size, **_block(param))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -237,4 +246,4 @@ class QKVParallelLinear(ColumnParallelLinear):
             "k": (q_size, kv_size, self.tp_rank // self.kv_replicas),
             "v": (q_size + kv_size, kv_size, self.tp_rank // self.kv_replicas),
         }[shard_id]
-        load_shard(param.data, loaded, 0, offset, size, rank * size, _block(param))
+        load_shard(param.data, loaded, 0, offset, size, rank * size, **_block(param))

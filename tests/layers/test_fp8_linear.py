@@ -124,16 +124,47 @@ def test_merged_and_qkv_layers_place_each_part_and_its_scales(tp):
         torch.testing.assert_close(qkv(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_misaligned_shards_and_inputs_are_clear_errors():
-    w_q, w_s = _quantized(384, 256, seed=7)
-    layer = _build(ColumnParallelLinear, 256, 384, tp=(1, 2))  # 192 rows per rank
+def test_misaligned_input_shards_are_clear_errors():
+    """A row-parallel split inside a K block cannot be served: the ranks' activation groups
+    would not be the weight's K blocks."""
+    w_q, w_s = _quantized(256, 384, seed=7)
+    layer = _build(RowParallelLinear, 384, 256, tp=(1, 2))  # K 192 per rank
     layer.weight.weight_loader(layer.weight, w_q)
-    with pytest.raises(ValueError, match="multiple of 128"):
+    with pytest.raises(ValueError, match="does not start on a 128-row scale block"):
         layer.weight_scale_inv.weight_loader(layer.weight_scale_inv, w_s)
-    with pytest.raises(ValueError, match="not a multiple of the 128-wide activation groups"):
-        _build(ReplicatedLinear, 200, 256, False, torch.float32)
     with pytest.raises(ValueError, match="not in the format"):
-        layer.weight.weight_loader(layer.weight, torch.randn(384, 256))
+        layer.weight.weight_loader(layer.weight, torch.randn(256, 384))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_merged_parts_inside_a_block_get_finer_scale_rows(tp):
+    """gate and up of 192 rows each (DeepSeek-V2-Lite's 10944 in small): up starts inside a
+    128-row block, so the layer keeps one scale per 64 rows, each checkpoint scale repeated."""
+    x = torch.randn(3, 256)
+    gate, up = _quantized(192, 256, seed=10), _quantized(192, 256, seed=11)
+    outs = []
+    for rank in range(tp):
+        layer = _build(MergedColumnParallelLinear, 256, [192, 192], tp=(rank, tp))
+        assert layer.weight_block == ((64, 128) if tp == 1 else (32, 128))
+        for shard_id, (w_q, w_s) in enumerate((gate, up)):
+            layer.weight.weight_loader(layer.weight, w_q, shard_id)
+            layer.weight_scale_inv.weight_loader(layer.weight_scale_inv, w_s, shard_id)
+        outs.append(layer(x).split(192 // tp, dim=1))
+    for part, (w_q, w_s) in enumerate((gate, up)):
+        got = torch.cat([out[part] for out in outs], dim=1)
+        torch.testing.assert_close(got, _expected(x, w_q, w_s), atol=1e-5, rtol=1e-5)
+
+
+def test_input_dim_not_a_multiple_of_128_is_padded_to_whole_groups():
+    """K 200: the last activation group holds 72 values, as the weight's last K block."""
+    x = torch.randn(4, 200)
+    w_q, w_s = _quantized(256, 200, seed=12)
+    layer = _build(ReplicatedLinear, 200, 256, False, torch.float32)
+    layer.weight.weight_loader(layer.weight, w_q)
+    layer.weight_scale_inv.weight_loader(layer.weight_scale_inv, w_s)
+    padded = torch.nn.functional.pad(x, (0, 56))
+    expected = fp8_round_trip(padded, 128)[:, :200] @ dequantize_block_fp8(w_q, w_s, BLOCK).t()
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_whole_tensor_with_a_partial_last_block_loads():

@@ -24,6 +24,7 @@ the same pair. Embeddings, the LM head, norms and the MoE router are not quantiz
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -105,36 +106,55 @@ def _replace(layer: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(layer, name, param)
 
 
+def _row_granularity(layer: nn.Module, out_features: int, block_n: int) -> int:
+    """Weight rows per scale row in this layer. The checkpoint's block_n, unless a part of a
+    merged layer (gate/up, q/k/v) or a TP shard starts inside a block: then the largest
+    divisor of block_n that every boundary falls on, each checkpoint scale repeated over its
+    finer rows (DeepSeek-V2-Lite's 10944-row gate and up: 64 rows per scale)."""
+    tp = getattr(layer, "tp_size", 1)
+    parts = [size // tp for size in getattr(layer, "output_sizes", [])]
+    if hasattr(layer, "num_kv_heads"):  # QKV: this rank's q and kv widths
+        parts = [layer.num_heads * layer.head_dim, layer.num_kv_heads * layer.head_dim]
+    if tp > 1:
+        parts.append(out_features)
+    return math.gcd(block_n, *parts)
+
+
 class Fp8LinearMethod(QuantMethod):
-    """Block-FP8 weights of a linear layer (module docstring)."""
+    """Block-FP8 weights of a linear layer (module docstring). `layer.weight_block` is the
+    layer's [rows, cols] per scale entry: the checkpoint's block, with fewer rows where merged
+    parts or TP shards need them (_row_granularity). An input dim that is not a multiple of
+    bk (DeepSeek-V2-Lite's 10944-wide down_proj) is zero-padded to whole activation groups
+    when the layer runs."""
 
     def __init__(self, config: Fp8Config) -> None:
         self.config = config
 
     def create_weights(self, layer, in_features, out_features, dtype, weight_loader) -> None:
         bn, bk = self.config.block
-        if in_features % bk:
-            raise ValueError(f"block FP8: a layer's input dim {in_features} (this rank's share) "
-                             f"is not a multiple of the {bk}-wide activation groups")
-        layer.fp8_linear = BlockFP8Linear(self.config.block)
-        if not self.config.checkpoint_is_fp8:  # quantized after loading
+        if not self.config.checkpoint_is_fp8:  # quantized after loading, whole: plain blocks
+            layer.weight_block = self.config.block
+            layer.fp8_linear = BlockFP8Linear(layer.weight_block)
             UnquantizedLinearMethod().create_weights(layer, in_features, out_features, dtype,
                                                      weight_loader)
             return
+        layer.weight_block = (_row_granularity(layer, out_features, bn), bk)
+        layer.fp8_linear = BlockFP8Linear(layer.weight_block)
         weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE),
                               requires_grad=False)
         layer.register_parameter("weight", set_weight_loader(weight, weight_loader))
-        layer.register_parameter("weight_scale_inv", _scale_param(
-            (_blocks(out_features, bn), _blocks(in_features, bk)), self.config.block,
-            weight_loader))
+        scale = _scale_param((_blocks(out_features, layer.weight_block[0]),
+                              _blocks(in_features, bk)), layer.weight_block, weight_loader)
+        scale.checkpoint_block = self.config.block
+        layer.register_parameter("weight_scale_inv", scale)
 
     def process_weights_after_loading(self, layer) -> None:
         if layer.weight.dtype == FP8_DTYPE:
             return
-        weight, scale_inv = quantize_block_fp8(layer.weight.data, self.config.block)
+        weight, scale_inv = quantize_block_fp8(layer.weight.data, layer.weight_block)
         _replace(layer, "weight", weight)
         layer.register_parameter("weight_scale_inv", _scale_param(
-            tuple(scale_inv.shape), self.config.block, layer.weight.weight_loader))
+            tuple(scale_inv.shape), layer.weight_block, layer.weight.weight_loader))
         layer.weight_scale_inv.data.copy_(scale_inv)
 
     def apply(self, layer, x, bias=None) -> torch.Tensor:
@@ -143,7 +163,7 @@ class Fp8LinearMethod(QuantMethod):
     def dense_weight(self, layer, dtype) -> torch.Tensor:
         if layer.weight.dtype != FP8_DTYPE:  # online quantization, not yet quantized
             return layer.weight.to(dtype)
-        return dequantize_block_fp8(layer.weight, layer.weight_scale_inv, self.config.block,
+        return dequantize_block_fp8(layer.weight, layer.weight_scale_inv, layer.weight_block,
                                     dtype)
 
 

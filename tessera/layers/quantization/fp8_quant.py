@@ -37,10 +37,17 @@ class PerTokenGroupQuantFP8(MultiPlatformOp):
         return torch.ops.tessera.per_token_group_quant_fp8(x, self.group_size, self.eps)
 
 
+def _pad_to_groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x with its last dim zero-padded to whole groups: a partial last group quantizes over its
+    real values only (zeros do not change its amax), as the weight's partial last K block."""
+    pad = -x.shape[-1] % group
+    return x if pad == 0 else torch.nn.functional.pad(x, (0, pad))
+
+
 class BlockFP8Linear(MultiPlatformOp):
     """y = dequant(quant(x)) @ dequant(weight)^T (+ bias) in x's dtype, for a float8_e4m3fn
     weight [N, K] with block scales `weight_scale_inv` [ceil(N/bn), ceil(K/bk)] and x [..., K]
-    quantized per token in groups of bk (K must be a multiple of bk)."""
+    quantized per token in groups of bk (the last group partial when bk does not divide K)."""
 
     def __init__(self, block: tuple[int, int], *, force_native: bool = False) -> None:
         super().__init__(force_native)
@@ -48,13 +55,20 @@ class BlockFP8Linear(MultiPlatformOp):
 
     def forward_native(self, x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
-        x_q, x_s = per_token_group_quant_fp8_torch(x, self.block[1])
-        out = w8a8_block_fp8_matmul_torch(x_q, x_s, weight, scale_inv, self.block, x.dtype)
+        k = x.shape[-1]
+        x_q, x_s = per_token_group_quant_fp8_torch(_pad_to_groups(x, self.block[1]),
+                                                   self.block[1])
+        out = w8a8_block_fp8_matmul_torch(x_q[..., :k], x_s, weight, scale_inv, self.block,
+                                          x.dtype)
         return out if bias is None else out + bias
 
     def forward_cuda(self, x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-        x_q, x_s = torch.ops.tessera.per_token_group_quant_fp8(x, self.block[1], DEFAULT_EPS)
+        k = x.shape[-1]
+        x_q, x_s = torch.ops.tessera.per_token_group_quant_fp8(_pad_to_groups(x, self.block[1]),
+                                                              self.block[1], DEFAULT_EPS)
+        if x_q.shape[-1] != k:  # the kernel reads K columns of a row-strided view
+            x_q = x_q[..., :k]
         out = torch.ops.tessera.w8a8_block_fp8_matmul(x_q, x_s, weight, scale_inv,
                                                       self.block[0], self.block[1], x.dtype)
         return out if bias is None else out + bias
