@@ -10,9 +10,10 @@ the same pair. Embeddings, the LM head, norms and the MoE router are not quantiz
 
 * `Fp8LinearMethod`: `weight` + `weight_scale_inv` on the layer; `apply` quantizes x per token
   group (bk wide) and runs the block-scaled GEMM (`BlockFP8Linear`: Triton on CUDA/MUSA, the
-  torch reference on CPU). The layer's TP loaders shard the scales in whole blocks, so every
-  shard boundary (TP split, q/k/v and gate/up sizes) must be a multiple of 128: a clear error
-  at load time otherwise.
+  torch reference on CPU). The layer's TP loaders shard the scales in whole blocks; a merged
+  part or TP shard that starts inside a block gets finer scale rows (_row_granularity), an
+  input dim off the grid zero-padded activation groups, and a TP split of the input dim inside
+  a block a clear error at load time.
 * `Fp8MoEMethod`: the same for a FusedMoE's stacked experts: `w13_weight` [E, 2I, H] /
   `w2_weight` [E, H, I] fp8 with `w13_weight_scale_inv` [E, 2I/bn, H/bk] /
   `w2_weight_scale_inv` [E, H/bn, I/bk] (tessera.ops.triton.fused_moe_fp8).
