@@ -141,7 +141,9 @@ def keep_unquantized(model: CausalLM, names: tuple[str, ...]) -> None:
     ours = []
     for name in names:
         for ckpt_part, (our_part, _) in model.packed_modules_mapping.items():
-            name = name.replace(ckpt_part, our_part)
+            if f".{ckpt_part}." in f".{name}.":  # one fragment, once (gate_proj -> gate_up_proj)
+                name = f".{name}.".replace(f".{ckpt_part}.", f".{our_part}.")[1:-1]
+                break
         ours.append(name)
     for module_name, module in model.named_modules():
         method = getattr(module, "quant_method", None)

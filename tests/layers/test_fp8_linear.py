@@ -229,3 +229,22 @@ def test_fp8_moe_experts_load_per_expert_tensors(online):
         assert moe.w13_weight_scale_inv.shape == (experts, 2 * inter // tp // 128, 2)
         total += moe.quant_method.apply(moe, x, weights, ids)
     torch.testing.assert_close(total, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_modules_to_not_convert_maps_checkpoint_names_onto_merged_layers():
+    from tessera.config.model import ModelConfig
+    from tessera.models.loader import keep_unquantized
+    from tessera.models.registry import get_model_class
+
+    config = ModelConfig.from_hf_dict({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128,
+        "hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128})
+    with quantization(CHECKPOINT_FP8):
+        model = get_model_class(config.architecture)(config, torch.float32)
+    keep_unquantized(model, ("model.layers.0.mlp.gate_proj", "lm_head"))
+    layer = model.model.layers[0]
+    assert layer.mlp.gate_up_proj.weight.dtype == torch.float32  # gate_proj's merged layer
+    assert not hasattr(layer.mlp.gate_up_proj, "weight_scale_inv")
+    assert layer.mlp.down_proj.weight.dtype == torch.float8_e4m3fn
+    assert layer.self_attn.qkv_proj.weight.dtype == torch.float8_e4m3fn
