@@ -80,7 +80,10 @@ def _all_gather_tokens(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
         raise ValueError(f"all-gather of {x.shape[0]} rows per rank over {info.size} ranks "
                          f"cannot make {num_tokens} rows")
     out = x.new_empty((num_tokens, *x.shape[1:]))
-    dist.all_gather(list(out.chunk(info.size)), x.contiguous(), group=info.group)
+    if dist.get_backend(info.group) == "gloo":  # no all_gather_into_tensor there
+        dist.all_gather(list(out.chunk(info.size)), x.contiguous(), group=info.group)
+    else:
+        dist.all_gather_into_tensor(out, x.contiguous(), group=info.group)
     return out
 
 
