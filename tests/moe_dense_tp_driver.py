@@ -80,6 +80,15 @@ def run(model: str, tp: int, engine: dict, unfiltered: bool) -> dict:
         runner = ModelRunner(config)
         pcg = [r for r in runner.graph_runners if hasattr(r, "capture_sizes")]
         out["capture_sizes"] = pcg[0].capture_sizes if pcg else None
+        if pcg:  # which TP ops the compiled pieces hold, and how many pieces split the trunk
+            from tessera.compilation.splitting import op_qualname
+
+            pieces = pcg[0].backend.pieces
+            out["splitting_pieces"] = sum(p.is_splitting for p in pieces)
+            out["piece_ops"] = sorted(
+                name for p in pieces if not p.is_splitting for n in p.module.graph.nodes
+                if n.op == "call_function"
+                and (name := op_qualname(n.target) or "").startswith("tessera::tp_"))
         driver = RunnerDriver(runner)
         rows: dict[str, int] = {}
         try:

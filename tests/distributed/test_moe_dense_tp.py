@@ -56,6 +56,14 @@ def test_scattered_dense_layers_with_pcg_equal_tp1(model, tp1, tmp_path, tp):
     got = run_driver(model, tp, str(tmp_path / "tpn.pt"), PCG)
     assert "error" not in got, got["error"]
     assert got["capture_sizes"] == [8, 16] and got["replays"] == 3
+    # the trunk (up to layer 4's attention) splits at attention only; the scatter and gather
+    # ops are inside the pieces: layers 1 and 2 reduce-scatter their attention output, layers
+    # 2 and 3 gather their normed input and layer 3 its residual; all-reduces: the embedding,
+    # the attention output of layers 0, 3 and 4, the MoE blocks of layers 0 and 3
+    assert got["splitting_pieces"] == 5
+    assert got["piece_ops"] == sorted(["tessera::tp_reduce_scatter"] * 2
+                                      + ["tessera::tp_all_gather_tokens"] * 3
+                                      + ["tessera::tp_all_reduce"] * 6)
     assert len(got["logits"]) == len(tp1["logits"]) == 6
     for step, (ours, ref) in enumerate(zip(got["logits"], tp1["logits"])):
         assert ours.shape == ref.shape
