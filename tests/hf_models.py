@@ -29,6 +29,12 @@ def make_config(kind: str, tied: bool = False):
                                  tie_word_embeddings=tied, rope_theta=1000000.0, num_experts=8,
                                  num_experts_per_tok=2, moe_intermediate_size=32,
                                  norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1])
+    if kind == "qwen3_moe_dense_runs":  # sparse, dense, dense, sparse, dense: every layout
+        return tf.Qwen3MoeConfig(**{**TINY, "num_hidden_layers": 5}, head_dim=16,
+                                 tie_word_embeddings=tied, rope_theta=1000000.0, num_experts=8,
+                                 num_experts_per_tok=2, moe_intermediate_size=32,
+                                 norm_topk_prob=True, decoder_sparse_step=1,
+                                 mlp_only_layers=[1, 2, 4])
     if kind == "qwen3_moe_top6":  # top-6 of 8 without renormalisation
         return tf.Qwen3MoeConfig(**TINY, head_dim=16, tie_word_embeddings=tied,
                                  rope_theta=1000000.0, num_experts=8, num_experts_per_tok=6,

@@ -16,6 +16,12 @@ The default list:
   with a size count that grows only logarithmically: 33 sizes up to 2048, 37 up to 4096.
 * The maximum itself (default: the chunked-prefill size) is always captured: full chunks of a long
   prompt are exactly that size and must not pad.
+
+With `--moe-dense-tp-size 1` under TP the tokens are reduce-scattered over the attention-TP group
+inside the forward (tessera.layers.communicator), which the compiled pieces and the decode graphs
+do without padding: every captured token count and decode batch size must be a multiple of
+`token_multiple(parallel)`. `capture_sizes` and the decode graphs' batch sizes
+(tessera.runner.cuda_graph_runner) keep only those, and say clearly when none is left.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ from tessera.config.engine import GraphConfig, ParallelConfig
 MIN_TOKENS = 2         # smallest token count the one trace serves
 FINE_STEP_LIMIT = 32   # up to here: 2, 4, then steps of 4
 STEPS_PER_OCTAVE = 4   # above it
+# The multiples rule below. Not a flag: tests turn it off to show the failure it prevents (a
+# graph size that is not a multiple reaches the reduce-scatter of a scattered layer).
+KEEP_SCATTER_MULTIPLES = True
 
 
 def default_capture_sizes(max_tokens: int) -> list[int]:
@@ -66,6 +75,31 @@ def tokens_scattered(parallel: ParallelConfig, attn_dp_size: int = 1) -> bool:
     return parallel.moe_dense_tp_size == 1 and attn_tp > 1
 
 
+def token_multiple(parallel: ParallelConfig, attn_dp_size: int = 1,
+                   attn_cp_size: int = 1) -> int:
+    """What every captured token count must be a multiple of: 1 unless tokens are scattered;
+    then attn_tp_size, times attn_cp_size when attn_tp_size is not already a multiple of it.
+    tessera has no context parallelism, so attn_cp_size is 1 wherever the engine asks."""
+    if not tokens_scattered(parallel, attn_dp_size):
+        return 1
+    attn_tp, attn_cp = attention_parallel_sizes(parallel, attn_dp_size, attn_cp_size)
+    return attn_tp if attn_tp % attn_cp == 0 else attn_tp * attn_cp
+
+
+def keep_multiples(sizes: list[int], multiple: int, what: str, remedy: str) -> list[int]:
+    """The sizes that are multiples of `multiple`; a start-up error naming the flag when none
+    is (`what`: the kind of size; `remedy`: the flags that would leave one)."""
+    if multiple == 1 or not KEEP_SCATTER_MULTIPLES:
+        return sizes
+    kept = [s for s in sizes if s % multiple == 0]
+    if not kept:
+        raise ValueError(
+            f"no {what} is a multiple of {multiple} among {sizes}: with --moe-dense-tp-size 1 "
+            f"the tokens are scattered over the {multiple} attention-TP ranks, so every captured "
+            f"size must divide among them; {remedy}, or leave --moe-dense-tp-size unset")
+    return kept
+
+
 def capture_sizes(graph: GraphConfig, parallel: ParallelConfig, attn_dp_size: int = 1,
                   attn_cp_size: int = 1) -> list[int]:
     """Sorted token counts to capture for a resolved config.
@@ -86,20 +120,12 @@ def capture_sizes(graph: GraphConfig, parallel: ParallelConfig, attn_dp_size: in
         if graph.piecewise_cuda_graph_max_tokens is None:
             raise ValueError("piecewise_cuda_graph_max_tokens is unset: resolve the config first")
         sizes = default_capture_sizes(graph.piecewise_cuda_graph_max_tokens)
-    if not tokens_scattered(parallel, attn_dp_size):
-        return sizes
-    attn_tp, attn_cp = attention_parallel_sizes(parallel, attn_dp_size, attn_cp_size)
-    multiple = attn_tp if attn_tp % attn_cp == 0 else attn_tp * attn_cp
-    kept = [s for s in sizes if s % multiple == 0]
-    if not kept:
-        raise ValueError(
-            f"no piecewise CUDA graph size is a multiple of {multiple} (attention TP size "
-            f"{attn_tp}, CP size {attn_cp}; tokens are scattered over the attention-TP group "
-            f"because --moe-dense-tp-size is 1) among {sizes}; pass --piecewise-cuda-graph-tokens "
-            f"with multiples of {multiple}, raise --piecewise-cuda-graph-max-tokens, or "
-            f"--disable-piecewise-cuda-graph")
-    return kept
+    multiple = token_multiple(parallel, attn_dp_size, attn_cp_size)
+    return keep_multiples(
+        sizes, multiple, "piecewise CUDA graph size",
+        f"pass --piecewise-cuda-graph-tokens with multiples of {multiple}, raise "
+        f"--piecewise-cuda-graph-max-tokens, or --disable-piecewise-cuda-graph")
 
 
-__all__ = ["MIN_TOKENS", "attention_parallel_sizes", "capture_sizes", "default_capture_sizes",
-           "tokens_scattered"]
+__all__ = ["KEEP_SCATTER_MULTIPLES", "MIN_TOKENS", "attention_parallel_sizes", "capture_sizes",
+           "default_capture_sizes", "keep_multiples", "token_multiple", "tokens_scattered"]

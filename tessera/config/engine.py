@@ -120,8 +120,11 @@ class ParallelConfig:
                                      "--nnodes > 1; default: a free port on 127.0.0.1)")
     dist_timeout: float = cfg(60.0, "seconds a start-up or forward collective may wait for "
                               "the other ranks before failing")
-    moe_dense_tp_size: int | None = cfg(None, "TP size of dense layers in MoE models "
-                                        "(1: attention data-parallel)", type_=int)
+    moe_dense_tp_size: int | None = cfg(None, "TP size of the dense MLP layers of MoE models: "
+                                        "1 replicates them and scatters the tokens across the "
+                                        "attention-TP ranks around them (captured token counts "
+                                        "and decode batch sizes then multiples of --tp-size); "
+                                        "unset: sharded like the rest", type_=int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +296,19 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
     if graph.cuda_graph_bs is not None and min(graph.cuda_graph_bs, default=0) < 1:
         raise ValueError(f"--cuda-graph-bs sizes must be >= 1, got {graph.cuda_graph_bs}")
     parallel = config.parallel
-    if parallel.tp_size < 1 or (parallel.moe_dense_tp_size is not None
-                                and parallel.moe_dense_tp_size < 1):
-        raise ValueError("--tp-size and --moe-dense-tp-size must be >= 1")
+    if parallel.tp_size < 1:
+        raise ValueError("--tp-size must be >= 1")
+    if parallel.moe_dense_tp_size not in (None, 1):
+        raise ValueError(f"--moe-dense-tp-size {parallel.moe_dense_tp_size} is not supported: "
+                         f"pass 1 (an MoE model's dense MLP layers replicated on every rank, the "
+                         f"tokens scattered across the ranks around them) or leave it unset "
+                         f"(dense layers sharded over --tp-size like the rest)")
+    if parallel.moe_dense_tp_size == 1:
+        logger.info("--moe-dense-tp-size 1 with --tp-size %d: %s", parallel.tp_size,
+                    "an MoE model's dense MLP layers are replicated and the tokens scattered "
+                    "around them; captured token counts and decode batch sizes are kept to "
+                    "multiples of the attention-TP size" if parallel.tp_size > 1
+                    else "one rank, nothing to scatter (no effect)")
     if parallel.nnodes < 1 or parallel.tp_size % parallel.nnodes:
         raise ValueError(f"--nnodes {parallel.nnodes} must be >= 1 and divide --tp-size "
                          f"{parallel.tp_size} (each node runs tp_size / nnodes ranks)")

@@ -6,6 +6,13 @@ graphs capture them like any other kernel. At TP size 1 the Python wrappers retu
 and no op is called: a single-GPU forward is unchanged.
 
 gloo has no reduce_scatter: there it is an all-reduce followed by taking this rank's slice.
+
+A reduce-scatter needs dim 0 to divide by the group size, and refuses anything else with an error
+(never a silent wrong split): callers that scatter tokens pad eagerly, and the graph runners keep
+every captured token count a multiple of the group size (tessera.compilation.capture_sizes).
+`tensor_parallel_all_gather_tokens` is its inverse for the token dim: it takes the gathered row
+count as an argument, so that under torch.compile the output has the caller's symbolic token
+count rather than `size * (count // size)`, which Dynamo could only equate with a guard.
 """
 from __future__ import annotations
 
@@ -47,6 +54,10 @@ def _reduce_scatter(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, then this rank's 1/size of dim 0 (which must divide by the size)."""
     info = tp_group()
     rows = x.shape[0] // info.size
+    if x.shape[0] % info.size:
+        raise ValueError(f"reduce-scatter of {x.shape[0]} rows over a tensor-parallel group of "
+                         f"{info.size}: the rows must be a multiple of the group size (pad them, "
+                         f"or capture only token counts that are multiples)")
     if dist.get_backend(info.group) == "gloo":
         out = x.clone()
         dist.all_reduce(out, group=info.group)
@@ -61,6 +72,26 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0] // tp_group().size, *x.shape[1:]))
 
 
+@torch.library.custom_op("tessera::tp_all_gather_tokens", mutates_args=())
+def _all_gather_tokens(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The ranks' rows of x [n, ...] in rank order: [num_tokens, ...], num_tokens == size * n."""
+    info = tp_group()
+    if num_tokens != x.shape[0] * info.size:
+        raise ValueError(f"all-gather of {x.shape[0]} rows per rank over {info.size} ranks "
+                         f"cannot make {num_tokens} rows")
+    out = x.new_empty((num_tokens, *x.shape[1:]))
+    if dist.get_backend(info.group) == "gloo":  # no all_gather_into_tensor there
+        dist.all_gather(list(out.chunk(info.size)), x.contiguous(), group=info.group)
+    else:
+        dist.all_gather_into_tensor(out, x.contiguous(), group=info.group)
+    return out
+
+
+@_all_gather_tokens.register_fake
+def _(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    return x.new_empty((num_tokens, *x.shape[1:]))
+
+
 def tensor_parallel_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum of x over the TP group (x itself at TP size 1)."""
     if tp_group().size == 1:
@@ -73,6 +104,14 @@ def tensor_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     if tp_group().size == 1:
         return x
     return torch.ops.tessera.tp_all_gather(x, dim % x.dim())
+
+
+def tensor_parallel_all_gather_tokens(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Every rank's rows of x in rank order, `num_tokens` (= size * rows) of them: the inverse of
+    tensor_parallel_reduce_scatter's split (x itself at TP size 1)."""
+    if tp_group().size == 1:
+        return x
+    return torch.ops.tessera.tp_all_gather_tokens(x, num_tokens)
 
 
 def tensor_parallel_reduce_scatter(x: torch.Tensor) -> torch.Tensor:

@@ -37,14 +37,20 @@ class GroupInfo:
 
 _tp = GroupInfo()
 _control = GroupInfo()
+# --moe-dense-tp-size: None shards an MoE model's dense MLP layers over the TP group like every
+# other layer; 1 replicates them and scatters the tokens over the attention-TP group around them
+_moe_dense_tp_size: int | None = None
 
 
 def init_distributed(rank: int, world_size: int, tp_size: int, backend: str, init_method: str,
-                     timeout_s: float = 60.0) -> None:
+                     timeout_s: float = 60.0, moe_dense_tp_size: int | None = None) -> None:
     """Joins the world and makes the TP groups (consecutive ranks; world = k * tp_size) and the
     gloo control group. Every start-up collective fails after `timeout_s`, naming what it
-    waited for, rather than hanging."""
-    global _tp, _control
+    waited for, rather than hanging. `moe_dense_tp_size` is the resolved
+    `--moe-dense-tp-size` (None or 1), which the layers read when they are built."""
+    global _tp, _control, _moe_dense_tp_size
+    if moe_dense_tp_size not in (None, 1):
+        raise ValueError(f"--moe-dense-tp-size must be 1 or unset, got {moe_dense_tp_size}")
     if world_size % tp_size:
         raise ValueError(f"world size {world_size} is not a multiple of tp size {tp_size}")
     if not 0 <= rank < world_size:
@@ -69,14 +75,17 @@ def init_distributed(rank: int, world_size: int, tp_size: int, backend: str, ini
     _control = GroupInfo(rank, world_size,
                          dist.new_group(list(range(world_size)), backend="gloo",
                                         timeout=CONTROL_TIMEOUT))
+    _moe_dense_tp_size = moe_dense_tp_size
     layout = [list(range(start, start + tp_size)) for start in range(0, world_size, tp_size)]
     logger.info("distributed: rank %d of %d, backend %s (control plane gloo), tp groups %s, "
-                "tp rank %d of %d", rank, world_size, backend, layout, _tp.rank, _tp.size)
+                "tp rank %d of %d, attention tp size %d, moe dense tp size %s", rank, world_size,
+                backend, layout, _tp.rank, _tp.size, _tp.size,
+                moe_dense_tp_size if moe_dense_tp_size is not None else f"{tp_size} (unset)")
 
 
 def destroy_distributed() -> None:
-    global _tp, _control
-    _tp, _control = GroupInfo(), GroupInfo()
+    global _tp, _control, _moe_dense_tp_size
+    _tp, _control, _moe_dense_tp_size = GroupInfo(), GroupInfo(), None
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -116,3 +125,20 @@ def get_tp_rank() -> int:
 
 def get_tp_size() -> int:
     return _tp.size
+
+
+def attn_tp_group() -> GroupInfo:
+    """The group attention is tensor-parallel over. tessera has no data-parallel attention, so
+    it is the TP group (attn_tp_size == tp_size); the name says which role a caller means."""
+    return _tp
+
+
+def get_moe_dense_tp_size() -> int | None:
+    """`--moe-dense-tp-size` as this process joined the world with it (None: unset)."""
+    return _moe_dense_tp_size
+
+
+def tokens_scattered() -> bool:
+    """True when an MoE model's dense MLP layers are replicated and run on this rank's slice of
+    the tokens (`--moe-dense-tp-size 1` with an attention-TP group of more than one rank)."""
+    return _moe_dense_tp_size == 1 and attn_tp_group().size > 1

@@ -106,7 +106,7 @@ def start_rank_zero(config: EngineConfig) -> LocalRanks:
                 len(ranks.ranks) + 1, [p.pid for p in ranks.procs], backend, init_method)
     try:
         init_distributed(0, parallel.tp_size, parallel.tp_size, backend, init_method,
-                         parallel.dist_timeout)
+                         parallel.dist_timeout, parallel.moe_dense_tp_size)
     except BaseException:
         ranks.stop(timeout=0)
         raise

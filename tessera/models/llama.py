@@ -6,7 +6,7 @@ layers; graphs are the runner's.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from tessera.cache.spec import MHASpec
 from tessera.config.model import ModelConfig
 from tessera.layers.attention import Attention
+from tessera.layers.communicator import LayerCommunicator, layer_communicators
 from tessera.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tessera.layers.layernorm import RMSNorm
 from tessera.layers.linear import QKVParallelLinear, RowParallelLinear
@@ -77,18 +78,26 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """`self_attn`, then `mlp`: any attention block with LlamaAttention's `forward_norm`
-    contract (LlamaAttention by default; DeepSeek's MLA), and any MLP block with GatedMLP's
-    (the dense GatedMLP by default; a FusedMoE in the MoE models)."""
+    """`self_attn`, then `mlp`: any attention block with LlamaAttention's `forward_norm` and
+    `forward(positions, hidden)` contract and a row-parallel `o_proj` (LlamaAttention by
+    default; DeepSeek's MLA), and any MLP block with GatedMLP's (the dense GatedMLP by default;
+    a FusedMoE in the MoE models). `comm` says whether the residual stream arrives, and the MLP
+    runs, on this rank's slice of the tokens (tessera.layers.communicator; the full stream
+    always, outside `--moe-dense-tp-size 1`); a given `mlp` was built inside
+    `comm.mlp_weights()`."""
 
     def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype,
                  qk_norm: bool = False, mlp: nn.Module | None = None,
-                 self_attn: nn.Module | None = None) -> None:
+                 self_attn: nn.Module | None = None,
+                 comm: LayerCommunicator | None = None) -> None:
         super().__init__()
+        self.comm = comm or LayerCommunicator(layer_id, False, False, False)
         self.self_attn = (self_attn if self_attn is not None
                           else LlamaAttention(config, layer_id, dtype, qk_norm))
-        self.mlp = (mlp if mlp is not None
-                    else GatedMLP(config.hidden_size, config.intermediate_size, dtype))
+        self.comm.configure_attention_output(self.self_attn.o_proj)
+        with self.comm.mlp_weights():
+            self.mlp = (mlp if mlp is not None
+                        else GatedMLP(config.hidden_size, config.intermediate_size, dtype))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -101,8 +110,10 @@ class LlamaDecoderLayer(nn.Module):
     # then linear.
     def attention(self, positions: torch.Tensor, hidden: torch.Tensor,
                   residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first half: (o_proj output, residual stream before it)."""
-        return self.self_attn.forward_norm(positions, hidden, residual, self.input_layernorm)
+        """The first half: (o_proj output, residual stream before it), in the MLP's layout."""
+        out, residual = self.comm.attention(self.self_attn, positions, hidden, residual,
+                                            self.input_layernorm)
+        return self.comm.mlp_input(out, residual, positions.shape[0])
 
     def feed_forward(self, hidden: torch.Tensor,
                      residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +133,19 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, qk_norm: bool = False,
                  make_mlp: Callable[[int], nn.Module] | None = None,
-                 make_attention: Callable[[int], nn.Module] | None = None) -> None:
+                 make_attention: Callable[[int], nn.Module] | None = None,
+                 dense_layers: Sequence[bool] | None = None) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, dtype, qk_norm, make_mlp(i) if make_mlp else None,
-                              make_attention(i) if make_attention else None)
-            for i in range(config.num_hidden_layers))
+        comms = layer_communicators(dense_layers or [False] * config.num_hidden_layers)
+        layers = []
+        for i, comm in enumerate(comms):
+            with comm.mlp_weights():
+                mlp = make_mlp(i) if make_mlp else None
+            layers.append(LlamaDecoderLayer(config, i, dtype, qk_norm, mlp,
+                                            make_attention(i) if make_attention else None,
+                                            comm))
+        self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -175,7 +192,9 @@ class LlamaForCausalLM(CausalLM):
         super().__init__()
         self.config, self.dtype = config, dtype
         self.model = LlamaModel(config, dtype, self.qk_norm, self.make_mlp,
-                                self.make_attention)
+                                self.make_attention,
+                                [self.is_dense_moe_layer(i)
+                                 for i in range(config.num_hidden_layers)])
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -187,6 +206,14 @@ class LlamaForCausalLM(CausalLM):
     def make_attention(self, layer_id: int) -> nn.Module:
         """The attention block of layer `layer_id` (DeepSeek's MLA overrides it)."""
         return LlamaAttention(self.config, layer_id, self.dtype, self.qk_norm)
+
+    def is_dense_moe_layer(self, layer_id: int) -> bool:
+        """Whether layer `layer_id` is a dense-MLP layer of an MoE model (Qwen3-MoE's
+        mlp_only_layers, DeepSeek's first_k_dense_replace layers: ModelConfig.moe says which):
+        the layers `--moe-dense-tp-size 1` replicates (tessera.layers.communicator). None in a
+        dense model."""
+        moe = self.config.moe
+        return moe is not None and not moe.is_moe_layer(layer_id)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

@@ -1,7 +1,8 @@
 """Qwen3-MoE: Qwen3 (q/k norm attention) with a FusedMoE block as the MLP of its sparse layers.
 
 Layer i is sparse when (i + 1) % decoder_sparse_step == 0 and i is not in mlp_only_layers;
-the others keep a dense GatedMLP of `intermediate_size`. Checkpoint experts
+the others keep a dense GatedMLP of `intermediate_size`, which `--moe-dense-tp-size 1` replicates
+on every rank (tessera.layers.communicator). Checkpoint experts
 `mlp.experts.<e>.{gate,up,down}_proj.weight` load into the block's stacked `w13_weight` /
 `w2_weight`; the router is `mlp.gate.weight`.
 """

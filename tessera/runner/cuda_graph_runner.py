@@ -32,8 +32,10 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from tessera.compilation import capture_sizes as _capture_sizes
+from tessera.compilation.capture_sizes import keep_multiples, token_multiple
 from tessera.compilation.graphs import CapturedGraph, GraphMode, padded_size
-from tessera.config.engine import GraphConfig
+from tessera.config.engine import GraphConfig, ParallelConfig
 from tessera.forward.batch import ForwardBatch, ForwardMode
 from tessera.forward.context import set_forward_context
 from tessera.ops.argmax import argmax
@@ -48,19 +50,36 @@ _STEP_UP_TO_256 = 8
 _STEP_ABOVE_256 = 16
 
 
-def decode_graph_batch_sizes(graph: GraphConfig, max_running_requests: int) -> list[int]:
+def decode_graph_batch_sizes(graph: GraphConfig, max_running_requests: int,
+                             parallel: ParallelConfig | None = None) -> list[int]:
     """Batch sizes to capture, ascending.
 
     `--cuda-graph-bs` is taken as given (sorted, deduplicated); otherwise the default grid up to
     `--cuda-graph-max-bs`, plus that maximum itself so every batch up to it has a graph. Sizes
     above `max_running_requests` are dropped: the scheduler never builds such a batch.
+
+    When the tokens are scattered over the attention-TP group (`--moe-dense-tp-size 1`, see
+    tessera.compilation.capture_sizes.token_multiple) only multiples of that group's size are
+    kept: of the default grid, with the maximum rounded up to one (a batch of fewer requests pads
+    into it); of `--cuda-graph-bs` as given, and none left is an error.
     """
+    multiple = (token_multiple(parallel)
+                if parallel is not None and _capture_sizes.KEEP_SCATTER_MULTIPLES else 1)
+    sizes = _batch_sizes(graph, max_running_requests, multiple)
+    return keep_multiples(sizes, multiple, "decode CUDA graph batch size",
+                          f"pass --cuda-graph-bs with multiples of {multiple}, or "
+                          f"--disable-cuda-graph")
+
+
+def _batch_sizes(graph: GraphConfig, max_running_requests: int, multiple: int) -> list[int]:
+    # the largest batch the scheduler builds, padded to a multiple
+    largest = -(-max_running_requests // multiple) * multiple
     if graph.cuda_graph_bs:
         bad = sorted({b for b in graph.cuda_graph_bs if b < 1})
         if bad:
             raise ValueError(f"--cuda-graph-bs takes batch sizes >= 1, got {bad}")
-        sizes = sorted({b for b in graph.cuda_graph_bs if b <= max_running_requests})
-        dropped = sorted({b for b in graph.cuda_graph_bs if b > max_running_requests})
+        sizes = sorted({b for b in graph.cuda_graph_bs if b <= largest})
+        dropped = sorted({b for b in graph.cuda_graph_bs if b > largest})
         if dropped:
             logger.info("decode graphs: skipping --cuda-graph-bs %s above --max-running-requests "
                         "%d", dropped, max_running_requests)
@@ -71,7 +90,7 @@ def decode_graph_batch_sizes(graph: GraphConfig, max_running_requests: int) -> l
         return sizes
     if graph.cuda_graph_max_bs < 1:
         raise ValueError(f"--cuda-graph-max-bs must be >= 1, got {graph.cuda_graph_max_bs}")
-    limit = min(graph.cuda_graph_max_bs, max_running_requests)
+    limit = -(-min(graph.cuda_graph_max_bs, largest) // multiple) * multiple
     grid = [*_SMALL_BATCH_SIZES, *range(32, 257, _STEP_UP_TO_256),
             *range(256 + _STEP_ABOVE_256, limit + 1, _STEP_ABOVE_256)]
     sizes = [b for b in grid if b <= limit]
@@ -90,7 +109,8 @@ class DecodeGraphRunner:
         self.parts = parts
         self.platform = parts.platform
         self.attn_backend = parts.attn_backend
-        self.batch_sizes = decode_graph_batch_sizes(parts.graph, parts.max_running_requests)
+        self.batch_sizes = decode_graph_batch_sizes(parts.graph, parts.max_running_requests,
+                                                    parts.parallel)
         self.max_bs = self.batch_sizes[-1]
         # per batch size; each graph's output: [bs, hidden] written by every replay
         self.graphs: dict[int, CapturedGraph] = {}

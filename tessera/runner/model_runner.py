@@ -43,9 +43,14 @@ class LogitsOutput:
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         config = config.resolve()
+        # a clear error now, not after the weights load, when no size suits the layout
         if not config.graph.disable_piecewise_cuda_graph:
-            # a clear error now, not after the weights load, when no size suits the layout
             capture_sizes(config.graph, config.parallel)
+        if not config.graph.disable_cuda_graph:
+            from tessera.runner.cuda_graph_runner import decode_graph_batch_sizes
+
+            decode_graph_batch_sizes(config.graph, config.scheduler.max_running_requests,
+                                     config.parallel)
         self.config = config
         self.tp_rank, self.tp_size = check_tp_world(config.parallel)
         self.platform = platform_for_device(config.load.device)

@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from tessera.config.engine import ParallelConfig
 from tessera.config.model import ModelConfig
-from tessera.distributed import control_group, tp_group
+from tessera.distributed import control_group, get_moe_dense_tp_size, tp_group
 
 
 def check_tp_world(parallel: ParallelConfig) -> tuple[int, int]:
@@ -18,6 +18,10 @@ def check_tp_world(parallel: ParallelConfig) -> tuple[int, int]:
             f"--tp-size {parallel.tp_size} but this process is in a tensor-parallel group of "
             f"{group.size}: a ModelRunner with tp > 1 runs in a process that joined the world "
             f"with init_distributed (the Engine starts one such process per rank)")
+    if group.size > 1 and parallel.moe_dense_tp_size != get_moe_dense_tp_size():
+        raise RuntimeError(
+            f"--moe-dense-tp-size {parallel.moe_dense_tp_size} but this process joined the world "
+            f"with {get_moe_dense_tp_size()}: pass the same value to init_distributed")
     return group.rank, group.size
 
 

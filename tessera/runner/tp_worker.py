@@ -50,7 +50,7 @@ def run_worker(args: WorkerArgs) -> None:
     parallel = config.parallel
     init_distributed(args.rank, args.world_size, parallel.tp_size,
                      platform_for_device(config.load.device).dist_backend, args.init_method,
-                     parallel.dist_timeout)
+                     parallel.dist_timeout, parallel.moe_dense_tp_size)
     runner = ModelRunner(config)
     steps = 0
     with torch.inference_mode():
