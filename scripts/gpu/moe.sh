@@ -27,8 +27,8 @@ kernels)
 latency)
   BENCH=("$PY" -m tessera.bench.latency --model-path qwen3-30b-a3b --load-format dummy
          --dtype bfloat16 --attention-backend triton --batch-size 1 32 --input-len 256 1024
-         --output-len 16 --warmup 1 --repeat 3)
-  run latency_graphs 270 "${BENCH[@]}" --out "$OUT/latency_qwen3-30b-a3b_graphs.json"
+         --output-len 16 --warmup 1 --repeat "${REPEAT:-3}")
+  run latency_graphs 230 "${BENCH[@]}" --out "$OUT/latency_qwen3-30b-a3b_graphs.json"
   run latency_nographs_hf 290 "${BENCH[@]}" --disable-cuda-graph --disable-piecewise-cuda-graph \
     --compare hf --out "$OUT/latency_qwen3-30b-a3b_nographs_hf.json"
   ;;
