@@ -147,8 +147,9 @@ async def chat_completions(request: Request) -> Response:
     param, constraint = named if named is not None else ("", None)
     check_constraint(state, constraint, param)
     # a thinking model's constraint applies to its answer: from after </think> on
+    continued = req.messages[-1].text() if req.continue_final_message else ""
     reasoning = constraint is not None and thinks(state.reasoning_parser,
-                                                  req.chat_template_kwargs)
+                                                  req.chat_template_kwargs, continued)
     if reasoning and state.info.get("think_end_token_id") is None:
         switch = REASONING_PARSERS[state.reasoning_parser].switch
         off = f'; or turn thinking off: chat_template_kwargs {{"{switch}": false}}' if switch \

@@ -96,11 +96,12 @@ REASONING_PARSERS = {"qwen3": ReasoningFormat(False, "enable_thinking"),
 register_choices("reasoning_parser", lambda: sorted(REASONING_PARSERS))
 
 
-def thinks(name: str | None, chat_template_kwargs: dict[str, Any] | None) -> bool:
-    """Whether a chat request's output opens with reasoning: a parser is configured and the
-    request did not turn thinking off (Qwen3: `enable_thinking: false`; DeepSeek-R1 always
-    thinks)."""
-    if name is None:
+def thinks(name: str | None, chat_template_kwargs: dict[str, Any] | None,
+           continued: str = "") -> bool:
+    """Whether a chat request's output opens with reasoning: a parser is configured, the request
+    did not turn thinking off (Qwen3: `enable_thinking: false`; DeepSeek-R1 always thinks), and
+    the assistant text the output continues (`continue_final_message`) did not close it."""
+    if name is None or END in continued:
         return False
     switch = REASONING_PARSERS[name].switch
     return switch is None or (chat_template_kwargs or {}).get(switch) is not False

@@ -73,6 +73,16 @@ def test_thinking_off_constrains_from_the_first_token(client, steer):
         jsonschema.validate(json.loads(choice.message.content), SCHEMA)
 
 
+def test_a_continued_message_that_closed_its_reasoning_is_all_answer(client, steer):
+    messages = [*MESSAGES, {"role": "assistant", "content": "<think>z</think>"}]
+    out = client.chat.completions.create(
+        model=MODEL, messages=messages, n=2, seed=1, response_format=FORMAT,
+        extra_body={"continue_final_message": True}, **steer)
+    for choice in out.choices:
+        assert choice.message.reasoning_content is None  # no second reasoning: the bias lost
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+
+
 def test_streamed_reasoning_and_answer_equal_the_whole(client, steer):
     kw = {"model": MODEL, "messages": MESSAGES, "seed": 7, "response_format": FORMAT, **steer}
     whole = client.chat.completions.create(**kw).choices[0].message
