@@ -211,10 +211,15 @@ def _assemble(chunks: list, n: int) -> tuple[list[list[tuple[str, str]]], list[l
     return calls, deltas, finish
 
 
-@pytest.mark.parametrize("parallel", [True, False])
-def test_required_tool_calls_stream_as_they_are_generated(client, parallel):
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize(("tool_choice", "parallel"),
+                         [("required", True), ("required", False), (NAMED, True)],
+                         ids=["required", "required-not-parallel", "named"])
+def test_forced_tool_calls_stream_as_they_are_generated(client, tool_choice, parallel):
     kw = {"model": MODEL, "messages": MESSAGES, "tools": [WEATHER, TIME], "n": 3,
-          "tool_choice": "required", "temperature": 1.0, "seed": 1, "max_tokens": 300,
+          "tool_choice": tool_choice, "temperature": 1.0, "seed": 1, "max_tokens": 300,
           "parallel_tool_calls": parallel}
     whole = client.chat.completions.create(**kw)
     expected = [[(c.function.name, c.function.arguments) for c in ch.message.tool_calls]
@@ -228,7 +233,10 @@ def test_required_tool_calls_stream_as_they_are_generated(client, parallel):
             fragments = [d for d in ds if d.index == index and d.function.arguments]
             assert len(fragments) >= 5, (name, arguments)  # several deltas, not one at the end
     counts = [len(c) for c in calls]
-    assert max(counts) > 1 if parallel else counts == [1] * kw["n"]
+    if tool_choice == "required" and parallel:
+        assert max(counts) > 1
+    else:  # parallel_tool_calls false, or a named function: one call
+        assert counts == [1] * kw["n"]
     # the openai client's own stream helper assembles the same calls
     with client.chat.completions.stream(**kw) as stream:
         final = stream.get_final_completion()
