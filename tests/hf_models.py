@@ -210,3 +210,49 @@ def save_llama3_style_tokenizer(path: str, chat_template: str | None = LLAMA3_CH
         fast.chat_template = chat_template
     fast.save_pretrained(path)
     return path
+
+
+# Qwen3's chat format: the model opens <think> itself; enable_thinking=false writes an empty
+# reasoning block into the prompt instead.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}")
+
+
+def save_think_model(path: str) -> str:
+    """A tiny random Qwen3 with a Qwen3-style tokenizer: one token per byte (256 ids), then
+    <|endoftext|>, <|im_start|>, <|im_end|> (special, the EOS) and <think>, </think> (plain added
+    tokens, kept in decoded text, as Qwen3's are). Its lm_head is scaled down 100x, so the next
+    token is close to uniform and a request's logit_bias and penalties alone decide the tokens
+    they favour (what tests of reasoning need from a model that cannot think)."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    save_tiny_model(path, "qwen3")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))},
+                               merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                    AddedToken("</think>", special=False, normalized=False)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = QWEN3_CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    for name in ("config.json", "generation_config.json"):
+        with open(os.path.join(path, name)) as f:
+            config = json.load(f)
+        config["eos_token_id"] = fast.eos_token_id  # not TINY's 2, a byte here
+        config["bos_token_id"] = None
+        with open(os.path.join(path, name), "w") as f:
+            json.dump(config, f)
+    weights = os.path.join(path, "model.safetensors")
+    tensors = load_file(weights)
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 0.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return path

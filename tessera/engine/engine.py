@@ -21,9 +21,9 @@ from tessera.engine.tp import LocalRanks, start_rank_zero
 from tessera.models.tokenizer import load_tokenizer
 from tessera.platforms.transfer import to_host_async
 from tessera.runner.model_runner import ModelRunner
-from tessera.sampling.params import SamplingParams
+from tessera.sampling.params import THINK_END, SamplingParams
 from tessera.sampling.sampler import Sampler, SamplingBatchInfo
-from tessera.scheduler.grammar import create_grammar_backend
+from tessera.scheduler.grammar import create_grammar_backend, think_end_token_id
 from tessera.scheduler.request import FinishReason, Request
 from tessera.scheduler.scheduler import ScheduledBatch, Scheduler
 
@@ -94,6 +94,8 @@ class Engine:
         self.tokenizer = load_tokenizer(tok_path, mc.vocab_size, (
             *mc.eos_token_ids, *self.generation_defaults.eos_token_ids))
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
+        # where a require_reasoning request's constraint starts; None: such requests are refused
+        self.think_end_id = think_end_token_id(self.tokenizer)
         self.prefix_cache = None
         if not config.cache.disable_radix_cache:
             from tessera.cache.radix import RadixCache
@@ -157,6 +159,10 @@ class Engine:
         if params.grammar is not None and self.grammar_backend is None:
             raise ValueError(f"{params.grammar[0]}: structured output is off on this server "
                              "(started with --grammar-backend none)")
+        if params.require_reasoning and self.think_end_id is None:
+            raise ValueError(f"require_reasoning: this model's tokenizer does not encode "
+                             f"{THINK_END} as one token, so the constraint cannot start after "
+                             f"the reasoning; leave require_reasoning off")
         need = min(len(prompt_ids) + params.max_new_tokens, self.context_length)
         if need > self.runner.kv_cache_tokens:
             raise ValueError(f"request needs up to {need} KV tokens (prompt {len(prompt_ids)} + "
@@ -176,7 +182,8 @@ class Engine:
         req.detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop,
                                                  params.skip_special_tokens)
         if params.grammar is not None and self.grammar_backend is not None:
-            req.grammar = self.grammar_backend.request_grammar(*params.grammar)
+            req.grammar = self.grammar_backend.request_grammar(
+                *params.grammar, self.think_end_id if params.require_reasoning else None)
         self.requests[rid] = req
         self.num_prompt_tokens_total += len(prompt_ids)
         if params.max_new_tokens == 0 and params.prompt_logprobs is None:
@@ -297,8 +304,9 @@ class Engine:
 
         Filled on the host after the forward was launched, so the matchers' work overlaps the
         device's; each grammar request already accepted its last token (`_uses_history` made
-        the step before finish first)."""
-        rows = [(j, r.grammar) for j, r in enumerate(reqs) if r.grammar is not None]
+        the step before finish first). A request still reasoning keeps its row all-ones."""
+        rows = [(j, r.grammar) for j, r in enumerate(reqs)
+                if r.grammar is not None and not r.grammar.reasoning]
         if not rows or self.grammar_backend is None:
             return None
         bitmask = self.grammar_backend.new_bitmask(len(reqs), pin=device.type != "cpu")

@@ -20,6 +20,9 @@ MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf")
+# The tag that closes a reasoning model's thinking (Qwen3, DeepSeek-R1): with require_reasoning the
+# output constraint starts after it. The engine needs it to be one token of the vocabulary.
+THINK_END = "</think>"
 
 
 @dataclasses.dataclass
@@ -77,6 +80,11 @@ class SamplingParams:
     """Constrain the output to a full match of this regular expression."""
     ebnf: str | None = None
     """Constrain the output to this EBNF grammar (GBNF syntax, start rule `root`)."""
+    require_reasoning: bool = False
+    """The output opens with the model's reasoning, which ends at the THINK_END token
+    (`</think>`): the constraint applies only after that token (the reasoning and the token
+    itself are unconstrained). Needs an output constraint and a tokenizer that has `</think>` as
+    one token (SGLang's name)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,7 +99,7 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
                      "presence_penalty"):
             setattr(self, name, _as_float(name, getattr(self, name)))
-        for name in ("ignore_eos", "skip_special_tokens", "logprobs"):
+        for name in ("ignore_eos", "skip_special_tokens", "logprobs", "require_reasoning"):
             _check_bool(name, getattr(self, name))
         if self.seed is not None:
             self.seed = _as_int("seed", self.seed)
@@ -129,6 +137,10 @@ class SamplingParams:
                 raise _wrong_type(name, "a string", getattr(self, name))
         if len(grammars) > 1:
             raise ValueError(f"{' and '.join(grammars)}: give at most one output constraint")
+        if self.require_reasoning and not grammars:
+            raise ValueError("require_reasoning needs an output constraint (json_schema, regex or "
+                             "ebnf): it makes the constraint start after the reasoning's "
+                             f"{THINK_END}")
 
     @property
     def grammar(self) -> tuple[str, str] | None:

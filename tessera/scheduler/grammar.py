@@ -14,6 +14,11 @@ for all grammar rows in one batched call (`XGrammarBackend.fill_bitmask`, C++ th
 forward was launched, so it runs while the device computes, and feeds each matcher every token its
 request outputs. The matcher lives on the request, so retraction (which recomputes KV,
 not tokens) and the prefix cache (which shares KV, not sampling state) leave it untouched.
+
+Reasoning models (`SamplingParams.require_reasoning`): the request's grammar waits for the
+think-end token (`</think>`, one token of the vocabulary: `think_end_token_id`). Until the request
+samples it, its bitmask row stays all-ones and its matcher is not fed; that token is not fed
+either; from the next token on, decoding follows the grammar as usual.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from tessera.config.fields import register_choices
+from tessera.sampling.params import THINK_END
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,13 @@ def check_grammar(kind: str, text: str) -> None:
         message = str(e).strip().splitlines()[0]
         message = message.split(": ", 1)[1] if ".cc:" in message else message
         raise ValueError(f"{kind} is invalid: {message}") from None
+
+
+def think_end_token_id(tokenizer: Any) -> int | None:
+    """The id of `</think>` when the tokenizer has it as one token (Qwen3, DeepSeek-R1 do), else
+    None: then a constraint cannot be started after the reasoning."""
+    ids = tokenizer.encode(THINK_END, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
 
 
 def _tokenizer_info(tokenizer: Any, vocab_size: int, stop_ids: Iterable[int]) -> Any:
@@ -116,8 +129,10 @@ class XGrammarBackend:
             return self.compiler.compile_regex(text)
         return self.compiler.compile_grammar(text)
 
-    def request_grammar(self, kind: str, text: str) -> RequestGrammar:
-        return RequestGrammar(self.compile(kind, text))
+    def request_grammar(self, kind: str, text: str,
+                        think_end_id: int | None = None) -> RequestGrammar:
+        """A request's grammar; with `think_end_id` it starts after that token (module doc)."""
+        return RequestGrammar(self.compile(kind, text), think_end_id)
 
     def new_bitmask(self, rows: int, pin: bool) -> torch.Tensor:
         """int32 [rows, ceil(V / 32)] of ones (every token allowed), pinned for a GPU copy."""
@@ -126,7 +141,8 @@ class XGrammarBackend:
 
     def fill_bitmask(self, bitmask: torch.Tensor, rows: list[int],
                      grammars: list[RequestGrammar]) -> None:
-        """bitmask[rows[i]] = the tokens grammars[i] allows next (one batched call)."""
+        """bitmask[rows[i]] = the tokens grammars[i] allows next (one batched call); none of
+        them may be reasoning (`RequestGrammar.reasoning`: their rows stay all-ones)."""
         self._batch.batch_fill_next_token_bitmask([g.matcher for g in grammars], bitmask,
                                                   indices=rows)
 
@@ -137,10 +153,18 @@ class XGrammarBackend:
 class RequestGrammar:
     """One request's position in its grammar (an xgrammar matcher once compiled)."""
 
-    def __init__(self, compiled: concurrent.futures.Future) -> None:
+    def __init__(self, compiled: concurrent.futures.Future,
+                 think_end_id: int | None = None) -> None:
         self._compiled = compiled
         self.matcher: Any = None
         self.error: str | None = None
+        # the think-end token this grammar waits for; None once it came (or without reasoning)
+        self.think_end_id = think_end_id
+
+    @property
+    def reasoning(self) -> bool:
+        """The model is still reasoning: the grammar does not constrain the next token."""
+        return self.think_end_id is not None
 
     def ready(self) -> bool:
         """Whether the request may be scheduled: compiled, or failed (see `error`)."""
@@ -158,13 +182,18 @@ class RequestGrammar:
         return True
 
     def accept(self, token: int) -> bool:
-        """Advance past an output token; False if the grammar does not allow it."""
+        """Advance past an output token; False if the grammar does not allow it. While
+        reasoning every token is allowed and only the think-end token changes anything."""
+        if self.think_end_id is not None:
+            if token == self.think_end_id:
+                self.think_end_id = None
+            return True
         return bool(self.matcher.accept_token(token))
 
     @property
     def terminated(self) -> bool:
         """The grammar is complete and its stop token was accepted."""
-        return bool(self.matcher.is_terminated())
+        return self.think_end_id is None and bool(self.matcher.is_terminated())
 
 
 def create_grammar_backend(name: str, tokenizer: Any, vocab_size: int,

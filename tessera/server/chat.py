@@ -8,9 +8,12 @@ tool_choice (OpenAI semantics, constrained the way vLLM constrains them):
   parallel_tool_calls). Without a parser this is a 400.
 - "required": the output is constrained (grammar backend) to a JSON array of
   `{"name": <one of the tools>, "parameters": <its schema>}`, one item unless
-  parallel_tool_calls; each item becomes a tool call.
+  parallel_tool_calls; each item becomes a tool call whose arguments are the text the model wrote
+  for "parameters" (`RequiredCallsStream`), streamed as it is generated.
 - a named function: the output is constrained to that function's parameters schema and is its
-  arguments.
+  arguments, streamed as they are generated.
+With a thinking model (`reasoning.thinks`) the constraint starts after `</think>`: the reasoning
+goes to reasoning_content, the constrained answer to the calls or the content.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any
 from tessera.server.errors import bad_request
 from tessera.server.protocol import ChatCompletionRequest, NamedToolChoice
 from tessera.server.reasoning import ReasoningParser
-from tessera.server.tool_parsers import ParsedCall, StreamingToolParser
+from tessera.server.tool_parsers import RequiredCallsStream, StreamingToolParser
 
 JSON_OBJECT_SCHEMA = json.dumps({"type": "object"})
 
@@ -53,8 +56,10 @@ def tool_mode(req: ChatCompletionRequest, parser_name: str | None) -> ToolMode:
     return ToolMode(choice, None, tools, req.parallel_tool_calls)
 
 
-def output_constraint(req: ChatCompletionRequest, mode: ToolMode) -> tuple[str, str] | None:
-    """(kind, text) of the grammar the output must follow, or None; a 400 when two are given."""
+def output_constraint(req: ChatCompletionRequest, mode: ToolMode
+                      ) -> tuple[str, tuple[str, str]] | None:
+    """(the request field that set it, (kind, text)) of the grammar the output must follow, or
+    None; a 400 when two are given."""
     given = []
     if mode.kind == "named":
         fn = next(t for t in req.tools or () if t.function.name == mode.name)
@@ -85,7 +90,7 @@ def output_constraint(req: ChatCompletionRequest, mode: ToolMode) -> tuple[str, 
     if len(given) > 1:
         names = " and ".join(g[0] for g in given)
         raise bad_request(f"{names}: only one output constraint per request", given[1][0])
-    return given[0][1] if given else None
+    return given[0] if given else None
 
 
 class ChatOutput:
@@ -98,9 +103,10 @@ class ChatOutput:
         self.tool_parser = tool_parser if mode.kind == "auto" else None
         self.reasoning_text = ""
         self.content = ""
-        self.calls: list[dict[str, Any]] = []   # OpenAI tool_calls entries
-        self._raw = ""                           # named / required: the constrained JSON
+        self.calls: list[dict[str, Any]] = []   # auto: OpenAI tool_calls entries
+        self._raw = ""                           # named: the constrained JSON (the arguments)
         self._named_id = f"call_{uuid.uuid4().hex[:24]}"
+        self._required = RequiredCallsStream() if mode.kind == "required" else None
 
     def feed(self, text: str) -> dict[str, Any]:
         """A delta's fields (reasoning_content / content / tool_calls), possibly empty."""
@@ -128,11 +134,8 @@ class ChatOutput:
                     call.update(id=self._named_id, type="function")
                     call["function"] = {"name": self.mode.name, "arguments": content}
                 calls.append(call)
-        elif self.mode.kind == "required":
-            self._raw += content
-            if final:
-                calls = [dict(c.to_openai(len(self.calls) + i))
-                         for i, c in enumerate(_parse_required(self._raw))]
+        elif self._required is not None:
+            calls = self._required.feed(content)
         elif self.tool_parser is not None:
             text, parsed = self.tool_parser.feed(content)
             if final:
@@ -147,34 +150,30 @@ class ChatOutput:
             delta["content"] = content
         if calls:
             delta["tool_calls"] = calls
-            if self.mode.kind != "named" or not self.calls:
+            if self.mode.kind == "auto":
                 self.calls += calls
         return delta
 
+    def _message_calls(self) -> list[dict[str, Any]]:
+        if self.mode.kind == "named":
+            return [{"id": self._named_id, "type": "function",
+                     "function": {"name": self.mode.name, "arguments": self._raw}}]
+        if self._required is not None:
+            return self._required.message_calls()
+        return [{k: v for k, v in c.items() if k != "index"} for c in self.calls]
+
     def message(self) -> dict[str, Any]:
+        calls = self._message_calls()
         msg: dict[str, Any] = {"role": "assistant",
-                               "content": self.content if self.content or not self.calls
-                               else None}
+                               "content": self.content if self.content or not calls else None}
         if self.reasoning is not None:
             msg["reasoning_content"] = self.reasoning_text or None
-        if self.mode.kind == "named":
-            msg["tool_calls"] = [{"id": self._named_id, "type": "function",
-                                  "function": {"name": self.mode.name, "arguments": self._raw}}]
-        elif self.calls:
-            msg["tool_calls"] = [{k: v for k, v in c.items() if k != "index"}
-                                 for c in self.calls]
+        if calls:
+            msg["tool_calls"] = calls
         return msg
 
     @property
     def has_calls(self) -> bool:
-        return bool(self.calls) or (self.mode.kind == "named" and bool(self._raw))
-
-
-def _parse_required(text: str) -> list[ParsedCall]:
-    """The JSON array a 'required' tool_choice constrains the output to (empty if cut short)."""
-    try:
-        items = json.loads(text)
-    except ValueError:
-        return []
-    return [ParsedCall(it["name"], json.dumps(it["parameters"])) for it in items
-            if isinstance(it, dict) and "name" in it and "parameters" in it]
+        if self.mode.kind == "named":
+            return bool(self._raw)
+        return bool(self._message_calls())

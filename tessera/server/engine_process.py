@@ -57,6 +57,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
         "sampling_backend": cfg.backend.sampling_backend,
         "grammar_backend": "none" if engine.grammar_backend is None else
                            engine.grammar_backend.name,
+        # `</think>` as one token (None: constraints cannot start after a model's reasoning)
+        "think_end_token_id": engine.think_end_id,
         "kv_cache_tokens": runner.kv_cache_tokens,
         "context_length": engine.context_length,
         "vocab_size": engine.vocab_size,

@@ -80,7 +80,8 @@ _API_PARAMS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min
                "repetition_penalty", "frequency_penalty", "presence_penalty", "stop",
                "stop_token_ids", "n", "seed", "logprobs", "top_logprobs", "ignore_eos",
                "skip_special_tokens", "logit_bias", "json_schema", "regex", "ebnf",
-               "response_format", "tools", "tool_choice", "echo", "prompt_logprobs")
+               "response_format", "tools", "tool_choice", "echo", "prompt_logprobs",
+               "require_reasoning")
 
 
 def from_validation_errors(errors: list[dict[str, Any]], model: type[BaseModel] | None = None

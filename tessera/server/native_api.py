@@ -27,6 +27,8 @@ from tessera.server.state import ClientGone, ServerState, choice_index, outputs
 
 def _params(state: ServerState, raw: dict[str, Any], req: GenerateRequest, param: str
             ) -> SamplingParams:
+    if req.require_reasoning:  # SGLang's place for it; sampling_params may say it too
+        raw = {**raw, "require_reasoning": True}
     try:
         params = SamplingParams.from_dict(raw)
     except (ValueError, TypeError) as e:
@@ -44,9 +46,10 @@ def _params(state: ServerState, raw: dict[str, Any], req: GenerateRequest, param
 
 async def generate(request: Request) -> Response:
     """{"text" | "input_ids" (one or a batch), "sampling_params" (one, or one per prompt),
-    "stream", "rid", "return_logprob", "logprob_start_len", "top_logprobs_num"}. One prompt with
-    n = 1 answers an object; a batch or n > 1 a list (prompt i's sample k at i * n + k). Streamed
-    chunks carry the text so far (not a delta) and their `index`, like SGLang's."""
+    "stream", "rid", "return_logprob", "logprob_start_len", "top_logprobs_num",
+    "require_reasoning"}. One prompt with n = 1 answers an object; a batch or n > 1 a list
+    (prompt i's sample k at i * n + k). Streamed chunks carry the text so far (not a delta) and
+    their `index`, like SGLang's."""
     state = get_state(request)
     # parsed and tokenized off the event loop when large
     prep = await state.prepare("generate", request)

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tessera.engine.engine import StepOutput
-from tessera.sampling.params import SamplingParams
+from tessera.sampling.params import THINK_END, SamplingParams
 from tessera.server.chat import ChatOutput, output_constraint
 from tessera.server.engine_client import EngineDeadError, RequestStream
 from tessera.server.errors import bad_request, error_body, from_value_error
 from tessera.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from tessera.server.reasoning import create_reasoning_parser
+from tessera.server.reasoning import REASONING_PARSERS, create_reasoning_parser, thinks
 from tessera.server.responses import (
     Choice,
     ResponseMeta,
@@ -143,17 +143,29 @@ async def chat_completions(request: Request) -> Response:
     assert prep.prompts is not None
     ids = prep.prompts[0]
     mode = prep.tool_mode
-    constraint = output_constraint(req, mode)
-    check_constraint(state, constraint, "tool_choice" if mode.kind in ("named", "required")
-                     else "response_format" if req.response_format is not None
-                     else "json_schema")
+    named = output_constraint(req, mode)
+    param, constraint = named if named is not None else ("", None)
+    check_constraint(state, constraint, param)
+    # a thinking model's constraint applies to its answer: from after </think> on
+    continued = req.messages[-1].text() if req.continue_final_message else ""
+    reasoning = constraint is not None and thinks(state.reasoning_parser,
+                                                  req.chat_template_kwargs, continued)
+    if reasoning and state.info.get("think_end_token_id") is None:
+        switch = REASONING_PARSERS[state.reasoning_parser].switch
+        off = f'; or turn thinking off: chat_template_kwargs {{"{switch}": false}}' if switch \
+            else ""
+        raise bad_request(f"{param}: with --reasoning-parser {state.reasoning_parser} the "
+                          f"constraint starts after the reasoning's {THINK_END}, but this "
+                          f"model's tokenizer has no single {THINK_END} token; start the server "
+                          f"without --reasoning-parser{off}", param)
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
         # OpenAI's default is "until the context is full"; the KV pool bounds it too
         max_tokens = max(1, state.max_total_tokens - len(ids))
     params = build_params(req, max_tokens, logprobs=req.logprobs,
                           top_logprobs=req.top_logprobs or 0, constraint=constraint,
-                          defaults=state.info.get("generation_defaults"))
+                          defaults=state.info.get("generation_defaults"),
+                          require_reasoning=reasoning)
 
     def chat_output() -> ChatOutput:
         parser = (StreamingToolParser(create_tool_parser(state.tool_call_parser))

@@ -266,6 +266,8 @@ class GenerateRequest(_Strict):
     logprob_start_len: int = -1
     top_logprobs_num: Annotated[int, Field(ge=0, le=20)] = 0
     return_text_in_logprobs: bool = False
+    # SGLang's: the prompts' outputs open with reasoning; their constraint starts after </think>
+    require_reasoning: bool = False
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:

@@ -7,14 +7,22 @@
 - deepseek-r1: the template opens `<think>` in the prompt, so the output starts inside the
   reasoning and everything up to `</think>` is reasoning (if `</think>` never comes, all of it).
 
+With an output constraint (response_format, tool_choice required or named, json_schema / regex /
+ebnf) a request whose model thinks (`thinks`) gets `SamplingParams.require_reasoning`: the
+constraint applies after `</think>`, to the answer only.
+
 Streaming: `feed(delta)` returns the (reasoning, content) text that became certain; text that could
 still be the start of a tag is held until the next delta or `finish()`.
 """
 from __future__ import annotations
 
-from tessera.config.fields import register_choices
+import dataclasses
+from typing import Any
 
-START, END = "<think>", "</think>"
+from tessera.config.fields import register_choices
+from tessera.sampling.params import THINK_END
+
+START, END = "<think>", THINK_END
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -77,8 +85,26 @@ class ReasoningParser:
         return "", held
 
 
-REASONING_PARSERS = {"qwen3": False, "deepseek-r1": True}  # name -> starts inside reasoning
+@dataclasses.dataclass(frozen=True)
+class ReasoningFormat:
+    starts_in_reasoning: bool       # the template opens <think> in the prompt
+    switch: str | None = None       # the chat_template_kwargs key that turns thinking off
+
+
+REASONING_PARSERS = {"qwen3": ReasoningFormat(False, "enable_thinking"),
+                     "deepseek-r1": ReasoningFormat(True)}
 register_choices("reasoning_parser", lambda: sorted(REASONING_PARSERS))
+
+
+def thinks(name: str | None, chat_template_kwargs: dict[str, Any] | None,
+           continued: str = "") -> bool:
+    """Whether a chat request's output opens with reasoning: a parser is configured, the request
+    did not turn thinking off (Qwen3: `enable_thinking: false`; DeepSeek-R1 always thinks), and
+    the assistant text the output continues (`continue_final_message`) did not close it."""
+    if name is None or END in continued:
+        return False
+    switch = REASONING_PARSERS[name].switch
+    return switch is None or (chat_template_kwargs or {}).get(switch) is not False
 
 
 def create_reasoning_parser(name: str | None, enabled: bool = True) -> ReasoningParser | None:
@@ -86,4 +112,4 @@ def create_reasoning_parser(name: str | None, enabled: bool = True) -> Reasoning
     separation off (`separate_reasoning: false`)."""
     if name is None or not enabled:
         return None
-    return ReasoningParser(REASONING_PARSERS[name])
+    return ReasoningParser(REASONING_PARSERS[name].starts_in_reasoning)

@@ -11,6 +11,10 @@ Streaming (`StreamingToolParser`): text before the first call marker streams as 
 marker on, text is held and each call is emitted whole (name and complete arguments in one delta)
 as soon as its block closes (hermes) or at the end of the output (llama3, mistral), which is a
 delta sequence the OpenAI client assembles like any other.
+
+`tool_choice: "required"` needs no parser of the model's format: its output is the JSON array the
+grammar constrains it to, read as it streams by `RequiredCallsStream` (calls announced by name,
+arguments sent in fragments).
 """
 from __future__ import annotations
 
@@ -205,3 +209,113 @@ class StreamingToolParser:
             content = ""
         self.num_calls += len(calls)
         return content, calls
+
+
+@dataclasses.dataclass
+class _StreamedCall:
+    id: str
+    name: str | None = None     # known once its JSON string closed
+    arguments: str = ""         # the raw text of "parameters" so far
+    announced: bool = False     # the delta with id and name was sent
+
+
+class RequiredCallsStream:
+    """Reads the JSON array `tool_choice: "required"` constrains the output to,
+    `[{"name": ..., "parameters": {...}}, ...]`, as it is generated: each item is one tool call,
+    announced (index, id, type, name) as soon as its name's string closes, whose arguments (the
+    raw JSON text of its "parameters", as the model wrote it) follow in fragments as they come.
+
+    A character scanner, not a JSON parser: the grammar guarantees the shape, and the scanner
+    only tracks nesting, strings and which key of an item a value belongs to. Feeding the whole
+    text at once gives the same calls as feeding it in pieces.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[_StreamedCall] = []
+        self._depth = 0           # [ and { open outside strings: 1 in the array, 2 in an item
+        self._in_string = False
+        self._escape = False
+        self._key = ""            # the item key being read (raw JSON string body), or the last
+        self._value_of: str | None = None  # the item key whose value is being read
+        self._value = ""          # that value's text so far ("name" only)
+        self._started = False     # the value's first character came
+        self._space = ""          # whitespace inside a value, held until more value follows
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """OpenAI `tool_calls` delta entries for this much more text (possibly none)."""
+        before = [(c.announced, len(c.arguments)) for c in self.calls]
+        for ch in text:
+            self._char(ch)
+        deltas = []
+        for i, call in enumerate(self.calls):
+            if call.name is None:
+                continue  # its arguments wait for its name (an item writing it second)
+            was_announced, sent = before[i] if i < len(before) else (False, 0)
+            if not was_announced:
+                call.announced = True
+                deltas.append({"index": i, "id": call.id, "type": "function",
+                               "function": {"name": call.name, "arguments": call.arguments}})
+            elif len(call.arguments) > sent:
+                deltas.append({"index": i, "function": {"arguments": call.arguments[sent:]}})
+        return deltas
+
+    def message_calls(self) -> list[dict[str, Any]]:
+        """The calls for a whole message (those whose name was complete)."""
+        return [{"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.calls if c.name is not None]
+
+    def _char(self, ch: str) -> None:
+        if self._value_of is not None and not (self._depth == 2 and not self._in_string
+                                               and ch in ",}"):
+            self._value_char(ch)
+            return
+        if self._value_of is not None:  # the value ended at its item's , or }
+            self._value_of, self._space = None, ""
+        if self._in_string:  # an item's key (no other strings lie outside values)
+            if self._escape:
+                self._escape = False
+            elif ch == "\\":
+                self._escape = True
+            elif ch == '"':
+                self._in_string = False
+                return
+            self._key += ch
+        elif ch == '"':
+            self._in_string, self._key = True, ""
+        elif ch == ":" and self._depth == 2:
+            self._value_of = json.loads(f'"{self._key}"')
+            self._value, self._started = "", False
+        elif ch in "[{":
+            self._depth += 1
+            if self._depth == 2:
+                self.calls.append(_StreamedCall(f"call_{uuid.uuid4().hex[:24]}"))
+        elif ch in "]}":
+            self._depth -= 1
+
+    def _value_char(self, ch: str) -> None:
+        if self._in_string:
+            if self._escape:
+                self._escape = False
+            elif ch == "\\":
+                self._escape = True
+            elif ch == '"':
+                self._in_string = False
+        elif ch.isspace():
+            if self._started:
+                self._space += ch  # inside the value, unless it ends here
+            return
+        elif ch == '"':
+            self._in_string = True
+        elif ch in "[{":
+            self._depth += 1
+        elif ch in "]}":
+            self._depth -= 1
+        text, self._space, self._started = self._space + ch, "", True
+        call = self.calls[-1]
+        if self._value_of == "parameters":
+            call.arguments += text
+        elif self._value_of == "name":
+            self._value += text
+            if not self._in_string and self._value.endswith('"'):  # the string closed
+                call.name = json.loads(self._value)

@@ -8,7 +8,9 @@ import pytest
 from tessera.server.testing import ServerProcess
 
 API_KEY = "sk-test-key"
-SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256", "--api-key", API_KEY]
+# the byte tokenizer has no single </think> token: a constraint cannot start after reasoning
+SERVER_ARGS = ["--kv-cache-tokens", "16384", "--max-running-requests", "256", "--api-key", API_KEY,
+               "--reasoning-parser", "qwen3"]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 C, CHAT, GEN = "/v1/completions", "/v1/chat/completions", "/generate"
 P = {"prompt": "hello", "max_tokens": 4}           # a valid completion body to spoil
@@ -101,6 +103,16 @@ CASES = [
      "temperature"),
     ("generate-ids-out-of-vocab", GEN, {"input_ids": [-1]}, "prompt"),
     ("abort-missing-rid", "/abort_request", {}, "rid"),
+    ("response_format-while-thinking-without-a-think-token", CHAT,
+     {**M, "response_format": {"type": "json_object"}}, "response_format"),
+    ("tool_choice-while-thinking-without-a-think-token", CHAT,
+     {**M, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+     "tool_choice"),
+    ("generate-require_reasoning-without-constraint", GEN,
+     {"text": "x", "sampling_params": {"require_reasoning": True}}, "require_reasoning"),
+    ("generate-require_reasoning-not-bool", GEN,
+     {"text": "x", "sampling_params": {"regex": "a", "require_reasoning": "yes"}},
+     "require_reasoning"),
 ]
 
 
@@ -147,6 +159,13 @@ def test_api_key_is_required_on_native_and_admin_routes(base_url, method, path, 
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     r = getattr(httpx, method)(base_url + path, headers=AUTH, timeout=30, **kw)
     assert r.status_code == authorized, r.text
+
+
+def test_thinking_off_lifts_the_think_token_requirement(base_url):
+    body = {**M, "response_format": {"type": "json_object"},
+            "chat_template_kwargs": {"enable_thinking": False}}
+    r = httpx.post(base_url + CHAT, json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def test_liveness_and_metrics_stay_open(base_url):

@@ -10,7 +10,11 @@ from tessera.models.tokenizer import ByteTokenizer
 from tessera.server.chat_template import ChatTemplate, load_template_source
 from tessera.server.errors import APIError
 from tessera.server.reasoning import ReasoningParser
-from tessera.server.tool_parsers import StreamingToolParser, create_tool_parser
+from tessera.server.tool_parsers import (
+    RequiredCallsStream,
+    StreamingToolParser,
+    create_tool_parser,
+)
 
 HERMES = ('I will look.<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n'
           '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>')
@@ -54,6 +58,33 @@ def test_reasoning_parsers(chunk):
         parts = [parser.feed(text[i:i + chunk]) for i in range(0, len(text), chunk)]
         parts.append(parser.finish())
         assert ("".join(p[0] for p in parts), "".join(p[1] for p in parts)) == expected
+
+
+REQUIRED = [
+    ('[{"name":"f","parameters":{"x":[1,{"s":"}],\\""}]}},{"name":"g","parameters":{}}]',
+     [("f", '{"x":[1,{"s":"}],\\""}]}'), ("g", "{}")]),
+    # spaces, the keys the other way round, an escaped name, a scalar "parameters"
+    ('[ {"parameters" : {"a": 1} , "name": "h\\u00e9"} , {"name":"k","parameters":5}]',
+     [("h\u00e9", '{"a": 1}'), ("k", "5")]),
+    ('[{"name":"f","parameters":{"x":', [("f", '{"x":')]),  # cut short: what came so far
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), REQUIRED)
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_required_calls_stream(text, expected, chunk):
+    parser = RequiredCallsStream()
+    calls: dict[int, list[str]] = {}
+    for i in range(0, len(text), chunk):
+        for delta in parser.feed(text[i:i + chunk]):
+            fn = delta["function"]
+            if "id" in delta:  # a call's first delta: id, type and the complete name
+                assert delta["index"] not in calls and delta["type"] == "function"
+                calls[delta["index"]] = [fn["name"], ""]
+            calls[delta["index"]][1] += fn["arguments"]
+    assert [tuple(calls[i]) for i in sorted(calls)] == expected
+    whole = [(c["function"]["name"], c["function"]["arguments"]) for c in parser.message_calls()]
+    assert whole == expected
 
 
 def test_chat_template_sources(tmp_path):

@@ -1,4 +1,4 @@
-"""Structured output, tool calls, reasoning and logit_bias against a real `tessera serve`
+"""Structured output, tool calls and logit_bias against a real `tessera serve`
 (tiny-qwen3, random weights, on CPU) through the official openai client.
 
 A random model follows no format on its own, so every format here holds only because the grammar
@@ -19,7 +19,7 @@ from tessera.server.testing import ServerProcess
 
 MODEL = "tiny-qwen3"
 SERVER_ARGS = ["--kv-cache-tokens", "32768", "--max-running-requests", "256",
-               "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"]
+               "--tool-call-parser", "hermes"]
 MESSAGES = [{"role": "user", "content": "Give me JSON."}]
 # short outputs (a few tokens per field): 200 samples stay fast on a CPU
 SMALL_SCHEMA = {"type": "object", "properties": {
@@ -174,20 +174,6 @@ def test_parallel_tool_calls_false_keeps_the_first_call(client):
     assert len(one.tool_calls) == 1 and one.tool_calls[0].function.name == "get_time"
 
 
-def test_reasoning_is_split_from_the_answer(client):
-    kw = {"model": MODEL, "messages": MESSAGES, "temperature": 1.0, "seed": 8, "max_tokens": 40,
-          "extra_body": {"regex": "<think>[a-z]{3,8}</think>\n\n[a-z]{3,8}"}}
-    msg = client.chat.completions.create(**kw).choices[0].message
-    assert re.fullmatch("[a-z]{3,8}", msg.reasoning_content)
-    assert re.fullmatch("[a-z]{3,8}", msg.content)
-    reasoning = content = ""
-    for chunk in client.chat.completions.create(**kw, stream=True):
-        delta = chunk.choices[0].delta if chunk.choices else None
-        reasoning += getattr(delta, "reasoning_content", None) or ""
-        content += (delta.content or "") if delta else ""
-    assert (reasoning, content) == (msg.reasoning_content, msg.content)
-
-
 def test_logit_bias_forces_and_forbids_tokens(client, server):
     kw = {"model": MODEL, "prompt": "bias", "max_tokens": 6, "temperature": 1.0, "seed": 1,
           "extra_body": {"ignore_eos": True}}
@@ -200,3 +186,59 @@ def test_logit_bias_forces_and_forbids_tokens(client, server):
         "text": "bias", "sampling_params": {"max_new_tokens": 1, "temperature": 0,
                                             "logit_bias": {str(first): -100}}}).json()
     assert banned["output_ids"][0] != first
+
+
+def _assemble(chunks: list, n: int) -> tuple[list[list[tuple[str, str]]], list[list], list]:
+    """Per choice: the calls (name, arguments) its tool_calls deltas concatenate to, the deltas
+    themselves, and its finish_reason."""
+    deltas: list[list] = [[] for _ in range(n)]
+    finish: list = [None] * n
+    for chunk in chunks:
+        for choice in chunk.choices:
+            deltas[choice.index] += choice.delta.tool_calls or []
+            finish[choice.index] = choice.finish_reason or finish[choice.index]
+    calls = []
+    for ds in deltas:
+        by_index: dict[int, list[str]] = {}
+        for d in ds:
+            if d.index not in by_index:  # a call's first delta names it, later ones do not
+                assert d.id and d.type == "function" and d.function.name, d
+                by_index[d.index] = [d.function.name, ""]
+            else:
+                assert d.id is None and d.function.name is None, d
+            by_index[d.index][1] += d.function.arguments or ""
+        calls.append([tuple(c) for _, c in sorted(by_index.items())])
+    return calls, deltas, finish
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize(("tool_choice", "parallel"),
+                         [("required", True), ("required", False), (NAMED, True)],
+                         ids=["required", "required-not-parallel", "named"])
+def test_forced_tool_calls_stream_as_they_are_generated(client, tool_choice, parallel):
+    kw = {"model": MODEL, "messages": MESSAGES, "tools": [WEATHER, TIME], "n": 3,
+          "tool_choice": tool_choice, "temperature": 1.0, "seed": 1, "max_tokens": 300,
+          "parallel_tool_calls": parallel}
+    whole = client.chat.completions.create(**kw)
+    expected = [[(c.function.name, c.function.arguments) for c in ch.message.tool_calls]
+                for ch in whole.choices]
+    calls, deltas, finish = _assemble(list(client.chat.completions.create(**kw, stream=True)),
+                                      kw["n"])
+    assert calls == expected
+    assert finish == ["tool_calls"] * kw["n"]
+    for choice_calls, ds in zip(calls, deltas):
+        for index, (name, arguments) in enumerate(choice_calls):
+            fragments = [d for d in ds if d.index == index and d.function.arguments]
+            assert len(fragments) >= 5, (name, arguments)  # several deltas, not one at the end
+    counts = [len(c) for c in calls]
+    if tool_choice == "required" and parallel:
+        assert max(counts) > 1
+    else:  # parallel_tool_calls false, or a named function: one call
+        assert counts == [1] * kw["n"]
+    # the openai client's own stream helper assembles the same calls
+    with client.chat.completions.stream(**kw) as stream:
+        final = stream.get_final_completion()
+    assert [[(c.function.name, c.function.arguments) for c in ch.message.tool_calls]
+            for ch in final.choices] == expected
