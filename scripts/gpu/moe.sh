@@ -29,8 +29,10 @@ latency)
          --dtype bfloat16 --attention-backend triton --batch-size 1 32 --input-len 256 1024
          --output-len 16 --warmup 1 --repeat "${REPEAT:-3}")
   run latency_graphs 230 "${BENCH[@]}" --out "$OUT/latency_qwen3-30b-a3b_graphs.json"
+  # COMPARE_HF=0: without HF (a shorter call)
+  HF=(--compare hf); [ "${COMPARE_HF:-1}" = 0 ] && HF=()
   run latency_nographs_hf 290 "${BENCH[@]}" --disable-cuda-graph --disable-piecewise-cuda-graph \
-    --compare hf --out "$OUT/latency_qwen3-30b-a3b_nographs_hf.json"
+    "${HF[@]}" --out "$OUT/latency_qwen3-30b-a3b_nographs_hf.json"
   ;;
 *) echo "PART must be kernels or latency" >&2; exit 2 ;;
 esac
