@@ -3,7 +3,7 @@ GEMM (torch.matmul / cuBLAS) at deepseek-v2-lite's linear shapes, one GPU: time 
 alone, of activation quant + GEMM (what a layer runs), their ratio to bf16, and the error against
 the bf16 product of the dequantized operands.
 
-    python3 scripts/gpu/fp8_gemm_bench.py --out fp8_gemm_bench.json
+    PYTHONPATH=. python3 scripts/gpu/fp8_gemm_bench.py --out fp8_gemm_bench.json   (from the repo root)
 """
 from __future__ import annotations
 

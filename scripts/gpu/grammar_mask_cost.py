@@ -7,7 +7,8 @@ within them), so both runs time the same steady decode batch. Presets have rando
 built-in byte tokenizer (a vocabulary of single characters, the model's full 151936 ids): the mask
 work is that of the real vocabulary size, whatever the text.
 
-Usage (GPU):  python scripts/gpu/grammar_mask_cost.py --model-path qwen3-0.6b --batch-size 32
+Usage (GPU, repo root; PYTHONPATH=. unless tessera is installed):
+              python scripts/gpu/grammar_mask_cost.py --model-path qwen3-0.6b --batch-size 32
               [--steps 200] [--output grammar_mask_cost.json]
 CPU check:    python scripts/gpu/grammar_mask_cost.py --model-path tiny-qwen3 --batch-size 4 \
                   --steps 5 --warmup 2 --prompt-len 8

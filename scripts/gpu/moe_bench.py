@@ -3,7 +3,7 @@ shapes, bf16, on one GPU; and, at decode sizes, the fraction of the copy-bandwid
 (bytes of the experts the batch touches / the device-to-device copy rate measured here), launched
 eagerly and replayed from a CUDA graph (as decode runs it).
 
-    python3 scripts/gpu/moe_bench.py --out moe_bench.json
+    PYTHONPATH=. python3 scripts/gpu/moe_bench.py --out moe_bench.json   (from the repo root)
 """
 from __future__ import annotations
 
