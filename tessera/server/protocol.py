@@ -109,6 +109,9 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool = False
     best_of: int | None = None
+    # vLLM's extra: each choice carries `prompt_logprobs`, per prompt token a dict of the top
+    # alternatives plus the token itself (the first token: null); not on streamed responses
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     @model_validator(mode="after")
     def _check_unsupported(self) -> CompletionRequest:
@@ -116,6 +119,8 @@ class CompletionRequest(SamplingFields):
             raise ValueError("max_tokens must be >= 1 (0 is allowed only with echo)")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of must equal n when given (best_of > n is not supported)")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not supported with stream")
         return self
 
 
