@@ -306,12 +306,23 @@ class TokenizeRequest(_Strict):
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[Tool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt or messages: give exactly one of them")
+        if self.continue_final_message:
+            if self.messages is None or self.messages[-1].role != "assistant":
+                raise ValueError("continue_final_message needs messages whose last one is the "
+                                 "assistant's")
+            if "add_generation_prompt" in self.model_fields_set and self.add_generation_prompt:
+                raise ValueError("continue_final_message and add_generation_prompt cannot both "
+                                 "be true")
+            self.add_generation_prompt = False
         return self
 
 
