@@ -279,10 +279,11 @@ async def _sse(state: ServerState, request: Request, stream: RequestStream, meta
     obj = "chat.completion.chunk" if meta.chat else "text_completion"
     head = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model}
     try:
-        if meta.chat:  # OpenAI opens every chat choice with a role-only delta
-            yield sse_event({**head, "choices": [
-                {"index": c.index, "delta": {"role": "assistant", "content": ""},
-                 "logprobs": None, "finish_reason": None} for c in choices]})
+        if meta.chat:  # OpenAI opens every chat choice with a role-only delta, one per chunk
+            for c in choices:   # (clients that read choices[0] of each chunk see every index)
+                yield sse_event({**head, "choices": [
+                    {"index": c.index, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None}]})
         started: set[int] = set()
         async with contextlib.aclosing(outputs(state, request, stream)) as outs:
             async for out in outs:

@@ -150,3 +150,25 @@ def test_stream_options_without_stream_is_a_400(server):
         r = _post(server, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2,
                                               "stream_options": options})
         assert r.status_code == 400 and "stream_options" in r.text
+
+
+@pytest.mark.parametrize("top", [None, 5])
+def test_chat_stream_with_n_opens_each_choice_in_its_own_chunk(client, top):
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=CHAT, temperature=0, n=2, max_tokens=12, stream=True,
+        logprobs=top is not None, top_logprobs=top, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    opened, finishes = set(), {0: 0, 1: 0}
+    for chunk in chunks[:-1]:
+        assert len(chunk.choices) == 1 and chunk.id and chunk.created
+        choice = chunk.choices[0]
+        if choice.index not in opened:   # the first chunk of every index: the role alone
+            assert choice.delta.role == "assistant" and not choice.delta.content
+            opened.add(choice.index)
+            continue
+        finishes[choice.index] += choice.finish_reason is not None
+        if top is not None and choice.logprobs is not None:
+            assert all(len(t.top_logprobs) == top for t in choice.logprobs.content)
+        assert isinstance(choice.delta.content, str) or choice.finish_reason
+    assert opened == {0, 1} and finishes == {0: 1, 1: 1}
