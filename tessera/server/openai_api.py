@@ -173,7 +173,7 @@ async def chat_completions(request: Request) -> Response:
     params = build_params(req, max_tokens, logprobs=req.logprobs,
                           top_logprobs=req.top_logprobs or 0, constraint=constraint,
                           defaults=state.info.get("generation_defaults"),
-                          require_reasoning=reasoning)
+                          require_reasoning=reasoning, prompt_logprobs=req.prompt_logprobs)
 
     def chat_output() -> ChatOutput:
         parser = (StreamingToolParser(create_tool_parser(state.tool_call_parser))
@@ -213,7 +213,7 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                         token_name=_token_id_name if req.return_tokens_as_token_ids
                         else state.token_str,
                         echo_logprobs=not chat and req.echo and req.logprobs is not None,
-                        vllm_prompt_logprobs=not chat and req.prompt_logprobs is not None)
+                        vllm_prompt_logprobs=req.prompt_logprobs is not None)
     choices = [Choice(i) for i in range(len(prompts) * params.n)]
     for c in choices:
         c.chat = chat_output() if chat_output is not None else None
@@ -252,11 +252,13 @@ def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str
     if meta.chat:
         c.chat.feed(c.text)
         c.chat.finish()
-        return {"index": c.index, "message": c.chat.message(),
-                "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
-                                          c.top_logprobs) if want_lp else None,
-                "finish_reason": _finish_reason(c),
-                **c.stop_fields(meta)}
+        out = {"index": c.index, "message": c.chat.message(),
+               "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
+                                         c.top_logprobs) if want_lp else None,
+               "finish_reason": _finish_reason(c), **c.stop_fields(meta)}
+        if meta.vllm_prompt_logprobs:
+            out["prompt_logprobs"] = vllm_prompt_logprobs(meta.token_name, c, meta.prompts[0])
+        return out
     text, lp = c.text, None
     if meta.echo_texts:
         prompt = meta.prompts[c.index // meta.n]

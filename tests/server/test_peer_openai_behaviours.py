@@ -172,3 +172,15 @@ def test_chat_stream_with_n_opens_each_choice_in_its_own_chunk(client, top):
             assert all(len(t.top_logprobs) == top for t in choice.logprobs.content)
         assert isinstance(choice.delta.content, str) or choice.finish_reason
     assert opened == {0, 1} and finishes == {0: 1, 1: 1}
+
+
+def test_chat_prompt_logprobs_cover_the_rendered_prompt(server):
+    ids = _post(server, "/tokenize", {"messages": CHAT}).json()["tokens"]
+    choice = _chat(server, max_tokens=2, prompt_logprobs=2)
+    plp = choice["prompt_logprobs"]
+    assert len(plp) == len(ids) and plp[0] is None and choice["logprobs"] is None
+    assert all(str(t) in e and 2 <= len(e) <= 3 for t, e in zip(ids[1:], plp[1:]))
+    assert "prompt_logprobs" not in _chat(server, max_tokens=2)
+    r = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True,
+                                               "prompt_logprobs": 1})
+    assert r.status_code == 400 and "prompt_logprobs" in r.text
