@@ -26,6 +26,7 @@ from tessera.server.responses import (
     merge_logprobs,
     sse_event,
     usage,
+    vllm_prompt_logprobs,
 )
 from tessera.server.state import ClientGone, ServerState, choice_index, outputs
 from tessera.server.tool_parsers import StreamingToolParser, create_tool_parser
@@ -127,10 +128,17 @@ async def completions(request: Request) -> Response:
     params = build_params(req, req.max_tokens if req.max_tokens is not None else 16,
                           logprobs=want_lp, top_logprobs=req.logprobs or 0,
                           constraint=constraint, defaults=state.info.get("generation_defaults"),
-                          prompt_logprobs=req.logprobs if req.echo and want_lp else None)
+                          prompt_logprobs=_prompt_top_n(req))
     # echo: each prompt as sent, or its ids decoded (prepare did that)
     texts = prep.texts or []
     return await _serve(state, request, req, prompts, params, chat=False, echo_texts=texts)
+
+
+def _prompt_top_n(req: CompletionRequest) -> int | None:
+    """How many alternatives each prompt token's logprob needs: echo with logprobs and vLLM's
+    prompt_logprobs both read them (None: prompt logprobs are not computed)."""
+    wanted = [n for n in (req.logprobs if req.echo else None, req.prompt_logprobs) if n is not None]
+    return max(wanted) if wanted else None
 
 
 @router.post("/v1/chat/completions")
@@ -165,7 +173,7 @@ async def chat_completions(request: Request) -> Response:
     params = build_params(req, max_tokens, logprobs=req.logprobs,
                           top_logprobs=req.top_logprobs or 0, constraint=constraint,
                           defaults=state.info.get("generation_defaults"),
-                          require_reasoning=reasoning)
+                          require_reasoning=reasoning, prompt_logprobs=req.prompt_logprobs)
 
     def chat_output() -> ChatOutput:
         parser = (StreamingToolParser(create_tool_parser(state.tool_call_parser))
@@ -203,7 +211,9 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                         stop_token_ids=frozenset(params.stop_token_ids),
                         continuous_usage=options is not None and options.continuous_usage_stats,
                         token_name=_token_id_name if req.return_tokens_as_token_ids
-                        else state.token_str)
+                        else state.token_str,
+                        echo_logprobs=not chat and req.echo and req.logprobs is not None,
+                        vllm_prompt_logprobs=req.prompt_logprobs is not None)
     choices = [Choice(i) for i in range(len(prompts) * params.n)]
     for c in choices:
         c.chat = chat_output() if chat_output is not None else None
@@ -238,15 +248,17 @@ def _finish_reason(c: Choice) -> str | None:
 
 
 def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str, Any]:
-    want_lp = bool(c.logprobs) or c.prompt_logprobs is not None
+    want_lp = bool(c.logprobs) or meta.echo_logprobs
     if meta.chat:
         c.chat.feed(c.text)
         c.chat.finish()
-        return {"index": c.index, "message": c.chat.message(),
-                "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
-                                          c.top_logprobs) if want_lp else None,
-                "finish_reason": _finish_reason(c),
-                **c.stop_fields(meta)}
+        out = {"index": c.index, "message": c.chat.message(),
+               "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
+                                         c.top_logprobs) if want_lp else None,
+               "finish_reason": _finish_reason(c), **c.stop_fields(meta)}
+        if meta.vllm_prompt_logprobs:
+            out["prompt_logprobs"] = vllm_prompt_logprobs(meta.token_name, c, meta.prompts[0])
+        return out
     text, lp = c.text, None
     if meta.echo_texts:
         prompt = meta.prompts[c.index // meta.n]
@@ -256,8 +268,12 @@ def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str
     if want_lp:
         lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, c.token_ids,
                                                     c.logprobs, c.top_logprobs))
-    return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
-            **c.stop_fields(meta)}
+    out = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
+           **c.stop_fields(meta)}
+    if meta.vllm_prompt_logprobs:
+        out["prompt_logprobs"] = vllm_prompt_logprobs(meta.token_name, c,
+                                                      meta.prompts[c.index // meta.n])
+    return out
 
 
 async def _sse(state: ServerState, request: Request, stream: RequestStream, meta: ResponseMeta,
@@ -265,10 +281,11 @@ async def _sse(state: ServerState, request: Request, stream: RequestStream, meta
     obj = "chat.completion.chunk" if meta.chat else "text_completion"
     head = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model}
     try:
-        if meta.chat:  # OpenAI opens every chat choice with a role-only delta
-            yield sse_event({**head, "choices": [
-                {"index": c.index, "delta": {"role": "assistant", "content": ""},
-                 "logprobs": None, "finish_reason": None} for c in choices]})
+        if meta.chat:  # OpenAI opens every chat choice with a role-only delta, one per chunk
+            for c in choices:   # (clients that read choices[0] of each chunk see every index)
+                yield sse_event({**head, "choices": [
+                    {"index": c.index, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None}]})
         started: set[int] = set()
         async with contextlib.aclosing(outputs(state, request, stream)) as outs:
             async for out in outs:

@@ -152,8 +152,16 @@ def prepare(kind: str, body: bytes, spec: TokenizerSpec, context_length: int) ->
                         tool_mode=mode)
     if kind == "tokenize":  # reports the count, so no context bound
         if req.messages is not None:
-            ids = _template(spec).render_ids([m.for_template() for m in req.messages], None,
-                                             add_generation_prompt=req.add_generation_prompt)
+            # as vLLM: the rendered text is encoded without the tokenizer's specials unless
+            # add_special_tokens is set explicitly
+            text = _template(spec).render_text(
+                [m.for_template() for m in req.messages],
+                [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools or ()] or None,
+                add_generation_prompt=req.add_generation_prompt,
+                continue_final_message=req.continue_final_message,
+                kwargs=req.chat_template_kwargs)
+            ids = tokenizer.encode(text, add_special_tokens="add_special_tokens" in
+                                   req.model_fields_set and req.add_special_tokens)
         else:
             ids = tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
         return Prepared(req, [ids])

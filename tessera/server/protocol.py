@@ -109,6 +109,9 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool = False
     best_of: int | None = None
+    # vLLM's extra: each choice carries `prompt_logprobs`, per prompt token a dict of the top
+    # alternatives plus the token itself (the first token: null); not on streamed responses
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     @model_validator(mode="after")
     def _check_unsupported(self) -> CompletionRequest:
@@ -116,6 +119,8 @@ class CompletionRequest(SamplingFields):
             raise ValueError("max_tokens must be >= 1 (0 is allowed only with echo)")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of must equal n when given (best_of > n is not supported)")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not supported with stream")
         return self
 
 
@@ -218,6 +223,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # vLLM's, as on completions
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -232,6 +238,8 @@ class ChatCompletionRequest(SamplingFields):
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not supported with stream")
         if self.continue_final_message and self.add_generation_prompt:
             if "add_generation_prompt" in self.model_fields_set:
                 raise ValueError("continue_final_message and add_generation_prompt cannot both "
@@ -301,12 +309,23 @@ class TokenizeRequest(_Strict):
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[Tool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt or messages: give exactly one of them")
+        if self.continue_final_message:
+            if self.messages is None or self.messages[-1].role != "assistant":
+                raise ValueError("continue_final_message needs messages whose last one is the "
+                                 "assistant's")
+            if "add_generation_prompt" in self.model_fields_set and self.add_generation_prompt:
+                raise ValueError("continue_final_message and add_generation_prompt cannot both "
+                                 "be true")
+            self.add_generation_prompt = False
         return self
 
 

@@ -26,6 +26,8 @@ class ResponseMeta:
     stop_token_ids: frozenset[int] = frozenset()
     continuous_usage: bool = False   # stream_options.continuous_usage_stats
     token_name: TokenName = str      # how logprobs name a token (set per request)
+    echo_logprobs: bool = False      # completions: echo with logprobs
+    vllm_prompt_logprobs: bool = False  # completions: vLLM's prompt_logprobs field
 
 
 @dataclasses.dataclass
@@ -83,9 +85,10 @@ def _top_dict(name: TokenName, chosen: tuple[int, float] | None,
               top: list[tuple[int, float]]) -> dict[str, float]:
     """OpenAI completions' top_logprobs entry: the alternatives plus the chosen token (as vLLM
     reports it, so logprobs=0 still names the sampled token)."""
-    out = {name(t): lp for t, lp in top}
-    if chosen is not None:
-        out.setdefault(name(chosen[0]), chosen[1])
+    out: dict[str, float] = {}
+    for t, lp in top if chosen is None else [*top, chosen]:
+        key = name(t)   # tokens whose texts collide (lone bytes: U+FFFD) keep the best logprob
+        out[key] = max(lp, out.get(key, lp))
     return out
 
 
@@ -113,6 +116,21 @@ def echo_logprobs(name: TokenName, choice: Choice, prompt: list[int]) -> dict[st
             "token_logprobs": [None, *part["token_logprobs"]],
             "top_logprobs": [None, *part["top_logprobs"]],
             "text_offset": [0, *[o + len(first) for o in part["text_offset"]]]}
+
+
+def vllm_prompt_logprobs(name: TokenName, choice: Choice,
+                         prompt: list[int]) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first has none) a dict keyed by token id of
+    its top alternatives and the token itself, each with its logprob, rank and decoded text."""
+    out: list[dict[str, dict[str, Any]] | None] = [None]
+    for tid, (lp, top) in zip(prompt[1:], choice.prompt_logprobs or []):
+        entry = {str(t): {"logprob": v, "rank": r, "decoded_token": name(t)}
+                 for r, (t, v) in enumerate(top, start=1)}
+        if str(tid) not in entry:
+            rank = 1 + sum(1 for _, v in top if v > lp)
+            entry[str(tid)] = {"logprob": lp, "rank": rank, "decoded_token": name(tid)}
+        out.append(entry)
+    return out
 
 
 def merge_logprobs(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
