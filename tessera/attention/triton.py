@@ -65,6 +65,18 @@ def _multiprocessor_count(device: torch.device) -> int:
     return int(getattr(props, "multi_processor_count", 64))
 
 
+def decode_target_programs(device: torch.device) -> int:
+    """Programs a decode launch aims for: DECODE_WAVES waves of the device's SMs."""
+    return DECODE_WAVES * _multiprocessor_count(device)
+
+
+def decode_split_count(target_programs: int, batch_size: int, programs_per_split: int) -> int:
+    """Key-range splits per request for a decode batch of this size (fixed per graph): enough
+    programs for `target_programs`, at most MAX_DECODE_SPLITS."""
+    wanted = triton.cdiv(target_programs, max(1, batch_size) * programs_per_split)
+    return max(1, min(MAX_DECODE_SPLITS, wanted))
+
+
 @dataclasses.dataclass
 class _DecodeMetadata:
     batch_size: int
@@ -101,14 +113,13 @@ class TritonAttentionBackend(AttentionBackend):
                              f"{self.num_kv_heads}")
         self.device = self.kv_pool.device
         self._programs_per_split = decode_head_programs(num_heads, self.num_kv_heads)
-        self._target_programs = DECODE_WAVES * _multiprocessor_count(self.device)
+        self._target_programs = decode_target_programs(self.device)
         self._allocate_decode_workspace()
 
     # ---- decode workspace -----------------------------------------------------------------------
     def decode_num_splits(self, batch_size: int) -> int:
         """Key-range splits per request for a decode batch of this size (fixed per graph)."""
-        wanted = triton.cdiv(self._target_programs, max(1, batch_size) * self._programs_per_split)
-        return max(1, min(MAX_DECODE_SPLITS, wanted))
+        return decode_split_count(self._target_programs, batch_size, self._programs_per_split)
 
     def _allocate_decode_workspace(self) -> None:
         """One fp32 workspace for every batch size, allocated once so graphs can keep its address.

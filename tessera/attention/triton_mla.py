@@ -28,9 +28,13 @@ import dataclasses
 import math
 
 import torch
-import triton
 
 from tessera.attention.base import AttentionBackend, AttentionSupport
+from tessera.attention.triton import (
+    MIN_KEYS_PER_SPLIT,
+    decode_split_count,
+    decode_target_programs,
+)
 from tessera.attention.triton_ops.mla_decode import (
     mla_decode_attention,
     mla_decode_head_programs,
@@ -41,22 +45,6 @@ from tessera.attention.triton_ops.mla_extend import mla_extend_attention
 from tessera.cache.kv_pool import MLAKVPool, ReqToTokenPool
 from tessera.cache.spec import MLASpec
 from tessera.forward.batch import ForwardBatch, ForwardMode
-
-# Split-K policy for decode, as the MHA backend's (tessera.attention.triton): enough (request,
-# head block, split) programs for this many waves of the device's SMs, at most MAX_DECODE_SPLITS
-# splits, and (on the device, per request) at least MIN_KEYS_PER_SPLIT keys per split.
-DECODE_WAVES = 2
-MAX_DECODE_SPLITS = 16
-MIN_KEYS_PER_SPLIT = 64
-
-
-def _multiprocessor_count(device: torch.device) -> int:
-    """SMs of the device (CUDA; MUSA's torch_musa mirrors the API); a small fixed number on CPU,
-    where the kernels only run interpreted in tests."""
-    if device.type == "cpu":
-        return 4
-    props = torch.get_device_module(device.type).get_device_properties(device)
-    return int(getattr(props, "multi_processor_count", 64))
 
 
 @dataclasses.dataclass
@@ -84,14 +72,14 @@ class TritonMLABackend(AttentionBackend):
         self.kv_lora_rank, self.rope_dim = spec.kv_lora_rank, spec.rope_dim
         self.device = kv_pool.device
         self._programs_per_split = mla_decode_head_programs(num_heads)
-        self._target_programs = DECODE_WAVES * _multiprocessor_count(self.device)
+        self._target_programs = decode_target_programs(self.device)
         self._allocate_decode_workspace()
 
     # ---- decode workspace -----------------------------------------------------------------------
     def decode_num_splits(self, batch_size: int) -> int:
-        """Key-range splits per request for a decode batch of this size (fixed per graph)."""
-        wanted = triton.cdiv(self._target_programs, max(1, batch_size) * self._programs_per_split)
-        return max(1, min(MAX_DECODE_SPLITS, wanted))
+        """Key-range splits per request for a decode batch of this size (fixed per graph): the
+        MHA backend's split-K policy (tessera.attention.triton)."""
+        return decode_split_count(self._target_programs, batch_size, self._programs_per_split)
 
     def _allocate_decode_workspace(self) -> None:
         """One fp32 workspace for every batch size, allocated once so graphs keep its address.
