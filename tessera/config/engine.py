@@ -55,7 +55,11 @@ class SchedulerConfig:
                                            "chunking off (default: from the device's memory: "
                                            "8192 at >= 60 GiB, 4096 at >= 24 GiB, else 2048; "
                                            "2048 on CPU)", type_=int)
-    max_running_requests: int = cfg(256, "cap on requests running at once")
+    max_running_requests: int | None = cfg(None, "cap on requests running at once (default: "
+                                           "from the KV pool, one request per 256 of its "
+                                           "tokens, at most the largest decode graph batch "
+                                           "(--cuda-graph-max-bs) or 256 without decode graphs; "
+                                           "see auto_max_running_requests)", type_=int)
     max_prefill_tokens: int = cfg(16384, "max tokens prefilled in one batch")
     init_new_token_ratio: float = cfg(0.7, "share of a running request's remaining output "
                                       "budget admission reserves KV for, at start and after "
@@ -284,7 +288,7 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
                          f"--init-new-token-ratio ({sched.init_new_token_ratio}) <= 1")
     if sched.new_token_ratio_decay_steps < 1:
         raise ValueError("--new-token-ratio-decay-steps must be >= 1")
-    if sched.max_running_requests < 1:
+    if sched.max_running_requests is not None and sched.max_running_requests < 1:
         raise ValueError("--max-running-requests must be >= 1")
     if sched.max_prefill_tokens < 1:
         raise ValueError("--max-prefill-tokens must be >= 1")
@@ -358,6 +362,37 @@ def resolve_engine_config(config: EngineConfig) -> EngineConfig:
                                 piecewise_cuda_graph_compiler=pcg_compiler)
     return dataclasses.replace(config, load=load, backend=backend, graph=graph, scheduler=sched,
                                resolved=True)
+
+
+# admitting more requests than the KV pool holds at this many tokens each only has them wait on
+# each other's KV (and be retracted)
+AUTO_TOKENS_PER_REQUEST = 256
+
+
+def max_running_requests_cap(sched: SchedulerConfig, graph: GraphConfig) -> int:
+    """The most requests that may run at once, before the KV pool is sized: the value given, or
+    the ceiling of the automatic choice (the largest decode batch with a graph, so every decode
+    step replays one; 256 without decode graphs)."""
+    if sched.max_running_requests is not None:
+        return sched.max_running_requests
+    if graph.disable_cuda_graph:
+        return 256
+    return max(graph.cuda_graph_bs) if graph.cuda_graph_bs else graph.cuda_graph_max_bs
+
+
+def auto_max_running_requests(kv_tokens: int, sched: SchedulerConfig,
+                              graph: GraphConfig) -> tuple[int, str]:
+    """Requests that may run at once when --max-running-requests is not given, and why: one per
+    AUTO_TOKENS_PER_REQUEST tokens of the KV pool (a small pool holds few requests; more would
+    only be retracted), at most `max_running_requests_cap` (decode batches beyond the largest
+    graph would run eagerly, launch-bound)."""
+    cap = max_running_requests_cap(sched, graph)
+    by_pool = max(1, kv_tokens // AUTO_TOKENS_PER_REQUEST)
+    if by_pool < cap:
+        return by_pool, (f"KV pool of {kv_tokens} tokens / {AUTO_TOKENS_PER_REQUEST} tokens "
+                         f"per request")
+    what = "no decode graphs" if graph.disable_cuda_graph else "the largest decode graph batch"
+    return cap, f"{what}; the KV pool of {kv_tokens} tokens would allow {by_pool}"
 
 
 def auto_chunked_prefill_size(platform: Any) -> tuple[int, str]:

@@ -88,6 +88,8 @@ class Engine:
         except BaseException:
             self.shutdown()
             raise
+        # the runner settles what was left to it (max_running_requests from the KV pool)
+        self.config = config = self.runner.config
         mc = self.runner.model_config
         tok_path = config.load.tokenizer_path or config.load.model_path
         self.generation_defaults = load_generation_config(config.load.model_path)

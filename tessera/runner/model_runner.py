@@ -14,7 +14,8 @@ from tessera.attention import get_attention_backend_class
 from tessera.cache.kv_cache import KVCache
 from tessera.compilation.capture_sizes import capture_sizes
 from tessera.compilation.graphs import GraphPool
-from tessera.config.engine import EngineConfig
+from tessera.config.engine import (EngineConfig, auto_max_running_requests,
+                                   max_running_requests_cap)
 from tessera.config.model import parse_dtype
 from tessera.forward.batch import ForwardBatch, ForwardMode
 from tessera.forward.context import set_forward_context
@@ -49,7 +50,8 @@ class ModelRunner:
         if not config.graph.disable_cuda_graph:
             from tessera.runner.cuda_graph_runner import decode_graph_batch_sizes
 
-            decode_graph_batch_sizes(config.graph, config.scheduler.max_running_requests,
+            decode_graph_batch_sizes(config.graph,
+                                     max_running_requests_cap(config.scheduler, config.graph),
                                      config.parallel)
         self.config = config
         self.tp_rank, self.tp_size = check_tp_world(config.parallel)
@@ -78,11 +80,19 @@ class ModelRunner:
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed,
                                 config.load.quantization)
-        self.max_running_requests = config.scheduler.max_running_requests
+        # the ceiling until the pool is sized (the CPU's pool is sized to it)
+        self.max_running_requests = max_running_requests_cap(config.scheduler, config.graph)
         self.kv_cache_spec = self.model.kv_cache_spec()
+        kv_tokens = self._kv_cache_tokens()
+        if config.scheduler.max_running_requests is None:
+            self.max_running_requests, why = auto_max_running_requests(
+                kv_tokens, config.scheduler, config.graph)
+            logger.info("max running requests auto -> %d (%s)", self.max_running_requests, why)
+            self.config = config = dataclasses.replace(config, scheduler=dataclasses.replace(
+                config.scheduler, max_running_requests=self.max_running_requests))
         # the one owner of KV memory and req_to_token; the engine hands it to the scheduler
-        self.kv_cache = KVCache(self.kv_cache_spec, self._kv_cache_tokens(),
-                                self.max_running_requests, self.context_length, self.device)
+        self.kv_cache = KVCache(self.kv_cache_spec, kv_tokens, self.max_running_requests,
+                                self.context_length, self.device)
         self.kv_cache_tokens = self.kv_cache.num_tokens
         # rank 0's scheduler writes cached prefixes into req_to_token; the plans repeat them
         self.sends_plans = self.tp_size > 1 and self.tp_rank == 0

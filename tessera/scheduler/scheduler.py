@@ -3,7 +3,8 @@
 Every running request needs the tokens `fill_ids[kv_len:]` run through the model: one token while
 decoding, the rest of its prompt while prefilling (in chunks of at most `chunked_prefill_size`).
 Each step builds one batch: unfinished prefill chunks and newly admitted requests (up to the token
-budget), plus every decoding request with its one token. A batch with no prefill work is a pure
+budget: `chunked_prefill_size` less the decoding requests' tokens), plus every decoding request with
+its one token. A batch with no prefill work is a pure
 DECODE batch (what the decode CUDA graphs capture).
 
 KV accounting invariant (checked by tests): free slots + prefix-cache slots + slots owned by running
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# prefill tokens a step may carry however many requests decode in it (see Scheduler.schedule)
+MIN_PREFILL_TOKENS_PER_STEP = 64
+
 
 @dataclasses.dataclass
 class BatchItem:
@@ -54,6 +58,9 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv_cache: KVCache, device: torch.device,
                  prefix_cache: RadixCache | None) -> None:
+        if config.max_running_requests is None:
+            raise ValueError("the scheduler needs max_running_requests settled (the ModelRunner "
+                             "picks it from the KV pool when not given)")
         self.config = config
         self.device = device
         # rows and slots come from the KV cache; this class writes only cached prefixes into
@@ -222,7 +229,15 @@ class Scheduler:
     # ---- one step -----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
         chunk = self.config.chunked_prefill_size
-        budget = chunk if chunk > 0 else max(self.config.max_prefill_tokens, 1)
+        if chunk > 0:
+            # a step's tokens stay within one chunk: the decoding requests' one token each comes
+            # first, prefill takes the rest (never less than a small floor, so admission goes on
+            # under a decode batch as large as the chunk). A step carrying decodes then runs no
+            # longer than a chunk-sized prefill, and it fits the largest piecewise graph.
+            decoding = sum(1 for r in self.running if r.seq_len - r.kv_len == 1)
+            budget = max(chunk - decoding, min(chunk, MIN_PREFILL_TOKENS_PER_STEP))
+        else:
+            budget = max(self.config.max_prefill_tokens, 1)
         prefill: list[BatchItem] = []
         # 1. requests part-way through a chunked prefill continue first
         for req in self.running:

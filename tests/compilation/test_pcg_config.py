@@ -100,3 +100,39 @@ def test_chunked_prefill_size_follows_the_device_memory():
     assert auto_chunked_prefill_size(Device(16))[0] == 2048
     assert resolve().scheduler.chunked_prefill_size == 2048  # CPU
     assert resolve(chunked_prefill_size=300).scheduler.chunked_prefill_size == 300
+
+
+def test_max_running_requests_follows_the_kv_pool():
+    from tessera.config.engine import (GraphConfig, SchedulerConfig, auto_max_running_requests,
+                                       max_running_requests_cap)
+
+    sched, graph = SchedulerConfig(), GraphConfig()
+    # a large pool: the largest decode graph batch bounds it
+    n, why = auto_max_running_requests(400_000, sched, graph)
+    assert n == 256 and "decode graph" in why
+    assert auto_max_running_requests(400_000, sched, GraphConfig(cuda_graph_max_bs=160))[0] == 160
+    assert auto_max_running_requests(400_000, sched, GraphConfig(cuda_graph_bs=[1, 2, 48]))[0] == 48
+    # a small pool: one request per 256 of its tokens, at least one
+    assert auto_max_running_requests(10_000, sched, graph) == (
+        39, "KV pool of 10000 tokens / 256 tokens per request")
+    assert auto_max_running_requests(100, sched, graph)[0] == 1
+    # given: taken as is (the runner calls auto_max_running_requests only when it is not)
+    assert max_running_requests_cap(SchedulerConfig(max_running_requests=7), graph) == 7
+    assert max_running_requests_cap(sched, graph) == 256
+    assert auto_max_running_requests(10**6, sched, GraphConfig(disable_cuda_graph=True))[0] == 256
+
+
+def test_runner_settles_max_running_requests_for_the_scheduler():
+    from tessera.engine.engine import Engine
+
+    engine = Engine(EngineConfig.from_kwargs(model_path="tiny-llama", device="cpu",
+                                             kv_cache_tokens=2048))
+    try:
+        assert engine.runner.max_running_requests == 8  # 2048 / 256
+        assert engine.config.scheduler.max_running_requests == 8
+        assert engine.scheduler.config.max_running_requests == 8
+        assert len(engine.runner.kv_cache.req_to_token_pool.free_rows) == 8  # + the padding row
+    finally:
+        engine.shutdown()
+    with pytest.raises(ValueError, match="max-running-requests must be >= 1"):
+        resolve(max_running_requests=0)

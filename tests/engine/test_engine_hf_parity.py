@@ -61,6 +61,7 @@ def test_greedy_matches_hf_under_retraction(model_and_reference, caplog):
     # 700 tokens hold only a few of these requests at once; admission told to reserve nothing
     # for their outputs (new-token ratio 0) overcommits the pool, so the scheduler must retract
     got, _, stats = _run(path, prompts, chunked_prefill_size=64, kv_cache_tokens=700,
+                         max_running_requests=16,  # more than the pool's own choice (2)
                          init_new_token_ratio=0.0, min_new_token_ratio=0.0)
     assert stats["num_retractions"] > 0
     assert any("retracted" in r.message for r in caplog.records)
