@@ -14,8 +14,7 @@ from tessera.attention import get_attention_backend_class
 from tessera.cache.kv_cache import KVCache
 from tessera.compilation.capture_sizes import capture_sizes
 from tessera.compilation.graphs import GraphPool
-from tessera.config.engine import (EngineConfig, auto_max_running_requests,
-                                   max_running_requests_cap)
+from tessera.config.engine import EngineConfig, auto_max_running_requests, max_running_requests_cap
 from tessera.config.model import parse_dtype
 from tessera.forward.batch import ForwardBatch, ForwardMode
 from tessera.forward.context import set_forward_context

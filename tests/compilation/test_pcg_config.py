@@ -103,8 +103,12 @@ def test_chunked_prefill_size_follows_the_device_memory():
 
 
 def test_max_running_requests_follows_the_kv_pool():
-    from tessera.config.engine import (GraphConfig, SchedulerConfig, auto_max_running_requests,
-                                       max_running_requests_cap)
+    from tessera.config.engine import (
+        GraphConfig,
+        SchedulerConfig,
+        auto_max_running_requests,
+        max_running_requests_cap,
+    )
 
     sched, graph = SchedulerConfig(), GraphConfig()
     # a large pool: the largest decode graph batch bounds it
