@@ -42,3 +42,25 @@ run() {
   fi
   [ "$rc" -eq 0 ] || status=1
 }
+
+# wait_healthy BASE_URL PID [TIMEOUT_S]: until BASE_URL/health answers 200 (status 0), the server
+# process PID exits, or TIMEOUT_S (default 240) seconds pass (status 1, with the reason on stderr)
+wait_healthy() {
+  "$PY" - "$1" "$2" "${3:-240}" <<'PYEOF'
+import os, sys, time, httpx
+base, pid, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("server exited during startup")
+    try:
+        if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            sys.exit(0)
+    except httpx.HTTPError:
+        pass
+    time.sleep(1)
+sys.exit(f"server not healthy after {limit:.0f} s")
+PYEOF
+}

@@ -41,10 +41,9 @@ serving)
     "$PY" -m tessera.launch_server --model-path deepseek-v2-lite --load-format dummy \
       --port "$PORT" "${flags[@]}" >"$OUT/server_$mode.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 200); do
-      curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-      sleep 1
-    done
+    if ! wait_healthy "http://127.0.0.1:$PORT" "$pid" 200; then
+      tail -30 "$OUT/server_$mode.log"; status=1; continue
+    fi
     run "serving_$mode" 200 "$PY" -m tessera.bench.serving --port "$PORT" --num-prompts 500 \
       --random-input-len 1024 --random-output-len 512 --random-range-ratio 0 \
       --output-file "$OUT/serving_dsv2lite_$mode.json"

@@ -49,23 +49,7 @@ start_server() {
   "$PY" -m tessera.launch_server "${MODEL[@]}" --port "$PORT" "$@" \
     >"$OUT/server_$name.log" 2>&1 &
   SERVER_PID=$!
-  if ! "$PY" - "$BASE" "$SERVER_PID" <<'EOF'; then
-import os, sys, time, httpx
-base, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 240
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("server exited during startup")
-    try:
-        if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-            sys.exit(0)
-    except httpx.HTTPError:
-        pass
-    time.sleep(1)
-sys.exit("server not healthy after 240 s")
-EOF
+  if ! wait_healthy "$BASE" "$SERVER_PID"; then
     say "server $name failed to start; its log:"
     tail -n 40 "$OUT/server_$name.log" | tee -a "$LOG"
     return 1

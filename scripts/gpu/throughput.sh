@@ -24,20 +24,7 @@ BASE="http://127.0.0.1:$PORT"
   ${SERVER_FLAGS:-} >"$OUT/throughput_server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; sleep 5; kill -KILL $SERVER_PID 2>/dev/null' EXIT
-"$PY" - "$BASE" "$SERVER_PID" <<'PYEOF' || { tail -30 "$OUT/throughput_server.log"; exit 1; }
-import os, sys, time, httpx
-base, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 240
-while time.monotonic() < deadline:
-    os.kill(pid, 0)
-    try:
-        if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-            sys.exit(0)
-    except httpx.HTTPError:
-        pass
-    time.sleep(1)
-sys.exit("server not healthy after 240 s")
-PYEOF
+wait_healthy "$BASE" "$SERVER_PID" || { tail -30 "$OUT/throughput_server.log"; exit 1; }
 echo "server up after ${SECONDS}s" | tee -a "$SUMMARY"
 grep -E "chunked prefill|KV cache|graph" "$OUT/throughput_server.log" | head -8 | tee -a "$SUMMARY"
 PROF=()
