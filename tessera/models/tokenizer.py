@@ -20,6 +20,7 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+    def pieces(self, ids: list[int]) -> list[str]: ...
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str: ...
 
 
@@ -66,6 +67,11 @@ class ByteTokenizer:
                 out.append(33 + t % 94)
         return out.decode("utf-8", errors="replace")
 
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Each id's vocabulary entry: its byte as text (a lone non-ASCII byte is U+FFFD), a
+        special token's name."""
+        return [self.decode([t], skip_special_tokens=False) for t in ids]
+
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         import jinja2
 
@@ -87,6 +93,11 @@ class HFTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Each id's vocabulary entry as the tokenizer spells it ("Ġword", "▁word"), not its
+        decoded text (vLLM's /tokenize token_strs)."""
+        return self.tok.convert_ids_to_tokens(ids)
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         """The tokenizer's own template; none is an error, not a silent ChatML (which would

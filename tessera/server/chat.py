@@ -82,11 +82,7 @@ def output_constraint(req: ChatCompletionRequest, mode: ToolMode
         assert fmt.json_schema is not None
         given.append(("response_format", ("json_schema", json.dumps(
             fmt.json_schema.schema_ or {"type": "object"}))))
-    for name in ("json_schema", "regex", "ebnf"):
-        value = getattr(req, name)
-        if value is not None:
-            text = value if isinstance(value, str) else json.dumps(value)
-            given.append((name, (name, text)))
+    given += req.extra_constraints()
     if len(given) > 1:
         names = " and ".join(g[0] for g in given)
         raise bad_request(f"{names}: only one output constraint per request", given[1][0])

@@ -201,7 +201,7 @@ async def tokenize(request: Request) -> Response:
     ids = prep.prompts[0]
     body: dict[str, Any] = {"tokens": ids, "count": len(ids),
                             "max_model_len": state.info["context_length"]}
-    body["token_strs"] = [state.token_str(t) for t in ids] if req.return_token_strs else None
+    body["token_strs"] = state.tokenizer.pieces(ids) if req.return_token_strs else None
     return JSONResponse(body)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -100,15 +99,11 @@ def check_constraint(state: ServerState, constraint: tuple[str, str] | None,
 
 
 def _extras_constraint(req: CompletionRequest) -> tuple[str, tuple[str, str]] | None:
-    given = [(name, getattr(req, name)) for name in ("json_schema", "regex", "ebnf")
-             if getattr(req, name) is not None]
+    given = req.extra_constraints()
     if len(given) > 1:
         raise bad_request(f"{given[0][0]} and {given[1][0]}: only one output constraint per "
                           "request", given[1][0])
-    if not given:
-        return None
-    name, value = given[0]
-    return name, (name, value if isinstance(value, str) else json.dumps(value))
+    return given[0] if given else None
 
 
 # ---- endpoints ------------------------------------------------------------------------------------
@@ -209,7 +204,9 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
                         state.model_name, [len(p) for p in prompts], params.n, chat, prompts,
                         echo_texts=echo_texts or [],
                         stop_token_ids=frozenset(params.stop_token_ids),
-                        continuous_usage=options is not None and options.continuous_usage_stats,
+                        # vLLM's rule: usage on every chunk only along with the final one
+                        continuous_usage=options is not None and options.include_usage
+                        and options.continuous_usage_stats,
                         token_name=_token_id_name if req.return_tokens_as_token_ids
                         else state.token_str,
                         echo_logprobs=not chat and req.echo and req.logprobs is not None,
@@ -234,6 +231,10 @@ async def _serve(state: ServerState, request: Request, req: CompletionRequest |
     body = {"id": meta.id, "object": meta.object, "created": meta.created, "model": meta.model,
             "choices": [_final_choice(state, meta, c) for c in choices],
             "usage": usage(meta, choices)}
+    if chat:  # vLLM's prompt_logprobs sits on a chat response (one prompt); null unless asked
+        body["prompt_logprobs"] = (vllm_prompt_logprobs(meta.token_name, choices[0],
+                                                        meta.prompts[0])
+                                   if meta.vllm_prompt_logprobs else None)
     return JSONResponse(body)
 
 
@@ -252,13 +253,10 @@ def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str
     if meta.chat:
         c.chat.feed(c.text)
         c.chat.finish()
-        out = {"index": c.index, "message": c.chat.message(),
-               "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
-                                         c.top_logprobs) if want_lp else None,
-               "finish_reason": _finish_reason(c), **c.stop_fields(meta)}
-        if meta.vllm_prompt_logprobs:
-            out["prompt_logprobs"] = vllm_prompt_logprobs(meta.token_name, c, meta.prompts[0])
-        return out
+        return {"index": c.index, "message": c.chat.message(),
+                "logprobs": chat_logprobs(meta.token_name, c.token_ids, c.logprobs,
+                                          c.top_logprobs) if want_lp else None,
+                "finish_reason": _finish_reason(c), **c.stop_fields(meta)}
     text, lp = c.text, None
     if meta.echo_texts:
         prompt = meta.prompts[c.index // meta.n]
@@ -268,12 +266,11 @@ def _final_choice(state: ServerState, meta: ResponseMeta, c: Choice) -> dict[str
     if want_lp:
         lp = merge_logprobs(lp, completion_logprobs(meta.token_name, c, c.token_ids,
                                                     c.logprobs, c.top_logprobs))
-    out = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
-           **c.stop_fields(meta)}
-    if meta.vllm_prompt_logprobs:
-        out["prompt_logprobs"] = vllm_prompt_logprobs(meta.token_name, c,
-                                                      meta.prompts[c.index // meta.n])
-    return out
+    # vLLM's prompt_logprobs: null unless asked for (vLLM always sends the field)
+    plp = (vllm_prompt_logprobs(meta.token_name, c, meta.prompts[c.index // meta.n])
+           if meta.vllm_prompt_logprobs else None)
+    return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason,
+            **c.stop_fields(meta), "prompt_logprobs": plp}
 
 
 async def _sse(state: ServerState, request: Request, stream: RequestStream, meta: ResponseMeta,
@@ -283,9 +280,12 @@ async def _sse(state: ServerState, request: Request, stream: RequestStream, meta
     try:
         if meta.chat:  # OpenAI opens every chat choice with a role-only delta, one per chunk
             for c in choices:   # (clients that read choices[0] of each chunk see every index)
-                yield sse_event({**head, "choices": [
+                opening = {**head, "choices": [
                     {"index": c.index, "delta": {"role": "assistant", "content": ""},
-                     "logprobs": None, "finish_reason": None}]})
+                     "logprobs": None, "finish_reason": None}]}
+                if meta.continuous_usage:  # every chunk has it, the opening ones too
+                    opening["usage"] = usage(meta, choices)
+                yield sse_event(opening)
         started: set[int] = set()
         async with contextlib.aclosing(outputs(state, request, stream)) as outs:
             async for out in outs:

@@ -52,6 +52,10 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt_cache_key": (_is_none, "prefix caching is automatic, without keys"),
     "safety_identifier": (_is_none, "safety identifiers are not supported"),
     "suffix": (lambda v: not v, "suffix (insertion) is not supported"),
+    # extras of SGLang / vLLM that tessera does not implement (their peers' tests send them)
+    "stop_regex": (lambda v: not v, "regex stops are not supported; use stop or stop_token_ids"),
+    "allowed_token_ids": (_is_none, "use logit_bias or a guided_choice / regex constraint"),
+    "use_beam_search": (lambda v: v in (None, False), "beam search is not supported"),
 }
 
 
@@ -72,7 +76,8 @@ class SamplingFields(_Strict):
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    # a 64-bit integer, as OpenAI documents it (and vLLM checks)
+    seed: Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: str | None = None
@@ -91,12 +96,44 @@ class SamplingFields(_Strict):
     json_schema: str | dict[str, Any] | None = None
     regex: str | None = None
     ebnf: str | None = None
+    # the same constraints under vLLM's names; guided_choice: the output is one of the strings
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    guided_choice: Annotated[list[Annotated[str, Field(min_length=1)]],
+                             Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
+
+    def extra_constraints(self) -> list[tuple[str, tuple[str, str]]]:
+        """(the field that set it, (grammar kind, text)) of each output constraint given through
+        SGLang's or vLLM's extra fields, in field order."""
+        given = []
+        for name, kind in _CONSTRAINT_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name == "guided_choice":
+                value = "|".join(f"({_regex_literal(c)})" for c in value)
+            given.append((name, (kind, value if isinstance(value, str) else json.dumps(value))))
+        return given
+
+
+# request field -> the SamplingParams grammar it sets
+_CONSTRAINT_FIELDS = (("json_schema", "json_schema"), ("regex", "regex"), ("ebnf", "ebnf"),
+                      ("guided_json", "json_schema"), ("guided_regex", "regex"),
+                      ("guided_grammar", "ebnf"), ("guided_choice", "regex"))
+_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def _regex_literal(text: str) -> str:
+    """`text` as a regex that matches exactly it (re.escape also escapes characters such as # and
+    space, which are not escapes every grammar backend's regex dialect knows)."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
 
 
 Prompt = (str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]

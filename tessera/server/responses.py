@@ -27,7 +27,7 @@ class ResponseMeta:
     continuous_usage: bool = False   # stream_options.continuous_usage_stats
     token_name: TokenName = str      # how logprobs name a token (set per request)
     echo_logprobs: bool = False      # completions: echo with logprobs
-    vllm_prompt_logprobs: bool = False  # completions: vLLM's prompt_logprobs field
+    vllm_prompt_logprobs: bool = False  # vLLM's prompt_logprobs (chat: on the response)
 
 
 @dataclasses.dataclass

@@ -79,7 +79,9 @@ class ServerState:
         return None
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model not in (self.model_name, self.info["model_path"]):
+        """A 400 for a model this server does not serve; absent or "" (as vLLM takes it, for
+        clients that must send the field) means the served one."""
+        if model and model not in (self.model_name, self.info["model_path"]):
             raise APIError(400, f"model '{model}' does not exist; this server serves "
                            f"'{self.model_name}' (see /v1/models)", "model", "model_not_found")
 

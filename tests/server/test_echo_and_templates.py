@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import httpx
 import openai
 import pytest
 import torch
@@ -53,6 +54,18 @@ def hf_prompt_logprobs(hf, text: str) -> tuple[list[int], list[float]]:
         logits = model(torch.tensor([ids])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return ids, [float(logprobs[i, ids[i + 1]]) for i in range(len(ids) - 1)]
+
+
+def test_tokenize_token_strs_are_the_vocabulary_pieces(server, hf):
+    """vLLM's /tokenize token_strs: each id's vocabulary entry as the tokenizer spells it (byte-level
+    BPE's "Ġ" for a space), not its decoded text."""
+    _, tok = hf
+    text = "héllo wörld, one two"
+    out = httpx.post(f"{server.base_url}/tokenize", timeout=30,
+                     json={"prompt": text, "return_token_strs": True}).json()
+    assert out["tokens"] == tok.encode(text)
+    assert out["token_strs"] == tok.convert_ids_to_tokens(out["tokens"])
+    assert any(s.startswith("Ġ") for s in out["token_strs"])
 
 
 @pytest.mark.parametrize("max_tokens", [0, 1])
