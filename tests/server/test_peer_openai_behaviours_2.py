@@ -157,13 +157,17 @@ def test_bad_guided_fields_are_400s(server, path, body, extra, param):
 @pytest.mark.parametrize("field,value", [("stop_regex", r"and|or"),
                                          ("stop_regex", [r"\."]),
                                          ("allowed_token_ids", [1, 2, 3]),
-                                         ("use_beam_search", True)])
+                                         ("use_beam_search", True),
+                                         ("guided_decoding_backend", "outlines"),
+                                         ("guided_whitespace_pattern", r"[\n ]*"),
+                                         ("structured_outputs", {"regex": "a+"})])
 def test_unimplemented_peer_extras_are_refused(server, path, body, field, value):
     _error(_post(server, path, {**body, field: value, "max_tokens": 4}), field)
 
 
 def test_their_no_op_values_are_accepted(server):
-    for extra in ({"stop_regex": None}, {"use_beam_search": False}, {"allowed_token_ids": None}):
+    for extra in ({"stop_regex": None}, {"use_beam_search": False}, {"allowed_token_ids": None},
+                  {"guided_decoding_backend": "xgrammar"}):
         r = _post(server, "/v1/completions", {"prompt": "x", "max_tokens": 2, **extra})
         assert r.status_code == 200, (extra, r.text)
 
