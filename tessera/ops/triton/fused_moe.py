@@ -17,6 +17,8 @@ GEMVs of tessera.ops.triton.fused_moe_small run instead (unless a config is pass
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -104,15 +106,37 @@ def _moe_down_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, sorted_ids_ptr, expert_
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
 
 
-def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, config: MoEKernelConfig | None = None) -> torch.Tensor:
-    """The routed experts' output [T, H] (see tessera.ops.moe for the formula)."""
+class MoEDims(NamedTuple):
+    num_tokens: int
+    hidden: int
+    num_experts: int
+    inter: int
+    top_k: int
+
+
+def moe_dims(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+             topk_ids: torch.Tensor) -> MoEDims:
+    """The problem's sizes, checked: x [T, H], w13 [E, 2I, H], w2 [E, H, I], topk_ids [T, K]."""
     num_tokens, hidden = x.shape
     num_experts, two_n, _ = w13.shape
     inter = two_n // 2
-    top_k = topk_ids.shape[1]
     assert w13.shape[2] == hidden and w2.shape == (num_experts, hidden, inter), (
         f"expert weights {tuple(w13.shape)} / {tuple(w2.shape)} do not fit hidden {hidden}")
+    return MoEDims(num_tokens, hidden, num_experts, inter, topk_ids.shape[1])
+
+
+def sorted_routing(topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
+                   block_m: int) -> tuple[torch.Tensor, ...]:
+    """What the grouped kernels read: the pairs' routing weights (fp32, flat), and the pairs
+    sorted by expert into blocks of block_m (sorted_ids, expert_ids, num_padded)."""
+    weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
+    return (weights, *moe_align_block_size(topk_ids, num_experts, block_m))
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor, config: MoEKernelConfig | None = None) -> torch.Tensor:
+    """The routed experts' output [T, H] (see tessera.ops.moe for the formula)."""
+    num_tokens, hidden, num_experts, inter, top_k = moe_dims(x, w13, w2, topk_ids)
     if num_tokens == 0:
         return x.new_zeros((0, hidden))
     if config is None and num_tokens * top_k <= SMALL_BATCH_MAX_PAIRS:
@@ -120,8 +144,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     cfg = config or get_moe_config(num_tokens, num_experts, inter, hidden, top_k)
     x = x if x.stride(-1) == 1 else x.contiguous()
     w13, w2 = w13.contiguous(), w2.contiguous()
-    weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
-    sorted_ids, expert_ids, num_padded = moe_align_block_size(topk_ids, num_experts, cfg.block_m)
+    weights, sorted_ids, expert_ids, num_padded = sorted_routing(topk_weights, topk_ids,
+                                                                 num_experts, cfg.block_m)
     num_pairs = num_tokens * top_k
     ieee = x.dtype == torch.float32
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
@@ -140,4 +164,4 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     return down.view(num_tokens, top_k, hidden).sum(dim=1)
 
 
-__all__ = ["fused_moe"]
+__all__ = ["MoEDims", "fused_moe", "moe_dims", "sorted_routing"]

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.ops.moe import moe_align_block_size
 from tessera.ops.triton.fp8_quant import per_token_group_quant_fp8
+from tessera.ops.triton.fused_moe import moe_dims, sorted_routing
 from tessera.ops.triton.moe_config import MoEKernelConfig, get_moe_config
 
 
@@ -124,12 +124,7 @@ def fused_moe_fp8(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                   topk_weights: torch.Tensor, topk_ids: torch.Tensor, block_n: int, block_k: int,
                   fp8_dot: bool = True, config: MoEKernelConfig | None = None) -> torch.Tensor:
     """The routed experts' output [T, H] in x's dtype (formats: the module docstring)."""
-    num_tokens, hidden = x.shape
-    num_experts, two_n, _ = w13.shape
-    inter = two_n // 2
-    top_k = topk_ids.shape[1]
-    assert w13.shape[2] == hidden and w2.shape == (num_experts, hidden, inter), (
-        f"expert weights {tuple(w13.shape)} / {tuple(w2.shape)} do not fit hidden {hidden}")
+    num_tokens, hidden, num_experts, inter, top_k = moe_dims(x, w13, w2, topk_ids)
     assert inter % block_n == 0 and hidden % block_k == 0 and inter % block_k == 0, (
         f"block-FP8 experts need I ({inter}) and H ({hidden}) in whole [{block_n}, {block_k}] "
         f"blocks")
@@ -140,8 +135,8 @@ def fused_moe_fp8(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     x_q, x_s = per_token_group_quant_fp8(x, block_k)
     w13, w2 = w13.contiguous(), w2.contiguous()
     w13_s, w2_s = w13_scale_inv.contiguous(), w2_scale_inv.contiguous()
-    weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
-    sorted_ids, expert_ids, num_padded = moe_align_block_size(topk_ids, num_experts, cfg.block_m)
+    weights, sorted_ids, expert_ids, num_padded = sorted_routing(topk_weights, topk_ids,
+                                                                 num_experts, cfg.block_m)
     num_pairs = num_tokens * top_k
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     act = torch.empty((num_pairs, inter), dtype=x.dtype, device=x.device)
