@@ -59,13 +59,20 @@ class _InFlight:
     logprobs: torch.Tensor | None
     top_logprobs: tuple[torch.Tensor, torch.Tensor] | None
     event: Any                        # recorded after the copies; None on the CPU
+
+
+@dataclasses.dataclass
+class _Forwarded:
+    """A launched forward whose next tokens are not sampled yet."""
+    reqs: list[Request]               # the requests that sample, in row order
+    logits: torch.Tensor              # [len(reqs), vocab]
+    greedy: torch.Tensor | None       # the model's own argmax rows, where it gives them
     needs_history: bool               # some request samples from its output history
-                                      # (penalties, grammars)
 
 
 def _uses_history(req: Request) -> bool:
-    """Penalties and grammars read the output so far: such a request's next step waits for its
-    last token."""
+    """Penalties and grammars read the output so far: such a request's sampling waits for its
+    last token (its forward does not)."""
     params = req.params
     return (req.grammar is not None or params.repetition_penalty != 1.0
             or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0)
@@ -242,21 +249,28 @@ class Engine:
         computes the step before. A decoding request's next input is its pending token, taken on
         the device (`Scheduler._forward_batch`). Finish checks (EOS, stop strings) then run one
         step late: a request that finished still ran one more step, whose token is dropped.
-        Length limits are known ahead and never cost the extra step. Batches whose sampling needs
-        the exact output history (penalties) read the step before first.
+        Length limits are known ahead and never cost the extra step. A batch whose sampling needs
+        the exact output history (penalties, grammars) is forwarded first too; the step before is
+        read while that forward runs (grammars accept its tokens, then fill this step's masks),
+        and only then is the batch sampled.
         """
         self._pending_finished += self.scheduler.take_failed()
         outputs = [self._output(req, [], [], []) for req in self._pending_finished]
         self._pending_finished = []
         previous = self._in_flight
         self._in_flight = None
-        if previous is not None and (not self.overlap or previous.needs_history):
+        if previous is not None and not self.overlap:
             outputs += self._process(previous)
             previous = None
         batch = self.scheduler.schedule()
-        launched = self._launch(batch) if batch is not None else None
+        forwarded = self._forward(batch) if batch is not None else None
+        launched = None
+        if forwarded is not None and not forwarded.needs_history:
+            launched, forwarded = self._sample(forwarded), None
         if previous is not None:
             outputs += self._process(previous)
+        if forwarded is not None:
+            launched = self._sample(forwarded)
         if launched is not None:
             if self.overlap:
                 self._in_flight = launched
@@ -264,8 +278,8 @@ class Engine:
                 outputs += self._process(launched)
         return outputs
 
-    def _launch(self, batch: ScheduledBatch) -> _InFlight | None:
-        """Forward and sample `batch`; the tokens are copied to the host without waiting."""
+    def _forward(self, batch: ScheduledBatch) -> _Forwarded | None:
+        """Launch `batch`'s forward; None when no request samples in it (prefill chunks only)."""
         out = self.runner.forward(batch.forward_batch)
         logits, greedy = out.next_token_logits, out.greedy_tokens
         if out.all_logits is not None:
@@ -281,16 +295,20 @@ class Engine:
         if len(rows) != logits.shape[0]:
             logits = logits[rows]
             greedy = greedy[rows] if greedy is not None else None
-        needs_history = any(_uses_history(r) for r in reqs)
+        return _Forwarded(reqs, logits, greedy, any(_uses_history(r) for r in reqs))
+
+    def _sample(self, fwd: _Forwarded) -> _InFlight:
+        """Sample a forwarded batch; the tokens are copied to the host without waiting."""
+        reqs, logits = fwd.reqs, fwd.logits
         info = SamplingBatchInfo.build(
             params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
             step_ids=[len(r.output_ids) + r.pending_tokens for r in reqs],
-            output_ids=[r.output_ids for r in reqs] if needs_history else None,
-            prompt_ids=[r.prompt_ids for r in reqs] if needs_history else None,
+            output_ids=[r.output_ids for r in reqs] if fwd.needs_history else None,
+            prompt_ids=[r.prompt_ids for r in reqs] if fwd.needs_history else None,
             vocab_size=logits.shape[-1], device=logits.device,
             eos_token_ids=sorted(self.eos_token_ids))
         info.token_bitmask = self._grammar_bitmask(reqs, logits.device)
-        result = self.sampler.sample(logits, info, greedy_tokens=greedy)
+        result = self.sampler.sample(logits, info, greedy_tokens=fwd.greedy)
         for j, req in enumerate(reqs):
             req.pending_tokens += 1
             req.pending_source = (result.token_ids, j)
@@ -298,17 +316,17 @@ class Engine:
         (tokens, logprobs, top_vals, top_ids), copied = to_host_async(
             self.runner.platform, result.token_ids, result.logprobs, *top)
         return _InFlight(reqs, tokens, logprobs,
-                         None if result.top_logprobs is None else (top_vals, top_ids),
-                         copied, needs_history)
+                         None if result.top_logprobs is None else (top_vals, top_ids), copied)
 
     def _grammar_bitmask(self, reqs: list[Request], device: torch.device) -> torch.Tensor | None:
         """The batch's token bitmask when some request follows a grammar (None otherwise).
 
         Filled on the host after the forward was launched, so the matchers' work overlaps the
-        device's; each grammar request already accepted its last token (`_uses_history` made
-        the step before finish first). A request still reasoning keeps its row all-ones."""
+        device's; each grammar request already accepted its last token (`_step` read the step
+        before first). A request still reasoning keeps its row all-ones, and so does one that
+        finished meanwhile (its token is dropped)."""
         rows = [(j, r.grammar) for j, r in enumerate(reqs)
-                if r.grammar is not None and not r.grammar.reasoning]
+                if r.grammar is not None and not r.grammar.reasoning and not r.finished]
         if not rows or self.grammar_backend is None:
             return None
         bitmask = self.grammar_backend.new_bitmask(len(reqs), pin=device.type != "cpu")

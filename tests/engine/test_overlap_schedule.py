@@ -124,3 +124,20 @@ def test_next_step_is_launched_before_the_last_is_read(monkeypatch) -> None:
         engine.step()
     # prefill launched; decode 1 launched, prefill read; ... the last step read alone
     assert order == ["launch", "launch", "read", "launch", "read", "launch", "read", "read"]
+
+
+def test_history_batches_forward_before_the_last_step_is_read(monkeypatch) -> None:
+    """A penalty (or grammar) needs the last token to sample, not to run the forward: the next
+    forward is launched first, the step before is read while it runs, then the batch samples."""
+    engine = _engine(True)
+    order = []
+    forward, process, sample = engine.runner.forward, engine._process, engine._sample
+    monkeypatch.setattr(engine.runner, "forward", lambda b: (order.append("launch"), forward(b))[1])
+    monkeypatch.setattr(engine, "_process", lambda s: (order.append("read"), process(s))[1])
+    monkeypatch.setattr(engine, "_sample", lambda f: (order.append("sample"), sample(f))[1])
+    engine.add_request([5, 6, 7], SamplingParams(temperature=0.0, max_new_tokens=3,
+                                                 ignore_eos=True, frequency_penalty=0.5))
+    while engine.has_unfinished():
+        engine.step()
+    assert order == ["launch", "sample", "launch", "read", "sample", "launch", "read", "sample",
+                     "read"]
