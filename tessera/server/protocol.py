@@ -57,11 +57,11 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "allowed_token_ids": (_is_none, "use logit_bias or a guided_choice / regex constraint"),
     "use_beam_search": (lambda v: v in (None, False), "beam search is not supported"),
     "guided_decoding_backend": (lambda v: v in (None, "auto", "xgrammar"),
-                                "guided_* constraints run on the server's grammar backend "
-                                "(xgrammar); no other can be chosen per request"),
+                                ("guided_* constraints run on the server's grammar backend "
+                                 "(xgrammar); no other can be chosen per request")),
     "guided_whitespace_pattern": (_is_none, "the JSON grammar's whitespace is fixed"),
-    "structured_outputs": (_is_none, "use response_format or guided_json / guided_regex / "
-                                     "guided_grammar / guided_choice"),
+    "structured_outputs": (_is_none, ("use response_format or guided_json / guided_regex / "
+                                      "guided_grammar / guided_choice")),
 }
 
 
