@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mixture-of-experts on one GPU (issue 26's figures), in two parts that each fit one device call:
+# Mixture-of-experts on one GPU (issue 26's figures), in parts that each fit one device call:
 #   PART=kernels: the GPU tests of the MoE path (fused MoE kernel vs the per-expert loop at
 #     qwen3-30b-a3b / deepseek-v2-lite expert shapes, layers, HF parity, PCG), then
 #     scripts/gpu/moe_bench.py (fused vs loop, and the copy-floor fraction at decode sizes).
@@ -7,7 +7,9 @@
 #     decode bs 1 / 32, prefill 256 / 1024, with decode graphs + PCG, then with both off and HF
 #     transformers eager on the same weights and tokens (run after tessera's device memory is
 #     released: the 61 GB of bf16 weights do not fit twice on an 80 GB card).
-# Writes under $OUT: <step>.log, moe_bench.json, latency_qwen3-30b-a3b_{graphs,nographs_hf}.json,
+#   PART=sweep: scripts/gpu/moe_small_sweep.py, the small-batch path's block sizes at T=1 / 4.
+# Writes under $OUT: <step>.log, moe_small_sweep.json, moe_bench.json,
+# latency_qwen3-30b-a3b_{graphs,nographs_hf}.json,
 # moe_summary.txt. Usage: OUT=/some/dir PART=kernels bash scripts/gpu/moe.sh
 set -uo pipefail
 source "$(dirname "$0")/common.sh"
@@ -34,6 +36,9 @@ latency)
   run latency_nographs_hf 290 "${BENCH[@]}" --disable-cuda-graph --disable-piecewise-cuda-graph \
     "${HF[@]}" --out "$OUT/latency_qwen3-30b-a3b_nographs_hf.json"
   ;;
-*) echo "PART must be kernels or latency" >&2; exit 2 ;;
+sweep)  # block sizes of the small-batch path at decode sizes (T=1, 4)
+  run moe_small_sweep 300 "$PY" scripts/gpu/moe_small_sweep.py --out "$OUT/moe_small_sweep.json"
+  ;;
+*) echo "PART must be kernels, latency or sweep" >&2; exit 2 ;;
 esac
 exit $status
