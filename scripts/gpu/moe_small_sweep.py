@@ -20,9 +20,11 @@ from moe_bench import SHAPES, copy_rate, graphed_ms  # scripts/gpu is the script
 from tessera.ops.moe import fused_moe_torch
 from tessera.ops.triton.fused_moe_small import fused_moe_small_batch
 
-BLOCK_N = (16, 32, 64)
-BLOCK_K = (128, 256, 512)
-WARPS = (4, 8)
+# (tile_acc, block_n, block_k, num_warps): per-step reductions over wider row blocks, or the
+# dense GEMV's scheme (tessera.ops.triton.gemv: a [block_n, block_k] tile reduced once, few rows
+# per program so many programs stream at once)
+CONFIGS = ([(False, n, k, w) for n in (16, 32, 64) for k in (128, 256, 512) for w in (4, 8)]
+           + [(True, n, k, w) for n in (2, 4, 8, 16) for k in (256, 512, 1024) for w in (4, 8)])
 
 
 def main() -> None:
@@ -44,18 +46,24 @@ def main() -> None:
         weights, ids = scores.topk(top_k)
         ref = fused_moe_torch(x, w13, w2, weights, ids).float()
         moved = int(ids.unique().numel()) * 3 * inter * hidden * 2
-        for block_n, block_k, warps in itertools.product(BLOCK_N, BLOCK_K, WARPS):
+        for tile_acc, block_n, block_k, warps in CONFIGS:
             fn = functools.partial(fused_moe_small_batch, x, w13, w2, weights, ids,
-                                   block_n=block_n, block_k=block_k, num_warps=warps)
-            err = float((fn().float() - ref).norm() / ref.norm())
-            ms = graphed_ms(fn)
-            row = {"shape": name, "tokens": tokens, "block_n": block_n, "block_k": block_k,
-                   "num_warps": warps, "graph_ms": ms, "rel_err": err,
-                   "floor_fraction": moved / rate / (ms * 1e-3)}
+                                   block_n=block_n, block_k=block_k, num_warps=warps,
+                                   tile_acc=tile_acc)
+            row = {"shape": name, "tokens": tokens, "tile_acc": tile_acc, "block_n": block_n,
+                   "block_k": block_k, "num_warps": warps}
+            label = f"{name} T={tokens} tile={int(tile_acc)} N={block_n} K={block_k} w={warps}"
+            try:
+                err = float((fn().float() - ref).norm() / ref.norm())
+                ms = graphed_ms(fn)
+            except Exception as e:  # noqa: BLE001  (a config that does not compile is a result)
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+                print(f"{label}: {row['error']}", flush=True)
+            else:
+                row.update(graph_ms=ms, rel_err=err, floor_fraction=moved / rate / (ms * 1e-3))
+                print(f"{label}: {ms * 1e3:.1f} us, {row['floor_fraction']:.0%} of the copy "
+                      f"floor, rel err {err:.1e} ({time.monotonic() - start:.0f} s)", flush=True)
             report["rows"].append(row)
-            print(f"{name} T={tokens} N={block_n} K={block_k} w={warps}: {ms * 1e3:.1f} us, "
-                  f"{row['floor_fraction']:.0%} of the copy floor, rel err {err:.1e} "
-                  f"({time.monotonic() - start:.0f} s)", flush=True)
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)
 

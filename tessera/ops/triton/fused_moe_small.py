@@ -26,7 +26,7 @@ SMALL_BATCH_MAX_PAIRS = 32
 @triton.jit
 def _small_gate_up_kernel(x_ptr, w_ptr, out_ptr, ids_ptr, N, K, stride_xm, stride_we,
                           stride_wn, stride_om, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          BLOCK_K: tl.constexpr, TILE_ACC: tl.constexpr):
     pair = tl.program_id(0)
     token = pair // TOP_K
     expert = tl.load(ids_ptr + pair).to(tl.int64)
@@ -37,26 +37,38 @@ def _small_gate_up_kernel(x_ptr, w_ptr, out_ptr, ids_ptr, N, K, stride_xm, strid
     g_ptrs = w_ptr + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
     u_ptrs = g_ptrs + N * stride_wn
     x_ptrs = x_ptr + token * stride_xm + offs_k
-    acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if TILE_ACC:
+        tile_g = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        tile_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
         x = tl.load(x_ptrs, mask=k_mask, other=0.0).to(tl.float32)
         w_mask = n_mask[:, None] & k_mask[None, :]
         g = tl.load(g_ptrs, mask=w_mask, other=0.0).to(tl.float32)
         u = tl.load(u_ptrs, mask=w_mask, other=0.0).to(tl.float32)
-        acc_g += tl.sum(g * x[None, :], axis=1)
-        acc_u += tl.sum(u * x[None, :], axis=1)
+        if TILE_ACC:
+            tile_g += g * x[None, :]
+            tile_u += u * x[None, :]
+        else:
+            acc_g += tl.sum(g * x[None, :], axis=1)
+            acc_u += tl.sum(u * x[None, :], axis=1)
         x_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
+    if TILE_ACC:
+        acc_g = tl.sum(tile_g, axis=1)
+        acc_u = tl.sum(tile_u, axis=1)
     act = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
     tl.store(out_ptr + pair * stride_om + offs_n, act.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
 def _small_down_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, N, K, stride_am, stride_we,
-                       stride_wn, stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       stride_wn, stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       TILE_ACC: tl.constexpr):
     pair = tl.program_id(0)
     expert = tl.load(ids_ptr + pair).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -64,24 +76,35 @@ def _small_down_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, N, K, stride
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
     a_ptrs = a_ptr + pair * stride_am + offs_k
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if TILE_ACC:
+        tile = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
         a = tl.load(a_ptrs, mask=k_mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * a[None, :], axis=1)
+        if TILE_ACC:
+            tile += w * a[None, :]
+        else:
+            acc += tl.sum(w * a[None, :], axis=1)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
+    if TILE_ACC:
+        acc = tl.sum(tile, axis=1)
     acc = acc * tl.load(weights_ptr + pair).to(tl.float32)
     tl.store(out_ptr + pair * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 def fused_moe_small_batch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                           topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-                          block_n: int = 32, block_k: int = 256, num_warps: int = 4
-                          ) -> torch.Tensor:
+                          block_n: int = 32, block_k: int = 256, num_warps: int = 4,
+                          tile_acc: bool = False) -> torch.Tensor:
     """The routed experts' output [T, H] by one GEMV per (token, expert) pair (see the module
-    docstring); same contract as tessera.ops.triton.fused_moe.fused_moe."""
+    docstring); same contract as tessera.ops.triton.fused_moe.fused_moe. tile_acc: accumulate
+    a [block_n, block_k] float32 tile and reduce it once at the end (the dense GEMV's scheme,
+    tessera.ops.triton.gemv) instead of reducing every K step; a candidate of
+    scripts/gpu/moe_small_sweep.py, off until measured."""
     num_tokens, hidden = x.shape
     inter = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -93,9 +116,11 @@ def fused_moe_small_batch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     act = torch.empty((num_pairs, inter), dtype=x.dtype, device=x.device)
     _small_gate_up_kernel[(num_pairs, triton.cdiv(inter, block_n))](
         x, w13, act, ids, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1),
-        act.stride(0), TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+        act.stride(0), TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, TILE_ACC=tile_acc,
+        num_warps=num_warps)
     down = torch.empty((num_pairs, hidden), dtype=x.dtype, device=x.device)
     _small_down_kernel[(num_pairs, triton.cdiv(hidden, block_n))](
         act, w2, down, weights, ids, hidden, inter, act.stride(0), w2.stride(0), w2.stride(1),
-        down.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+        down.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, TILE_ACC=tile_acc,
+        num_warps=num_warps)
     return down.view(num_tokens, top_k, hidden).sum(dim=1)
