@@ -8,6 +8,8 @@
 #     transformers eager on the same weights and tokens (run after tessera's device memory is
 #     released: the 61 GB of bf16 weights do not fit twice on an 80 GB card).
 #   PART=sweep: scripts/gpu/moe_small_sweep.py, the small-batch path's block sizes at T=1 / 4.
+#   PART=tune SHAPE=qwen3-30b-a3b|deepseek-v2-lite: scripts/gpu/moe_tune.py, the grouped path's
+#     block sizes per token count, written as the table tessera reads (fused_moe_E*_N*.json).
 # Writes under $OUT: <step>.log, moe_small_sweep.json, moe_bench.json,
 # latency_qwen3-30b-a3b_{graphs,nographs_hf}.json,
 # moe_summary.txt. Usage: OUT=/some/dir PART=kernels bash scripts/gpu/moe.sh
@@ -39,6 +41,11 @@ latency)
 sweep)  # block sizes of the small-batch path at decode sizes (T=1, 4)
   run moe_small_sweep 300 "$PY" scripts/gpu/moe_small_sweep.py --out "$OUT/moe_small_sweep.json"
   ;;
-*) echo "PART must be kernels, latency or sweep" >&2; exit 2 ;;
+tune)  # grouped-path block sizes for SHAPE (qwen3-30b-a3b or deepseek-v2-lite); the table
+  # $OUT/fused_moe_E*_N*.json goes to tessera/ops/triton/configs/
+  run "moe_tune_${SHAPE:-qwen3-30b-a3b}" 560 "$PY" scripts/gpu/moe_tune.py \
+    --shape "${SHAPE:-qwen3-30b-a3b}" --out-dir "$OUT"
+  ;;
+*) echo "PART must be kernels, latency, sweep or tune" >&2; exit 2 ;;
 esac
 exit $status
