@@ -1,7 +1,10 @@
-"""The enforced piecewise path (compiled pieces split at attention, CPU) equals eager for a tiny
-Qwen3-MoE (sparse, dense, sparse layers): the fused-MoE op stays inside the pieces."""
+"""The enforced piecewise path (compiled pieces split at attention, CPU) equals eager for tiny MoE
+models: Qwen3-MoE (sparse, dense, sparse layers) and DeepSeek-V2 (MLA attention; a dense layer,
+then sparse layers with shared experts). The fused-MoE op (and DeepSeek's absorbed MLA
+projections) stay inside the pieces; attention is the only split."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hf_models import save_tiny_model
 from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg_of
@@ -9,18 +12,19 @@ from pcg_helpers import MixedBatches, make_pcg_runner, pcg_and_eager_logits, pcg
 from tessera.compilation.splitting import op_qualname
 
 
-def test_moe_piecewise_logits_equal_eager(tmp_path):
-    path = save_tiny_model(str(tmp_path / "qwen3_moe"), "qwen3_moe")
+@pytest.mark.parametrize("model", ["qwen3_moe", "deepseek_v2"])
+def test_moe_piecewise_logits_equal_eager(tmp_path, model):
+    path = save_tiny_model(str(tmp_path / model), model)
     runner = make_pcg_runner(path, piecewise_cuda_graph_max_tokens=16)
     pcg = pcg_of(runner)
     layers = runner.model_config.num_hidden_layers
     pieces = pcg.backend.pieces
     assert [p.is_splitting for p in pieces] == [i % 2 == 1 for i in range(2 * layers + 1)]
-    moe_ops = [op_qualname(n.target) for p in pieces if not p.is_splitting
-               for n in p.module.graph.nodes if n.op == "call_function"
-               and "fused_moe" in (op_qualname(n.target) or "")]
-    # the trunk runs the first two layers' MLPs (sparse, dense); the last one is finish's
-    assert moe_ops == ["tessera::fused_moe_torch"]
+    ops = [op_qualname(n.target) or "" for p in pieces if not p.is_splitting
+           for n in p.module.graph.nodes if n.op == "call_function"]
+    # the trunk runs the first two layers' MLPs (one of them sparse); the last one is finish's
+    assert [o for o in ops if "fused_moe" in o] == ["tessera::fused_moe_torch"]
+    assert "tessera::attention" not in ops
     batches = MixedBatches(runner)
     for total in (1, 3, 7, 16):
         for all_logits in (True, False):

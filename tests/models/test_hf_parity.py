@@ -28,6 +28,25 @@ def hf_logits(hf, ids: list[int], device: str) -> torch.Tensor:
         return hf(torch.tensor([ids], device=device)).logits[0].float()
 
 
+def check_greedy_generation(path: str, max_new_tokens: int = 12) -> None:
+    """Greedy generation through the engine (CPU, float32) equals HF's generate, two prompts
+    batched together."""
+    from tessera import LLM, SamplingParams
+
+    hf = load_hf(path)
+    prompts = [[5, 17, 42, 9], [100, 3, 250, 77, 8, 61, 33]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, ignore_eos=True)
+    with LLM(model=path, device="cpu", dtype="float32", attention_backend="torch_native",
+             disable_cuda_graph=True, disable_piecewise_cuda_graph=True,
+             kv_cache_tokens=1024) as llm:
+        outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    for prompt, out in zip(prompts, outs):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens,
+                              do_sample=False, min_new_tokens=max_new_tokens)
+        assert out.token_ids == ref[0, len(prompt):].tolist()
+
+
 def check_parity(path: str, device: str, dtype: torch.dtype, atol: float, **runner_kw) -> None:
     hf = load_hf(path, dtype, device)
     runner = make_runner(path, device, str(dtype).replace("torch.", ""), **runner_kw)
