@@ -273,14 +273,8 @@ class RequiredCallsStream:
         if self._value_of is not None:  # the value ended at its item's , or }
             self._value_of, self._space = None, ""
         if self._in_string:  # an item's key (no other strings lie outside values)
-            if self._escape:
-                self._escape = False
-            elif ch == "\\":
-                self._escape = True
-            elif ch == '"':
-                self._in_string = False
-                return
-            self._key += ch
+            if not self._string_char(ch):
+                self._key += ch
         elif ch == '"':
             self._in_string, self._key = True, ""
         elif ch == ":" and self._depth == 2:
@@ -293,14 +287,20 @@ class RequiredCallsStream:
         elif ch in "]}":
             self._depth -= 1
 
+    def _string_char(self, ch: str) -> bool:
+        """Track escapes inside a JSON string; True when `ch` is the quote that closes it."""
+        if self._escape:
+            self._escape = False
+        elif ch == "\\":
+            self._escape = True
+        elif ch == '"':
+            self._in_string = False
+            return True
+        return False
+
     def _value_char(self, ch: str) -> None:
         if self._in_string:
-            if self._escape:
-                self._escape = False
-            elif ch == "\\":
-                self._escape = True
-            elif ch == '"':
-                self._in_string = False
+            self._string_char(ch)
         elif ch.isspace():
             if self._started:
                 self._space += ch  # inside the value, unless it ends here
