@@ -46,12 +46,12 @@ class ModelRunner:
         # a clear error now, not after the weights load, when no size suits the layout
         if not config.graph.disable_piecewise_cuda_graph:
             capture_sizes(config.graph, config.parallel)
+        # the most requests that may run (the automatic choice, below, may pick fewer)
+        rows_cap = max_running_requests_cap(config.scheduler, config.graph)
         if not config.graph.disable_cuda_graph:
             from tessera.runner.cuda_graph_runner import decode_graph_batch_sizes
 
-            decode_graph_batch_sizes(config.graph,
-                                     max_running_requests_cap(config.scheduler, config.graph),
-                                     config.parallel)
+            decode_graph_batch_sizes(config.graph, rows_cap, config.parallel)
         self.config = config
         self.tp_rank, self.tp_size = check_tp_world(config.parallel)
         self.platform = platform_for_device(config.load.device)
@@ -79,10 +79,9 @@ class ModelRunner:
         self.model = load_model(config.load.model_path, self.model_config, config.load.load_format,
                                 self.dtype, self.device, config.load.seed,
                                 config.load.quantization)
-        # the ceiling until the pool is sized (the CPU's pool is sized to it)
-        self.max_running_requests = max_running_requests_cap(config.scheduler, config.graph)
         self.kv_cache_spec = self.model.kv_cache_spec()
-        kv_tokens = self._kv_cache_tokens()
+        kv_tokens = self._kv_cache_tokens(rows_cap)
+        self.max_running_requests = rows_cap
         if config.scheduler.max_running_requests is None:
             self.max_running_requests, why = auto_max_running_requests(
                 kv_tokens, config.scheduler, config.graph)
@@ -121,7 +120,9 @@ class ModelRunner:
     def padding_req_row(self) -> int:
         return self.kv_cache.padding_req_row
 
-    def _kv_cache_tokens(self) -> int:
+    def _kv_cache_tokens(self, max_requests: int) -> int:
+        """The KV pool's size in tokens; on the CPU bounded by what `max_requests` requests of
+        the full context would use."""
         cache = self.config.cache
         if cache.kv_cache_tokens is not None:
             if cache.kv_cache_tokens < 1:
@@ -133,7 +134,7 @@ class ModelRunner:
         per_token = self.kv_cache_spec.bytes_per_token()
         if self.device.type == "cpu":
             budget = min(free * cache.mem_fraction_static * 0.5, CPU_MAX_KV_BYTES,
-                         self.max_running_requests * self.context_length * per_token)
+                         max_requests * self.context_length * per_token)
         else:
             # the static fraction covers weights (already resident) and the KV pool
             budget = free - total * (1 - cache.mem_fraction_static)

@@ -229,13 +229,15 @@ class Scheduler:
     # ---- one step -----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
         chunk = self.config.chunked_prefill_size
+        # requests with one token to run (neither admission nor a continuing prefill chunk can
+        # change that before step 3 below)
+        one_token = [r for r in self.running if r.seq_len - r.kv_len == 1]
         if chunk > 0:
             # a step's tokens stay within one chunk: the decoding requests' one token each comes
             # first, prefill takes the rest (never less than a small floor, so admission goes on
             # under a decode batch as large as the chunk). A step carrying decodes then runs no
             # longer than a chunk-sized prefill, and it fits the largest piecewise graph.
-            decoding = sum(1 for r in self.running if r.seq_len - r.kv_len == 1)
-            budget = max(chunk - decoding, min(chunk, MIN_PREFILL_TOKENS_PER_STEP))
+            budget = max(chunk - len(one_token), min(chunk, MIN_PREFILL_TOKENS_PER_STEP))
         else:
             budget = max(self.config.max_prefill_tokens, 1)
         prefill: list[BatchItem] = []
@@ -277,8 +279,7 @@ class Scheduler:
             budget -= item.num_tokens
         # 3. every decoding request advances by one token; retract if KV runs out
         in_prefill = {id(it.req) for it in prefill}
-        decoding = [r for r in self.running
-                    if id(r) not in in_prefill and r.seq_len - r.kv_len == 1 and r.may_decode]
+        decoding = [r for r in one_token if id(r) not in in_prefill and r.may_decode]
         batched = self._decode_items(decoding) if decoding else []
         decode: list[BatchItem] = batched or []
         retractions_before = self.num_retractions
