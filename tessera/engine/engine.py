@@ -4,6 +4,7 @@ The offline `LLM` drives it in-process; the server runs it in its own process be
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -68,6 +69,16 @@ class _Forwarded:
     logits: torch.Tensor              # [len(reqs), vocab]
     greedy: torch.Tensor | None       # the model's own argmax rows, where it gives them
     needs_history: bool               # some request samples from its output history
+
+
+_NO_RANGE = contextlib.nullcontext()
+
+
+def _batch_range_name(batch: ScheduledBatch) -> str:
+    """A forward's profiler range: its mode, requests and new tokens (e.g. `forward extend
+    reqs=12 tokens=2048`), so a trace shows which batches the step time went to."""
+    tokens = sum(it.num_tokens for it in batch.items)
+    return f"forward {batch.mode.name.lower()} reqs={len(batch.items)} tokens={tokens}"
 
 
 def _uses_history(req: Request) -> bool:
@@ -226,6 +237,10 @@ class Engine:
             return outputs
         return self._step_guarded()
 
+    def _range(self, name: str) -> Any:
+        """A named profiler range while a profile runs (the parts of `_step`), else nothing."""
+        return torch.profiler.record_function(name) if self.profiler.active else _NO_RANGE
+
     def _step_guarded(self) -> list[StepOutput]:
         if self.tp_ranks is None:
             return self._step()
@@ -260,22 +275,31 @@ class Engine:
         previous = self._in_flight
         self._in_flight = None
         if previous is not None and not self.overlap:
-            outputs += self._process(previous)
+            with self._range("process"):
+                outputs += self._process(previous)
             previous = None
-        batch = self.scheduler.schedule()
-        forwarded = self._forward(batch) if batch is not None else None
+        with self._range("schedule"):
+            batch = self.scheduler.schedule()
+        forwarded = None
+        if batch is not None:
+            with self._range(_batch_range_name(batch)):
+                forwarded = self._forward(batch)
         launched = None
         if forwarded is not None and not forwarded.needs_history:
-            launched, forwarded = self._sample(forwarded), None
+            with self._range("sample"):
+                launched, forwarded = self._sample(forwarded), None
         if previous is not None:
-            outputs += self._process(previous)
+            with self._range("process"):
+                outputs += self._process(previous)
         if forwarded is not None:
-            launched = self._sample(forwarded)
+            with self._range("sample"):
+                launched = self._sample(forwarded)
         if launched is not None:
             if self.overlap:
                 self._in_flight = launched
             else:
-                outputs += self._process(launched)
+                with self._range("process"):
+                    outputs += self._process(launched)
         return outputs
 
     def _forward(self, batch: ScheduledBatch) -> _Forwarded | None:

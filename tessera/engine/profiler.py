@@ -5,8 +5,11 @@
 N steps, or at `POST /stop_profile`, and is written as a gzipped Chrome trace (open it in
 https://ui.perfetto.dev or chrome://tracing) under the server's profile directory
 (`--profile-dir`, default $TESSERA_PROFILE_DIR or /tmp/tessera-profiles). Requests cannot choose
-where files go. Every step is a `record_function` range named by its batch, so the trace shows
-where a workload's step time goes (host scheduling, prefill kernels, decode attention, sampling).
+where files go. Every step is a `record_function` range (`engine_step`) holding ranges for its
+parts: `schedule`, the forward named by its batch (`forward extend reqs=12 tokens=2048`),
+`sample` and `process` (reading the step before), so the trace shows where a workload's step time
+goes (host scheduling, prefill kernels, decode attention, sampling).
+`scripts/gpu/trace_summary.py` prints a trace's totals per range and per kernel.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ where the server was told (--profile-dir), never where a request says."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 
@@ -10,6 +11,18 @@ import httpx
 import pytest
 
 from tessera.server.testing import ServerProcess
+
+
+def _load_trace_summary():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "gpu",
+                        "trace_summary.py")
+    spec = importlib.util.spec_from_file_location("trace_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+trace_summary = _load_trace_summary()
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +59,18 @@ def test_profile_of_n_steps_stops_by_itself(server):
     assert os.path.dirname(path) == server.profile_dir and path.endswith(".trace.json.gz")
     steps = [e for e in trace_events(path) if e.get("name") == "engine_step"]
     assert len(steps) == 3
+
+
+def test_steps_hold_named_part_ranges_the_summary_reads(server):
+    assert post(server, "/start_profile", json={"num_steps": 4})["success"]
+    generate(server, 8)
+    path = post(server, "/stop_profile")["trace"]
+    names = {e.get("name", "") for e in trace_events(path)}
+    assert {"schedule", "sample", "process"} <= names
+    assert any(n.startswith("forward extend reqs=1 tokens=") for n in names) or any(
+        n.startswith("forward decode reqs=1 tokens=1") for n in names)
+    summary = trace_summary.summarize(trace_summary.load(path), top=5)
+    assert "engine_step" in summary and "schedule" in summary
 
 
 def test_profile_until_stopped(server):
