@@ -39,7 +39,7 @@ latency)
     "${HF[@]}" --out "$OUT/latency_qwen3-30b-a3b_nographs_hf.json"
   ;;
 sweep)  # block sizes of the small-batch path at decode sizes (T=1, 4)
-  run moe_small_sweep 300 "$PY" scripts/gpu/moe_small_sweep.py --out "$OUT/moe_small_sweep.json"
+  run moe_small_sweep 420 "$PY" scripts/gpu/moe_small_sweep.py --out "$OUT/moe_small_sweep.json"
   ;;
 tune)  # grouped-path block sizes for SHAPE (qwen3-30b-a3b or deepseek-v2-lite); the table
   # $OUT/fused_moe_E*_N*.json goes to tessera/ops/triton/configs/

@@ -20,11 +20,13 @@ from moe_bench import SHAPES, copy_rate, graphed_ms  # scripts/gpu is the script
 from tessera.ops.moe import fused_moe_torch
 from tessera.ops.triton.fused_moe_small import fused_moe_small_batch
 
-# (tile_acc, block_n, block_k, num_warps): per-step reductions over wider row blocks, or the
-# dense GEMV's scheme (tessera.ops.triton.gemv: a [block_n, block_k] tile reduced once, few rows
-# per program so many programs stream at once)
-CONFIGS = ([(False, n, k, w) for n in (16, 32, 64) for k in (128, 256, 512) for w in (4, 8)]
-           + [(True, n, k, w) for n in (2, 4, 8, 16) for k in (256, 512, 1024) for w in (4, 8)])
+# (tile_acc, sum_topk, block_n, block_k, num_warps): per-step reductions over wider row blocks,
+# or the dense GEMV's scheme (tessera.ops.triton.gemv: a [block_n, block_k] tile reduced once,
+# few rows per program so many programs stream at once); the down GEMVs a program per pair plus
+# a torch sum, or a program per token summing its pairs (sum_topk)
+CONFIGS = ([(False, s, n, k, 4) for s in (False, True) for n in (16, 32, 64) for k in (128, 256)]
+           + [(True, s, n, k, w) for s in (False, True) for n in (4, 8, 16) for k in (256, 512)
+              for w in (4, 8)])
 
 
 def main() -> None:
@@ -46,13 +48,14 @@ def main() -> None:
         weights, ids = scores.topk(top_k)
         ref = fused_moe_torch(x, w13, w2, weights, ids).float()
         moved = int(ids.unique().numel()) * 3 * inter * hidden * 2
-        for tile_acc, block_n, block_k, warps in CONFIGS:
+        for tile_acc, sum_topk, block_n, block_k, warps in CONFIGS:
             fn = functools.partial(fused_moe_small_batch, x, w13, w2, weights, ids,
                                    block_n=block_n, block_k=block_k, num_warps=warps,
-                                   tile_acc=tile_acc)
-            row = {"shape": name, "tokens": tokens, "tile_acc": tile_acc, "block_n": block_n,
-                   "block_k": block_k, "num_warps": warps}
-            label = f"{name} T={tokens} tile={int(tile_acc)} N={block_n} K={block_k} w={warps}"
+                                   tile_acc=tile_acc, sum_topk=sum_topk)
+            row = {"shape": name, "tokens": tokens, "tile_acc": tile_acc, "sum_topk": sum_topk,
+                   "block_n": block_n, "block_k": block_k, "num_warps": warps}
+            label = (f"{name} T={tokens} tile={int(tile_acc)} sum={int(sum_topk)} N={block_n} "
+                     f"K={block_k} w={warps}")
             try:
                 err = float((fn().float() - ref).norm() / ref.norm())
                 ms = graphed_ms(fn)
@@ -66,6 +69,15 @@ def main() -> None:
             report["rows"].append(row)
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)
+    print("best per shape and token count:")
+    for (name, tokens), rows in itertools.groupby(
+            (r for r in report["rows"] if "graph_ms" in r), key=lambda r: (r["shape"], r["tokens"])):
+        rows = sorted(rows, key=lambda r: r["graph_ms"])
+        for r in rows[:3]:
+            print(f"  {name} T={tokens}: {r['graph_ms'] * 1e3:.1f} us, "
+                  f"{r['floor_fraction']:.0%} of the floor: tile={int(r['tile_acc'])} "
+                  f"sum={int(r['sum_topk'])} N={r['block_n']} K={r['block_k']} "
+                  f"w={r['num_warps']}")
 
 
 if __name__ == "__main__":
