@@ -9,7 +9,7 @@ work is that of the real vocabulary size, whatever the text.
 
 Usage (GPU, repo root; PYTHONPATH=. unless tessera is installed):
               python scripts/gpu/grammar_mask_cost.py --model-path qwen3-0.6b --batch-size 32
-              [--steps 200] [--output grammar_mask_cost.json]
+              [--steps 200] [--output grammar_mask_cost.json] [--profile-steps 20]
 CPU check:    python scripts/gpu/grammar_mask_cost.py --model-path tiny-qwen3 --batch-size 4 \
                   --steps 5 --warmup 2 --prompt-len 8
 """
@@ -39,13 +39,16 @@ def sync(device: torch.device) -> None:
 
 
 def decode_step_ms(llm: LLM, grammar: dict, batch: int, prompt_len: int, warmup: int,
-                   steps: int) -> float:
+                   steps: int, profile_steps: int = 0) -> float:
+    """Mean decode step time (ms) over `steps`; with profile_steps, the engine's
+    profiler then traces that many more steps (tessera.engine.profiler; the trace path is
+    logged)."""
     engine = llm.engine
     device = engine.runner.device
     rids = []
     for i in range(batch):
         prompt = [(7 * i + j) % 200 + 10 for j in range(prompt_len)]
-        params = SamplingParams(max_new_tokens=warmup + steps + 16, temperature=1.0, seed=i,
+        params = SamplingParams(max_new_tokens=warmup + steps + profile_steps + 16, temperature=1.0, seed=i,
                                 ignore_eos=True, **grammar)
         rids.append(engine.add_request(prompt, params))
     reqs = [engine.requests[r] for r in rids]
@@ -57,6 +60,11 @@ def decode_step_ms(llm: LLM, grammar: dict, batch: int, prompt_len: int, warmup:
         engine.step()
     sync(device)
     elapsed = time.perf_counter() - start
+    if profile_steps:
+        engine.profiler.start(profile_steps)
+        for _ in range(profile_steps):
+            engine.step()
+        print(f"profile: {engine.profiler.last_trace}", flush=True)
     assert all(not r.finished for r in reqs), "a request finished inside the timed steps"
     for rid in rids:
         engine.abort(rid)
@@ -101,6 +109,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--output", default=None)
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after each timed run, trace this many steps (torch profiler; "
+                         "scripts/gpu/trace_summary.py reads the traces)")
     args = ap.parse_args()
     llm = LLM(args.model_path)
     result: dict = {"model": args.model_path, "batch_size": args.batch_size,
@@ -109,7 +120,8 @@ def main() -> None:
     decode_step_ms(llm, {}, args.batch_size, args.prompt_len, args.warmup, min(args.steps, 20))
     for name, grammar in GRAMMARS.items():
         result[f"step_ms_{name}"] = decode_step_ms(llm, grammar, args.batch_size,
-                                                   args.prompt_len, args.warmup, args.steps)
+                                                   args.prompt_len, args.warmup, args.steps,
+                                                   args.profile_steps)
     base = result["step_ms_none"]
     for name in GRAMMARS:
         if name != "none":

@@ -87,12 +87,27 @@ class _DecodeMetadata:
 
 
 @dataclasses.dataclass
+class _MixedDecode:
+    """A mixed batch's trailing one-token requests (decoding next to a chunked prefill), run by
+    the decode kernel: in the extend kernel each would be a BLOCK_M-row tile per query head with
+    one real row, reading its whole context once per query head."""
+    first_row: int                 # their first token row; rows first_row.. are theirs, in order
+    req_pool_indices: torch.Tensor  # [n] int64
+    seq_lens: torch.Tensor         # [n] int32, the new token included
+    positions: torch.Tensor        # [n] int64, the new token's position (= seq_len - 1)
+    loc: torch.Tensor              # [n] int64, its KV slot
+    meta: _DecodeMetadata          # split count and workspace for n requests
+
+
+@dataclasses.dataclass
 class _ExtendMetadata:
     num_real_tokens: int
     # ExtendAttention's per-batch arguments: req_pool_indices, prefix/extend lens, starts,
-    # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer)
+    # max_extend_len, out_cache_loc, and their variant key (one per forward, not per layer);
+    # with `decode`, those of the requests before its rows only
     launch_args: tuple
     variant: tuple
+    decode: _MixedDecode | None = None
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -145,29 +160,69 @@ class TritonAttentionBackend(AttentionBackend):
         if forward_batch.mode is ForwardMode.DECODE:
             # shapes only: nothing here may depend on host copies of lengths (graph replay)
             batch = int(forward_batch.req_pool_indices.shape[0])
-            splits = self.decode_num_splits(batch)
-            part_out = part_lse = counters = None
-            if splits > 1:
-                # views of the persistent workspace: same address in every step and graph
-                out_shape, lse_shape = decode_workspace_shape(batch, self.num_heads, splits,
-                                                              self.head_dim)
-                part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
-                part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
-                count_shape = decode_counters_shape(batch, self.num_heads, self.num_kv_heads)
-                counters = self._counters[:math.prod(count_shape)].view(count_shape)
-            forward_batch.attn_metadata = _DecodeMetadata(batch, splits, part_out, part_lse,
-                                                           counters)
+            forward_batch.attn_metadata = self._decode_metadata(batch)
         else:
-            b = forward_batch
-            tensors = (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
-                       b.extend_start_loc, b.out_cache_loc)
+            forward_batch.attn_metadata = self._extend_metadata(forward_batch)
+
+    def _decode_metadata(self, batch: int) -> _DecodeMetadata:
+        splits = self.decode_num_splits(batch)
+        part_out = part_lse = counters = None
+        if splits > 1:
+            # views of the persistent workspace: same address in every step and graph
+            out_shape, lse_shape = decode_workspace_shape(batch, self.num_heads, splits,
+                                                          self.head_dim)
+            part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
+            part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
+            count_shape = decode_counters_shape(batch, self.num_heads, self.num_kv_heads)
+            counters = self._counters[:math.prod(count_shape)].view(count_shape)
+        return _DecodeMetadata(batch, splits, part_out, part_lse, counters)
+
+    def _extend_metadata(self, b: ForwardBatch) -> _ExtendMetadata:
+        tensors = (b.req_pool_indices, b.extend_prefix_lens, b.extend_seq_lens,
+                   b.extend_start_loc, b.out_cache_loc)
+        if b.pad_request:
             # a graph's padded batch: any split of its tokens, the padding request's rows zeroed
             # by the kernel
-            real, longest = ((b.num_tokens, b.num_tokens) if b.pad_request
-                             else (self.real_tokens(b), b.max_extend_len))
-            forward_batch.attn_metadata = _ExtendMetadata(
-                num_real_tokens=real, launch_args=(*tensors[:4], longest, tensors[4]),
-                variant=metadata_variant(*tensors))
+            return _ExtendMetadata(num_real_tokens=b.num_tokens,
+                                   launch_args=(*tensors[:4], b.num_tokens, tensors[4]),
+                                   variant=metadata_variant(*tensors))
+        real = self.real_tokens(b)
+        lens = b.extend_seq_lens_cpu
+        # the one-token requests at the end (the scheduler puts decoding requests after the
+        # prefill chunks) go to the decode kernel when a longer request runs before them
+        num_decode = next((i for i, n in enumerate(reversed(lens)) if n != 1), len(lens))
+        if num_decode == 0 or num_decode == len(lens):
+            return _ExtendMetadata(num_real_tokens=real,
+                                   launch_args=(*tensors[:4], b.max_extend_len, tensors[4]),
+                                   variant=metadata_variant(*tensors))
+        first = real - num_decode
+        num_extend = len(lens) - num_decode
+        seq_lens = b.seq_lens[num_extend:]
+        decode = _MixedDecode(first_row=first, req_pool_indices=b.req_pool_indices[num_extend:],
+                              seq_lens=seq_lens, positions=b.positions[first:real],
+                              loc=b.out_cache_loc[first:real],
+                              meta=self._decode_metadata(num_decode))
+        head = tuple(t[:num_extend] for t in tensors[:4])
+        return _ExtendMetadata(num_real_tokens=real,
+                               launch_args=(*head, max(lens[:num_extend]), tensors[4]),
+                               variant=metadata_variant(*head, tensors[4]), decode=decode)
+
+    def _mixed_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                      layer_id: int, scaling: float, mixed: _MixedDecode) -> None:
+        """The decode rows of a mixed batch: one decode launch (stores their K/V, attends); at
+        layer 0 their req_to_token entries are written too, as the extend launch does for its
+        requests (writes_extend_slots)."""
+        rows = slice(mixed.first_row, mixed.first_row + mixed.loc.shape[0])
+        table = self.req_to_token_pool.req_to_token
+        if layer_id == 0:
+            table[mixed.req_pool_indices, mixed.positions] = mixed.loc.to(table.dtype)
+        meta = mixed.meta
+        decode_attention(q[rows], self.kv_pool.k_buffers[layer_id],
+                         self.kv_pool.v_buffers[layer_id], out[rows], table,
+                         mixed.req_pool_indices, mixed.seq_lens, scaling, meta.part_out,
+                         meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT,
+                         counters=meta.counters, k_new=k[rows], v_new=v[rows],
+                         new_loc=mixed.loc)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 layer_id: int, scaling: float, forward_batch: ForwardBatch,
@@ -197,6 +252,8 @@ class TritonAttentionBackend(AttentionBackend):
             ExtendAttention(q, k_cache, v_cache, out, table, scaling, k_new=k, v_new=v,
                             record_slots=layer_id == 0)(*meta.launch_args, variant=meta.variant,
                                                         pad_last=forward_batch.pad_request)
+            if meta.decode is not None:
+                self._mixed_decode(q, k, v, out, layer_id, scaling, meta.decode)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()
 
@@ -216,6 +273,8 @@ class TritonAttentionBackend(AttentionBackend):
                 self.forward(q, k, v, out, layer_id, scaling, forward_batch)
                 return
             launch(*meta.launch_args, variant=meta.variant, pad_last=forward_batch.pad_request)
+            if meta.decode is not None:
+                self._mixed_decode(q, k, v, out, layer_id, scaling, meta.decode)
             if rows > meta.num_real_tokens:
                 out[meta.num_real_tokens:].zero_()
 

@@ -39,6 +39,7 @@ class StepProfiler:
         self.profiler: Any = None
         self.steps_left: int | None = None
         self.last_trace: str | None = None
+        self.traces_written = 0
 
     @property
     def active(self) -> bool:
@@ -79,7 +80,9 @@ class StepProfiler:
         profiler, self.profiler, self.steps_left = self.profiler, None, None
         profiler.stop()
         os.makedirs(self.output_dir, exist_ok=True)
-        name = f"tessera-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.trace.json"
+        self.traces_written += 1  # two traces within a second keep apart
+        name = (f"tessera-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
+                f"{self.traces_written}.trace.json")
         path = os.path.join(self.output_dir, name)
         profiler.export_chrome_trace(path)
         with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:

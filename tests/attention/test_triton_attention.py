@@ -66,6 +66,33 @@ def test_mixed_extend_with_decoding_requests() -> None:
     case.check(_tol(torch.float32))
 
 
+@pytest.mark.parametrize("prefix_lens,extend_lens", [
+    ([0, 20, 150, 33, 400], [40, 17, 1, 1, 1]),  # a chunk, then three decoding requests
+    ([5, 299], [60, 1]),                           # one decoding request: several splits
+])
+def test_mixed_batch_runs_its_decoding_requests_through_the_decode_kernel(
+        prefix_lens: list[int], extend_lens: list[int]) -> None:
+    """The one-token requests after the prefill chunks of a mixed batch go to the decode kernel
+    (the extend kernel would give each a whole query tile per head): same output and K/V as
+    the reference, and at layer 0 their req_to_token entries written as the extend launch
+    writes its own (writes_extend_slots)."""
+    case = Case(prefix_lens, extend_lens, num_kv_heads=2, group=4, head_dim=64,
+                dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=3)
+    fb, table = case.batch, case.table.req_to_token
+    want_table = table.clone()
+    for row, p, e in zip(fb.req_pool_indices.tolist(), prefix_lens, extend_lens):
+        table[row, p:p + e] = 0  # allocated by the scheduler, not written down yet
+    case.triton.init_forward_metadata(fb)
+    mixed = fb.attn_metadata.decode
+    num_decode = extend_lens[::-1].index(next(n for n in extend_lens[::-1] if n != 1))
+    assert mixed is not None and mixed.loc.shape[0] == num_decode
+    assert mixed.first_row == sum(extend_lens) - num_decode
+    if num_decode == 1:
+        assert mixed.meta.num_splits > 1
+    case.check(_tol(torch.float32))  # the backend at layer 0, then the reference
+    assert torch.equal(table, want_table)
+
+
 @pytest.mark.parametrize("fused_store", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
 def test_decode_kernel_splits_and_empty_rows(num_splits: int, fused_store: bool) -> None:

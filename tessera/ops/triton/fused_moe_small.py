@@ -135,15 +135,18 @@ def _small_down_sum_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, N, K, st
 
 def fused_moe_small_batch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                           topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-                          block_n: int = 32, block_k: int = 256, num_warps: int = 4,
-                          tile_acc: bool = False, sum_topk: bool = False) -> torch.Tensor:
+                          block_n: int = 8, block_k: int = 256, num_warps: int = 8,
+                          tile_acc: bool = True, sum_topk: bool = False) -> torch.Tensor:
     """The routed experts' output [T, H] by one GEMV per (token, expert) pair (see the module
-    docstring); same contract as tessera.ops.triton.fused_moe.fused_moe. Candidates of
-    scripts/gpu/moe_small_sweep.py, off until measured: tile_acc accumulates a
-    [block_n, block_k] float32 tile and reduces it once at the end (the dense GEMV's scheme,
-    tessera.ops.triton.gemv) instead of reducing every K step; sum_topk runs the down GEMVs
-    of a token's pairs in one program that sums them (`_small_down_sum_kernel`: one launch
-    fewer, no [T*K, H] buffer) instead of a program per pair and a torch sum."""
+    docstring); same contract as tessera.ops.triton.fused_moe.fused_moe.
+
+    tile_acc accumulates a [block_n, block_k] float32 tile and reduces it once at the end (the
+    dense GEMV's scheme, tessera.ops.triton.gemv) instead of reducing every K step; sum_topk
+    runs the down GEMVs of a token's pairs in one program that sums them
+    (`_small_down_sum_kernel`: one launch fewer, no [T*K, H] buffer) instead of a program per
+    pair and a torch sum. The defaults are scripts/gpu/moe_small_sweep.py's best at T=1 on an
+    H100 (2026-12-08: qwen3-30b-a3b 49.7 us = 50% of the copy floor, deepseek-v2-lite 58.8 us
+    = 58%; 81% / 85% at T=4), where 32-row tiles without tile_acc gave 35% / 43%."""
     num_tokens, hidden = x.shape
     inter = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
