@@ -86,6 +86,15 @@ class _DecodeMetadata:
     counters: torch.Tensor | None  # [B, head programs] int32, always 0 between launches
 
 
+def trailing_decode_requests(extend_lens: list[int]) -> int:
+    """How many one-token requests end a mixed batch (the scheduler puts the decoding requests
+    after the prefill chunks), when a longer request runs before them; else 0. Those go to the
+    decode kernel: in an extend kernel each would be a whole query tile per head with one real
+    row, reading its context once per head."""
+    count = next((i for i, n in enumerate(reversed(extend_lens)) if n != 1), len(extend_lens))
+    return 0 if count == len(extend_lens) else count
+
+
 @dataclasses.dataclass
 class _MixedDecode:
     """A mixed batch's trailing one-token requests (decoding next to a chunked prefill), run by
@@ -188,10 +197,8 @@ class TritonAttentionBackend(AttentionBackend):
                                    variant=metadata_variant(*tensors))
         real = self.real_tokens(b)
         lens = b.extend_seq_lens_cpu
-        # the one-token requests at the end (the scheduler puts decoding requests after the
-        # prefill chunks) go to the decode kernel when a longer request runs before them
-        num_decode = next((i for i, n in enumerate(reversed(lens)) if n != 1), len(lens))
-        if num_decode == 0 or num_decode == len(lens):
+        num_decode = trailing_decode_requests(lens)
+        if num_decode == 0:
             return _ExtendMetadata(num_real_tokens=real,
                                    launch_args=(*tensors[:4], b.max_extend_len, tensors[4]),
                                    variant=metadata_variant(*tensors))

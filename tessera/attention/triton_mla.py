@@ -34,6 +34,7 @@ from tessera.attention.triton import (
     MIN_KEYS_PER_SPLIT,
     decode_split_count,
     decode_target_programs,
+    trailing_decode_requests,
 )
 from tessera.attention.triton_ops.mla_decode import (
     mla_decode_attention,
@@ -56,9 +57,23 @@ class _MLADecodeMetadata:
 
 
 @dataclasses.dataclass
+class _MLAMixedDecode:
+    """A mixed batch's trailing one-token requests, run by the decode kernel (see
+    tessera.attention.triton.trailing_decode_requests); their latents are stored with the
+    batch's."""
+    first_row: int
+    req_pool_indices: torch.Tensor  # [n] int64
+    seq_lens: torch.Tensor          # [n] int32
+    meta: _MLADecodeMetadata
+
+
+@dataclasses.dataclass
 class _MLAExtendMetadata:
     num_real_tokens: int
     max_extend_len: int
+    # the extend launch's requests: all, or those before `decode`'s rows
+    num_extend_requests: int
+    decode: _MLAMixedDecode | None = None
 
 
 class TritonMLABackend(AttentionBackend):
@@ -96,20 +111,30 @@ class TritonMLABackend(AttentionBackend):
 
     # ---- per batch --------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
-        if forward_batch.mode is ForwardMode.DECODE:
+        b = forward_batch
+        if b.mode is ForwardMode.DECODE:
             # shapes only: nothing here may depend on host copies of lengths (graph replay)
-            batch = int(forward_batch.req_pool_indices.shape[0])
-            splits = self.decode_num_splits(batch)
-            part_out = part_lse = None
-            if splits > 1:  # views of the persistent workspace: same address in every graph
-                out_shape, lse_shape = mla_decode_workspace_shape(batch, self.num_heads, splits,
-                                                                  self.kv_lora_rank)
-                part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
-                part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
-            forward_batch.attn_metadata = _MLADecodeMetadata(batch, splits, part_out, part_lse)
-        else:
-            forward_batch.attn_metadata = _MLAExtendMetadata(self.real_tokens(forward_batch),
-                                                             forward_batch.max_extend_len)
+            b.attn_metadata = self._decode_metadata(int(b.req_pool_indices.shape[0]))
+            return
+        real, lens = self.real_tokens(b), b.extend_seq_lens_cpu
+        num_decode = trailing_decode_requests(lens)
+        if num_decode == 0:
+            b.attn_metadata = _MLAExtendMetadata(real, b.max_extend_len, len(lens))
+            return
+        num_extend = len(lens) - num_decode
+        decode = _MLAMixedDecode(real - num_decode, b.req_pool_indices[num_extend:],
+                                 b.seq_lens[num_extend:], self._decode_metadata(num_decode))
+        b.attn_metadata = _MLAExtendMetadata(real, max(lens[:num_extend]), num_extend, decode)
+
+    def _decode_metadata(self, batch: int) -> _MLADecodeMetadata:
+        splits = self.decode_num_splits(batch)
+        part_out = part_lse = None
+        if splits > 1:  # views of the persistent workspace: same address in every graph
+            out_shape, lse_shape = mla_decode_workspace_shape(batch, self.num_heads, splits,
+                                                              self.kv_lora_rank)
+            part_out = self._part_out[:math.prod(out_shape)].view(out_shape)
+            part_lse = self._part_lse[:math.prod(lse_shape)].view(lse_shape)
+        return _MLADecodeMetadata(batch, splits, part_out, part_lse)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 layer_id: int, scaling: float, forward_batch: ForwardBatch,
@@ -137,8 +162,15 @@ class TritonMLABackend(AttentionBackend):
         else:
             num_rows = meta.num_real_tokens
             store_latent(k[:num_rows], cache, b.out_cache_loc[:num_rows])
-            mla_extend_attention(q, cache, out, table, b.req_pool_indices, b.extend_prefix_lens,
-                                 b.extend_seq_lens, b.extend_start_loc, meta.max_extend_len,
-                                 scaling)
+            n = meta.num_extend_requests
+            mla_extend_attention(q, cache, out, table, b.req_pool_indices[:n],
+                                 b.extend_prefix_lens[:n], b.extend_seq_lens[:n],
+                                 b.extend_start_loc[:n], meta.max_extend_len, scaling)
+            mixed = meta.decode
+            if mixed is not None:  # their latents are stored above: every key from the cache
+                rows = slice(mixed.first_row, num_rows)
+                mla_decode_attention(q[rows], cache, out[rows], table, mixed.req_pool_indices,
+                                     mixed.seq_lens, scaling, mixed.meta.part_out,
+                                     mixed.meta.part_lse, min_split_len=MIN_KEYS_PER_SPLIT)
         if out.shape[0] > num_rows:
             out[num_rows:].zero_()

@@ -147,6 +147,18 @@ def test_extend_matches_reference(heads: int, kv_lora_rank: int, rope_dim: int,
     case.check(TOL[dtype])
 
 
+def test_mixed_batch_decoding_requests_take_the_decode_kernel() -> None:
+    """A prefill chunk followed by decoding requests (one new token on a prefix, one of them
+    long enough for several splits): those run through the decode kernel, same output and
+    cache as the reference."""
+    case = MLACase([0, 12, 37, 300, 5], [45, 20, 1, 1, 1], heads=4, kv_lora_rank=32,
+                   rope_dim=16, dtype=torch.float32, mode=ForwardMode.EXTEND, pad_rows=2)
+    case.backend.init_forward_metadata(case.batch)
+    meta = case.batch.attn_metadata
+    assert meta.num_extend_requests == 2 and meta.decode.first_row == 65
+    case.check(TOL[torch.float32])
+
+
 @pytest.mark.parametrize("tile", [(2, 8, 16, 4, 1), (4, 4, 16, 4, 1), (16, 1, 32, 4, 1)])
 def test_extend_kernel_tiles(tile: tuple[int, int, int, int, int]) -> None:
     """Tiles other than the default: several head blocks, token blocks of 8 / 4 / 1 tokens
