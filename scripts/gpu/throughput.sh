@@ -28,7 +28,7 @@ SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; sleep 5; kill -KILL $SERVER_PID 2>/dev/null' EXIT
 wait_healthy "$BASE" "$SERVER_PID" || { tail -30 "$OUT/throughput_server.log"; exit 1; }
 echo "server up after ${SECONDS}s" | tee -a "$SUMMARY"
-grep -E "chunked prefill|KV cache|graph" "$OUT/throughput_server.log" | head -8 | tee -a "$SUMMARY"
+grep -E "chunked prefill|max running|KV cache|captured" "$OUT/throughput_server.log" | head -8 | tee -a "$SUMMARY"
 PROF=()
 [ "${PROFILE:-0}" = 1 ] && PROF=(--profile --profile-steps 40 --profile-start-s 60)
 timeout $((540 - SECONDS)) "$PY" -m tessera.bench.serving --base-url "$BASE" --num-prompts 500 \

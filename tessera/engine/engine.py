@@ -324,15 +324,18 @@ class Engine:
     def _sample(self, fwd: _Forwarded) -> _InFlight:
         """Sample a forwarded batch; the tokens are copied to the host without waiting."""
         reqs, logits = fwd.reqs, fwd.logits
-        info = SamplingBatchInfo.build(
-            params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
-            step_ids=[len(r.output_ids) + r.pending_tokens for r in reqs],
-            output_ids=[r.output_ids for r in reqs] if fwd.needs_history else None,
-            prompt_ids=[r.prompt_ids for r in reqs] if fwd.needs_history else None,
-            vocab_size=logits.shape[-1], device=logits.device,
-            eos_token_ids=sorted(self.eos_token_ids))
-        info.token_bitmask = self._grammar_bitmask(reqs, logits.device)
-        result = self.sampler.sample(logits, info, greedy_tokens=fwd.greedy)
+        with self._range("sampling info"):
+            info = SamplingBatchInfo.build(
+                params=[r.params for r in reqs], seeds=[r.seed for r in reqs],
+                step_ids=[len(r.output_ids) + r.pending_tokens for r in reqs],
+                output_ids=[r.output_ids for r in reqs] if fwd.needs_history else None,
+                prompt_ids=[r.prompt_ids for r in reqs] if fwd.needs_history else None,
+                vocab_size=logits.shape[-1], device=logits.device,
+                eos_token_ids=sorted(self.eos_token_ids))
+        with self._range("grammar mask"):
+            info.token_bitmask = self._grammar_bitmask(reqs, logits.device)
+        with self._range("sampler"):
+            result = self.sampler.sample(logits, info, greedy_tokens=fwd.greedy)
         for j, req in enumerate(reqs):
             req.pending_tokens += 1
             req.pending_source = (result.token_ids, j)

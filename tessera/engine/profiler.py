@@ -7,8 +7,9 @@ https://ui.perfetto.dev or chrome://tracing) under the server's profile director
 (`--profile-dir`, default $TESSERA_PROFILE_DIR or /tmp/tessera-profiles). Requests cannot choose
 where files go. Every step is a `record_function` range (`engine_step`) holding ranges for its
 parts: `schedule`, the forward named by its batch (`forward extend reqs=12 tokens=2048`),
-`sample` and `process` (reading the step before), so the trace shows where a workload's step time
-goes (host scheduling, prefill kernels, decode attention, sampling).
+`sample` (holding `sampling info`, `grammar mask` and `sampler`) and `process` (reading the step
+before), so the trace shows where a workload's step time goes (host scheduling, prefill kernels,
+decode attention, sampling, grammar masks).
 `scripts/gpu/trace_summary.py` prints a trace's totals per range and per kernel.
 """
 from __future__ import annotations
