@@ -20,13 +20,11 @@ from moe_bench import SHAPES, copy_rate, graphed_ms  # scripts/gpu is the script
 from tessera.ops.moe import fused_moe_torch
 from tessera.ops.triton.fused_moe_small import fused_moe_small_batch
 
-# (tile_acc, sum_topk, block_n, block_k, num_warps): per-step reductions over wider row blocks,
-# or the dense GEMV's scheme (tessera.ops.triton.gemv: a [block_n, block_k] tile reduced once,
-# few rows per program so many programs stream at once); the down GEMVs a program per pair plus
-# a torch sum, or a program per token summing its pairs (sum_topk)
-CONFIGS = ([(False, s, n, k, 4) for s in (False, True) for n in (16, 32, 64) for k in (128, 256)]
-           + [(True, s, n, k, w) for s in (False, True) for n in (4, 8, 16) for k in (256, 512)
-              for w in (4, 8)])
+# (tile_acc, block_n, block_k, num_warps): per-step reductions over wider row blocks, or the
+# dense GEMV's scheme (tessera.ops.triton.gemv: a [block_n, block_k] tile reduced once, few rows
+# per program so many programs stream at once)
+CONFIGS = ([(False, n, k, 4) for n in (16, 32, 64) for k in (128, 256)]
+           + [(True, n, k, w) for n in (4, 8, 16) for k in (256, 512) for w in (4, 8)])
 
 
 def main() -> None:
@@ -48,14 +46,13 @@ def main() -> None:
         weights, ids = scores.topk(top_k)
         ref = fused_moe_torch(x, w13, w2, weights, ids).float()
         moved = int(ids.unique().numel()) * 3 * inter * hidden * 2
-        for tile_acc, sum_topk, block_n, block_k, warps in CONFIGS:
+        for tile_acc, block_n, block_k, warps in CONFIGS:
             fn = functools.partial(fused_moe_small_batch, x, w13, w2, weights, ids,
                                    block_n=block_n, block_k=block_k, num_warps=warps,
-                                   tile_acc=tile_acc, sum_topk=sum_topk)
-            row = {"shape": name, "tokens": tokens, "tile_acc": tile_acc, "sum_topk": sum_topk,
-                   "block_n": block_n, "block_k": block_k, "num_warps": warps}
-            label = (f"{name} T={tokens} tile={int(tile_acc)} sum={int(sum_topk)} N={block_n} "
-                     f"K={block_k} w={warps}")
+                                   tile_acc=tile_acc)
+            row = {"shape": name, "tokens": tokens, "tile_acc": tile_acc, "block_n": block_n,
+                   "block_k": block_k, "num_warps": warps}
+            label = f"{name} T={tokens} tile={int(tile_acc)} N={block_n} K={block_k} w={warps}"
             try:
                 err = float((fn().float() - ref).norm() / ref.norm())
                 ms = graphed_ms(fn)
@@ -76,8 +73,7 @@ def main() -> None:
         for r in rows[:3]:
             print(f"  {name} T={tokens}: {r['graph_ms'] * 1e3:.1f} us, "
                   f"{r['floor_fraction']:.0%} of the floor: tile={int(r['tile_acc'])} "
-                  f"sum={int(r['sum_topk'])} N={r['block_n']} K={r['block_k']} "
-                  f"w={r['num_warps']}")
+                  f"N={r['block_n']} K={r['block_k']} w={r['num_warps']}")
 
 
 if __name__ == "__main__":

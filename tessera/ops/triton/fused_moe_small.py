@@ -10,8 +10,7 @@ per pair that chose them and nothing else.
 1. `_small_gate_up_kernel`, grid (pairs, I / BLOCK_N): gate and up rows of the pair's expert
    against the token's hidden state, SiLU(gate)·up into act [T*K, I];
 2. `_small_down_kernel`, grid (pairs, H / BLOCK_N): the expert's down rows against act, times the
-   pair's routing weight, into [T*K, H]; the K rows of a token are summed by the caller
-   (or `_small_down_sum_kernel`, grid (T, H / BLOCK_N), which sums a token's pairs itself).
+   pair's routing weight, into [T*K, H]; the K rows of a token are summed by the caller.
 """
 from __future__ import annotations
 
@@ -97,56 +96,19 @@ def _small_down_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, N, K, stride
     tl.store(out_ptr + pair * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
-@triton.jit
-def _small_down_sum_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, N, K, stride_am,
-                           stride_we, stride_wn, stride_om, TOP_K: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TILE_ACC: tl.constexpr):
-    """The down GEMVs of one token's TOP_K pairs, weighted and summed in the program: [T, H]
-    straight out, with no [T*K, H] buffer and no separate sum (grid (T, H / BLOCK_N))."""
-    token = tl.program_id(0)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    if TILE_ACC:
-        tile = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        pair = token * TOP_K + j
-        expert = tl.load(ids_ptr + pair).to(tl.int64)
-        routing = tl.load(weights_ptr + pair).to(tl.float32)
-        w_ptrs = w_ptr + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
-        a_ptrs = a_ptr + pair * stride_am + offs_k
-        for k0 in range(0, K, BLOCK_K):
-            k_mask = offs_k < K - k0
-            # the routing weight scales the activation, so one reduction serves all TOP_K
-            a = tl.load(a_ptrs, mask=k_mask, other=0.0).to(tl.float32) * routing
-            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-            if TILE_ACC:
-                tile += w * a[None, :]
-            else:
-                acc += tl.sum(w * a[None, :], axis=1)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-    if TILE_ACC:
-        acc = tl.sum(tile, axis=1)
-    tl.store(out_ptr + token * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
-
-
 def fused_moe_small_batch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                           topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                           block_n: int = 8, block_k: int = 256, num_warps: int = 8,
-                          tile_acc: bool = True, sum_topk: bool = False) -> torch.Tensor:
+                          tile_acc: bool = True) -> torch.Tensor:
     """The routed experts' output [T, H] by one GEMV per (token, expert) pair (see the module
     docstring); same contract as tessera.ops.triton.fused_moe.fused_moe.
 
     tile_acc accumulates a [block_n, block_k] float32 tile and reduces it once at the end (the
-    dense GEMV's scheme, tessera.ops.triton.gemv) instead of reducing every K step; sum_topk
-    runs the down GEMVs of a token's pairs in one program that sums them
-    (`_small_down_sum_kernel`: one launch fewer, no [T*K, H] buffer) instead of a program per
-    pair and a torch sum. The defaults are scripts/gpu/moe_small_sweep.py's best at T=1 on an
-    H100 (2026-12-08: qwen3-30b-a3b 49.7 us = 50% of the copy floor, deepseek-v2-lite 58.8 us
-    = 58%; 81% / 85% at T=4), where 32-row tiles without tile_acc gave 35% / 43%."""
+    dense GEMV's scheme, tessera.ops.triton.gemv) instead of reducing every K step. The defaults
+    are scripts/gpu/moe_small_sweep.py's best at T=1 on an H100 (2026-12-08: qwen3-30b-a3b
+    49.7 us = 50% of the copy floor, deepseek-v2-lite 58.8 us = 58%; 81% / 85% at T=4), where
+    32-row tiles without tile_acc gave 35% / 43%. Summing a token's down GEMVs in one program
+    (one launch and the [T*K, H] buffer fewer) was slower in the same sweep (56.7 / 68.7 us)."""
     num_tokens, hidden = x.shape
     inter = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
@@ -160,13 +122,6 @@ def fused_moe_small_batch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         x, w13, act, ids, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1),
         act.stride(0), TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, TILE_ACC=tile_acc,
         num_warps=num_warps)
-    if sum_topk:
-        out = torch.empty((num_tokens, hidden), dtype=x.dtype, device=x.device)
-        _small_down_sum_kernel[(num_tokens, triton.cdiv(hidden, block_n))](
-            act, w2, out, weights, ids, hidden, inter, act.stride(0), w2.stride(0),
-            w2.stride(1), out.stride(0), TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k,
-            TILE_ACC=tile_acc, num_warps=num_warps)
-        return out
     down = torch.empty((num_pairs, hidden), dtype=x.dtype, device=x.device)
     _small_down_kernel[(num_pairs, triton.cdiv(hidden, block_n))](
         act, w2, down, weights, ids, hidden, inter, act.stride(0), w2.stride(0), w2.stride(1),
