@@ -82,11 +82,11 @@ def parts_ms(llm: LLM, batch: int) -> dict[str, float]:
     grammars = [backend.request_grammar(kind, text) for _ in range(batch)]
     while not all(g.ready() for g in grammars):
         time.sleep(0.01)
-    bitmask = backend.new_bitmask(batch, pin=device.type == "cuda")
     fills = []
-    for _ in range(50):
+    for _ in range(50):  # what the engine calls per step: its host buffer, reset, filled
         t = time.perf_counter()
-        backend.fill_bitmask(bitmask, list(range(batch)), grammars)
+        bitmask = backend.batch_bitmask(batch, list(range(batch)), grammars,
+                                        pin=device.type == "cuda")
         fills.append((time.perf_counter() - t) * 1000)
     logits = torch.randn(batch, engine.vocab_size, device=device)
     mask = bitmask.to(device)

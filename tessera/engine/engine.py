@@ -356,8 +356,9 @@ class Engine:
                 if r.grammar is not None and not r.grammar.reasoning and not r.finished]
         if not rows or self.grammar_backend is None:
             return None
-        bitmask = self.grammar_backend.new_bitmask(len(reqs), pin=device.type != "cpu")
-        self.grammar_backend.fill_bitmask(bitmask, [j for j, _ in rows], [g for _, g in rows])
+        bitmask = self.grammar_backend.batch_bitmask(len(reqs), [j for j, _ in rows],
+                                                     [g for _, g in rows],
+                                                     pin=device.type != "cpu")
         return bitmask.to(device, non_blocking=True)
 
     def _process(self, step: _InFlight) -> list[StepOutput]:

@@ -107,6 +107,9 @@ class XGrammarBackend:
         self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
         self._cache: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = (
             collections.OrderedDict())
+        # the host masks of `batch_bitmask`: two buffers used in turn, grown to the largest batch
+        self._host_masks: list[torch.Tensor | None] = [None, None]
+        self._next_mask = 0
 
     def compile(self, kind: str, text: str) -> concurrent.futures.Future:
         """Future of the compiled grammar; the same future for the same (kind, text)."""
@@ -133,6 +136,31 @@ class XGrammarBackend:
                         think_end_id: int | None = None) -> RequestGrammar:
         """A request's grammar; with `think_end_id` it starts after that token (module doc)."""
         return RequestGrammar(self.compile(kind, text), think_end_id)
+
+    def batch_bitmask(self, num_rows: int, rows: list[int], grammars: list[RequestGrammar],
+                      pin: bool) -> torch.Tensor:
+        """The host mask [num_rows, ceil(V / 32)] int32 of a batch: row rows[i] = what
+        grammars[i] allows next (one batched fill), every other row all ones.
+
+        Written into one of two persistent host buffers (pinned when `pin`, for the copy to the
+        device), used in turn: no allocation and no whole-mask reset per step, only the rows no
+        grammar fills are reset. Taking turns is what makes the reuse safe: the engine reads a
+        step's tokens, which the device samples after copying that step's mask, before it fills
+        the mask of the step after next."""
+        words = (self.vocab_size + 31) // 32
+        slot = self._next_mask
+        self._next_mask ^= 1
+        buf = self._host_masks[slot]
+        if buf is None or buf.shape[0] < num_rows or buf.is_pinned() != pin:
+            buf = torch.empty((max(num_rows, 1), words), dtype=torch.int32, pin_memory=pin)
+            self._host_masks[slot] = buf
+        mask = buf[:num_rows]
+        filled = set(rows)
+        for r in range(num_rows):
+            if r not in filled:
+                mask[r].fill_(-1)
+        self.fill_bitmask(mask, rows, grammars)
+        return mask
 
     def new_bitmask(self, rows: int, pin: bool) -> torch.Tensor:
         """int32 [rows, ceil(V / 32)] of ones (every token allowed), pinned for a GPU copy."""
