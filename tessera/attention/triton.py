@@ -1,7 +1,9 @@
 """Triton attention backend: split-K decode and flash-style extend over the token-granular cache.
 
 Semantics are those of `TorchNativeAttentionBackend` (the reference); the kernels live in
-`tessera.attention.triton_ops`.
+`tessera.attention.triton_ops`. An EXTEND batch that ends in one-token requests (decoding next to
+a chunked prefill) runs the extend kernel for the requests before them and the decode kernel for
+those (`trailing_decode_requests`); a graph's padded batch always runs whole in the extend kernel.
 
 CUDA graphs (decode). `forward` in DECODE mode is capture-safe: it allocates nothing, never
 synchronises with the host and reads no host-side length. What a decode graph runner must know:
@@ -97,9 +99,8 @@ def trailing_decode_requests(extend_lens: list[int]) -> int:
 
 @dataclasses.dataclass
 class _MixedDecode:
-    """A mixed batch's trailing one-token requests (decoding next to a chunked prefill), run by
-    the decode kernel: in the extend kernel each would be a BLOCK_M-row tile per query head with
-    one real row, reading its whole context once per query head."""
+    """A mixed batch's trailing one-token requests (`trailing_decode_requests`: decoding next to
+    a chunked prefill), run by the decode kernel after the extend launch."""
     first_row: int                 # their first token row; rows first_row.. are theirs, in order
     req_pool_indices: torch.Tensor  # [n] int64
     seq_lens: torch.Tensor         # [n] int32, the new token included
@@ -204,9 +205,8 @@ class TritonAttentionBackend(AttentionBackend):
                                    variant=metadata_variant(*tensors))
         first = real - num_decode
         num_extend = len(lens) - num_decode
-        seq_lens = b.seq_lens[num_extend:]
         decode = _MixedDecode(first_row=first, req_pool_indices=b.req_pool_indices[num_extend:],
-                              seq_lens=seq_lens, positions=b.positions[first:real],
+                              seq_lens=b.seq_lens[num_extend:], positions=b.positions[first:real],
                               loc=b.out_cache_loc[first:real],
                               meta=self._decode_metadata(num_decode))
         head = tuple(t[:num_extend] for t in tensors[:4])
