@@ -40,7 +40,9 @@ class BatchItem:
     req: Request
     start: int     # kv_len before this step
     num_tokens: int
-    slots: torch.Tensor  # [num_tokens] int64 KV slots of the new tokens (= out_cache_loc)
+    # [num_tokens] int64 KV slots of the new tokens (= out_cache_loc); None for the items of a
+    # batched decode, whose slots are one tensor for all of them (ScheduledBatch building)
+    slots: torch.Tensor | None
 
     @property
     def samples(self) -> bool:
@@ -205,18 +207,18 @@ class Scheduler:
         req.kv_len += n  # KV for these tokens is written by this step's forward
         return item
 
-    def _decode_items(self, reqs: list[Request]) -> list[BatchItem] | None:
+    def _decode_items(self, reqs: list[Request]) -> tuple[list[BatchItem], torch.Tensor] | None:
         """One token for each of `reqs` with one allocation (per-request work would dominate a
-        large decode step); None when the pool is short and the per-request path (with
-        retraction) must decide."""
+        large decode step): the items (slots None) and their slots, in order; None when the
+        pool is short and the per-request path (with retraction) must decide."""
         slots = self._alloc_slots(len(reqs))
         if slots is None:
             return None
         items = []
-        for i, req in enumerate(reqs):
-            items.append(BatchItem(req, req.kv_len, 1, slots[i:i + 1]))
+        for req in reqs:
+            items.append(BatchItem(req, req.kv_len, 1, None))
             req.kv_len += 1
-        return items
+        return items, slots
 
     def _order_waiting(self) -> None:
         if self.config.schedule_policy != "lpm" or self.prefix_cache is None:
@@ -280,8 +282,8 @@ class Scheduler:
         # 3. every decoding request advances by one token; retract if KV runs out
         in_prefill = {id(it.req) for it in prefill}
         decoding = [r for r in one_token if id(r) not in in_prefill and r.may_decode]
-        batched = self._decode_items(decoding) if decoding else []
-        decode: list[BatchItem] = batched or []
+        batched = self._decode_items(decoding) if decoding else ([], None)
+        decode, decode_slots = batched or ([], None)
         retractions_before = self.num_retractions
         for req in list(self.running) if batched is None else []:
             if id(req) in in_prefill or req not in self.running:
@@ -300,15 +302,16 @@ class Scheduler:
                 self.retract(req)
                 continue
             decode.append(self._extend_item(req, 1, slots))
-        running = set(map(id, self.running))
-        decode = [it for it in decode if id(it.req) in running]
+        if batched is None:  # the per-request path may have retracted some it had taken
+            running = set(map(id, self.running))
+            decode = [it for it in decode if id(it.req) in running]
         self.new_token_ratio.step(retracted=self.num_retractions > retractions_before)
         self.retraction_log.maybe_log(self.new_token_ratio)
         items = prefill + decode
         if not items:
             return None
         mode = ForwardMode.EXTEND if prefill else ForwardMode.DECODE
-        return ScheduledBatch(mode, items, self._forward_batch(mode, items))
+        return ScheduledBatch(mode, items, self._forward_batch(mode, items, decode_slots))
 
     def _next_admissible(self) -> Request | None:
         """The first waiting request whose grammar (if any) is compiled: a compile in progress
@@ -345,7 +348,10 @@ class Scheduler:
         self.retract(max(candidates, key=lambda r: (remaining_output(r), r.kv_len)))
         return True
 
-    def _forward_batch(self, mode: ForwardMode, items: list[BatchItem]) -> ForwardBatch:
+    def _forward_batch(self, mode: ForwardMode, items: list[BatchItem],
+                       tail_slots: torch.Tensor | None = None) -> ForwardBatch:
+        """The batch's tensors; `tail_slots`: the slots of the trailing items whose own are None
+        (a batched decode)."""
         ids: list[int] = []
         # tokens still on the device (overlap schedule): where they go, where they come from
         pending_at: list[int] = []
@@ -367,7 +373,11 @@ class Scheduler:
                 ids.extend(req.fill_ids[it.start:it.start + it.num_tokens])
         rows = [it.req.req_row for it in items]
         # the slots each item was given this step (no read-back of req_to_token per request)
-        locs = items[0].slots if len(items) == 1 else torch.cat([it.slots for it in items])
+        parts = [it.slots for it in items if it.slots is not None]
+        if tail_slots is not None:
+            parts.append(tail_slots)
+        locs = parts[0] if len(parts) == 1 else torch.cat(parts)
+        assert locs.shape[0] == sum(it.num_tokens for it in items), "a slot per new token"
         # prompt logprobs need the logits of every prompt token a chunk runs
         all_logits = any(it.req.params.prompt_logprobs is not None
                          and it.start < len(it.req.prompt_ids) - 1 for it in items)
