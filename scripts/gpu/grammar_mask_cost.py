@@ -48,8 +48,8 @@ def decode_step_ms(llm: LLM, grammar: dict, batch: int, prompt_len: int, warmup:
     rids = []
     for i in range(batch):
         prompt = [(7 * i + j) % 200 + 10 for j in range(prompt_len)]
-        params = SamplingParams(max_new_tokens=warmup + steps + profile_steps + 16, temperature=1.0, seed=i,
-                                ignore_eos=True, **grammar)
+        params = SamplingParams(max_new_tokens=warmup + steps + profile_steps + 16,
+                                temperature=1.0, seed=i, ignore_eos=True, **grammar)
         rids.append(engine.add_request(prompt, params))
     reqs = [engine.requests[r] for r in rids]
     while min(len(r.output_ids) for r in reqs) < warmup:  # compile, prefill, first steps

@@ -67,8 +67,8 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)
     print("best per shape and token count:")
-    for (name, tokens), rows in itertools.groupby(
-            (r for r in report["rows"] if "graph_ms" in r), key=lambda r: (r["shape"], r["tokens"])):
+    timed = (r for r in report["rows"] if "graph_ms" in r)
+    for (name, tokens), rows in itertools.groupby(timed, key=lambda r: (r["shape"], r["tokens"])):
         rows = sorted(rows, key=lambda r: r["graph_ms"])
         for r in rows[:3]:
             print(f"  {name} T={tokens}: {r['graph_ms'] * 1e3:.1f} us, "

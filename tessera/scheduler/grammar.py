@@ -162,11 +162,6 @@ class XGrammarBackend:
         self.fill_bitmask(mask, rows, grammars)
         return mask
 
-    def new_bitmask(self, rows: int, pin: bool) -> torch.Tensor:
-        """int32 [rows, ceil(V / 32)] of ones (every token allowed), pinned for a GPU copy."""
-        words = (self.vocab_size + 31) // 32
-        return torch.full((rows, words), -1, dtype=torch.int32, pin_memory=pin)
-
     def fill_bitmask(self, bitmask: torch.Tensor, rows: list[int],
                      grammars: list[RequestGrammar]) -> None:
         """bitmask[rows[i]] = the tokens grammars[i] allows next (one batched call); none of

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("xgrammar")
+xgrammar = pytest.importorskip("xgrammar")
 
 from tessera.models.tokenizer import load_tokenizer
 from tessera.scheduler.grammar import XGrammarBackend
@@ -24,7 +24,8 @@ def ready(grammar):
 
 
 def fresh(backend, rows, filled, grammars):
-    mask = backend.new_bitmask(rows, pin=False)
+    """The same mask from xgrammar's own freshly allocated (all ones) bitmask."""
+    mask = xgrammar.allocate_token_bitmask(rows, VOCAB)
     backend.fill_bitmask(mask, filled, grammars)
     return mask
 

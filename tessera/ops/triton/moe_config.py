@@ -5,8 +5,8 @@ maps a token count to a `MoEKernelConfig`; a call takes the entry of the nearest
 Shapes without a file get `default_moe_config`. The shipped files are starting points for the
 real models' shapes (Qwen3-30B-A3B at tp 1/2, Mixtral-8x7B at tp 1/2), not measured ones: few
 tokens per expert (decode) want a small BLOCK_M, since every block is padded to BLOCK_M rows;
-prefill wants larger tiles. Replace them with tuned values: `PART=tune SHAPE=... bash scripts/gpu/moe.sh` (scripts/gpu/moe_tune.py)
-writes such a table from CUDA-graph timings.
+prefill wants larger tiles. Replace them with tuned values: `PART=tune SHAPE=... bash
+scripts/gpu/moe.sh` (scripts/gpu/moe_tune.py) writes such a table from CUDA-graph timings.
 """
 from __future__ import annotations
 
